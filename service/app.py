@@ -1,0 +1,100 @@
+"""Assembles the parts from a configuration and runs them until a signal says stop."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import uuid
+from collections.abc import Callable
+from importlib import metadata
+
+import anyio
+
+from .config import Config
+from .manager import ExtensionManager
+from .messages import NushellInfo
+from .runner import Limits, NushellRunner, find_nu, nu_version
+from .server import ExtensionService
+from .errors import LoaderError
+from .store import ExtensionStore, VersionInfo
+
+log = logging.getLogger(__name__)
+
+
+def service_version() -> str:
+    try:
+        return metadata.version("extension-loader")
+    except metadata.PackageNotFoundError:
+        return "0.0.0"
+
+
+def build_manager(config: Config, *, instance_id: str | None = None) -> ExtensionManager:
+    """Everything below the NATS wiring; raises NushellMissing when `nu` is not there."""
+    nu = find_nu(config.nushell.path)
+    version = nu_version(nu)
+    n = config.nushell
+    runner = NushellRunner(
+        nu,
+        roots=config.extension_paths,
+        cache_dir=config.cache_dir,
+        limits=Limits(
+            timeout_s=n.timeout_s,
+            max_concurrent=n.max_concurrent,
+            max_pending=n.max_pending,
+            max_memory_mb=n.max_memory_mb,
+            max_output_kb=n.max_output_kb,
+            max_file_mb=n.max_file_mb,
+        ),
+    )
+    runner.prepare()
+    for root in config.extension_paths:
+        if not root.is_dir():
+            log.warning("extension root %s does not exist", root)
+    return ExtensionManager(
+        ExtensionStore(config.extension_paths),
+        runner,
+        capacity=config.orchestrator.extensions.cache_size,
+        instance_id=instance_id or uuid.uuid4().hex[:22].upper(),
+        nushell=NushellInfo(path=str(nu), version=version),
+    )
+
+
+async def serve(config: Config, *, on_ready: Callable[[ExtensionService], None] | None = None) -> None:
+    """Serves until SIGINT or SIGTERM, then stops gracefully."""
+    manager = build_manager(config)
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with ExtensionService(config, manager, version=service_version()) as service:
+            async with anyio.create_task_group() as tg:
+                if config.orchestrator.extensions.auto_load:
+                    tg.start_soon(auto_load, service)
+                if on_ready is not None:
+                    on_ready(service)
+                async for signum in signals:
+                    log.info("%s received: stopping", signal.Signals(signum).name)
+                    break
+                tg.cancel_scope.cancel()
+
+
+async def auto_load(service: ExtensionService) -> None:
+    """Loads the latest version of every valid extension, a few at a time, while requests are served.
+
+    One that fails is logged, not fatal: a broken extension must not keep the others from loading."""
+    manager = service.manager
+    results = {"loaded": 0, "failed": 0}
+    limiter = anyio.CapacityLimiter(manager.runner.limits.max_concurrent)
+
+    async def one(info: VersionInfo) -> None:
+        async with limiter:
+            try:
+                outcome = await manager.load(info.extension_type, info.name, info.version, reason="auto_load")
+            except LoaderError as exc:
+                results["failed"] += 1
+                log.warning("auto_load of %s failed: %s", info.key, exc.message)
+                return
+            results["loaded"] += 1
+            await service.publisher.publish(outcome.events)
+
+    async with anyio.create_task_group() as tg:
+        for info in manager.store.all_latest():
+            tg.start_soon(one, info)
+    log.info("auto_load: %(loaded)d extensions loaded, %(failed)d failed", results)

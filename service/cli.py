@@ -1,0 +1,310 @@
+"""The `extension-loader` command: the service (`serve`, `dev`) and a client for people (`load`, `list`, ...)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import anyio
+import msgspec
+import nats
+
+from .app import serve, service_version
+from .client import LoaderClient, RemoteError
+from .config import Config, load_config
+from .errors import ConfigError
+from .natsserver import NatsServer
+from .runner import NushellMissing
+from .telemetry import setup_logging, setup_tracing
+
+DEFAULT_URL = "nats://127.0.0.1:4222"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        code: int = args.run(args)
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="extension-loader",
+        description="Loads infrastructure extensions through Nushell and serves them over NATS.",
+    )
+    p.add_argument("--version", action="version", version=f"%(prog)s {service_version()}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def server_options(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--config", "-c", metavar="FILE", help="TOML file over the packaged defaults")
+        sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one key")
+        sp.add_argument("--nats-url", metavar="URL", help="same as --set nats.url=URL")
+        sp.add_argument("--log-level", default="INFO")
+
+    s = sub.add_parser("serve", help="serve against a running NATS server")
+    server_options(s)
+    s.set_defaults(run=_serve)
+    d = sub.add_parser("dev", help="start nats-server with nats.conf, then serve; Ctrl-C stops both")
+    server_options(d)
+    d.add_argument("--nats-config", default="nats.conf", metavar="FILE", help="(default: nats.conf)")
+    d.set_defaults(run=_dev)
+
+    def client(name: str, help: str, *, typed: str = "", versioned: bool = False) -> argparse.ArgumentParser:
+        c = sub.add_parser(name, help=help)
+        c.add_argument("--server", "-s", default=os.environ.get("NATS_URL", DEFAULT_URL), metavar="URL")
+        c.add_argument("--user")
+        c.add_argument("--password")
+        c.add_argument("--prefix", default="extensions", help="subject prefix (default: extensions)")
+        c.add_argument("--timeout", type=float, default=40.0, help="seconds to wait for a reply")
+        c.add_argument("--json", action="store_true", help="print the reply's data as JSON")
+        if typed == "required":
+            c.add_argument("type", help="provider, taskserv or cluster")
+            c.add_argument("name")
+        elif typed == "optional":
+            c.add_argument("type", nargs="?", help="provider, taskserv or cluster")
+        if versioned:
+            c.add_argument("--version", "-v", dest="ext_version", metavar="VERSION", help="version or constraint")
+        c.set_defaults(run=_client, action=name)
+        return c
+
+    load = client("load", "load an extension", typed="required", versioned=True)
+    load.add_argument("--with-dependencies", "-d", action="store_true")
+    client("reload", "drop an extension from the cache and load it again", typed="required", versioned=True)
+    client("list", "what is loaded now", typed="optional")
+    client("status", "whether an extension is loaded", typed="required", versioned=True)
+    disc = client("discover", "what is available on disk", typed="optional")
+    disc.add_argument("--name")
+    client("stats", "cache and load statistics")
+    client("clear", "empty the cache (extensions.cache.clear)")
+    graph = client("graph", "an extension's dependency graph", typed="required", versioned=True)
+    graph.add_argument("--format", "-f", choices=["json", "dot", "mermaid"], default="json")
+    client("watch", "print extensions.loaded and extensions.unloaded events as they come")
+    return p
+
+
+# --- the service ---------------------------------------------------------------------------------------------
+
+
+def _config(args: argparse.Namespace) -> Config:
+    overrides = list(args.set)
+    if args.nats_url:
+        overrides.append(f'nats.url="{args.nats_url}"')
+    return load_config(args.config, environ=os.environ, overrides=overrides)
+
+
+def _start(args: argparse.Namespace) -> Config | None:
+    setup_logging(args.log_level, json_lines=not sys.stderr.isatty())
+    try:
+        config = _config(args)
+    except ConfigError as exc:
+        print(f"extension-loader: {exc}", file=sys.stderr)
+        return None
+    setup_tracing(os.environ, version=service_version())
+    return config
+
+
+def _serve(args: argparse.Namespace) -> int:
+    config = _start(args)
+    if config is None:
+        return 2
+    return _run_service(config)
+
+
+def _run_service(config: Config, hint: str = "") -> int:
+    def ready(_: object) -> None:
+        if hint:
+            print(hint, flush=True)
+
+    try:
+        anyio.run(lambda: serve(config, on_ready=ready))
+    except NushellMissing as exc:
+        print(f"extension-loader: {exc}", file=sys.stderr)
+        return 3
+    except OSError as exc:
+        print(f"extension-loader: cannot reach NATS at {config.nats.url}: {exc}", file=sys.stderr)
+        return 4
+    return 0
+
+
+def _dev(args: argparse.Namespace) -> int:
+    config = _start(args)
+    if config is None:
+        return 2
+    conf = Path(args.nats_config)
+    if not conf.is_file():
+        print(f"extension-loader: {conf} not found (run from the project folder or pass --nats-config)", file=sys.stderr)
+        return 2
+    url = config.nats.servers[0]
+    try:
+        server = NatsServer(["-c", str(conf)]).start()
+    except (RuntimeError, FileNotFoundError) as exc:
+        print(f"extension-loader: could not start nats-server: {exc}", file=sys.stderr)
+        return 4
+    hint = (
+        f"\nextension-loader is serving on {url} (NATS from {conf}). Try, in another terminal:\n\n"
+        f"  .venv/bin/extension-loader load taskserv kubernetes --version 1.28.0\n"
+        f"  .venv/bin/extension-loader discover taskserv\n"
+        f"  nats request extensions.load "
+        f"'{{\"extension_type\":\"taskserv\",\"name\":\"kubernetes\",\"version\":\"1.28.0\"}}'\n\n"
+        f"Ctrl-C stops the service and nats-server.\n"
+    )
+    try:
+        return _run_service(config, hint)
+    finally:
+        server.stop()
+
+
+# --- the client ----------------------------------------------------------------------------------------------
+
+
+def _client(args: argparse.Namespace) -> int:
+    try:
+        return anyio.run(_client_main, args)
+    except RemoteError as exc:
+        print(f"error: {exc.code}: {exc.message}", file=sys.stderr)
+        if exc.details:
+            print(json.dumps(exc.details, indent=2), file=sys.stderr)
+        return 1
+    except (OSError, nats.errors.Error) as exc:
+        print(f"error: {args.server}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 4
+
+
+async def _client_main(args: argparse.Namespace) -> int:
+    options: dict[str, Any] = {"servers": [args.server], "name": "extension-loader-cli", "connect_timeout": 5,
+                               "max_reconnect_attempts": 0, "allow_reconnect": False}
+    if args.user:
+        options.update(user=args.user, password=args.password or "")
+    nc = await nats.connect(**options)
+    try:
+        if args.action == "watch":
+            return await _watch(nc, args)
+        c = LoaderClient(nc, prefix=args.prefix, timeout=args.timeout)
+        version = getattr(args, "ext_version", None)
+        started = time.perf_counter()
+        match args.action:
+            case "load":
+                data = await c.load(args.type, args.name, version, with_dependencies=args.with_dependencies)
+            case "reload":
+                data = await c.reload(args.type, args.name, version)
+            case "list":
+                data = await c.list(args.type)
+            case "status":
+                data = await c.status(args.type, args.name, version)
+            case "discover":
+                data = await c.discover(args.type, args.name)
+            case "stats":
+                data = await c.stats()
+            case "clear":
+                data = await c.clear()
+            case "graph":
+                data = await c.graph(args.type, args.name, version, args.format)
+            case _:  # pragma: no cover - argparse allows no other
+                raise AssertionError(args.action)
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        print(json.dumps(data, indent=2) if args.json else _readable(args, data, elapsed_ms))
+        return 0
+    finally:
+        await nc.drain()
+
+
+async def _watch(nc: nats.aio.client.Client, args: argparse.Namespace) -> int:
+    sub = await nc.subscribe(f"{args.prefix}.loaded")
+    sub2 = await nc.subscribe(f"{args.prefix}.unloaded")
+    print(f"watching {args.prefix}.loaded and {args.prefix}.unloaded on {args.server} (Ctrl-C stops)", file=sys.stderr)
+    send, receive = anyio.create_memory_object_stream[Any](100)
+
+    async def pump(s: Any) -> None:
+        async for msg in s.messages:
+            await send.send(msg)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(pump, sub)
+        tg.start_soon(pump, sub2)
+        async for msg in receive:
+            event = msgspec.json.decode(msg.data)
+            print(json.dumps(event) if args.json else _event_line(msg.subject, event), flush=True)
+    return 0
+
+
+def _event_line(subject: str, e: dict[str, Any]) -> str:
+    when = e.get("timestamp", "")[11:19]
+    if subject.endswith(".loaded"):
+        m = e["extension"]["metadata"]
+        return (
+            f"{when} loaded   {m['extension_type']}:{m['name']}:{m['version']}  reason={e['reason']} "
+            f"{e['duration_ms']:.1f} ms  instance={e['instance_id']}"
+        )
+    return (
+        f"{when} unloaded {e['extension_type']}:{e['name']}:{e['version']}  reason={e['reason']}  "
+        f"instance={e['instance_id']}"
+    )
+
+
+def _readable(args: argparse.Namespace, data: Any, elapsed_ms: float) -> str:
+    action = args.action
+    if action in ("load", "reload"):
+        m = data["metadata"]
+        deps = ", ".join(m["dependencies"]) or "none"
+        verb = "reloaded" if action == "reload" else "loaded"
+        return "\n".join(
+            [
+                f"{m['extension_type']} {m['name']} {m['version']} {verb} in {elapsed_ms:.1f} ms",
+                f"  {m['description']}",
+                f"  path:         {data['path']}",
+                f"  digest:       {data['digest']}",
+                f"  dependencies: {deps}",
+                f"  loaded at:    {data['loaded_at']}",
+            ]
+        )
+    if action == "list":
+        rows = [(e["metadata"]["extension_type"], e["metadata"]["name"], e["metadata"]["version"], e["loaded_at"])
+                for e in data]
+        return _table(("TYPE", "NAME", "VERSION", "LOADED AT"), rows) if rows else "nothing is loaded"
+    if action == "status":
+        where = f"{args.type} {args.name}"
+        return f"{where}: loaded ({', '.join(data['versions'])})" if data["loaded"] else f"{where}: not loaded"
+    if action == "discover":
+        rows = [(a["extension_type"], a["name"], ", ".join(a["versions"]), a["latest"]["description"]) for a in data]
+        return _table(("TYPE", "NAME", "VERSIONS", "DESCRIPTION"), rows) if rows else "no extensions found"
+    if action == "stats":
+        c, loads = data["cache"], data["loads"]
+        return "\n".join(
+            [
+                f"instance {data['instance_id']}, up {data['uptime_s']:.0f} s, nushell {data['nushell']['version']}",
+                f"cache: {c['size']}/{c['capacity']} entries, {c['hits']} hits, {c['misses']} misses "
+                f"(hit ratio {c['hit_ratio']:.2f}), {c['evictions']} evictions",
+                f"loads: {loads['total']} total, {loads['cold']} cold, {loads['failed']} failed, "
+                f"{loads['coalesced']} coalesced; {data['in_flight']} in flight",
+            ]
+        )
+    if action == "clear":
+        return f"cleared {data['cleared']} entries"
+    if action == "graph":
+        if "text" in data:
+            return str(data["text"]).rstrip("\n")
+        return "install order:\n" + "\n".join(f"  {i + 1}. {node}" for i, node in enumerate(data["order"]))
+    return json.dumps(data, indent=2)
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(str(v).ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in [header, *rows]]
+    return "\n".join(lines)
+
+
+def _now() -> str:
+    return datetime.now().strftime("%H:%M:%S")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

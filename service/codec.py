@@ -1,0 +1,112 @@
+"""Bodies on the wire: JSON by default, MessagePack when the request says `Content-Type: application/msgpack`.
+
+Decoding turns every msgspec error into `InvalidRequest` with the field and a reason a person can act on;
+encoding wraps data in the contract's envelope.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from enum import Enum
+from functools import cache
+from typing import Any, TypeVar
+
+import msgspec
+
+from .errors import InvalidRequest, LoaderError
+from .messages import ErrorBody, Failure, Success
+
+JSON = "application/json"
+MSGPACK = "application/msgpack"
+_MSGPACK_NAMES = frozenset({MSGPACK, "application/x-msgpack", "application/vnd.msgpack"})
+
+R = TypeVar("R")
+
+_FRIENDLY = {
+    "name": "must be 1-64 characters of a-z 0-9 - _ ., start with a letter or digit, and not contain '..'",
+    "extension_type": "must be provider, taskserv or cluster (the plural and any letter case are accepted)",
+    "version": 'must be a version or constraint such as 1.28.0, ^1.28, ~1.28.0, ">=1.27,<2", 1.28.* or latest',
+}
+_AT = re.compile(r" - at `\$\.?([^`]*)`$")
+
+
+class Codec(Enum):
+    JSON = JSON
+    MSGPACK = MSGPACK
+
+    @classmethod
+    def of(cls, headers: Mapping[str, str] | None) -> Codec:
+        value = header(headers, "Content-Type")
+        if value and value.split(";")[0].strip().lower() in _MSGPACK_NAMES:
+            return cls.MSGPACK
+        return cls.JSON
+
+    def encode(self, obj: Any) -> bytes:
+        return _encoders[self](obj)
+
+
+_json_encoder = msgspec.json.Encoder()
+_msgpack_encoder = msgspec.msgpack.Encoder()
+_encoders = {Codec.JSON: _json_encoder.encode, Codec.MSGPACK: _msgpack_encoder.encode}
+
+
+def header(headers: Mapping[str, str] | None, name: str) -> str | None:
+    """A header's value, whatever the letter case the sender used."""
+    if not headers:
+        return None
+    value = headers.get(name)
+    if value is not None:
+        return value
+    lower = name.lower()
+    for key, val in headers.items():
+        if key.lower() == lower:
+            return val
+    return None
+
+
+@cache
+def _decoder(kind: type[Any], codec: Codec) -> msgspec.json.Decoder[Any] | msgspec.msgpack.Decoder[Any]:
+    if codec is Codec.MSGPACK:
+        return msgspec.msgpack.Decoder(kind)
+    return msgspec.json.Decoder(kind)
+
+
+def decode(body: bytes, kind: type[R], codec: Codec) -> R:
+    """Decodes a request body; an empty body is an empty object."""
+    if not body.strip():
+        body = b"\x80" if codec is Codec.MSGPACK else b"{}"
+    try:
+        result: R = _decoder(kind, codec).decode(body)
+    except msgspec.ValidationError as exc:
+        raise _invalid(str(exc)) from None
+    except msgspec.DecodeError as exc:
+        what = "MessagePack" if codec is Codec.MSGPACK else "JSON"
+        raise InvalidRequest(f"the body is not valid {what}: {exc}") from None
+    return result
+
+
+def _invalid(text: str) -> InvalidRequest:
+    unknown = re.search(r"unknown field `([^`]*)`", text)
+    if unknown:
+        return InvalidRequest(f"unknown field {unknown.group(1)!r}", field=unknown.group(1))
+    missing = re.search(r"missing required field `([^`]*)`", text)
+    if missing:
+        return InvalidRequest("a required field is missing", field=missing.group(1))
+    at = _AT.search(text)
+    if at is None:
+        return InvalidRequest(text)
+    field = at.group(1)
+    reason = text[: at.start()]
+    if field in _FRIENDLY and "matching regex" in reason:
+        reason = _FRIENDLY[field]
+    return InvalidRequest(reason, field=field)
+
+
+def success(data: Any, codec: Codec) -> bytes:
+    return codec.encode(Success(data=data))
+
+
+def failure(error: LoaderError, codec: Codec) -> bytes:
+    body = ErrorBody(code=error.code, message=error.message, details=error.details())  # type: ignore[arg-type]
+    return codec.encode(Failure(error=body))

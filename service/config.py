@@ -1,0 +1,223 @@
+"""Configuration: typed, layered and validated once, at start.
+
+Layers, each overriding the one before: the packaged `config.defaults.toml`, the user's file (`--config`),
+environment variables `EXTENSION_LOADER__<SECTION>__<KEY>` (values read as TOML where they parse, else as
+text), and `key=value` overrides from the command line. String values may refer to other keys as `{{a.b.c}}`.
+The result is a frozen `Config`; a bad file or value raises `ConfigError` naming the key. Keys outside the
+sections this service reads are allowed, so an orchestrator's own file can be reused.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Mapping, Sequence
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any
+
+import msgspec
+from msgspec import Meta, Struct
+
+from .errors import ConfigError
+
+ENV_PREFIX = "EXTENSION_LOADER__"
+_REF = re.compile(r"\{\{\s*([A-Za-z0-9_.-]+)\s*\}\}")
+_STRICT = {"frozen": True, "kw_only": True, "forbid_unknown_fields": True}
+_LOOSE = {"frozen": True, "kw_only": True}
+
+Positive = Annotated[int, Meta(ge=1)]
+Token = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")]
+
+
+class PathsConfig(Struct, **_LOOSE):  # type: ignore[misc]
+    data_dir: str
+
+
+class ExtensionsConfig(Struct, **_LOOSE):  # type: ignore[misc]
+    auto_load: bool
+    cache_dir: Annotated[str, Meta(min_length=1)]
+    paths: Annotated[tuple[Annotated[str, Meta(min_length=1)], ...], Meta(min_length=1)]
+    cache_size: Annotated[int, Meta(ge=1, le=1_000_000)]
+
+
+class OrchestratorConfig(Struct, **_LOOSE):  # type: ignore[misc]
+    paths: PathsConfig
+    extensions: ExtensionsConfig
+
+
+class NushellConfig(Struct, **_STRICT):  # type: ignore[misc]
+    path: str
+    timeout_s: Annotated[float, Meta(gt=0, le=3600)]
+    max_concurrent: Annotated[int, Meta(ge=1, le=256)]
+    max_pending: Annotated[int, Meta(ge=0, le=100_000)]
+    max_memory_mb: Annotated[int, Meta(ge=64, le=1_048_576)]
+    max_output_kb: Positive
+    max_file_mb: Positive
+
+
+class NatsConfig(Struct, **_STRICT):  # type: ignore[misc]
+    url: Annotated[str, Meta(min_length=1)]
+    queue_group: Token
+    subject_prefix: Token
+    name: Annotated[str, Meta(min_length=1)]
+    user: str
+    password: str
+    token: str
+    creds: str
+    tls_ca: str
+    tls_cert: str
+    tls_key: str
+    drain_timeout_s: Annotated[float, Meta(gt=0, le=3600)]
+
+    @property
+    def servers(self) -> list[str]:
+        return [u.strip() for u in self.url.split(",") if u.strip()]
+
+    @property
+    def tls(self) -> bool:
+        return bool(self.tls_ca or self.tls_cert or self.tls_key) or any(
+            u.startswith("tls://") for u in self.servers
+        )
+
+
+class EventsConfig(Struct, **_STRICT):  # type: ignore[misc]
+    jetstream: bool
+    stream: Token
+
+
+class Config(Struct, **_LOOSE):  # type: ignore[misc]
+    orchestrator: OrchestratorConfig
+    nushell: NushellConfig
+    nats: NatsConfig
+    events: EventsConfig
+
+    @property
+    def extension_paths(self) -> tuple[Path, ...]:
+        return tuple(Path(p).expanduser().resolve() for p in self.orchestrator.extensions.paths)
+
+    @property
+    def cache_dir(self) -> Path:
+        return Path(self.orchestrator.extensions.cache_dir).expanduser().resolve()
+
+
+def defaults() -> dict[str, Any]:
+    text = resources.files(__package__).joinpath("config.defaults.toml").read_text(encoding="utf-8")
+    return tomllib.loads(text)
+
+
+def load_config(
+    file: str | Path | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    overrides: Sequence[str] = (),
+) -> Config:
+    """Builds the configuration from all its layers; raises ConfigError naming the offending key."""
+    data = defaults()
+    if file is not None:
+        _merge(data, _read_file(Path(file)))
+    for key, value in sorted((environ or {}).items()):
+        if key.startswith(ENV_PREFIX) and len(key) > len(ENV_PREFIX):
+            dotted = ".".join(part.lower() for part in key[len(ENV_PREFIX) :].split("__"))
+            _set(data, dotted, _parse_value(value), origin=f"environment variable {key}")
+    for item in overrides:
+        dotted, sep, value = item.partition("=")
+        if not sep or not dotted.strip():
+            raise ConfigError(item, "an override is written key=value, e.g. nats.url=nats://127.0.0.1:4222")
+        _set(data, dotted.strip(), _parse_value(value), origin="command line")
+    return validate(_interpolate(data))
+
+
+def validate(data: Mapping[str, Any]) -> Config:
+    try:
+        return msgspec.convert(data, Config)
+    except msgspec.ValidationError as exc:
+        raise _config_error(exc) from None
+
+
+def _config_error(exc: msgspec.ValidationError) -> ConfigError:
+    text = str(exc)
+    message, _, where = text.rpartition(" - at `$")
+    if not _:
+        message, where = text, ""
+    key = where.rstrip("`").lstrip(".").replace("[", ".").replace("]", "")
+    unknown = re.search(r"unknown field `([^`]+)`", text)
+    missing = re.search(r"missing required field `([^`]+)`", text)
+    for match in (unknown, missing):
+        if match:
+            key = f"{key}.{match.group(1)}" if key else match.group(1)
+    return ConfigError(key or "(top level)", message or text)
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(str(path), "no such configuration file") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(str(path), f"not valid TOML: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(str(path), f"cannot read: {exc.strerror}") from None
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def _merge(into: dict[str, Any], other: Mapping[str, Any]) -> None:
+    for key, value in other.items():
+        if isinstance(value, Mapping) and isinstance(into.get(key), dict):
+            _merge(into[key], value)
+        else:
+            into[key] = value
+
+
+def _set(data: dict[str, Any], dotted: str, value: Any, *, origin: str) -> None:
+    parts = dotted.split(".")
+    node = data
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(dotted, f"{part} is not a table ({origin})")
+        node = child
+    node[parts[-1]] = value
+
+
+def _lookup(data: Mapping[str, Any], dotted: str) -> Any:
+    node: Any = data
+    for part in dotted.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            raise KeyError(dotted)
+        node = node[part]
+    return node
+
+
+def _interpolate(data: dict[str, Any]) -> dict[str, Any]:
+    def resolve(value: Any, key: str, seen: tuple[str, ...]) -> Any:
+        if isinstance(value, dict):
+            return {k: resolve(v, f"{key}.{k}" if key else k, seen) for k, v in value.items()}
+        if isinstance(value, list):
+            return [resolve(v, f"{key}.{i}", seen) for i, v in enumerate(value)]
+        if not isinstance(value, str):
+            return value
+
+        def substitute(match: re.Match[str]) -> str:
+            ref = match.group(1)
+            if ref in seen:
+                raise ConfigError(key, f"{{{{{ref}}}}} refers back to itself ({' -> '.join((*seen, ref))})")
+            try:
+                target = _lookup(data, ref)
+            except KeyError:
+                raise ConfigError(key, f"{{{{{ref}}}}} names no key") from None
+            if isinstance(target, dict | list):
+                raise ConfigError(key, f"{{{{{ref}}}}} is a table or list, not a value")
+            return str(resolve(target, ref, (*seen, ref)))
+
+        return _REF.sub(substitute, value)
+
+    resolved: dict[str, Any] = resolve(data, "", ())
+    return resolved

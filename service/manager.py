@@ -1,0 +1,350 @@
+"""The extension manager: the LRU cache in front of the Nushell runner, with single-flight and statistics.
+
+A load resolves the request to one version on disk, checks its dependencies, and answers from the cache
+(key `{type}:{name}:{version}`) or runs the loader once: any number of simultaneous requests for the same
+uncached key share one Nushell run. The manager publishes nothing itself; each operation returns the events
+it caused, in order, and the caller sends them once it has replied.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import anyio
+from cachetools import LRUCache
+
+from .errors import LoaderError, Unavailable
+from .messages import (
+    Available,
+    CacheStats,
+    Extension,
+    ExtensionLoaded,
+    ExtensionType,
+    ExtensionUnloaded,
+    LoadReason,
+    LoadStats,
+    NushellInfo,
+    Stats,
+    Status,
+    UnloadReason,
+)
+from .runner import NushellRunner
+from .store import DependencyTree, ExtensionStore, VersionInfo
+from .versions import Constraint, parse_version, sort_newest_first
+
+log = logging.getLogger(__name__)
+audit = logging.getLogger("service.audit")
+
+Event = ExtensionLoaded | ExtensionUnloaded
+Clock = Callable[[], datetime]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What a load gave: the extension, whether this request ran Nushell, and the events to publish."""
+
+    extension: Extension
+    cold: bool
+    events: list[Event] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class _Flight:
+    done: anyio.Event = field(default_factory=anyio.Event)
+    extension: Extension | None = None
+    error: LoaderError | None = None
+
+
+@dataclass(slots=True)
+class _Counters:
+    hits: int = 0
+    misses: int = 0
+    evictions: int = 0
+    total: int = 0
+    cold: int = 0
+    failed: int = 0
+    coalesced: int = 0
+
+
+class _LRU(LRUCache[str, Extension]):
+    """cachetools' LRU, telling its owner what it evicts."""
+
+    def __init__(self, maxsize: int, on_evict: Callable[[Extension], None]) -> None:
+        super().__init__(maxsize)
+        self._on_evict = on_evict
+
+    def popitem(self) -> tuple[str, Extension]:
+        key, value = super().popitem()
+        self._on_evict(value)
+        return key, value
+
+
+class ExtensionManager:
+    def __init__(
+        self,
+        store: ExtensionStore,
+        runner: NushellRunner,
+        *,
+        capacity: int,
+        instance_id: str,
+        nushell: NushellInfo,
+        clock: Clock = utc_now,
+    ) -> None:
+        self.store = store
+        self.runner = runner
+        self.instance_id = instance_id
+        self.nushell = nushell
+        self._clock = clock
+        self._started = time.monotonic()
+        self._evicted: list[Extension] = []
+        self._cache = _LRU(capacity, self._evicted.append)
+        self._flights: dict[str, _Flight] = {}
+        self._generation: dict[tuple[ExtensionType, str], int] = {}
+        self._in_flight = 0
+        self.counters = _Counters()
+
+    # --- requests -------------------------------------------------------------------------------------------
+
+    async def load(
+        self,
+        extension_type: ExtensionType,
+        name: str,
+        version: str | None,
+        *,
+        with_dependencies: bool = False,
+        reason: LoadReason = "load",
+    ) -> Outcome:
+        self.counters.total += 1
+        try:
+            info = self._resolve(extension_type, name, version)
+            if not with_dependencies:
+                cached = self._cache.get(info.key)
+                if cached is not None:
+                    self.counters.hits += 1
+                    return Outcome(cached, cold=False)
+            tree = self.store.dependency_tree(info)
+            if not with_dependencies:
+                return await self._load_one(info, reason)
+            events: list[Event] = []
+            outcome: Outcome | None = None
+            for node in tree.order:
+                outcome = await self._load_one(node, reason)
+                events.extend(outcome.events)
+            assert outcome is not None
+            return Outcome(outcome.extension, outcome.cold, events)
+        except LoaderError:
+            self.counters.failed += 1
+            raise
+
+    async def reload(self, extension_type: ExtensionType, name: str, version: str | None) -> Outcome:
+        """Drops every cached version of the extension and loads it again from disk."""
+        self.counters.total += 1
+        try:
+            info = self._resolve(extension_type, name, version)
+            self.store.dependency_tree(info)
+            key = (extension_type, name)
+            self._generation[key] = self._generation.get(key, 0) + 1
+            events: list[Event] = [self._unloaded(e, "reload") for e in self._drop(extension_type, name)]
+            outcome = await self._load_one(info, "reload", force=True)
+            return Outcome(outcome.extension, True, [*events, *outcome.events])
+        except LoaderError:
+            self.counters.failed += 1
+            raise
+
+    def drop(self, extension_type: ExtensionType, name: str, reason: UnloadReason) -> list[Event]:
+        """Forgets every cached version of an extension (a peer reloaded it, or it left the disk)."""
+        key = (extension_type, name)
+        self._generation[key] = self._generation.get(key, 0) + 1
+        return [self._unloaded(e, reason) for e in self._drop(extension_type, name)]
+
+    def clear(self) -> tuple[int, list[Event]]:
+        dropped = list(self._cache.values())
+        self._cache.clear()
+        for key in list(self._generation):
+            self._generation[key] += 1
+        for ext in dropped:
+            audit.info("cleared %s", _key(ext), extra={"action": "clear", "extension": _key(ext)})
+        return len(dropped), [self._unloaded(e, "cleared") for e in dropped]
+
+    def loaded(self, extension_type: ExtensionType | None = None) -> list[Extension]:
+        found = [e for e in self._cache.values() if extension_type in (None, e.metadata.extension_type)]
+        return sorted(found, key=_sort_key)
+
+    def status(self, extension_type: ExtensionType, name: str, version: str | None) -> Status:
+        self.store.versions(extension_type, name)  # NotFound for a name that is nowhere
+        constraint = Constraint.parse(version) if version is not None else None
+        versions = [
+            e.metadata.version
+            for e in self._cache.values()
+            if e.metadata.extension_type is extension_type
+            and e.metadata.name == name
+            and (constraint is None or constraint.matches(e.metadata.version))
+        ]
+        return Status(loaded=bool(versions), versions=tuple(sort_newest_first(versions)))
+
+    def discover(self, extension_type: ExtensionType | None, name: str | None) -> list[Available]:
+        return self.store.available(extension_type, name)
+
+    def dependency_tree(self, extension_type: ExtensionType, name: str, version: str | None) -> DependencyTree:
+        return self.store.dependency_tree(self._resolve(extension_type, name, version))
+
+    def stats(self) -> Stats:
+        c = self.counters
+        lookups = c.hits + c.misses
+        return Stats(
+            cache=CacheStats(
+                size=len(self._cache),
+                capacity=int(self._cache.maxsize),
+                hits=c.hits,
+                misses=c.misses,
+                hit_ratio=round(c.hits / lookups, 4) if lookups else 0.0,
+                evictions=c.evictions,
+            ),
+            loads=LoadStats(total=c.total, cold=c.cold, failed=c.failed, coalesced=c.coalesced),
+            in_flight=self._in_flight,
+            nushell=self.nushell,
+            instance_id=self.instance_id,
+            uptime_s=round(time.monotonic() - self._started, 3),
+        )
+
+    # --- inside ---------------------------------------------------------------------------------------------
+
+    def _resolve(self, extension_type: ExtensionType, name: str, version: str | None) -> VersionInfo:
+        constraint = Constraint.parse(version)
+        info = self.store.resolve(extension_type, name, constraint)
+        info.require_metadata()
+        return info
+
+    async def _load_one(self, info: VersionInfo, reason: LoadReason, *, force: bool = False) -> Outcome:
+        if not force:
+            cached = self._cache.get(info.key)
+            if cached is not None:
+                self.counters.hits += 1
+                return Outcome(cached, cold=False)
+            flight = self._flights.get(info.key)
+            if flight is not None:
+                self.counters.coalesced += 1
+                await flight.done.wait()
+                if flight.error is not None:
+                    raise flight.error
+                assert flight.extension is not None
+                return Outcome(flight.extension, cold=False)
+        self.counters.misses += 1
+        flight = _Flight()
+        if not force:
+            self._flights[info.key] = flight
+        try:
+            return await self._run(info, reason, flight)
+        finally:
+            if self._flights.get(info.key) is flight:
+                del self._flights[info.key]
+            if not flight.done.is_set():
+                flight.error = flight.error or Unavailable("the load was cancelled")
+                flight.done.set()
+
+    async def _run(self, info: VersionInfo, reason: LoadReason, flight: _Flight) -> Outcome:
+        generation = self._generation.get((info.extension_type, info.name), 0)
+        started = time.perf_counter()
+        self._in_flight += 1
+        try:
+            result = await self.runner.load(info.extension_type, info.name, info.version)
+        except LoaderError as exc:
+            flight.error = exc
+            audit.info(
+                "load of %s failed: %s",
+                info.key,
+                exc.code,
+                extra={"action": reason, "extension": info.key, "outcome": exc.code},
+            )
+            raise
+        finally:
+            self._in_flight -= 1
+        duration_ms = (time.perf_counter() - started) * 1000
+        extension = Extension(metadata=result.metadata, path=result.path, loaded_at=self._clock(), digest=result.digest)
+        flight.extension = extension
+        self.counters.cold += 1
+        events: list[Event] = []
+        if self._generation.get((info.extension_type, info.name), 0) == generation:
+            self._cache[info.key] = extension
+            events.extend(self._unloaded(e, "evicted") for e in self._take_evicted())
+        events.insert(
+            0,
+            ExtensionLoaded(
+                event_id=new_id(),
+                reason=reason,
+                extension=extension,
+                cold=True,
+                duration_ms=round(duration_ms, 3),
+                instance_id=self.instance_id,
+                timestamp=self._clock(),
+            ),
+        )
+        audit.info(
+            "%s %s in %.1f ms (%s)",
+            reason,
+            info.key,
+            duration_ms,
+            result.digest,
+            extra={"action": reason, "extension": info.key, "outcome": "ok", "digest": result.digest},
+        )
+        flight.done.set()
+        return Outcome(extension, cold=True, events=events)
+
+    def _take_evicted(self) -> list[Extension]:
+        evicted, self._evicted[:] = list(self._evicted), []
+        self.counters.evictions += len(evicted)
+        for ext in evicted:
+            audit.info("evicted %s", _key(ext), extra={"action": "evict", "extension": _key(ext)})
+        return evicted
+
+    def _drop(self, extension_type: ExtensionType, name: str) -> list[Extension]:
+        prefix = f"{extension_type.value}:{name}:"
+        dropped = [self._cache.pop(k) for k in [k for k in self._cache if k.startswith(prefix)]]
+        return sorted(dropped, key=_sort_key)
+
+    def _unloaded(self, extension: Extension, reason: UnloadReason) -> ExtensionUnloaded:
+        meta = extension.metadata
+        return ExtensionUnloaded(
+            event_id=new_id(),
+            reason=reason,
+            extension_type=meta.extension_type,
+            name=meta.name,
+            version=meta.version,
+            instance_id=self.instance_id,
+            timestamp=self._clock(),
+        )
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+def _key(extension: Extension) -> str:
+    m = extension.metadata
+    return f"{m.extension_type.value}:{m.name}:{m.version}"
+
+
+def _sort_key(extension: Extension) -> tuple[str, str, object]:
+    m = extension.metadata
+    parsed = parse_version(m.version)
+    # Newest first within a name: negate by sorting on the inverted tuple of the parsed version.
+    return (m.extension_type.value, m.name, _Desc(parsed))
+
+
+class _Desc:
+    __slots__ = ("value",)
+
+    def __init__(self, value: object) -> None:
+        self.value = value
+
+    def __lt__(self, other: _Desc) -> bool:
+        return bool(self.value > other.value)  # type: ignore[operator]

@@ -1,0 +1,286 @@
+"""The wire messages of CONTRACT.md as msgspec structs: requests, replies, events.
+
+The structs are the contract: they validate what arrives (types, names, unknown fields) and they are what
+`schemas/` is generated from. Requests accept an extension type in the plural and in any letter case and
+normalise it to the lower-case singular that replies and events use.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+from typing import Annotated, Any, Generic, Literal, TypeVar
+
+import msgspec
+from msgspec import Meta, Struct
+
+
+class ExtensionType(enum.StrEnum):
+    PROVIDER = "provider"
+    TASKSERV = "taskserv"
+    CLUSTER = "cluster"
+
+    @property
+    def folder(self) -> str:
+        """The folder of an extension root that holds extensions of this type."""
+        return f"{self.value}s"
+
+    @classmethod
+    def parse(cls, text: str) -> ExtensionType:
+        """Accepts `taskserv`, `Taskservs`, `TASKSERV`: any case, singular or plural."""
+        word = text.strip().lower()
+        if word.endswith("s"):
+            word = word[:-1]
+        return cls(word)
+
+
+def _any_case(word: str) -> str:
+    return "".join(f"[{c.lower()}{c.upper()}]" for c in word)
+
+
+NAME_PATTERN = r"^(?!.*\.\.)[a-z0-9][a-z0-9._-]{0,63}$"
+TYPE_PATTERN = "^(" + "|".join(_any_case(t.value) for t in ExtensionType) + ")[sS]?$"
+VERSION_PATTERN = r"^[0-9A-Za-z.*^~<>=!, +-]+$"
+
+TypeName = Annotated[
+    str,
+    Meta(
+        pattern=TYPE_PATTERN,
+        description="provider, taskserv or cluster; the plural and any letter case are accepted",
+        examples=["taskserv"],
+    ),
+]
+Name = Annotated[
+    str,
+    Meta(
+        min_length=1,
+        max_length=64,
+        pattern=NAME_PATTERN,
+        description="1-64 characters of a-z 0-9 - _ ., starting with a letter or digit, no '..'",
+        examples=["kubernetes"],
+    ),
+]
+VersionSpec = Annotated[
+    str,
+    Meta(
+        min_length=1,
+        max_length=64,
+        pattern=VERSION_PATTERN,
+        description='an exact version, a constraint ("^1.28", "~1.28.0", ">=1.27,<2", "1.28.*") or "latest"',
+        examples=["1.28.0", "^1.28", "latest"],
+    ),
+]
+
+_REQUEST = {"frozen": True, "kw_only": True, "forbid_unknown_fields": True}
+
+
+class _Typed(Struct, **_REQUEST):  # type: ignore[misc]
+    extension_type: TypeName
+
+    def __post_init__(self) -> None:
+        # The pattern has admitted the spelling; store the canonical form so nothing downstream re-parses it.
+        msgspec.structs.force_setattr(self, "extension_type", ExtensionType.parse(self.extension_type).value)
+
+    @property
+    def type(self) -> ExtensionType:
+        return ExtensionType(self.extension_type)
+
+
+class _OptionallyTyped(Struct, **_REQUEST):  # type: ignore[misc]
+    extension_type: TypeName | None = None
+
+    def __post_init__(self) -> None:
+        if self.extension_type is not None:
+            msgspec.structs.force_setattr(self, "extension_type", ExtensionType.parse(self.extension_type).value)
+
+    @property
+    def type(self) -> ExtensionType | None:
+        return None if self.extension_type is None else ExtensionType(self.extension_type)
+
+
+class LoadRequest(_Typed, **_REQUEST):  # type: ignore[misc]
+    """Load one extension; answered from the cache when it is there."""
+
+    name: Name
+    version: VersionSpec | None = None
+    with_dependencies: bool = False
+
+
+class ReloadRequest(_Typed, **_REQUEST):  # type: ignore[misc]
+    """Drop every cached version of an extension and load it again from disk."""
+
+    name: Name
+    version: VersionSpec | None = None
+
+
+class ListRequest(_OptionallyTyped, **_REQUEST):  # type: ignore[misc]
+    """What is loaded now, optionally of one type."""
+
+
+class StatusRequest(_Typed, **_REQUEST):  # type: ignore[misc]
+    """Whether an extension (or one version of it) is loaded now."""
+
+    name: Name
+    version: VersionSpec | None = None
+
+
+class DiscoverRequest(_OptionallyTyped, **_REQUEST):  # type: ignore[misc]
+    """What is available on disk, optionally of one type and name."""
+
+    name: Name | None = None
+
+
+class GraphRequest(_Typed, **_REQUEST):  # type: ignore[misc]
+    """The resolved dependency graph of one extension."""
+
+    name: Name
+    version: VersionSpec | None = None
+    format: Literal["json", "dot", "mermaid"] = "json"
+
+
+class EmptyRequest(Struct, **_REQUEST):  # type: ignore[misc]
+    """The body of `cache.clear` and `stats`: empty, or `{}`."""
+
+
+# --- replies -------------------------------------------------------------------------------------------------
+
+_REPLY = {"frozen": True, "kw_only": True}
+
+
+class ExtensionMetadata(Struct, **_REPLY):  # type: ignore[misc]
+    name: str
+    version: str
+    description: str
+    extension_type: ExtensionType
+    dependencies: tuple[str, ...] = ()
+    author: str | None = None
+    repository: str | None = None
+
+
+class Extension(Struct, **_REPLY):  # type: ignore[misc]
+    metadata: ExtensionMetadata
+    path: Annotated[str, Meta(description="where the extension's loaded files are")]
+    loaded_at: datetime
+    digest: Annotated[str, Meta(pattern=r"^sha256:[0-9a-f]{64}$")]
+
+
+class Available(Struct, **_REPLY):  # type: ignore[misc]
+    extension_type: ExtensionType
+    name: str
+    versions: Annotated[tuple[str, ...], Meta(description="newest first")]
+    latest: ExtensionMetadata
+
+
+class Status(Struct, **_REPLY):  # type: ignore[misc]
+    loaded: bool
+    versions: Annotated[tuple[str, ...], Meta(description="the versions loaded now, newest first")]
+
+
+class Cleared(Struct, **_REPLY):  # type: ignore[misc]
+    cleared: int
+
+
+class CacheStats(Struct, **_REPLY):  # type: ignore[misc]
+    size: int
+    capacity: int
+    hits: int
+    misses: int
+    hit_ratio: float
+    evictions: int
+
+
+class LoadStats(Struct, **_REPLY):  # type: ignore[misc]
+    total: int
+    cold: int
+    failed: int
+    coalesced: int
+
+
+class NushellInfo(Struct, **_REPLY):  # type: ignore[misc]
+    path: str
+    version: str
+
+
+class Stats(Struct, **_REPLY):  # type: ignore[misc]
+    cache: CacheStats
+    loads: LoadStats
+    in_flight: int
+    nushell: NushellInfo
+    instance_id: str
+    uptime_s: float
+
+
+class GraphNode(Struct, **_REPLY):  # type: ignore[misc]
+    id: Annotated[str, Meta(description="type:name:version")]
+    extension_type: ExtensionType
+    name: str
+    version: str
+
+
+class GraphEdge(Struct, **_REPLY, rename={"from_": "from"}):  # type: ignore[misc]
+    from_: str
+    to: str
+
+
+class Graph(Struct, **_REPLY):  # type: ignore[misc]
+    nodes: tuple[GraphNode, ...]
+    edges: tuple[GraphEdge, ...]
+    order: Annotated[tuple[str, ...], Meta(description="node ids in install order")]
+
+
+class GraphText(Struct, **_REPLY):  # type: ignore[misc]
+    text: str
+
+
+class ErrorBody(Struct, **_REPLY):  # type: ignore[misc]
+    code: Literal[
+        "invalid_request",
+        "not_found",
+        "version_not_found",
+        "dependency_error",
+        "invalid_extension",
+        "load_failed",
+        "timeout",
+        "unavailable",
+    ]
+    message: str
+    details: dict[str, Any] = {}
+
+
+T = TypeVar("T")
+
+
+class Success(Struct, Generic[T], **_REPLY):  # type: ignore[misc]
+    success: bool = True
+    data: T
+
+
+class Failure(Struct, **_REPLY):  # type: ignore[misc]
+    success: bool = False
+    error: ErrorBody
+
+
+# --- events --------------------------------------------------------------------------------------------------
+
+LoadReason = Literal["load", "reload", "auto_load", "hot_reload"]
+UnloadReason = Literal["evicted", "cleared", "reload", "removed"]
+
+
+class ExtensionLoaded(Struct, **_REPLY):  # type: ignore[misc]
+    event_id: str
+    reason: LoadReason
+    extension: Extension
+    cold: bool
+    duration_ms: float
+    instance_id: str
+    timestamp: datetime
+
+
+class ExtensionUnloaded(Struct, **_REPLY):  # type: ignore[misc]
+    event_id: str
+    reason: UnloadReason
+    extension_type: ExtensionType
+    name: str
+    version: str
+    instance_id: str
+    timestamp: datetime

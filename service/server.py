@@ -1,0 +1,334 @@
+"""The NATS wiring: where a request enters and its reply leaves.
+
+`ExtensionService` owns the NATS connection and the task group. Entering it connects, subscribes every
+request subject in the queue group and the `$SRV` subjects, and returns once they are live. Each request is
+handled in its own task, so a slow cold load never holds up a cached answer. `_handle` is the one boundary
+where any exception becomes an error reply. Leaving drains the subscriptions (no request already received
+is dropped), waits for the handlers in flight and their events, then drains the connection.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import time
+from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import Any, Self
+
+import anyio
+import msgspec
+import nats
+from anyio.abc import TaskGroup
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from opentelemetry import trace
+
+from . import codec
+from .config import Config
+from .errors import LoaderError, LoadFailed
+from .events import Event, EventPublisher
+from .graph import render
+from .manager import ExtensionManager
+from .messages import (
+    Cleared,
+    DiscoverRequest,
+    EmptyRequest,
+    GraphRequest,
+    ListRequest,
+    LoadRequest,
+    ReloadRequest,
+    StatusRequest,
+)
+from .micro import EndpointStats, ServiceIdentity
+from .telemetry import extract
+
+log = logging.getLogger(__name__)
+tracer = trace.get_tracer(__name__)
+
+Handler = Callable[[Any, trace.Span], Awaitable[tuple[Any, list[Event]]]]
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    name: str
+    subject: str
+    request: type[Any]
+    handler: Handler
+    stats: EndpointStats
+
+
+class ExtensionService:
+    def __init__(self, config: Config, manager: ExtensionManager, *, version: str) -> None:
+        self.config = config
+        self.manager = manager
+        self.identity = ServiceIdentity(
+            id=manager.instance_id, version=version, started=datetime.now(UTC), metadata={}
+        )
+        prefix = config.nats.subject_prefix
+        group = config.nats.queue_group
+        routes: list[tuple[str, str, type[Any], Handler]] = [
+            ("load", "load", LoadRequest, self._load),
+            ("reload", "reload", ReloadRequest, self._reload),
+            ("list", "list", ListRequest, self._list),
+            ("status", "status", StatusRequest, self._status),
+            ("discover", "discover", DiscoverRequest, self._discover),
+            ("cache_clear", "cache.clear", EmptyRequest, self._clear),
+            ("stats", "stats", EmptyRequest, self._stats),
+            ("graph", "graph", GraphRequest, self._graph),
+        ]
+        self.endpoints = [
+            Endpoint(name, f"{prefix}.{suffix}", kind, handler, EndpointStats(name, f"{prefix}.{suffix}", group))
+            for name, suffix, kind, handler in routes
+        ]
+        self._stack = AsyncExitStack()
+        self._nc: Client | None = None
+        self._tg: TaskGroup | None = None
+        self._publisher: EventPublisher | None = None
+        self._subs: list[Subscription] = []
+        self._active = 0
+        self._idle = anyio.Event()
+        self._closed = False
+
+    @property
+    def nc(self) -> Client:
+        assert self._nc is not None, "the service is not started"
+        return self._nc
+
+    @property
+    def publisher(self) -> EventPublisher:
+        assert self._publisher is not None, "the service is not started"
+        return self._publisher
+
+    # --- life cycle -----------------------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        try:
+            await self._start()
+        except BaseException:
+            await self._stack.aclose()
+            raise
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()
+
+    async def _start(self) -> None:
+        self._nc = await nats.connect(**self._connect_options())
+        self._stack.push_async_callback(self._close_connection)
+        self._tg = await self._stack.enter_async_context(anyio.create_task_group())
+        self._publisher = EventPublisher(self._nc, self.config.nats.subject_prefix)
+        group = self.config.nats.queue_group
+        for endpoint in self.endpoints:
+            self._subs.append(await self.nc.subscribe(endpoint.subject, queue=group, cb=self._dispatcher(endpoint)))
+        for verb, subject in self.identity.subjects():
+            self._subs.append(await self.nc.subscribe(subject, cb=self._srv_handler(verb)))
+        await self.nc.flush()
+        log.info(
+            "serving %s.* in queue group %s as instance %s",
+            self.config.nats.subject_prefix,
+            group,
+            self.identity.id,
+            extra={"servers": self.nc.connected_url.netloc if self.nc.connected_url else None},
+        )
+
+    async def stop(self) -> None:
+        """Stops taking requests, answers those already received, publishes their events; safe twice."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            if self._nc is not None and self._nc.is_connected:
+                for sub in self._subs:
+                    try:
+                        await sub.drain()
+                    except Exception as exc:  # a closed connection has nothing left to drain
+                        log.debug("drain of %s: %s", sub.subject, exc)
+            with anyio.move_on_after(self.config.nats.drain_timeout_s) as scope:
+                while self._active:
+                    await self._idle.wait()
+            if scope.cancelled_caught and self._tg is not None:
+                log.warning("%d requests still running after the drain time; cancelling them", self._active)
+                self._tg.cancel_scope.cancel()
+        finally:
+            await self._stack.aclose()
+
+    async def _close_connection(self) -> None:
+        if self._nc is None or self._nc.is_closed:
+            return
+        with anyio.CancelScope(shield=True):
+            try:
+                await self._nc.flush(timeout=2)
+            except Exception as exc:
+                log.warning("could not flush to NATS on stop: %s", exc)
+            await self._nc.close()
+
+    def _connect_options(self) -> dict[str, Any]:
+        cfg = self.config.nats
+        options: dict[str, Any] = {
+            "servers": cfg.servers,
+            "name": cfg.name,
+            "max_reconnect_attempts": -1,
+            "reconnect_time_wait": 1,
+            "connect_timeout": 5,
+            "error_cb": self._on_error,
+            "disconnected_cb": self._on_disconnected,
+            "reconnected_cb": self._on_reconnected,
+        }
+        if cfg.user:
+            options["user"] = cfg.user
+            options["password"] = cfg.password
+        if cfg.token:
+            options["token"] = cfg.token
+        if cfg.creds:
+            options["user_credentials"] = cfg.creds
+        if cfg.tls:
+            context = ssl.create_default_context(cafile=cfg.tls_ca or None)
+            if cfg.tls_cert:
+                context.load_cert_chain(cfg.tls_cert, cfg.tls_key or None)
+            options["tls"] = context
+        return options
+
+    async def _on_error(self, exc: Exception) -> None:
+        log.warning("NATS error: %s", exc)
+
+    async def _on_disconnected(self) -> None:
+        log.warning("disconnected from NATS; reconnecting")
+
+    async def _on_reconnected(self) -> None:
+        url = self.nc.connected_url
+        log.info("reconnected to NATS at %s", url.netloc if url else "?")
+
+    # --- requests -------------------------------------------------------------------------------------------
+
+    def _dispatcher(self, endpoint: Endpoint) -> Callable[[Msg], Awaitable[None]]:
+        async def dispatch(msg: Msg) -> None:
+            # nats-py awaits this callback before it hands over the next message: return at once.
+            assert self._tg is not None
+            self._active += 1
+            self._idle = anyio.Event() if self._idle.is_set() else self._idle
+            self._tg.start_soon(self._handle, endpoint, msg)
+
+        return dispatch
+
+    async def _handle(self, endpoint: Endpoint, msg: Msg) -> None:
+        started = time.perf_counter_ns()
+        error: str | None = None
+        fmt = codec.Codec.of(msg.headers)
+        events: list[Event] = []
+        try:
+            with tracer.start_as_current_span(
+                f"process {msg.subject}",
+                context=extract(msg.headers),
+                kind=trace.SpanKind.SERVER,
+                attributes={
+                    "messaging.system": "nats",
+                    "messaging.destination.name": msg.subject,
+                    "messaging.operation.type": "process",
+                    "messaging.consumer.group.name": self.config.nats.queue_group,
+                    "messaging.message.body.size": len(msg.data),
+                },
+            ) as span:
+                try:
+                    request = codec.decode(msg.data, endpoint.request, fmt)
+                    _describe(span, request)
+                    data, events = await endpoint.handler(request, span)
+                    body = codec.success(data, fmt)
+                    headers = {"Content-Type": fmt.value}
+                except Exception as exc:
+                    err = exc if isinstance(exc, LoaderError) else _internal(exc, msg.subject)
+                    error = err.message
+                    span.set_status(trace.StatusCode.ERROR, err.message)
+                    span.set_attribute("error.type", err.code)
+                    body = codec.failure(err, fmt)
+                    headers = {
+                        "Content-Type": fmt.value,
+                        "Nats-Service-Error": _header_safe(err.message),
+                        "Nats-Service-Error-Code": str(err.status),
+                    }
+                await self._reply(msg, body, headers)
+                if events:
+                    await self.publisher.publish(events)
+        finally:
+            endpoint.stats.record(time.perf_counter_ns() - started, error)
+            self._active -= 1
+            if not self._active:
+                self._idle.set()
+
+    async def _reply(self, msg: Msg, body: bytes, headers: dict[str, str]) -> None:
+        if not msg.reply:
+            return
+        try:
+            await self.nc.publish(msg.reply, body, headers=headers)
+        except Exception as exc:
+            log.error("could not reply on %s: %s", msg.subject, exc)
+
+    def _srv_handler(self, verb: str) -> Callable[[Msg], Awaitable[None]]:
+        async def answer(msg: Msg) -> None:
+            if not msg.reply:
+                return
+            reply = self.identity.reply(verb, [e.stats for e in self.endpoints])
+            try:
+                await self.nc.publish(msg.reply, msgspec.json.encode(reply), headers={"Content-Type": codec.JSON})
+            except Exception as exc:
+                log.error("could not answer $SRV.%s: %s", verb, exc)
+
+        return answer
+
+    # --- one handler per subject ----------------------------------------------------------------------------
+
+    async def _load(self, req: LoadRequest, span: trace.Span) -> tuple[Any, list[Event]]:
+        outcome = await self.manager.load(req.type, req.name, req.version, with_dependencies=req.with_dependencies)
+        span.set_attribute("extension.version", outcome.extension.metadata.version)
+        span.set_attribute("cache.hit", not outcome.cold)
+        return outcome.extension, outcome.events
+
+    async def _reload(self, req: ReloadRequest, span: trace.Span) -> tuple[Any, list[Event]]:
+        outcome = await self.manager.reload(req.type, req.name, req.version)
+        span.set_attribute("extension.version", outcome.extension.metadata.version)
+        span.set_attribute("cache.hit", False)
+        return outcome.extension, outcome.events
+
+    async def _list(self, req: ListRequest, span: trace.Span) -> tuple[Any, list[Event]]:
+        return self.manager.loaded(req.type), []
+
+    async def _status(self, req: StatusRequest, span: trace.Span) -> tuple[Any, list[Event]]:
+        return self.manager.status(req.type, req.name, req.version), []
+
+    async def _discover(self, req: DiscoverRequest, span: trace.Span) -> tuple[Any, list[Event]]:
+        return self.manager.discover(req.type, req.name), []
+
+    async def _clear(self, req: EmptyRequest, span: trace.Span) -> tuple[Any, list[Event]]:
+        count, events = self.manager.clear()
+        return Cleared(cleared=count), events
+
+    async def _stats(self, req: EmptyRequest, span: trace.Span) -> tuple[Any, list[Event]]:
+        return self.manager.stats(), []
+
+    async def _graph(self, req: GraphRequest, span: trace.Span) -> tuple[Any, list[Event]]:
+        tree = self.manager.dependency_tree(req.type, req.name, req.version)
+        span.set_attribute("extension.version", tree.root.version)
+        return render(tree, req.format), []
+
+
+def _describe(span: trace.Span, request: Any) -> None:
+    for attr in ("extension_type", "name", "version"):
+        value = getattr(request, attr, None)
+        if value is not None:
+            span.set_attribute(f"extension.{'type' if attr == 'extension_type' else attr}", value)
+
+
+def _internal(exc: Exception, subject: str) -> LoaderError:
+    log.exception("unexpected error while handling %s", subject)
+    return LoadFailed(f"internal error ({type(exc).__name__}); see the service log")
+
+
+def _header_safe(text: str) -> str:
+    # A header value is one line of printable text.
+    return " ".join(text.split())[:512]

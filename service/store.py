@@ -1,0 +1,341 @@
+"""The extension store: what is on disk, which version a request means, and what it depends on.
+
+Extension roots are searched in order; the first root that has a type and name wins. Two layouts:
+`<root>/taskservs/kubernetes/1.28.0/metadata.toml` (a folder per version) and
+`<root>/taskservs/containerd/metadata.toml` (one version, named in the file). The store reads only
+`metadata.toml` files; checking and copying an extension is the Nushell loader's work. Reads are cached by
+the folders' and files' modification times, so repeated requests do not rescan a tree that did not change.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import stat
+import tomllib
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated
+
+import msgspec
+from msgspec import Meta, Struct
+
+from .errors import DependencyError, InvalidExtension, NotFound, VersionNotFound
+from .messages import NAME_PATTERN, Available, ExtensionMetadata, ExtensionType
+from .versions import Constraint, parse_version, sort_newest_first
+
+METADATA = "metadata.toml"
+_NAME = re.compile(NAME_PATTERN)
+_DEPENDENCY = re.compile(r"^(?:(?P<type>[A-Za-z]+):)?(?P<name>[a-z0-9][a-z0-9._-]{0,63})(?:@(?P<constraint>.+))?$")
+
+
+class MetadataFile(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The fields a `metadata.toml` may hold."""
+
+    name: Annotated[str, Meta(pattern=NAME_PATTERN)]
+    version: str
+    description: str
+    type: ExtensionType
+    dependencies: tuple[str, ...] = ()
+    author: str | None = None
+    repository: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class VersionInfo:
+    """One version of one extension on disk; `metadata` is None where the file is broken."""
+
+    extension_type: ExtensionType
+    name: str
+    version: str
+    path: Path
+    metadata: ExtensionMetadata | None
+    problems: tuple[str, ...] = ()
+
+    @property
+    def key(self) -> str:
+        return f"{self.extension_type.value}:{self.name}:{self.version}"
+
+    def require_metadata(self) -> ExtensionMetadata:
+        if self.metadata is None:
+            raise InvalidExtension(str(self.path), self.problems)
+        return self.metadata
+
+
+@dataclass(frozen=True, slots=True)
+class Dependency:
+    extension_type: ExtensionType
+    name: str
+    constraint: Constraint
+
+
+@dataclass(slots=True)
+class DependencyTree:
+    """A resolved dependency graph: `order` is install order (dependencies first, the root last)."""
+
+    root: VersionInfo
+    order: list[VersionInfo] = field(default_factory=list)
+    edges: list[tuple[str, str]] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class _NameEntry:
+    stamp: tuple[int, ...]
+    versions: dict[str, VersionInfo]
+
+
+class ExtensionStore:
+    def __init__(self, roots: Sequence[Path]) -> None:
+        self.roots = tuple(roots)
+        self._names: dict[ExtensionType, tuple[tuple[int, ...], dict[str, Path]]] = {}
+        self._entries: dict[tuple[ExtensionType, str], _NameEntry] = {}
+
+    # --- what is there --------------------------------------------------------------------------------------
+
+    def names(self, extension_type: ExtensionType) -> dict[str, Path]:
+        """Every extension name of a type, with the folder of the root that wins for it."""
+        folders = [root / extension_type.folder for root in self.roots]
+        stamp = tuple(_mtime(f) for f in folders)
+        cached = self._names.get(extension_type)
+        if cached is not None and cached[0] == stamp:
+            return cached[1]
+        found: dict[str, Path] = {}
+        for folder in folders:
+            for entry in _scandir(folder):
+                if entry.name not in found and _NAME.match(entry.name) and _is_real_dir(entry):
+                    found[entry.name] = Path(entry.path)
+        self._names[extension_type] = (stamp, found)
+        return found
+
+    def versions(self, extension_type: ExtensionType, name: str) -> dict[str, VersionInfo]:
+        folder = self.names(extension_type).get(name)
+        if folder is None:
+            raise NotFound(extension_type.value, name, self.suggest(extension_type, name))
+        key = (extension_type, name)
+        stamp = _tree_stamp(folder)
+        cached = self._entries.get(key)
+        if cached is None or cached.stamp != stamp:
+            cached = _NameEntry(stamp, _read_versions(extension_type, name, folder))
+            self._entries[key] = cached
+        return cached.versions
+
+    def suggest(self, extension_type: ExtensionType, name: str) -> list[str]:
+        return difflib.get_close_matches(name, list(self.names(extension_type)), n=3, cutoff=0.6)
+
+    def resolve(self, extension_type: ExtensionType, name: str, constraint: Constraint) -> VersionInfo:
+        versions = self.versions(extension_type, name)
+        best = constraint.best(versions)
+        if best is not None:
+            return versions[best]
+        unreadable = [v for v in versions.values() if parse_version(v.version) is None]
+        if unreadable and len(unreadable) == len(versions):
+            raise InvalidExtension(str(unreadable[0].path), unreadable[0].problems)
+        raise VersionNotFound(extension_type.value, name, constraint.text, sort_newest_first(versions))
+
+    def available(self, extension_type: ExtensionType | None = None, name: str | None = None) -> list[Available]:
+        """What can be loaded: broken extensions and versions are left out, so one does not hide the rest."""
+        types = [extension_type] if extension_type else list(ExtensionType)
+        out: list[Available] = []
+        for t in types:
+            names = sorted(self.names(t)) if name is None else [name] if name in self.names(t) else []
+            for n in names:
+                versions = self.versions(t, n)
+                good = sort_newest_first(v for v, info in versions.items() if info.metadata is not None)
+                if not good:
+                    if name is not None:
+                        first = next(iter(versions.values()))
+                        raise InvalidExtension(str(first.path), first.problems)
+                    continue
+                latest = Constraint.parse(None).best(good) or good[0]
+                latest_meta = versions[latest].require_metadata()
+                out.append(Available(extension_type=t, name=n, versions=tuple(good), latest=latest_meta))
+        if name is not None and not out:
+            known = sorted({n for t in types for n in self.names(t)})
+            kind = extension_type.value if extension_type else "extension"
+            raise NotFound(kind, name, difflib.get_close_matches(name, known, n=3, cutoff=0.6))
+        return out
+
+    # --- dependencies ---------------------------------------------------------------------------------------
+
+    def parse_dependency(self, owner: VersionInfo, entry: str) -> Dependency:
+        match = _DEPENDENCY.match(entry.strip())
+        if match is None:
+            raise InvalidExtension(str(owner.path), [f"dependency entry {entry!r} is not name[@constraint]"])
+        try:
+            constraint = Constraint.parse(match["constraint"], field="dependencies")
+        except Exception:
+            raise InvalidExtension(
+                str(owner.path), [f"dependency {entry!r}: {match['constraint']!r} is not a version constraint"]
+            ) from None
+        if match["type"]:
+            try:
+                dep_type = ExtensionType.parse(match["type"])
+            except ValueError:
+                raise InvalidExtension(str(owner.path), [f"dependency {entry!r}: unknown type"]) from None
+        elif match["name"] in self.names(owner.extension_type):
+            dep_type = owner.extension_type
+        else:
+            dep_type = ExtensionType.TASKSERV
+        return Dependency(dep_type, match["name"], constraint)
+
+    def dependency_tree(self, root: VersionInfo) -> DependencyTree:
+        """Resolves every dependency, depth first; each extension gets the highest version that satisfies
+        every constraint on it. Raises DependencyError for a missing dependency, an unsatisfiable constraint
+        or a cycle, naming the path that leads to it."""
+        constraints: dict[tuple[ExtensionType, str], list[Constraint]] = {}
+        for _ in range(8):  # each round may pick other versions, whose own dependencies differ
+            tree = DependencyTree(root)
+            seen_constraints: dict[tuple[ExtensionType, str], list[Constraint]] = {}
+            self._visit(root, (), tree, constraints, seen_constraints, set())
+            if _same(seen_constraints, constraints):
+                return tree
+            constraints = seen_constraints
+        return tree
+
+    def _visit(
+        self,
+        node: VersionInfo,
+        path: tuple[str, ...],
+        tree: DependencyTree,
+        constraints: dict[tuple[ExtensionType, str], list[Constraint]],
+        seen: dict[tuple[ExtensionType, str], list[Constraint]],
+        done: set[str],
+    ) -> None:
+        label = f"{node.extension_type.value}:{node.name}"
+        here = (*path, label)
+        metadata = node.require_metadata()
+        for entry in metadata.dependencies:
+            dep = self.parse_dependency(node, entry)
+            dep_label = f"{dep.extension_type.value}:{dep.name}"
+            if dep_label in here:
+                cycle = [*here[here.index(dep_label) :], dep_label]
+                raise DependencyError(_subject(tree.root), cycle=cycle, path=[*here, dep_label])
+            key = (dep.extension_type, dep.name)
+            seen.setdefault(key, []).append(dep.constraint)
+            try:
+                versions = self.versions(dep.extension_type, dep.name)
+            except NotFound:
+                raise DependencyError(_subject(tree.root), missing=[entry], path=[*here, dep_label]) from None
+            wanted = [dep.constraint, *constraints.get(key, [])]
+            chosen = _best_for_all(wanted, versions)
+            if chosen is None:
+                have = ", ".join(sort_newest_first(versions)) or "none"
+                raise DependencyError(
+                    _subject(tree.root), missing=[f"{entry} (available: {have})"], path=[*here, dep_label]
+                )
+            info = versions[chosen]
+            tree.edges.append((node.key, info.key))
+            if info.key not in done:
+                self._visit(info, here, tree, constraints, seen, done)
+                done.add(info.key)
+                tree.order.append(info)
+        if not path:
+            tree.order.append(node)
+            tree.edges[:] = list(dict.fromkeys(tree.edges))
+
+    def all_latest(self) -> Iterator[VersionInfo]:
+        """The latest valid version of every extension, for loading at start."""
+        for available in self.available():
+            yield self.versions(available.extension_type, available.name)[available.latest.version]
+
+
+def _subject(info: VersionInfo) -> str:
+    return f"{info.extension_type.value} {info.name} {info.version}"
+
+
+def _best_for_all(constraints: Iterable[Constraint], versions: dict[str, VersionInfo]) -> str | None:
+    wanted = list(constraints)
+    for version in sort_newest_first(versions):
+        if all(c.matches(version) for c in wanted):
+            return version
+    return None
+
+
+def _same(a: dict[tuple[ExtensionType, str], list[Constraint]], b: dict[tuple[ExtensionType, str], list[Constraint]]) -> bool:
+    return {k: sorted(c.text for c in v) for k, v in a.items()} == {k: sorted(c.text for c in v) for k, v in b.items()}
+
+
+def _read_versions(extension_type: ExtensionType, name: str, folder: Path) -> dict[str, VersionInfo]:
+    single = folder / METADATA
+    if _is_file(single):
+        info = _read_one(extension_type, name, folder, version=None)
+        return {info.version: info}
+    out: dict[str, VersionInfo] = {}
+    for entry in _scandir(folder):
+        if _is_real_dir(entry) and parse_version(entry.name) and _is_file(Path(entry.path) / METADATA):
+            out[entry.name] = _read_one(extension_type, name, Path(entry.path), version=entry.name)
+    return out
+
+
+def _read_one(extension_type: ExtensionType, name: str, folder: Path, *, version: str | None) -> VersionInfo:
+    problems: list[str] = []
+    metadata: ExtensionMetadata | None = None
+    try:
+        raw = tomllib.loads((folder / METADATA).read_text(encoding="utf-8"))
+        parsed = msgspec.convert(raw, MetadataFile)
+    except (OSError, UnicodeDecodeError) as exc:
+        problems.append(f"{METADATA}: cannot read: {exc}")
+    except tomllib.TOMLDecodeError as exc:
+        problems.append(f"{METADATA}: not valid TOML: {exc}")
+    except msgspec.ValidationError as exc:
+        problems.append(f"{METADATA}: {exc}")
+    else:
+        if parsed.type is not extension_type:
+            problems.append(f"{METADATA}: type is {parsed.type.value!r}, but the folder holds {extension_type.folder}")
+        if parsed.name != name:
+            problems.append(f"{METADATA}: name is {parsed.name!r}, but the folder is {name!r}")
+        if version is not None and parsed.version != version:
+            problems.append(f"{METADATA}: version is {parsed.version!r}, but the folder is {version!r}")
+        if parse_version(parsed.version) is None:
+            problems.append(f"{METADATA}: version {parsed.version!r} is not a semantic version")
+        if not problems:
+            metadata = ExtensionMetadata(
+                name=parsed.name,
+                version=parsed.version,
+                description=parsed.description,
+                extension_type=parsed.type,
+                dependencies=parsed.dependencies,
+                author=parsed.author,
+                repository=parsed.repository,
+            )
+        if version is None and parse_version(parsed.version):
+            version = parsed.version
+    return VersionInfo(extension_type, name, version or "unknown", folder, metadata, tuple(problems))
+
+
+def _scandir(folder: Path) -> list[os.DirEntry[str]]:
+    try:
+        with os.scandir(folder) as it:
+            return sorted(it, key=lambda e: e.name)
+    except OSError:
+        return []
+
+
+def _is_real_dir(entry: os.DirEntry[str]) -> bool:
+    # Symlinked folders could lead out of the extension root: they are not extensions.
+    return entry.is_dir(follow_symlinks=False)
+
+
+def _is_file(path: Path) -> bool:
+    try:
+        return stat.S_ISREG(path.lstat().st_mode)
+    except OSError:
+        return False
+
+
+def _mtime(path: Path) -> int:
+    try:
+        return path.stat().st_mtime_ns
+    except OSError:
+        return -1
+
+
+def _tree_stamp(folder: Path) -> tuple[int, ...]:
+    """Changes when a version folder is added or removed, or a metadata file is changed."""
+    parts = [_mtime(folder), _mtime(folder / METADATA)]
+    for entry in _scandir(folder):
+        if entry.is_dir(follow_symlinks=False):
+            parts.append(_mtime(Path(entry.path) / METADATA))
+    return tuple(parts)

@@ -1,0 +1,118 @@
+"""Tracing and logging set-up, and the W3C trace headers carried over NATS.
+
+Tracing follows OpenTelemetry's own environment variables: `OTEL_TRACES_EXPORTER` = `otlp` (needs the
+`otlp` extra), `console` (the SDK's JSON spans on standard output) or `none` (the default here, so a
+developer's `make run` does not try to reach a collector that is not there); `OTEL_SERVICE_NAME`,
+`OTEL_EXPORTER_OTLP_ENDPOINT` and the rest are read by the SDK itself. Logs are one JSON object a line when
+standard error is not a terminal, readable lines when it is, each with the trace and span ids.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from opentelemetry import propagate, trace
+from opentelemetry.context import Context
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SimpleSpanProcessor
+
+log = logging.getLogger(__name__)
+
+_RESERVED = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
+
+
+def setup_tracing(environ: Mapping[str, str], *, version: str) -> TracerProvider | None:
+    """Installs a tracer provider as OTEL_TRACES_EXPORTER says; returns it so the caller can shut it down."""
+    exporters = [e.strip() for e in environ.get("OTEL_TRACES_EXPORTER", "none").split(",") if e.strip()]
+    if not exporters or exporters == ["none"] or environ.get("OTEL_SDK_DISABLED", "").lower() == "true":
+        return None
+    resource = Resource.create({"service.name": environ.get("OTEL_SERVICE_NAME", "extension-loader"),
+                                "service.version": version})
+    provider = TracerProvider(resource=resource)
+    for name in exporters:
+        if name == "console":
+            provider.add_span_processor(SimpleSpanProcessor(ConsoleSpanExporter(out=sys.stdout)))
+        elif name == "otlp":
+            protocol = environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", environ.get("OTEL_EXPORTER_OTLP_PROTOCOL", ""))
+            try:
+                if protocol == "grpc":
+                    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+                else:
+                    from opentelemetry.exporter.otlp.proto.http.trace_exporter import (  # type: ignore[assignment]
+                        OTLPSpanExporter,
+                    )
+            except ImportError:
+                log.warning("OTEL_TRACES_EXPORTER=otlp needs the otlp extra: pip install 'extension-loader[otlp]'")
+                continue
+            provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+        elif name != "none":
+            log.warning("unknown OTEL_TRACES_EXPORTER value %r ignored", name)
+    trace.set_tracer_provider(provider)
+    return provider
+
+
+def extract(headers: Mapping[str, str] | None) -> Context:
+    """The caller's trace context from `traceparent`/`tracestate`, whatever their letter case."""
+    if not headers:
+        return Context()
+    return propagate.extract({k.lower(): v for k, v in headers.items()})
+
+
+def inject(headers: dict[str, str]) -> dict[str, str]:
+    """Adds the current trace context (`traceparent`, `tracestate`) to outgoing headers."""
+    propagate.inject(headers)
+    return headers
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        _add_trace(out)
+        out.update({k: v for k, v in record.__dict__.items() if k not in _RESERVED and not k.startswith("_")})
+        if record.exc_info:
+            out["exception"] = self.formatException(record.exc_info)
+        return json.dumps(out, default=str)
+
+
+class TextFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        extra = {k: v for k, v in record.__dict__.items() if k not in _RESERVED and not k.startswith("_")}
+        ids: dict[str, Any] = {}
+        _add_trace(ids)
+        tail = " ".join(f"{k}={v}" for k, v in {**extra, **ids}.items())
+        stamp = datetime.fromtimestamp(record.created).strftime("%H:%M:%S")
+        line = f"{stamp} {record.levelname:<7} {record.name}: {record.getMessage()}"
+        if tail:
+            line = f"{line}  [{tail}]"
+        if record.exc_info:
+            line = f"{line}\n{self.formatException(record.exc_info)}"
+        return line
+
+
+def _add_trace(out: dict[str, Any]) -> None:
+    ctx = trace.get_current_span().get_span_context()
+    if ctx.is_valid:
+        out["trace_id"] = f"{ctx.trace_id:032x}"
+        out["span_id"] = f"{ctx.span_id:016x}"
+
+
+def setup_logging(level: str = "INFO", *, json_lines: bool | None = None) -> None:
+    if json_lines is None:
+        json_lines = not sys.stderr.isatty() or os.environ.get("LOG_FORMAT") == "json"
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if json_lines else TextFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
