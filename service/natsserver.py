@@ -52,7 +52,8 @@ class NatsServer:
         self.process = subprocess.Popen(
             self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=self.cwd
         )
-        threading.Thread(target=self._read, daemon=True, name="nats-server-log").start()
+        self._reader = threading.Thread(target=self._read, daemon=True, name="nats-server-log")
+        self._reader.start()
         while True:
             try:
                 line = self._lines.get(timeout=timeout)
@@ -76,14 +77,18 @@ class NatsServer:
         self._lines.put(None)
 
     def stop(self, timeout: float = 10.0) -> None:
-        if self.process is None or self.process.poll() is not None:
+        if self.process is None:
             return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._reader.join(timeout)
+        if self.process.stderr is not None:
+            self.process.stderr.close()
 
     def __enter__(self) -> Self:
         return self.start()

@@ -129,7 +129,7 @@ class ExtensionService:
             self._subs.append(await self.nc.subscribe(endpoint.subject, queue=group, cb=self._dispatcher(endpoint)))
         for verb, subject in self.identity.subjects():
             self._subs.append(await self.nc.subscribe(subject, cb=self._srv_handler(verb)))
-        await self.nc.flush()
+        await flush_subscriptions(self.nc)
         log.info(
             "serving %s.* in queue group %s as instance %s",
             self.config.nats.subject_prefix,
@@ -199,7 +199,10 @@ class ExtensionService:
         log.warning("NATS error: %s", exc)
 
     async def _on_disconnected(self) -> None:
-        log.warning("disconnected from NATS; reconnecting")
+        if self._closed:
+            log.info("disconnected from NATS")
+        else:
+            log.warning("disconnected from NATS; reconnecting")
 
     async def _on_reconnected(self) -> None:
         url = self.nc.connected_url
@@ -315,6 +318,17 @@ class ExtensionService:
         tree = self.manager.dependency_tree(req.type, req.name, req.version)
         span.set_attribute("extension.version", tree.root.version)
         return render(tree, req.format), []
+
+
+async def flush_subscriptions(nc: Client) -> None:
+    """Returns once the server has every subscription made so far.
+
+    nats-py 2.16 writes a flush's PING straight to the socket, ahead of SUB commands still queued for its
+    flusher task, so one PONG does not prove the SUBs arrived. The first round trip lets the flusher write
+    them; the second PING travels behind them.
+    """
+    await nc.flush()
+    await nc.flush()
 
 
 def _describe(span: trace.Span, request: Any) -> None:

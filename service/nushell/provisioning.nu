@@ -69,21 +69,21 @@ def "main module load" [
     let type = normalize-type $type
     check-name $name
     if $version != null and not ($version =~ $SEMVER_RE) {
-        fail invalid_request $"'($version)' is not a semantic version" {field: version, reason: "not a semantic version"}
+        fail invalid_request $"'($version)' is not a semantic version" {
+            field: version, reason: "not a semantic version"
+        }
     }
     let ext = find-extension $type $name
     if $ext == null {
-        fail not_found $"no ($type) named '($name)'" {suggestions: (suggest $type $name)}
+        fail not_found $"no ($type) named '($name)'" {
+            extension_type: $type, name: $name, suggestions: (suggest $type $name)
+        }
     }
 
     let chosen = choose-version $ext $type $name $version
     let folder = $chosen.folder
     let checked = check-extension $folder $type $name $chosen.folder_version
-    if ($checked.problems | is-not-empty) {
-        fail invalid_extension $"($type) ($name) at ($folder) is invalid: ($checked.problems | str join '; ')" {
-            path: $folder, problems: $checked.problems
-        }
-    }
+    if ($checked.problems | is-not-empty) { invalid $type $name $folder $checked.problems }
     let meta = $checked.metadata
     let copied = install-copy $folder $type $name $meta.version
     let result = {metadata: $meta, path: $copied.path, digest: $copied.digest, source: $folder}
@@ -116,6 +116,12 @@ def fail [code: string, message: string, details: record] {
 
 # "file", "dir", "symlink" (never followed), another kind, or "" when nothing is there.
 def kind [path: string] { $path | path type | default "" }
+
+def invalid [type: string, name: string, folder: string, problems: list<string>] {
+    fail invalid_extension $"($type) ($name) at ($folder) is invalid: ($problems | str join '; ')" {
+        path: $folder, problems: $problems
+    }
+}
 
 def warn [message: string] { print --stderr $"warning: ($message)" }
 
@@ -191,26 +197,18 @@ def suggest [type: string, name: string] {
     | sort-by distance name | first 5 | get name
 }
 
-# {version, folder} of the version to load, or fail with version_not_found.
+# {version, folder, folder_version (null in the one-version layout)} of the version to load, or fail.
 def choose-version [ext: record, type: string, name: string, requested: any] {
     match $ext.layout {
-        "symlink" => {
-            fail invalid_extension $"($type) ($name) at ($ext.dir) is invalid: symlink not allowed: ." {
-                path: $ext.dir, problems: ["symlink not allowed: ."]
-            }
-        }
+        "symlink" => { invalid $type $name $ext.dir ["symlink not allowed: ."] }
         "single" => {
             # The version lives in metadata.toml: a broken file is reported as such, whatever was requested.
             let read = read-metadata $ext.dir $type $name null
-            if ($read.problems | is-not-empty) {
-                fail invalid_extension $"($type) ($name) at ($ext.dir) is invalid: ($read.problems | str join '; ')" {
-                    path: $ext.dir, problems: $read.problems
-                }
-            }
+            if ($read.problems | is-not-empty) { invalid $type $name $ext.dir $read.problems }
             let version = $read.metadata.version
             if $requested != null and $requested != $version {
                 fail version_not_found $"($type) ($name) has no version ($requested)" {
-                    requested: $requested, available: [$version]
+                    extension_type: $type, name: $name, requested: $requested, available: [$version]
                 }
             }
             {version: $version, folder: $ext.dir, folder_version: null}
@@ -219,7 +217,7 @@ def choose-version [ext: record, type: string, name: string, requested: any] {
             let version = if $requested == null { pick-latest $ext.versions } else { $requested }
             if $version not-in $ext.versions {
                 fail version_not_found $"($type) ($name) has no version ($requested)" {
-                    requested: $requested, available: $ext.versions
+                    extension_type: $type, name: $name, requested: $requested, available: $ext.versions
                 }
             }
             {version: $version, folder: ($ext.dir | path join $version), folder_version: $version}
@@ -294,7 +292,9 @@ def read-metadata [folder: string, type: string, name: string, version: any] {
     let file = $folder | path join metadata.toml
     if (kind $file) != "file" { return {metadata: null, problems: ["metadata.toml missing"]} }
     let parsed = try { {ok: (open --raw $file | from toml)} } catch {|e| {error: (toml-error $e)} }
-    if "error" in $parsed { return {metadata: null, problems: [$"metadata.toml is not valid TOML: ($parsed.error)"]} }
+    if "error" in $parsed {
+        return {metadata: null, problems: [$"metadata.toml is not valid TOML: ($parsed.error)"]}
+    }
     let m = $parsed.ok
     mut problems = []
     for key in ($m | columns) {
@@ -341,7 +341,7 @@ def read-metadata [folder: string, type: string, name: string, version: any] {
                 $problems ++= [$"dependency ($dep | to nuon) must be a string"]
             } else if not ($dep =~ $DEPENDENCY_RE) {
                 $problems ++= [$"dependency '($dep)' is not [type:]name[@constraint]"]
-            } else if ($dep | str contains ":") and (($dep | split row ":" | first) not-in ($TYPE_FOLDERS | columns)) {
+            } else if ($dep | str contains ":") and ($dep | split row ":" | first) not-in ($TYPE_FOLDERS | columns) {
                 $problems ++= [$"dependency '($dep)' names an unknown type"]
             }
         }
@@ -366,7 +366,11 @@ def walk [dir: string] {
 # Only regular files and folders: anything else (a symlink above all) is a problem.
 def entry-problems [entries: list] {
     $entries | where type not-in [file dir] | each {|e|
-        if $e.type == "symlink" { $"symlink not allowed: ($e.rel)" } else { $"not a regular file or folder: ($e.rel)" }
+        if $e.type == "symlink" {
+            $"symlink not allowed: ($e.rel)"
+        } else {
+            $"not a regular file or folder: ($e.rel)"
+        }
     }
 }
 
@@ -457,8 +461,6 @@ def install-copy [src: string, type: string, name: string, version: string] {
         remove-stale $parent
         let tag = random chars --length 12
         let tmp = $parent | path join $".($version).tmp-($tag)"
-        let dest = $parent | path join $version
-        let old = $parent | path join $".($version).old-($tag)"
         try {
             cp --recursive $src $tmp
             let entries = walk $tmp
@@ -466,14 +468,7 @@ def install-copy [src: string, type: string, name: string, version: string] {
             # The source changed between the check and the copy.
             if ($bad | is-not-empty) { error make {msg: $"copy is not clean: ($bad | str join '; ')"} }
             let sum = digest $tmp $entries
-            let had_old = (kind $dest) != ""
-            if $had_old { try { mv $dest $old } }
-            mv $tmp $dest
-            # Another load of the same version may have put its copy in place first; then `mv` moved ours inside
-            # it. Theirs stands (same source), ours goes.
-            rm --recursive --force --permanent ($dest | path join ($tmp | path basename))
-            if $had_old { rm --recursive --force --permanent $old }
-            {ok: {path: $dest, digest: $sum}}
+            {ok: {path: (swap-in $tmp $parent $version $tag), digest: $sum}}
         } catch {|e|
             rm --recursive --force --permanent $tmp
             error make {msg: $e.msg}
@@ -487,10 +482,32 @@ def install-copy [src: string, type: string, name: string, version: string] {
     $result.ok
 }
 
+# Rename the finished copy `tmp` to <parent>/<version>, moving an existing copy aside first and removing it after.
+# Only another process loading the same version at the same moment (several services sharing one cache folder)
+# can get in the way: our rename then fails because the destination reappeared (we try again), or `mv` moves ours
+# inside theirs (there is no `mv -T`): we remove it at once, and their complete copy of the same source stands.
+def swap-in [tmp: string, parent: string, version: string, tag: string] {
+    let dest = $parent | path join $version
+    for attempt in 1..5 {
+        let old = $parent | path join $".($version).old-($tag)-($attempt)"
+        if (kind $dest) != "" { try { mv $dest $old } }
+        try { mv $tmp $dest }
+        rm --recursive --force --permanent ($dest | path join ($tmp | path basename)) $old
+        # Gone from where it was: either in place, or moved inside theirs and just removed.
+        if (kind $tmp) == "" { return $dest }
+    }
+    error make {msg: $"could not rename ($tmp) to ($dest)"}
+}
+
 # Leftovers of killed loads: ".<version>.tmp-*" and ".<version>.old-*" folders older than STALE_AFTER.
+# Best effort: other loads may be renaming and removing entries here at the same time.
 def remove-stale [parent: string] {
     let cutoff = (date now) - $STALE_AFTER
-    ls --all $parent | where {|e| ($e.name | path basename) =~ '^\..+\.(tmp|old)-[A-Za-z0-9]+$' and $e.modified < $cutoff }
-    | each {|e| rm --recursive --force --permanent $e.name }
-    | ignore
+    try {
+        ls --all $parent
+        | where {|e| ($e.name | path basename) =~ '^\..+\.(tmp|old)-[A-Za-z0-9-]+$' }
+        | where {|e| $e.modified? != null and $e.modified < $cutoff }
+        | each {|e| rm --recursive --force --permanent $e.name }
+        | ignore
+    }
 }

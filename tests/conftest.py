@@ -1,0 +1,173 @@
+"""Fixtures: a real nats-server on a free loopback port, real Nushell, the service in the test's own task.
+
+Nothing here is mocked. `nats_server` starts `nats-server -p -1` and waits for its "Server is ready" line;
+`running_service` enters the real `ExtensionService` against it; `events` subscribes before a test acts and
+lets it wait for what arrives, with a bounded time-out, never a sleep.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+import msgspec
+import nats
+import pytest
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+
+from service.app import build_manager, service_version
+from service.client import LoaderClient
+from service.config import Config, load_config
+from service.natsserver import NatsServer
+from service.server import ExtensionService, flush_subscriptions
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "examples" / "extensions"
+NU = ROOT / "node_modules" / "@nushell" / "linux-x64" / "bin" / "nu"
+WAIT = 20.0  # the bound on any wait for something that should happen
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
+    server = NatsServer(["-a", "127.0.0.1", "-p", "-1", "-js", "-sd", str(tmp_path / "jetstream")])
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def make_config(
+    nats_url: str,
+    tmp_path: Path,
+    *,
+    roots: list[Path] | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> Config:
+    """A configuration for one test: its own cache folder, the example tree unless told otherwise."""
+    settings: dict[str, Any] = {
+        "nats.url": nats_url,
+        "orchestrator.paths.data_dir": str(tmp_path / "data"),
+        "orchestrator.extensions.paths": [str(r) for r in (roots or [EXAMPLES])],
+        "orchestrator.extensions.auto_load": False,
+        "nushell.path": str(NU),
+        **(overrides or {}),
+    }
+    return load_config(environ={}, overrides=[f"{k}={_toml(v)}" for k, v in settings.items()])
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return str(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    return msgspec.json.encode(str(value)).decode()
+
+
+@asynccontextmanager
+async def running_service(config: Config, *, instance_id: str | None = None) -> AsyncIterator[ExtensionService]:
+    manager = build_manager(config, instance_id=instance_id)
+    async with ExtensionService(config, manager, version=service_version()) as service:
+        yield service
+
+
+@pytest.fixture
+def config(nats_server: NatsServer, tmp_path: Path) -> Config:
+    return make_config(nats_server.url, tmp_path)
+
+
+@pytest.fixture
+async def service(config: Config) -> AsyncIterator[ExtensionService]:
+    async with running_service(config) as svc:
+        yield svc
+
+
+@pytest.fixture
+async def nc(nats_server: NatsServer) -> AsyncIterator[Client]:
+    conn = await nats.connect(nats_server.url, name="test-client", max_reconnect_attempts=0, allow_reconnect=False)
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+async def client(nc: Client, service: ExtensionService) -> LoaderClient:
+    return LoaderClient(nc, timeout=WAIT)
+
+
+class EventLog:
+    """Every message on the event subjects since the test subscribed."""
+
+    def __init__(self) -> None:
+        self.messages: list[Msg] = []
+        self._changed = anyio.Event()
+
+    async def add(self, msg: Msg) -> None:
+        self.messages.append(msg)
+        self._changed.set()
+        self._changed = anyio.Event()
+
+    def bodies(self, subject_suffix: str = "") -> list[dict[str, Any]]:
+        return [msgspec.json.decode(m.data) for m in self.messages if m.subject.endswith(subject_suffix)]
+
+    async def wait_for(self, count: int, subject_suffix: str = "") -> list[dict[str, Any]]:
+        with anyio.fail_after(WAIT):
+            while len(self.bodies(subject_suffix)) < count:
+                await self._changed.wait()
+        return self.bodies(subject_suffix)
+
+
+@pytest.fixture
+async def events(nc: Client) -> EventLog:
+    log = EventLog()
+    await nc.subscribe("extensions.loaded", cb=log.add)
+    await nc.subscribe("extensions.unloaded", cb=log.add)
+    await flush_subscriptions(nc)
+    return log
+
+
+def copy_example(dest_root: Path, *parts: str) -> Path:
+    """Copies one extension folder of the example tree into a test's own tree."""
+    source = EXAMPLES.joinpath(*parts)
+    target = dest_root.joinpath(*parts)
+    shutil.copytree(source, target)
+    return target
+
+
+def write_extension(
+    root: Path,
+    kind: str,
+    name: str,
+    version: str | None,
+    *,
+    dependencies: list[str] | None = None,
+    module: str = "export def check [] { {ok: true} }\n",
+    metadata: str | None = None,
+) -> Path:
+    """Writes a small extension (`version=None`: the one-version layout) and returns its folder."""
+    folder = root / f"{kind}s" / name / (version or "")
+    folder.mkdir(parents=True, exist_ok=True)
+    deps = ", ".join(f'"{d}"' for d in dependencies or [])
+    (folder / "metadata.toml").write_text(
+        metadata
+        if metadata is not None
+        else (
+            f'name = "{name}"\nversion = "{version or "1.0.0"}"\ndescription = "test extension {name}"\n'
+            f'type = "{kind}"\ndependencies = [{deps}]\n'
+        )
+    )
+    (folder / "mod.nu").write_text(module)
+    return folder
