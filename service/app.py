@@ -11,11 +11,11 @@ from importlib import metadata
 import anyio
 
 from .config import Config
+from .errors import LoaderError
 from .manager import ExtensionManager
 from .messages import NushellInfo
 from .runner import Limits, NushellRunner, find_nu, nu_version
 from .server import ExtensionService
-from .errors import LoaderError
 from .store import ExtensionStore, VersionInfo
 
 log = logging.getLogger(__name__)
@@ -63,16 +63,16 @@ async def serve(config: Config, *, on_ready: Callable[[ExtensionService], None] 
     """Serves until SIGINT or SIGTERM, then stops gracefully."""
     manager = build_manager(config)
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async with ExtensionService(config, manager, version=service_version()) as service:
-            async with anyio.create_task_group() as tg:
-                if config.orchestrator.extensions.auto_load:
-                    tg.start_soon(auto_load, service)
-                if on_ready is not None:
-                    on_ready(service)
-                async for signum in signals:
-                    log.info("%s received: stopping", signal.Signals(signum).name)
-                    break
-                tg.cancel_scope.cancel()
+        service = ExtensionService(config, manager, version=service_version())
+        async with service, anyio.create_task_group() as tg:
+            if config.orchestrator.extensions.auto_load:
+                tg.start_soon(auto_load, service)
+            if on_ready is not None:
+                on_ready(service)
+            async for signum in signals:
+                log.info("%s received: stopping", signal.Signals(signum).name)
+                break
+            tg.cancel_scope.cancel()
 
 
 async def auto_load(service: ExtensionService) -> None:

@@ -15,6 +15,7 @@ from typing import Any
 import anyio
 import msgspec
 import nats
+from nats.aio.client import Client
 
 from .app import serve, service_version
 from .client import LoaderClient, RemoteError
@@ -91,7 +92,7 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-# --- the service ---------------------------------------------------------------------------------------------
+# --- the service ---------------------------------------------------------------------------------
 
 
 def _config(args: argparse.Namespace) -> Config:
@@ -141,7 +142,10 @@ def _dev(args: argparse.Namespace) -> int:
         return 2
     conf = Path(args.nats_config)
     if not conf.is_file():
-        print(f"extension-loader: {conf} not found (run from the project folder or pass --nats-config)", file=sys.stderr)
+        print(
+            f"extension-loader: {conf} not found (run from the project folder or pass --nats-config)",
+            file=sys.stderr,
+        )
         return 2
     url = config.nats.servers[0]
     try:
@@ -154,7 +158,7 @@ def _dev(args: argparse.Namespace) -> int:
         f"  .venv/bin/extension-loader load taskserv kubernetes --version 1.28.0\n"
         f"  .venv/bin/extension-loader discover taskserv\n"
         f"  nats request extensions.load "
-        f"'{{\"extension_type\":\"taskserv\",\"name\":\"kubernetes\",\"version\":\"1.28.0\"}}'\n\n"
+        f'\'{{"extension_type":"taskserv","name":"kubernetes","version":"1.28.0"}}\'\n\n'
         f"Ctrl-C stops the service and nats-server.\n"
     )
     try:
@@ -163,7 +167,7 @@ def _dev(args: argparse.Namespace) -> int:
         server.stop()
 
 
-# --- the client ----------------------------------------------------------------------------------------------
+# --- the client ----------------------------------------------------------------------------------
 
 
 def _client(args: argparse.Namespace) -> int:
@@ -180,8 +184,13 @@ def _client(args: argparse.Namespace) -> int:
 
 
 async def _client_main(args: argparse.Namespace) -> int:
-    options: dict[str, Any] = {"servers": [args.server], "name": "extension-loader-cli", "connect_timeout": 5,
-                               "max_reconnect_attempts": 0, "allow_reconnect": False}
+    options: dict[str, Any] = {
+        "servers": [args.server],
+        "name": "extension-loader-cli",
+        "connect_timeout": 5,
+        "max_reconnect_attempts": 0,
+        "allow_reconnect": False,
+    }
     if args.user:
         options.update(user=args.user, password=args.password or "")
     nc = await nats.connect(**options)
@@ -217,10 +226,13 @@ async def _client_main(args: argparse.Namespace) -> int:
         await nc.drain()
 
 
-async def _watch(nc: nats.aio.client.Client, args: argparse.Namespace) -> int:
+async def _watch(nc: Client, args: argparse.Namespace) -> int:
     sub = await nc.subscribe(f"{args.prefix}.loaded")
     sub2 = await nc.subscribe(f"{args.prefix}.unloaded")
-    print(f"watching {args.prefix}.loaded and {args.prefix}.unloaded on {args.server} (Ctrl-C stops)", file=sys.stderr)
+    print(
+        f"watching {args.prefix}.loaded and {args.prefix}.unloaded on {args.server} (Ctrl-C stops)",
+        file=sys.stderr,
+    )
     send, receive = anyio.create_memory_object_stream[Any](100)
 
     async def pump(s: Any) -> None:
@@ -267,8 +279,10 @@ def _readable(args: argparse.Namespace, data: Any, elapsed_ms: float) -> str:
             ]
         )
     if action == "list":
-        rows = [(e["metadata"]["extension_type"], e["metadata"]["name"], e["metadata"]["version"], e["loaded_at"])
-                for e in data]
+        rows = [
+            (e["metadata"]["extension_type"], e["metadata"]["name"], e["metadata"]["version"], e["loaded_at"])
+            for e in data
+        ]
         return _table(("TYPE", "NAME", "VERSION", "LOADED AT"), rows) if rows else "nothing is loaded"
     if action == "status":
         where = f"{args.type} {args.name}"

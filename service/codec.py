@@ -9,7 +9,6 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from enum import Enum
-from functools import cache
 from typing import Any, TypeVar
 
 import msgspec
@@ -65,11 +64,15 @@ def header(headers: Mapping[str, str] | None, name: str) -> str | None:
     return None
 
 
-@cache
+_decoders: dict[tuple[type[Any], Codec], msgspec.json.Decoder[Any] | msgspec.msgpack.Decoder[Any]] = {}
+
+
 def _decoder(kind: type[Any], codec: Codec) -> msgspec.json.Decoder[Any] | msgspec.msgpack.Decoder[Any]:
-    if codec is Codec.MSGPACK:
-        return msgspec.msgpack.Decoder(kind)
-    return msgspec.json.Decoder(kind)
+    decoder = _decoders.get((kind, codec))
+    if decoder is None:
+        decoder = msgspec.msgpack.Decoder(kind) if codec is Codec.MSGPACK else msgspec.json.Decoder(kind)
+        _decoders[(kind, codec)] = decoder
+    return decoder
 
 
 def decode(body: bytes, kind: type[R], codec: Codec) -> R:

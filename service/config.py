@@ -23,30 +23,28 @@ from .errors import ConfigError
 
 ENV_PREFIX = "EXTENSION_LOADER__"
 _REF = re.compile(r"\{\{\s*([A-Za-z0-9_.-]+)\s*\}\}")
-_STRICT = {"frozen": True, "kw_only": True, "forbid_unknown_fields": True}
-_LOOSE = {"frozen": True, "kw_only": True}
 
 Positive = Annotated[int, Meta(ge=1)]
 Token = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")]
 
 
-class PathsConfig(Struct, **_LOOSE):  # type: ignore[misc]
+class PathsConfig(Struct, frozen=True, kw_only=True):
     data_dir: str
 
 
-class ExtensionsConfig(Struct, **_LOOSE):  # type: ignore[misc]
+class ExtensionsConfig(Struct, frozen=True, kw_only=True):
     auto_load: bool
     cache_dir: Annotated[str, Meta(min_length=1)]
     paths: Annotated[tuple[Annotated[str, Meta(min_length=1)], ...], Meta(min_length=1)]
     cache_size: Annotated[int, Meta(ge=1, le=1_000_000)]
 
 
-class OrchestratorConfig(Struct, **_LOOSE):  # type: ignore[misc]
+class OrchestratorConfig(Struct, frozen=True, kw_only=True):
     paths: PathsConfig
     extensions: ExtensionsConfig
 
 
-class NushellConfig(Struct, **_STRICT):  # type: ignore[misc]
+class NushellConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     path: str
     timeout_s: Annotated[float, Meta(gt=0, le=3600)]
     max_concurrent: Annotated[int, Meta(ge=1, le=256)]
@@ -56,7 +54,7 @@ class NushellConfig(Struct, **_STRICT):  # type: ignore[misc]
     max_file_mb: Positive
 
 
-class NatsConfig(Struct, **_STRICT):  # type: ignore[misc]
+class NatsConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     url: Annotated[str, Meta(min_length=1)]
     queue_group: Token
     subject_prefix: Token
@@ -76,17 +74,15 @@ class NatsConfig(Struct, **_STRICT):  # type: ignore[misc]
 
     @property
     def tls(self) -> bool:
-        return bool(self.tls_ca or self.tls_cert or self.tls_key) or any(
-            u.startswith("tls://") for u in self.servers
-        )
+        return bool(self.tls_ca or self.tls_cert or self.tls_key) or any(u.startswith("tls://") for u in self.servers)
 
 
-class EventsConfig(Struct, **_STRICT):  # type: ignore[misc]
+class EventsConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     jetstream: bool
     stream: Token
 
 
-class Config(Struct, **_LOOSE):  # type: ignore[misc]
+class Config(Struct, frozen=True, kw_only=True):
     orchestrator: OrchestratorConfig
     nushell: NushellConfig
     nats: NatsConfig

@@ -84,7 +84,12 @@ class DependencyError(LoaderError):
     status = 424
 
     def __init__(
-        self, subject: str, *, missing: Sequence[str] = (), cycle: Sequence[str] = (), path: Sequence[str] = ()
+        self,
+        subject: str,
+        *,
+        missing: Sequence[str] = (),
+        cycle: Sequence[str] = (),
+        path: Sequence[str] = (),
     ) -> None:
         self.missing = list(missing)
         self.cycle = list(cycle)

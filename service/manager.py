@@ -112,7 +112,7 @@ class ExtensionManager:
         self._in_flight = 0
         self.counters = _Counters()
 
-    # --- requests -------------------------------------------------------------------------------------------
+    # --- requests ------------------------------------------------------------------------------------------- ---
 
     async def load(
         self,
@@ -216,7 +216,7 @@ class ExtensionManager:
             uptime_s=round(time.monotonic() - self._started, 3),
         )
 
-    # --- inside ---------------------------------------------------------------------------------------------
+    # --- inside --------------------------------------------------------------------------------------------- ---
 
     def _resolve(self, extension_type: ExtensionType, name: str, version: str | None) -> VersionInfo:
         constraint = Constraint.parse(version)

@@ -71,10 +71,7 @@ VersionSpec = Annotated[
     ),
 ]
 
-_REQUEST = {"frozen": True, "kw_only": True, "forbid_unknown_fields": True}
-
-
-class _Typed(Struct, **_REQUEST):  # type: ignore[misc]
+class _Typed(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     extension_type: TypeName
 
     def __post_init__(self) -> None:
@@ -86,7 +83,7 @@ class _Typed(Struct, **_REQUEST):  # type: ignore[misc]
         return ExtensionType(self.extension_type)
 
 
-class _OptionallyTyped(Struct, **_REQUEST):  # type: ignore[misc]
+class _OptionallyTyped(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     extension_type: TypeName | None = None
 
     def __post_init__(self) -> None:
@@ -98,7 +95,7 @@ class _OptionallyTyped(Struct, **_REQUEST):  # type: ignore[misc]
         return None if self.extension_type is None else ExtensionType(self.extension_type)
 
 
-class LoadRequest(_Typed, **_REQUEST):  # type: ignore[misc]
+class LoadRequest(_Typed, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Load one extension; answered from the cache when it is there."""
 
     name: Name
@@ -106,31 +103,31 @@ class LoadRequest(_Typed, **_REQUEST):  # type: ignore[misc]
     with_dependencies: bool = False
 
 
-class ReloadRequest(_Typed, **_REQUEST):  # type: ignore[misc]
+class ReloadRequest(_Typed, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Drop every cached version of an extension and load it again from disk."""
 
     name: Name
     version: VersionSpec | None = None
 
 
-class ListRequest(_OptionallyTyped, **_REQUEST):  # type: ignore[misc]
+class ListRequest(_OptionallyTyped, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """What is loaded now, optionally of one type."""
 
 
-class StatusRequest(_Typed, **_REQUEST):  # type: ignore[misc]
+class StatusRequest(_Typed, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Whether an extension (or one version of it) is loaded now."""
 
     name: Name
     version: VersionSpec | None = None
 
 
-class DiscoverRequest(_OptionallyTyped, **_REQUEST):  # type: ignore[misc]
+class DiscoverRequest(_OptionallyTyped, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """What is available on disk, optionally of one type and name."""
 
     name: Name | None = None
 
 
-class GraphRequest(_Typed, **_REQUEST):  # type: ignore[misc]
+class GraphRequest(_Typed, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """The resolved dependency graph of one extension."""
 
     name: Name
@@ -138,16 +135,13 @@ class GraphRequest(_Typed, **_REQUEST):  # type: ignore[misc]
     format: Literal["json", "dot", "mermaid"] = "json"
 
 
-class EmptyRequest(Struct, **_REQUEST):  # type: ignore[misc]
+class EmptyRequest(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """The body of `cache.clear` and `stats`: empty, or `{}`."""
 
 
-# --- replies -------------------------------------------------------------------------------------------------
+# --- replies -------------------------------------------------------------------------------------
 
-_REPLY = {"frozen": True, "kw_only": True}
-
-
-class ExtensionMetadata(Struct, **_REPLY):  # type: ignore[misc]
+class ExtensionMetadata(Struct, frozen=True, kw_only=True):
     name: str
     version: str
     description: str
@@ -157,30 +151,30 @@ class ExtensionMetadata(Struct, **_REPLY):  # type: ignore[misc]
     repository: str | None = None
 
 
-class Extension(Struct, **_REPLY):  # type: ignore[misc]
+class Extension(Struct, frozen=True, kw_only=True):
     metadata: ExtensionMetadata
     path: Annotated[str, Meta(description="where the extension's loaded files are")]
     loaded_at: datetime
     digest: Annotated[str, Meta(pattern=r"^sha256:[0-9a-f]{64}$")]
 
 
-class Available(Struct, **_REPLY):  # type: ignore[misc]
+class Available(Struct, frozen=True, kw_only=True):
     extension_type: ExtensionType
     name: str
     versions: Annotated[tuple[str, ...], Meta(description="newest first")]
     latest: ExtensionMetadata
 
 
-class Status(Struct, **_REPLY):  # type: ignore[misc]
+class Status(Struct, frozen=True, kw_only=True):
     loaded: bool
     versions: Annotated[tuple[str, ...], Meta(description="the versions loaded now, newest first")]
 
 
-class Cleared(Struct, **_REPLY):  # type: ignore[misc]
+class Cleared(Struct, frozen=True, kw_only=True):
     cleared: int
 
 
-class CacheStats(Struct, **_REPLY):  # type: ignore[misc]
+class CacheStats(Struct, frozen=True, kw_only=True):
     size: int
     capacity: int
     hits: int
@@ -189,19 +183,19 @@ class CacheStats(Struct, **_REPLY):  # type: ignore[misc]
     evictions: int
 
 
-class LoadStats(Struct, **_REPLY):  # type: ignore[misc]
+class LoadStats(Struct, frozen=True, kw_only=True):
     total: int
     cold: int
     failed: int
     coalesced: int
 
 
-class NushellInfo(Struct, **_REPLY):  # type: ignore[misc]
+class NushellInfo(Struct, frozen=True, kw_only=True):
     path: str
     version: str
 
 
-class Stats(Struct, **_REPLY):  # type: ignore[misc]
+class Stats(Struct, frozen=True, kw_only=True):
     cache: CacheStats
     loads: LoadStats
     in_flight: int
@@ -210,29 +204,29 @@ class Stats(Struct, **_REPLY):  # type: ignore[misc]
     uptime_s: float
 
 
-class GraphNode(Struct, **_REPLY):  # type: ignore[misc]
+class GraphNode(Struct, frozen=True, kw_only=True):
     id: Annotated[str, Meta(description="type:name:version")]
     extension_type: ExtensionType
     name: str
     version: str
 
 
-class GraphEdge(Struct, **_REPLY, rename={"from_": "from"}):  # type: ignore[misc]
+class GraphEdge(Struct, frozen=True, kw_only=True, rename={"from_": "from"}):
     from_: str
     to: str
 
 
-class Graph(Struct, **_REPLY):  # type: ignore[misc]
+class Graph(Struct, frozen=True, kw_only=True):
     nodes: tuple[GraphNode, ...]
     edges: tuple[GraphEdge, ...]
     order: Annotated[tuple[str, ...], Meta(description="node ids in install order")]
 
 
-class GraphText(Struct, **_REPLY):  # type: ignore[misc]
+class GraphText(Struct, frozen=True, kw_only=True):
     text: str
 
 
-class ErrorBody(Struct, **_REPLY):  # type: ignore[misc]
+class ErrorBody(Struct, frozen=True, kw_only=True):
     code: Literal[
         "invalid_request",
         "not_found",
@@ -250,23 +244,23 @@ class ErrorBody(Struct, **_REPLY):  # type: ignore[misc]
 T = TypeVar("T")
 
 
-class Success(Struct, Generic[T], **_REPLY):  # type: ignore[misc]
+class Success(Struct, Generic[T], frozen=True, kw_only=True):
     success: bool = True
     data: T
 
 
-class Failure(Struct, **_REPLY):  # type: ignore[misc]
+class Failure(Struct, frozen=True, kw_only=True):
     success: bool = False
     error: ErrorBody
 
 
-# --- events --------------------------------------------------------------------------------------------------
+# --- events --------------------------------------------------------------------------------------
 
 LoadReason = Literal["load", "reload", "auto_load", "hot_reload"]
 UnloadReason = Literal["evicted", "cleared", "reload", "removed"]
 
 
-class ExtensionLoaded(Struct, **_REPLY):  # type: ignore[misc]
+class ExtensionLoaded(Struct, frozen=True, kw_only=True):
     event_id: str
     reason: LoadReason
     extension: Extension
@@ -276,7 +270,7 @@ class ExtensionLoaded(Struct, **_REPLY):  # type: ignore[misc]
     timestamp: datetime
 
 
-class ExtensionUnloaded(Struct, **_REPLY):  # type: ignore[misc]
+class ExtensionUnloaded(Struct, frozen=True, kw_only=True):
     event_id: str
     reason: UnloadReason
     extension_type: ExtensionType

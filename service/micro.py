@@ -61,7 +61,11 @@ class ServiceIdentity:
         return [
             (verb, subject)
             for verb in VERBS
-            for subject in (f"$SRV.{verb}", f"$SRV.{verb}.{SERVICE_NAME}", f"$SRV.{verb}.{SERVICE_NAME}.{self.id}")
+            for subject in (
+                f"$SRV.{verb}",
+                f"$SRV.{verb}.{SERVICE_NAME}",
+                f"$SRV.{verb}.{SERVICE_NAME}.{self.id}",
+            )
         ]
 
     def _base(self, kind: str) -> dict[str, Any]:

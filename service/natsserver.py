@@ -50,7 +50,11 @@ class NatsServer:
 
     def start(self, timeout: float = 20.0) -> Self:
         self.process = subprocess.Popen(
-            self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=self.cwd
+            self.argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            cwd=self.cwd,
         )
         self._reader = threading.Thread(target=self._read, daemon=True, name="nats-server-log")
         self._reader.start()
@@ -59,7 +63,9 @@ class NatsServer:
                 line = self._lines.get(timeout=timeout)
             except queue.Empty:
                 self.stop()
-                raise RuntimeError(f"nats-server did not become ready in {timeout} s:\n" + "\n".join(self.log)) from None
+                raise RuntimeError(
+                    f"nats-server did not become ready in {timeout} s:\n" + "\n".join(self.log)
+                ) from None
             if line is None:
                 code = self.process.wait()
                 raise RuntimeError(f"nats-server exited with status {code}:\n" + "\n".join(self.log))

@@ -9,6 +9,7 @@ at once with `Unavailable` rather than left to pile up.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -25,7 +26,15 @@ import msgspec
 from anyio.abc import ByteReceiveStream, Process
 from opentelemetry import trace
 
-from .errors import InvalidExtension, LoaderError, LoadFailed, LoadTimeout, NotFound, Unavailable, VersionNotFound
+from .errors import (
+    InvalidExtension,
+    LoaderError,
+    LoadFailed,
+    LoadTimeout,
+    NotFound,
+    Unavailable,
+    VersionNotFound,
+)
 from .messages import ExtensionMetadata, ExtensionType
 
 log = logging.getLogger(__name__)
@@ -162,7 +171,7 @@ class NushellRunner:
             self._slots.release()
 
     def _argv(self, args: Sequence[str]) -> list[str]:
-        nu = [str(self.nu), "-n", str(MODULE), *args]
+        nu = [str(self.nu), "-n", "--no-std-lib", str(MODULE), *args]
         if self._prlimit is None:
             return nu
         limits = self.limits
@@ -231,10 +240,8 @@ async def _collect(
 
 
 def _kill_group(process: Process) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(process.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 async def _reap(process: Process) -> None:
@@ -257,7 +264,9 @@ def _outcome(returncode: int | None, stdout: bytes, stderr: bytes) -> bytes:
     if returncode is not None and returncode < 0:
         name = signal.Signals(-returncode).name
         raise LoadFailed(
-            f"Nushell was killed by {name} (a memory, CPU or file-size limit?)", exit_code=returncode, stderr=tail
+            f"Nushell was killed by {name} (a memory, CPU or file-size limit?)",
+            exit_code=returncode,
+            stderr=tail,
         )
     raise LoadFailed(f"Nushell exited with status {returncode}", exit_code=returncode, stderr=tail)
 
@@ -267,7 +276,8 @@ def _error_from(body: _ErrorBody) -> LoaderError:
     if body.code == "invalid_extension":
         problems = d.get("problems")
         return InvalidExtension(
-            str(d.get("path", "")), [str(p) for p in problems] if isinstance(problems, list) else [body.message]
+            str(d.get("path", "")),
+            [str(p) for p in problems] if isinstance(problems, list) else [body.message],
         )
     if body.code == "not_found":
         return NotFound(str(d.get("extension_type", "extension")), str(d.get("name", "")))

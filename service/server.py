@@ -66,9 +66,7 @@ class ExtensionService:
     def __init__(self, config: Config, manager: ExtensionManager, *, version: str) -> None:
         self.config = config
         self.manager = manager
-        self.identity = ServiceIdentity(
-            id=manager.instance_id, version=version, started=datetime.now(UTC), metadata={}
-        )
+        self.identity = ServiceIdentity(id=manager.instance_id, version=version, started=datetime.now(UTC), metadata={})
         prefix = config.nats.subject_prefix
         group = config.nats.queue_group
         routes: list[tuple[str, str, type[Any], Handler]] = [
@@ -104,7 +102,7 @@ class ExtensionService:
         assert self._publisher is not None, "the service is not started"
         return self._publisher
 
-    # --- life cycle -----------------------------------------------------------------------------------------
+    # --- life cycle ----------------------------------------------------------------------------------------- ---
 
     async def __aenter__(self) -> Self:
         try:
@@ -147,7 +145,7 @@ class ExtensionService:
             if self._nc is not None and self._nc.is_connected:
                 for sub in self._subs:
                     try:
-                        await sub.drain()
+                        await sub.drain()  # type: ignore[no-untyped-call]
                     except Exception as exc:  # a closed connection has nothing left to drain
                         log.debug("drain of %s: %s", sub.subject, exc)
             with anyio.move_on_after(self.config.nats.drain_timeout_s) as scope:
@@ -208,7 +206,7 @@ class ExtensionService:
         url = self.nc.connected_url
         log.info("reconnected to NATS at %s", url.netloc if url else "?")
 
-    # --- requests -------------------------------------------------------------------------------------------
+    # --- requests ------------------------------------------------------------------------------------------- ---
 
     def _dispatcher(self, endpoint: Endpoint) -> Callable[[Msg], Awaitable[None]]:
         async def dispatch(msg: Msg) -> None:
@@ -284,7 +282,7 @@ class ExtensionService:
 
         return answer
 
-    # --- one handler per subject ----------------------------------------------------------------------------
+    # --- one handler per subject ---------------------------------------------------------------------------- ---
 
     async def _load(self, req: LoadRequest, span: trace.Span) -> tuple[Any, list[Event]]:
         outcome = await self.manager.load(req.type, req.name, req.version, with_dependencies=req.with_dependencies)

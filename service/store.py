@@ -92,7 +92,7 @@ class ExtensionStore:
         self._names: dict[ExtensionType, tuple[tuple[int, ...], dict[str, Path]]] = {}
         self._entries: dict[tuple[ExtensionType, str], _NameEntry] = {}
 
-    # --- what is there --------------------------------------------------------------------------------------
+    # --- what is there -------------------------------------------------------------------------------------- ---
 
     def names(self, extension_type: ExtensionType) -> dict[str, Path]:
         """Every extension name of a type, with the folder of the root that wins for it."""
@@ -157,7 +157,7 @@ class ExtensionStore:
             raise NotFound(kind, name, difflib.get_close_matches(name, known, n=3, cutoff=0.6))
         return out
 
-    # --- dependencies ---------------------------------------------------------------------------------------
+    # --- dependencies --------------------------------------------------------------------------------------- ---
 
     def parse_dependency(self, owner: VersionInfo, entry: str) -> Dependency:
         match = _DEPENDENCY.match(entry.strip())
@@ -167,7 +167,8 @@ class ExtensionStore:
             constraint = Constraint.parse(match["constraint"], field="dependencies")
         except Exception:
             raise InvalidExtension(
-                str(owner.path), [f"dependency {entry!r}: {match['constraint']!r} is not a version constraint"]
+                str(owner.path),
+                [f"dependency {entry!r}: {match['constraint']!r} is not a version constraint"],
             ) from None
         if match["type"]:
             try:
@@ -253,7 +254,9 @@ def _best_for_all(constraints: Iterable[Constraint], versions: dict[str, Version
     return None
 
 
-def _same(a: dict[tuple[ExtensionType, str], list[Constraint]], b: dict[tuple[ExtensionType, str], list[Constraint]]) -> bool:
+def _same(
+    a: dict[tuple[ExtensionType, str], list[Constraint]], b: dict[tuple[ExtensionType, str], list[Constraint]]
+) -> bool:
     return {k: sorted(c.text for c in v) for k, v in a.items()} == {k: sorted(c.text for c in v) for k, v in b.items()}
 
 

@@ -33,8 +33,9 @@ def setup_tracing(environ: Mapping[str, str], *, version: str) -> TracerProvider
     exporters = [e.strip() for e in environ.get("OTEL_TRACES_EXPORTER", "none").split(",") if e.strip()]
     if not exporters or exporters == ["none"] or environ.get("OTEL_SDK_DISABLED", "").lower() == "true":
         return None
-    resource = Resource.create({"service.name": environ.get("OTEL_SERVICE_NAME", "extension-loader"),
-                                "service.version": version})
+    resource = Resource.create(
+        {"service.name": environ.get("OTEL_SERVICE_NAME", "extension-loader"), "service.version": version}
+    )
     provider = TracerProvider(resource=resource)
     for name in exporters:
         if name == "console":
@@ -45,9 +46,7 @@ def setup_tracing(environ: Mapping[str, str], *, version: str) -> TracerProvider
                 if protocol == "grpc":
                     from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
                 else:
-                    from opentelemetry.exporter.otlp.proto.http.trace_exporter import (  # type: ignore[assignment]
-                        OTLPSpanExporter,
-                    )
+                    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
             except ImportError:
                 log.warning("OTEL_TRACES_EXPORTER=otlp needs the otlp extra: pip install 'extension-loader[otlp]'")
                 continue

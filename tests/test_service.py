@@ -16,7 +16,7 @@ from nats.aio.client import Client
 from service.client import LoaderClient, RemoteError
 from service.natsserver import NatsServer
 from service.server import ExtensionService
-from tests.conftest import NU, WAIT, EventLog, copy_example, make_config, running_service, write_extension
+from tests.conftest import NU, WAIT, EventLog, make_config, running_service, write_extension
 
 pytestmark = pytest.mark.anyio
 
@@ -36,7 +36,7 @@ async def raw_request(nc: Client, subject: str, body: Any, headers: dict[str, st
     return await nc.request(subject, payload, timeout=WAIT, headers=headers)
 
 
-# --- load ----------------------------------------------------------------------------------------------------
+# --- load ----------------------------------------------------------------------------------------
 
 
 async def test_load_cold_then_cached(client: LoaderClient, events: EventLog, config: Any) -> None:
@@ -68,7 +68,10 @@ async def test_load_cold_then_cached(client: LoaderClient, events: EventLog, con
     # A cached answer publishes nothing: the only loaded event is still the first one.
     await client.load("taskserv", "containerd")
     await events.wait_for(2, ".loaded")
-    assert [e["extension"]["metadata"]["name"] for e in events.bodies(".loaded")] == ["kubernetes", "containerd"]
+    assert [e["extension"]["metadata"]["name"] for e in events.bodies(".loaded")] == [
+        "kubernetes",
+        "containerd",
+    ]
 
 
 @pytest.mark.parametrize(
@@ -128,7 +131,7 @@ async def test_with_dependencies_loads_depth_first(client: LoaderClient, events:
     assert {"buildkit", "kubernetes", "containerd", "etcd"} <= listed
 
 
-# --- errors --------------------------------------------------------------------------------------------------
+# --- errors --------------------------------------------------------------------------------------
 
 
 async def expect_error(call: Any, code: str) -> RemoteError:
@@ -192,9 +195,13 @@ async def test_dependency_errors(nats_server: NatsServer, nc: Client, tmp_path: 
 async def test_invalid_extensions(nats_server: NatsServer, nc: Client, tmp_path: Path) -> None:
     root = tmp_path / "ext"
     write_extension(root, "taskserv", "badtoml", "1.0.0", metadata="name = [unclosed\n")
-    write_extension(root, "taskserv", "wrongname", "1.0.0", metadata=(
-        'name = "other"\nversion = "1.0.0"\ndescription = "x"\ntype = "taskserv"\n'
-    ))
+    write_extension(
+        root,
+        "taskserv",
+        "wrongname",
+        "1.0.0",
+        metadata=('name = "other"\nversion = "1.0.0"\ndescription = "x"\ntype = "taskserv"\n'),
+    )
     write_extension(root, "taskserv", "noparse", "1.0.0", module="export def broken [ {\n")
     write_extension(root, "taskserv", "fine", "1.0.0")
     config = make_config(nats_server.url, tmp_path, roots=[root])
@@ -269,7 +276,7 @@ async def test_missing_nushell_gives_unavailable(nats_server: NatsServer, nc: Cl
         assert "Nushell cannot be started" in err.message
 
 
-# --- the other subjects --------------------------------------------------------------------------------------
+# --- the other subjects --------------------------------------------------------------------------
 
 
 async def test_reload_drops_and_loads_again(client: LoaderClient, events: EventLog) -> None:
@@ -362,6 +369,7 @@ async def test_msgpack_request_gets_msgpack_reply(nc: Client, service: Extension
     headers = {"Content-Type": "application/msgpack"}
     body = msgspec.msgpack.encode({"extension_type": "taskserv", "name": "redis"})
     reply = await nc.request("extensions.load", body, timeout=WAIT, headers=headers)
+    assert reply.headers is not None
     assert reply.headers["Content-Type"] == "application/msgpack"
     decoded = msgspec.msgpack.decode(reply.data)
     assert decoded["success"] is True and decoded["data"]["metadata"]["name"] == "redis"
@@ -372,23 +380,30 @@ async def test_msgpack_request_gets_msgpack_reply(nc: Client, service: Extension
 async def test_events_carry_msg_id_and_trace_headers(client: LoaderClient, nc: Client, events: EventLog) -> None:
     parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
     await raw_request(
-        nc, "extensions.load", {"extension_type": "taskserv", "name": "coredns"}, headers={"traceparent": parent}
+        nc,
+        "extensions.load",
+        {"extension_type": "taskserv", "name": "coredns"},
+        headers={"traceparent": parent},
     )
     (event,) = await events.wait_for(1, ".loaded")
     msg = events.messages[0]
-    assert msg.headers is not None
+    assert msg.headers is not None, "events carry headers"
     assert msg.headers["Nats-Msg-Id"] == event["event_id"]
     # Without a tracer provider the service passes the caller's trace context on unchanged.
     assert msg.headers["traceparent"].split("-")[1] == "0af7651916cd43dd8448eb211c80319c"
 
 
-# --- $SRV ----------------------------------------------------------------------------------------------------
+# --- $SRV ----------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("verb", ["PING", "INFO", "STATS"])
 async def test_micro_replies_validate(nc: Client, service: ExtensionService, verb: str) -> None:
     schema = json.loads((MICRO_SCHEMAS / f"{verb.lower()}_response.json").read_text())
-    for subject in (f"$SRV.{verb}", f"$SRV.{verb}.extension-loader", f"$SRV.{verb}.extension-loader.{service.identity.id}"):
+    for subject in (
+        f"$SRV.{verb}",
+        f"$SRV.{verb}.extension-loader",
+        f"$SRV.{verb}.extension-loader.{service.identity.id}",
+    ):
         reply = json.loads((await nc.request(subject, b"", timeout=WAIT)).data)
         jsonschema.validate(reply, schema, format_checker=jsonschema.FormatChecker())
         assert reply["name"] == "extension-loader" and reply["id"] == service.identity.id

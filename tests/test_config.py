@@ -1,0 +1,95 @@
+"""Configuration: layers, interpolation, and errors that name the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from service.config import load_config
+from service.errors import ConfigError
+
+
+def test_defaults_are_the_documented_ones() -> None:
+    config = load_config(environ={})
+    ext = config.orchestrator.extensions
+    assert ext.cache_size == 100 and ext.auto_load is True
+    assert ext.cache_dir == "./data/extensions"  # {{orchestrator.paths.data_dir}}/extensions
+    assert config.nats.url == "nats://127.0.0.1:4222"
+    assert config.nats.queue_group == "extension-loader" and config.nats.subject_prefix == "extensions"
+    assert config.nushell.timeout_s == 30 and config.nushell.max_concurrent == 4
+    assert config.events.stream == "EXTENSION_EVENTS" and config.events.jetstream is False
+
+
+def test_layers_file_then_environment_then_flags(tmp_path: Path) -> None:
+    file = tmp_path / "loader.toml"
+    file.write_text(
+        '[orchestrator.paths]\ndata_dir = "/srv/orch"\n'
+        "[orchestrator.extensions]\ncache_size = 7\n"
+        '[nats]\nurl = "nats://file:4222"\nqueue_group = "from-file"\n'
+        '[unrelated.orchestrator.section]\nkey = "an orchestrator file may hold other keys"\n'
+    )
+    env = {"EXTENSION_LOADER__NATS__URL": "nats://env:4222", "EXTENSION_LOADER__NUSHELL__TIMEOUT_S": "5"}
+    config = load_config(file, environ=env, overrides=["nushell.timeout_s=2.5"])
+    assert config.orchestrator.extensions.cache_dir == "/srv/orch/extensions"
+    assert config.orchestrator.extensions.cache_size == 7
+    assert config.nats.queue_group == "from-file"
+    assert config.nats.url == "nats://env:4222"
+    assert config.nushell.timeout_s == 2.5
+
+
+def test_environment_values_are_read_as_toml() -> None:
+    env = {
+        "EXTENSION_LOADER__ORCHESTRATOR__EXTENSIONS__PATHS": '["/a", "/b"]',
+        "EXTENSION_LOADER__ORCHESTRATOR__EXTENSIONS__AUTO_LOAD": "false",
+        "EXTENSION_LOADER__NATS__URL": "nats://a:4222,nats://b:4222",
+    }
+    config = load_config(environ=env)
+    assert config.orchestrator.extensions.paths == ("/a", "/b")
+    assert config.orchestrator.extensions.auto_load is False
+    assert config.nats.servers == ["nats://a:4222", "nats://b:4222"]
+
+
+@pytest.mark.parametrize(
+    ("override", "key", "words"),
+    [
+        ("orchestrator.extensions.cache_size=0", "orchestrator.extensions.cache_size", ">= 1"),
+        ('orchestrator.extensions.cache_size="many"', "orchestrator.extensions.cache_size", "int"),
+        ("nushell.timeout_s=-1", "nushell.timeout_s", "> 0"),
+        ("nushell.max_concurrent=0", "nushell.max_concurrent", ">= 1"),
+        ("nushell.timout_s=3", "nushell.timout_s", "unknown"),
+        ('nats.subject_prefix="a b"', "nats.subject_prefix", "regex"),
+        ("orchestrator.extensions.paths=[]", "orchestrator.extensions.paths", "length"),
+        ("events.jetstream=3", "events.jetstream", "bool"),
+    ],
+)
+def test_bad_values_name_the_key(override: str, key: str, words: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(environ={}, overrides=[override])
+    assert info.value.key == key
+    assert words in str(info.value)
+
+
+def test_interpolation_errors_name_the_key() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(environ={}, overrides=['orchestrator.extensions.cache_dir="{{nowhere.at.all}}/x"'])
+    assert info.value.key == "orchestrator.extensions.cache_dir"
+    assert "names no key" in str(info.value)
+    with pytest.raises(ConfigError) as info:
+        load_config(
+            environ={},
+            overrides=['orchestrator.paths.data_dir="{{orchestrator.extensions.cache_dir}}"'],
+        )
+    assert "refers back to itself" in str(info.value)
+
+
+def test_file_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no such configuration file"):
+        load_config(tmp_path / "missing.toml", environ={})
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[nats\nurl = 1")
+    with pytest.raises(ConfigError, match="not valid TOML") as info:
+        load_config(bad, environ={})
+    assert info.value.key == str(bad)
+    with pytest.raises(ConfigError, match="key=value"):
+        load_config(environ={}, overrides=["just-a-word"])

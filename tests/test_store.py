@@ -1,0 +1,99 @@
+"""The store: layouts, root order, broken neighbours, dependency trees, and refreshing on change."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from service.errors import DependencyError, InvalidExtension, NotFound, VersionNotFound
+from service.messages import ExtensionType
+from service.store import ExtensionStore
+from service.versions import Constraint
+from tests.conftest import EXAMPLES, write_extension
+
+T = ExtensionType.TASKSERV
+
+
+def test_example_tree() -> None:
+    store = ExtensionStore([EXAMPLES])
+    assert sorted(store.versions(T, "kubernetes")) == ["1.28.0", "1.29.2", "1.30.0-rc.1"]
+    assert list(store.versions(T, "containerd")) == ["1.7.13"]
+    names = {(a.extension_type.value, a.name) for a in store.available()}
+    assert len(names) == 12
+    for available in store.available():
+        info = store.versions(available.extension_type, available.name)[available.latest.version]
+        tree = store.dependency_tree(info)  # every example's dependencies resolve, without cycles
+        assert tree.order[-1] == info
+
+
+def test_first_root_wins_and_broken_neighbours_are_skipped(tmp_path: Path) -> None:
+    first, second = tmp_path / "a", tmp_path / "b"
+    write_extension(first, "taskserv", "etcd", "9.0.0")
+    write_extension(second, "taskserv", "etcd", "3.5.0")
+    write_extension(second, "taskserv", "redis", "7.0.0")
+    write_extension(second, "taskserv", "broken", "1.0.0", metadata="not toml at all [")
+    write_extension(second, "taskserv", "Bad_Name", "1.0.0")
+    store = ExtensionStore([first, second])
+    assert list(store.versions(T, "etcd")) == ["9.0.0"]
+    assert [a.name for a in store.available(T)] == ["etcd", "redis"]
+    with pytest.raises(InvalidExtension):
+        store.available(T, "broken")
+    with pytest.raises(NotFound) as info:
+        store.versions(T, "etc")
+    assert info.value.suggestions == ["etcd"]
+
+
+def test_symlinked_extension_folders_are_not_extensions(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    outside = write_extension(tmp_path / "outside", "taskserv", "secret", None)
+    (root / "taskservs").mkdir(parents=True)
+    (root / "taskservs" / "secret").symlink_to(outside)
+    with pytest.raises(NotFound):
+        ExtensionStore([root]).versions(T, "secret")
+
+
+def test_changes_on_disk_are_seen(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    write_extension(root, "taskserv", "app", "1.0.0")
+    store = ExtensionStore([root])
+    assert store.resolve(T, "app", Constraint.parse(None)).version == "1.0.0"
+    write_extension(root, "taskserv", "app", "1.1.0")
+    assert store.resolve(T, "app", Constraint.parse(None)).version == "1.1.0"
+    write_extension(root, "taskserv", "newcomer", "0.1.0")
+    assert "newcomer" in store.names(T)
+    with pytest.raises(VersionNotFound) as info:
+        store.resolve(T, "app", Constraint.parse("^2"))
+    assert info.value.available == ["1.1.0", "1.0.0"]
+
+
+def test_dependency_resolution_satisfies_every_constraint(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    write_extension(root, "taskserv", "lib", "1.0.0")
+    write_extension(root, "taskserv", "lib", "1.5.0")
+    write_extension(root, "taskserv", "lib", "2.0.0")
+    write_extension(root, "taskserv", "a", "1.0.0", dependencies=["lib@^1"])
+    write_extension(root, "taskserv", "b", "1.0.0", dependencies=["lib@<1.5"])
+    write_extension(root, "cluster", "top", "1.0.0", dependencies=["taskserv:a", "taskserv:b"])
+    store = ExtensionStore([root])
+    top = store.resolve(ExtensionType.CLUSTER, "top", Constraint.parse(None))
+    tree = store.dependency_tree(top)
+    order = [n.key for n in tree.order]
+    assert order == ["taskserv:lib:1.0.0", "taskserv:a:1.0.0", "taskserv:b:1.0.0", "cluster:top:1.0.0"]
+
+
+def test_unsatisfiable_and_cyclic_dependencies(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    write_extension(root, "taskserv", "lib", "1.0.0")
+    write_extension(root, "taskserv", "a", "1.0.0", dependencies=["lib@^1"])
+    write_extension(root, "taskserv", "b", "1.0.0", dependencies=["lib@^2"])
+    write_extension(root, "taskserv", "x", "1.0.0", dependencies=["y"])
+    write_extension(root, "taskserv", "y", "1.0.0", dependencies=["z"])
+    write_extension(root, "taskserv", "z", "1.0.0", dependencies=["x"])
+    store = ExtensionStore([root])
+    with pytest.raises(DependencyError) as info:
+        store.dependency_tree(store.resolve(T, "b", Constraint.parse(None)))
+    assert info.value.missing[0].startswith("lib@^2")
+    with pytest.raises(DependencyError) as info:
+        store.dependency_tree(store.resolve(T, "x", Constraint.parse(None)))
+    assert info.value.cycle == ["taskserv:x", "taskserv:y", "taskserv:z", "taskserv:x"]
