@@ -38,7 +38,9 @@ def _any_case(word: str) -> str:
     return "".join(f"[{c.lower()}{c.upper()}]" for c in word)
 
 
-NAME_PATTERN = r"^(?!.*\.\.)[a-z0-9][a-z0-9._-]{0,63}$"
+# No lookaround, so the pattern means the same in Python, ECMA-262 (JSON Schema) and Rust's regex crate:
+# each dot is followed by a non-dot, so ".." cannot occur.
+NAME_PATTERN = r"^[a-z0-9](?:\.?[a-z0-9_-])*\.?$"
 TYPE_PATTERN = "^(" + "|".join(_any_case(t.value) for t in ExtensionType) + ")[sS]?$"
 VERSION_PATTERN = r"^[0-9A-Za-z.*^~<>=!, +-]+$"
 
@@ -60,6 +62,7 @@ Name = Annotated[
         examples=["kubernetes"],
     ),
 ]
+Timestamp = Annotated[datetime, Meta(tz=True, description="RFC 3339, UTC")]
 VersionSpec = Annotated[
     str,
     Meta(
@@ -71,10 +74,19 @@ VersionSpec = Annotated[
     ),
 ]
 
+def _one_line(request: Struct) -> None:
+    """Python's `$` also matches before a final newline, which ECMA-262 and Rust do not: refuse it here."""
+    for field, pattern in (("name", NAME_PATTERN), ("version", VERSION_PATTERN)):
+        value = getattr(request, field, None)
+        if isinstance(value, str) and value.endswith("\n"):
+            raise ValueError(f"Expected `str` matching regex {pattern!r} - at `$.{field}`")
+
+
 class _Typed(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     extension_type: TypeName
 
     def __post_init__(self) -> None:
+        _one_line(self)
         # The pattern has admitted the spelling; store the canonical form so nothing downstream re-parses it.
         msgspec.structs.force_setattr(self, "extension_type", ExtensionType.parse(self.extension_type).value)
 
@@ -87,6 +99,7 @@ class _OptionallyTyped(Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     extension_type: TypeName | None = None
 
     def __post_init__(self) -> None:
+        _one_line(self)
         if self.extension_type is not None:
             msgspec.structs.force_setattr(self, "extension_type", ExtensionType.parse(self.extension_type).value)
 
@@ -154,7 +167,7 @@ class ExtensionMetadata(Struct, frozen=True, kw_only=True):
 class Extension(Struct, frozen=True, kw_only=True):
     metadata: ExtensionMetadata
     path: Annotated[str, Meta(description="where the extension's loaded files are")]
-    loaded_at: datetime
+    loaded_at: Timestamp
     digest: Annotated[str, Meta(pattern=r"^sha256:[0-9a-f]{64}$")]
 
 
@@ -245,12 +258,12 @@ T = TypeVar("T")
 
 
 class Success(Struct, Generic[T], frozen=True, kw_only=True):
-    success: bool = True
+    success: Literal[True] = True
     data: T
 
 
 class Failure(Struct, frozen=True, kw_only=True):
-    success: bool = False
+    success: Literal[False] = False
     error: ErrorBody
 
 
@@ -267,7 +280,7 @@ class ExtensionLoaded(Struct, frozen=True, kw_only=True):
     cold: bool
     duration_ms: float
     instance_id: str
-    timestamp: datetime
+    timestamp: Timestamp
 
 
 class ExtensionUnloaded(Struct, frozen=True, kw_only=True):
@@ -277,4 +290,4 @@ class ExtensionUnloaded(Struct, frozen=True, kw_only=True):
     name: str
     version: str
     instance_id: str
-    timestamp: datetime
+    timestamp: Timestamp
