@@ -74,6 +74,7 @@ VersionSpec = Annotated[
     ),
 ]
 
+
 def _one_line(request: Struct) -> None:
     """Python's `$` also matches before a final newline, which ECMA-262 and Rust do not: refuse it here."""
     for field, pattern in (("name", NAME_PATTERN), ("version", VERSION_PATTERN)):
@@ -153,6 +154,7 @@ class EmptyRequest(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True
 
 
 # --- replies -------------------------------------------------------------------------------------
+
 
 class ExtensionMetadata(Struct, frozen=True, kw_only=True):
     name: str

@@ -49,12 +49,15 @@ class NatsServer:
         return f"nats://{self.host}:{self.port}"
 
     def start(self, timeout: float = 20.0) -> Self:
+        # A session of its own: Ctrl-C in a terminal reaches the service, which stops first and then stops
+        # this server, instead of both at once with the service's requests still in flight.
         self.process = subprocess.Popen(
             self.argv,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             cwd=self.cwd,
+            start_new_session=True,
         )
         self._reader = threading.Thread(target=self._read, daemon=True, name="nats-server-log")
         self._reader.start()

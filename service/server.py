@@ -142,13 +142,14 @@ class ExtensionService:
             return
         self._closed = True
         try:
-            if self._nc is not None and self._nc.is_connected:
+            with anyio.move_on_after(self.config.nats.drain_timeout_s) as scope:
                 for sub in self._subs:
+                    if self._nc is None or not self._nc.is_connected:
+                        break  # nothing more can arrive; what did arrive is still answered below
                     try:
                         await sub.drain()  # type: ignore[no-untyped-call]
-                    except Exception as exc:  # a closed connection has nothing left to drain
+                    except Exception as exc:
                         log.debug("drain of %s: %s", sub.subject, exc)
-            with anyio.move_on_after(self.config.nats.drain_timeout_s) as scope:
                 while self._active:
                     await self._idle.wait()
             if scope.cancelled_caught and self._tg is not None:
@@ -162,10 +163,14 @@ class ExtensionService:
             return
         with anyio.CancelScope(shield=True):
             try:
-                await self._nc.flush(timeout=2)
+                if self._nc.is_connected:
+                    await self._nc.flush(timeout=2)
             except Exception as exc:
                 log.warning("could not flush to NATS on stop: %s", exc)
-            await self._nc.close()
+            try:
+                await self._nc.close()
+            except Exception as exc:
+                log.warning("closing the NATS connection: %s", exc)
 
     def _connect_options(self) -> dict[str, Any]:
         cfg = self.config.nats
