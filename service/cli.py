@@ -92,7 +92,7 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-# --- the service ---------------------------------------------------------------------------------
+# --- the service ---
 
 
 def _config(args: argparse.Namespace) -> Config:
@@ -167,7 +167,7 @@ def _dev(args: argparse.Namespace) -> int:
         server.stop()
 
 
-# --- the client ----------------------------------------------------------------------------------
+# --- the client ---
 
 
 def _client(args: argparse.Namespace) -> int:

@@ -112,7 +112,7 @@ class ExtensionManager:
         self._in_flight = 0
         self.counters = _Counters()
 
-    # --- requests ------------------------------------------------------------------------------------------- ---
+    # --- requests ---
 
     async def load(
         self,
@@ -124,6 +124,12 @@ class ExtensionManager:
         reason: LoadReason = "load",
     ) -> Outcome:
         self.counters.total += 1
+        if not with_dependencies and version is not None and parse_version(version) is not None:
+            # The hot path: an exact version that is cached needs neither the disk nor a dependency check.
+            cached = self._cache.get(f"{extension_type.value}:{name}:{version}")
+            if cached is not None:
+                self.counters.hits += 1
+                return Outcome(cached, cold=False)
         try:
             info = self._resolve(extension_type, name, version)
             if not with_dependencies:
@@ -165,6 +171,27 @@ class ExtensionManager:
         key = (extension_type, name)
         self._generation[key] = self._generation.get(key, 0) + 1
         return [self._unloaded(e, reason) for e in self._drop(extension_type, name)]
+
+    def forget_for_peer(
+        self, loaded: bool, reason: str, extension_type: ExtensionType, name: str, version: str
+    ) -> list[str]:
+        """Drops what another instance's event makes stale; publishes nothing (the peer already did).
+
+        A peer's reload (or hot reload) replaces every version of that extension; a peer's `unloaded` for a
+        reload, clear or removal names one entry. A peer's own evictions say nothing about this cache."""
+        key = (extension_type, name)
+        if loaded and reason in ("reload", "hot_reload"):
+            self._generation[key] = self._generation.get(key, 0) + 1
+            dropped = self._drop(extension_type, name)
+        elif not loaded and reason in ("reload", "cleared", "removed"):
+            self._generation[key] = self._generation.get(key, 0) + 1
+            entry = self._cache.pop(f"{extension_type.value}:{name}:{version}", None)
+            dropped = [entry] if entry is not None else []
+        else:
+            return []
+        for ext in dropped:
+            audit.info("dropped %s after a peer's %s", _key(ext), reason, extra={"action": "peer_" + reason})
+        return [_key(e) for e in dropped]
 
     def clear(self) -> tuple[int, list[Event]]:
         dropped = list(self._cache.values())
@@ -216,7 +243,7 @@ class ExtensionManager:
             uptime_s=round(time.monotonic() - self._started, 3),
         )
 
-    # --- inside --------------------------------------------------------------------------------------------- ---
+    # --- inside ---
 
     def _resolve(self, extension_type: ExtensionType, name: str, version: str | None) -> VersionInfo:
         constraint = Constraint.parse(version)

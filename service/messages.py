@@ -153,7 +153,7 @@ class EmptyRequest(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True
     """The body of `cache.clear` and `stats`: empty, or `{}`."""
 
 
-# --- replies -------------------------------------------------------------------------------------
+# --- replies ---
 
 
 class ExtensionMetadata(Struct, frozen=True, kw_only=True):
@@ -210,6 +210,13 @@ class NushellInfo(Struct, frozen=True, kw_only=True):
     version: str
 
 
+class EventStats(Struct, frozen=True, kw_only=True):
+    published: int
+    failed: Annotated[
+        int, Meta(description="publishes that raised (e.g. the outbound buffer was full while disconnected)")
+    ]
+
+
 class Stats(Struct, frozen=True, kw_only=True):
     cache: CacheStats
     loads: LoadStats
@@ -217,6 +224,7 @@ class Stats(Struct, frozen=True, kw_only=True):
     nushell: NushellInfo
     instance_id: str
     uptime_s: float
+    events: EventStats | None = None
 
 
 class GraphNode(Struct, frozen=True, kw_only=True):
@@ -269,7 +277,7 @@ class Failure(Struct, frozen=True, kw_only=True):
     error: ErrorBody
 
 
-# --- events --------------------------------------------------------------------------------------
+# --- events ---
 
 LoadReason = Literal["load", "reload", "auto_load", "hot_reload"]
 UnloadReason = Literal["evicted", "cleared", "reload", "removed"]

@@ -43,6 +43,8 @@ class NatsServer:
         self.port = 0
         self.log: deque[str] = deque(maxlen=200)
         self._lines: queue.Queue[str | None] = queue.Queue()
+        self._seen: list[str] = []
+        self._grew = threading.Condition()
 
     @property
     def url(self) -> str:
@@ -83,7 +85,22 @@ class NatsServer:
             line = raw.decode(errors="replace").rstrip()
             self.log.append(line)
             self._lines.put(line)
+            with self._grew:
+                self._seen.append(line)
+                self._grew.notify_all()
         self._lines.put(None)
+        with self._grew:
+            self._grew.notify_all()
+
+    def wait_for_log(self, text: str, count: int = 1, timeout: float = 20.0) -> None:
+        """Blocks until `text` has appeared in `count` log lines; raises TimeoutError after `timeout` s."""
+
+        def enough() -> bool:
+            return sum(text in line for line in self._seen) >= count
+
+        with self._grew:
+            if not self._grew.wait_for(enough, timeout):
+                raise TimeoutError(f"nats-server did not log {text!r} {count} times in {timeout} s")
 
     def stop(self, timeout: float = 10.0) -> None:
         if self.process is None:

@@ -100,7 +100,7 @@ EVENTS: tuple[EventRoute, ...] = (
 # the published names drop the module path.
 _QUALIFIER = re.compile(re.escape(f"{Success.__module__}."))
 
-# --- message schemas ------------------------------------------------------------------------------
+# --- message schemas ---
 
 
 def _components(types: Sequence[Any], ref_prefix: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
@@ -165,7 +165,7 @@ def message_schemas() -> dict[str, dict[str, Any]]:
     return out
 
 
-# --- AsyncAPI ------------------------------------------------------------------------------------
+# --- AsyncAPI ---
 
 
 @dataclass(frozen=True, slots=True)
@@ -370,7 +370,7 @@ def asyncapi() -> dict[str, Any]:
     }
 
 
-# --- files ---------------------------------------------------------------------------------------
+# --- files ---
 
 
 def render(document: dict[str, Any]) -> bytes:

@@ -38,6 +38,9 @@ from .messages import (
     Cleared,
     DiscoverRequest,
     EmptyRequest,
+    EventStats,
+    Extension,
+    ExtensionType,
     GraphRequest,
     ListRequest,
     LoadRequest,
@@ -91,6 +94,10 @@ class ExtensionService:
         self._active = 0
         self._idle = anyio.Event()
         self._closed = False
+        self._connected = anyio.Event()
+        self.reconnects = 0
+        self.peer_events = 0
+        self._changed = anyio.Event()  # set (and replaced) whenever reconnects or peer_events grows
 
     @property
     def nc(self) -> Client:
@@ -102,7 +109,7 @@ class ExtensionService:
         assert self._publisher is not None, "the service is not started"
         return self._publisher
 
-    # --- life cycle ----------------------------------------------------------------------------------------- ---
+    # --- life cycle ---
 
     async def __aenter__(self) -> Self:
         try:
@@ -127,7 +134,11 @@ class ExtensionService:
             self._subs.append(await self.nc.subscribe(endpoint.subject, queue=group, cb=self._dispatcher(endpoint)))
         for verb, subject in self.identity.subjects():
             self._subs.append(await self.nc.subscribe(subject, cb=self._srv_handler(verb)))
+        # Every instance hears every other one's events (no queue group), to forget what a peer reloaded.
+        for subject in (self.publisher.loaded_subject, self.publisher.unloaded_subject):
+            self._subs.append(await self.nc.subscribe(subject, cb=self._on_peer_event))
         await flush_subscriptions(self.nc)
+        self._connected.set()
         log.info(
             "serving %s.* in queue group %s as instance %s",
             self.config.nats.subject_prefix,
@@ -202,16 +213,56 @@ class ExtensionService:
         log.warning("NATS error: %s", exc)
 
     async def _on_disconnected(self) -> None:
+        if self._connected.is_set():
+            self._connected = anyio.Event()
         if self._closed:
             log.info("disconnected from NATS")
         else:
-            log.warning("disconnected from NATS; reconnecting")
+            log.warning("disconnected from NATS; reconnecting (events are buffered meanwhile)")
 
     async def _on_reconnected(self) -> None:
         url = self.nc.connected_url
         log.info("reconnected to NATS at %s", url.netloc if url else "?")
+        self._connected.set()
+        self.reconnects += 1
+        self._notify()
 
-    # --- requests ------------------------------------------------------------------------------------------- ---
+    async def wait_connected(self) -> None:
+        """Returns when the connection is up: at once, or after the next reconnect."""
+        await self._connected.wait()
+
+    async def wait_until(self, *, reconnects: int = 0, peer_events: int = 0) -> None:
+        """Returns once at least that many reconnects and peer events have been handled (for tests and tools)."""
+        while self.reconnects < reconnects or self.peer_events < peer_events:
+            await self._changed.wait()
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = anyio.Event()
+
+    async def _on_peer_event(self, msg: Msg) -> None:
+        """Forgets what another instance reloaded, cleared or saw removed, so no one serves stale metadata."""
+        try:
+            event = _peer_decoder.decode(msg.data)
+        except msgspec.DecodeError as exc:
+            log.warning("ignored an unreadable event on %s: %s", msg.subject, exc)
+            return
+        target = event.target()
+        if event.instance_id == self.identity.id or target is None:
+            return
+        dropped = self.manager.forget_for_peer(msg.subject == self.publisher.loaded_subject, event.reason, *target)
+        self.peer_events += 1
+        self._notify()
+        if dropped:
+            log.info(
+                "dropped %d cache entries after %s from instance %s",
+                len(dropped),
+                msg.subject,
+                event.instance_id,
+                extra={"dropped": dropped},
+            )
+
+    # --- requests ---
 
     def _dispatcher(self, endpoint: Endpoint) -> Callable[[Msg], Awaitable[None]]:
         async def dispatch(msg: Msg) -> None:
@@ -287,7 +338,7 @@ class ExtensionService:
 
         return answer
 
-    # --- one handler per subject ---------------------------------------------------------------------------- ---
+    # --- one handler per subject ---
 
     async def _load(self, req: LoadRequest, span: trace.Span) -> tuple[Any, list[Event]]:
         outcome = await self.manager.load(req.type, req.name, req.version, with_dependencies=req.with_dependencies)
@@ -315,12 +366,35 @@ class ExtensionService:
         return Cleared(cleared=count), events
 
     async def _stats(self, req: EmptyRequest, span: trace.Span) -> tuple[Any, list[Event]]:
-        return self.manager.stats(), []
+        events = EventStats(published=self.publisher.published, failed=self.publisher.failed)
+        return msgspec.structs.replace(self.manager.stats(), events=events), []
 
     async def _graph(self, req: GraphRequest, span: trace.Span) -> tuple[Any, list[Event]]:
         tree = self.manager.dependency_tree(req.type, req.name, req.version)
         span.set_attribute("extension.version", tree.root.version)
         return render(tree, req.format), []
+
+
+class PeerEvent(msgspec.Struct, frozen=True):
+    """What an instance reads of another one's `loaded` and `unloaded` events."""
+
+    instance_id: str
+    reason: str
+    extension_type: ExtensionType | None = None  # unloaded events
+    name: str | None = None
+    version: str | None = None
+    extension: Extension | None = None  # loaded events
+
+    def target(self) -> tuple[ExtensionType, str, str] | None:
+        if self.extension is not None:
+            m = self.extension.metadata
+            return m.extension_type, m.name, m.version
+        if self.extension_type is not None and self.name is not None and self.version is not None:
+            return self.extension_type, self.name, self.version
+        return None
+
+
+_peer_decoder = msgspec.json.Decoder(PeerEvent)
 
 
 async def flush_subscriptions(nc: Client) -> None:

@@ -92,7 +92,7 @@ class ExtensionStore:
         self._names: dict[ExtensionType, tuple[tuple[int, ...], dict[str, Path]]] = {}
         self._entries: dict[tuple[ExtensionType, str], _NameEntry] = {}
 
-    # --- what is there -------------------------------------------------------------------------------------- ---
+    # --- what is there ---
 
     def names(self, extension_type: ExtensionType) -> dict[str, Path]:
         """Every extension name of a type, with the folder of the root that wins for it."""
@@ -157,7 +157,7 @@ class ExtensionStore:
             raise NotFound(kind, name, difflib.get_close_matches(name, known, n=3, cutoff=0.6))
         return out
 
-    # --- dependencies --------------------------------------------------------------------------------------- ---
+    # --- dependencies ---
 
     def parse_dependency(self, owner: VersionInfo, entry: str) -> Dependency:
         match = _DEPENDENCY.match(entry.strip())

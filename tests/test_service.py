@@ -36,7 +36,7 @@ async def raw_request(nc: Client, subject: str, body: Any, headers: dict[str, st
     return await nc.request(subject, payload, timeout=WAIT, headers=headers)
 
 
-# --- load ----------------------------------------------------------------------------------------
+# --- load ---
 
 
 async def test_load_cold_then_cached(client: LoaderClient, events: EventLog, config: Any) -> None:
@@ -131,7 +131,7 @@ async def test_with_dependencies_loads_depth_first(client: LoaderClient, events:
     assert {"buildkit", "kubernetes", "containerd", "etcd"} <= listed
 
 
-# --- errors --------------------------------------------------------------------------------------
+# --- errors ---
 
 
 async def expect_error(call: Any, code: str) -> RemoteError:
@@ -276,7 +276,7 @@ async def test_missing_nushell_gives_unavailable(nats_server: NatsServer, nc: Cl
         assert "Nushell cannot be started" in err.message
 
 
-# --- the other subjects --------------------------------------------------------------------------
+# --- the other subjects ---
 
 
 async def test_reload_drops_and_loads_again(client: LoaderClient, events: EventLog) -> None:
@@ -393,7 +393,7 @@ async def test_events_carry_msg_id_and_trace_headers(client: LoaderClient, nc: C
     assert msg.headers["traceparent"].split("-")[1] == "0af7651916cd43dd8448eb211c80319c"
 
 
-# --- $SRV ----------------------------------------------------------------------------------------
+# --- $SRV ---
 
 
 @pytest.mark.parametrize("verb", ["PING", "INFO", "STATS"])

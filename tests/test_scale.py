@@ -1,0 +1,266 @@
+"""Concurrency and scale-out: no head-of-line blocking, graceful stop, reconnects, peers, a NATS cluster."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.to_thread
+import nats
+import pytest
+from nats.aio.client import Client
+
+from service.client import LoaderClient
+from service.messages import ExtensionType
+from service.natsserver import NatsServer
+from service.server import flush_subscriptions
+from service.store import ExtensionStore
+from service.versions import Constraint
+from tests.conftest import NU, WAIT, EventLog, make_config, running_service, write_extension
+
+pytestmark = pytest.mark.anyio
+
+
+def slow_module(defs: int = 8000) -> str:
+    """A module that takes Nushell a good fraction of a second to parse: a cold load that is slow for real."""
+    return "\n".join(f"export def cmd{i} [x: int] {{ {{value: ($x * {i})}} }}" for i in range(defs)) + "\n"
+
+
+async def test_cached_answers_are_not_held_up_by_a_cold_load(
+    nats_server: NatsServer, nc: Client, tmp_path: Path
+) -> None:
+    root = tmp_path / "ext"
+    write_extension(root, "taskserv", "slow", "1.0.0", module=slow_module())
+    write_extension(root, "taskserv", "quick", "1.0.0")
+    async with running_service(make_config(nats_server.url, tmp_path, roots=[root])):
+        client = LoaderClient(nc, timeout=WAIT)
+        await client.load("taskserv", "quick", "1.0.0")  # now cached
+        finished: list[str] = []
+
+        async def cold() -> None:
+            await client.load("taskserv", "slow", "1.0.0")
+            finished.append("cold")
+
+        async def cached() -> None:
+            await client.load("taskserv", "quick", "1.0.0")
+            finished.append("cached")
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(cold)
+            await anyio.wait_all_tasks_blocked()  # the cold request is written ...
+            await flush_subscriptions(nc)  # ... and the server has routed it before any cached one
+            for _ in range(20):
+                tg.start_soon(cached)
+        assert finished == ["cached"] * 20 + ["cold"]
+
+
+@pytest.fixture
+def served_process(nats_server: NatsServer, tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """The service as a separate process (`extension-loader serve`), ready once it logs that it serves."""
+    root = tmp_path / "ext"
+    write_extension(root, "taskserv", "slow", "1.0.0", module=slow_module(4000))
+    for name in ("alpha", "beta", "gamma", "delta"):
+        write_extension(root, "taskserv", name, "1.0.0")
+    cmd = [
+        str(Path(sys.executable).with_name("extension-loader")),
+        "serve",
+        "--nats-url",
+        nats_server.url,
+        "--set",
+        f'orchestrator.paths.data_dir="{tmp_path / "data"}"',
+        "--set",
+        f'orchestrator.extensions.paths=["{root}"]',
+        "--set",
+        "orchestrator.extensions.auto_load=false",
+        "--set",
+        f'nushell.path="{NU}"',
+    ]
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    ready = threading.Event()
+    lines: list[str] = []
+
+    def read() -> None:
+        assert proc.stderr is not None
+        for raw in proc.stderr:
+            lines.append(raw.decode(errors="replace"))
+            if "serving extensions.*" in lines[-1]:
+                ready.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        assert ready.wait(WAIT), "".join(lines)
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        reader.join(WAIT)
+        assert proc.stderr is not None
+        proc.stderr.close()
+
+
+async def test_sigterm_answers_every_request_already_received(
+    served_process: subprocess.Popen[bytes], nc: Client, events: EventLog
+) -> None:
+    client = LoaderClient(nc, timeout=WAIT)
+    replies: list[Any] = []
+
+    async def load(name: str) -> None:
+        replies.append(await client.load("taskserv", name))
+
+    async with anyio.create_task_group() as tg:
+        for name in ("slow", "alpha", "beta", "gamma", "delta"):
+            tg.start_soon(load, name)
+        await anyio.wait_all_tasks_blocked()  # every request is written ...
+        await flush_subscriptions(nc)  # ... and routed to the service by the server
+        served_process.send_signal(signal.SIGTERM)
+    assert sorted(r["metadata"]["name"] for r in replies) == ["alpha", "beta", "delta", "gamma", "slow"]
+    loaded = await events.wait_for(5, ".loaded")
+    assert len(loaded) == 5
+    code = await anyio.to_thread.run_sync(served_process.wait, WAIT)
+    assert code == 0
+
+
+async def test_reconnects_after_a_server_restart(tmp_path: Path) -> None:
+    first = NatsServer(["-a", "127.0.0.1", "-p", "-1"]).start()
+    second = NatsServer(["-a", "127.0.0.1", "-p", str(first.port)])
+    try:
+        async with running_service(make_config(first.url, tmp_path)) as service:
+            await anyio.to_thread.run_sync(first.stop)
+            second.start()  # the same port: a restart, as an operator would do it
+            with anyio.fail_after(WAIT):
+                await service.wait_until(reconnects=1)
+            conn = await nats.connect(second.url, max_reconnect_attempts=0, allow_reconnect=False)
+            try:
+                client = LoaderClient(conn, timeout=WAIT)
+                assert (await client.load("taskserv", "etcd"))["metadata"]["name"] == "etcd"
+                assert (await client.stats())["events"] == {"published": 1, "failed": 0}
+            finally:
+                await conn.close()
+    finally:
+        first.stop()
+        second.stop()
+
+
+async def test_peers_forget_what_another_instance_reloaded(nats_server: NatsServer, nc: Client, tmp_path: Path) -> None:
+    root = tmp_path / "ext"
+    folder = write_extension(root, "taskserv", "app", "1.0.0")
+    async with (
+        running_service(make_config(nats_server.url, tmp_path / "a", roots=[root]), instance_id="A") as a,
+        running_service(make_config(nats_server.url, tmp_path / "b", roots=[root]), instance_id="B") as b,
+    ):
+        client = LoaderClient(nc, timeout=WAIT)
+        key = "taskserv:app:1.0.0"
+        # The queue group spreads requests; ask until both instances have the extension cached.
+        for _ in range(200):
+            first = await client.load("taskserv", "app", "1.0.0")
+            if all(
+                key in {f"taskserv:{e.metadata.name}:{e.metadata.version}" for e in s.manager.loaded()} for s in (a, b)
+            ):
+                break
+        else:
+            pytest.fail("the queue group never sent a request to both instances")
+
+        (folder / "mod.nu").write_text("export def check [] { {ok: true, changed: true} }\n")
+        reloaded = await client.reload("taskserv", "app")
+        assert reloaded["digest"] != first["digest"]
+        with anyio.fail_after(WAIT):
+            await a.wait_until(peer_events=b.publisher.published)
+            await b.wait_until(peer_events=a.publisher.published)
+        for _ in range(20):
+            assert (await client.load("taskserv", "app", "1.0.0"))["digest"] == reloaded["digest"]
+        assert await client.clear() in ({"cleared": 1}, {"cleared": 0})
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@pytest.fixture
+def nats_cluster(tmp_path: Path) -> Iterator[list[NatsServer]]:
+    """Three clustered nats-servers on loopback; ready once each has routes to the two others."""
+    cluster_ports = [free_port() for _ in range(3)]
+    routes = ",".join(f"nats://127.0.0.1:{p}" for p in cluster_ports)
+    servers = [
+        NatsServer(
+            [
+                "-a",
+                "127.0.0.1",
+                "-p",
+                "-1",
+                "-n",
+                f"node-{i}",
+                "--cluster_name",
+                "loader-test",
+                "--cluster",
+                f"nats://127.0.0.1:{port}",
+                "--routes",
+                routes,
+            ]
+        )
+        for i, port in enumerate(cluster_ports)
+    ]
+    try:
+        for server in servers:
+            server.start()
+        for server in servers:
+            server.wait_for_log("Route connection created", count=2, timeout=WAIT)
+        yield servers
+    finally:
+        for server in servers:
+            server.stop()
+
+
+async def test_keeps_answering_when_its_cluster_node_stops(nats_cluster: list[NatsServer], tmp_path: Path) -> None:
+    urls = ",".join(s.url for s in nats_cluster)
+    config = make_config(urls, tmp_path)
+    async with running_service(config) as service:
+        assert service.nc.connected_url is not None
+        here = next(s for s in nats_cluster if s.port == service.nc.connected_url.port)
+        await anyio.to_thread.run_sync(here.stop)
+        with anyio.fail_after(WAIT):
+            await service.wait_until(reconnects=1)
+        assert service.nc.connected_url is not None
+        now = next(s for s in nats_cluster if s.port == service.nc.connected_url.port)
+        assert now is not here
+        conn = await nats.connect(now.url, max_reconnect_attempts=0, allow_reconnect=False)
+        try:
+            ext = await LoaderClient(conn, timeout=WAIT).load("cluster", "buildkit")
+            assert ext["metadata"]["name"] == "buildkit"
+        finally:
+            await conn.close()
+
+
+def test_repeated_discovery_reads_no_metadata_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = tmp_path / "tree"
+    for i in range(50):
+        for minor in range(3):
+            write_extension(root, "taskserv", f"ext-{i:03d}", f"1.{minor}.0")
+    store = ExtensionStore([root])
+    reads: list[Path] = []
+    original = Path.read_text
+
+    def counting(self: Path, *args: Any, **kwargs: Any) -> str:
+        reads.append(self)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "read_text", counting)
+    assert len(store.available(ExtensionType.TASKSERV)) == 50
+    assert len(reads) == 150
+    store.available(ExtensionType.TASKSERV)
+    store.resolve(ExtensionType.TASKSERV, "ext-007", Constraint.parse(None))
+    assert len(reads) == 150  # nothing changed: nothing read again
+    write_extension(root, "taskserv", "ext-007", "1.3.0")
+    store.available(ExtensionType.TASKSERV)
+    assert len(reads) == 154  # only the extension that changed is read again
