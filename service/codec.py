@@ -83,27 +83,33 @@ def decode(body: bytes, kind: type[R], codec: Codec) -> R:
         result: R = _decoder(kind, codec).decode(body)
     except msgspec.ValidationError as exc:
         raise _invalid(str(exc)) from None
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+        # msgspec raises a bare UnicodeDecodeError for a string that is not UTF-8.
         what = "MessagePack" if codec is Codec.MSGPACK else "JSON"
-        raise InvalidRequest(f"the body is not valid {what}: {exc}") from None
+        raise InvalidRequest(_short(f"the body is not valid {what}: {exc}")) from None
     return result
 
 
+def _short(text: str, limit: int = 300) -> str:
+    """Requesters' own text comes back in errors; a bounded amount of it, so a reply always fits."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
 def _invalid(text: str) -> InvalidRequest:
-    unknown = re.search(r"unknown field `([^`]*)`", text)
+    at = _AT.search(text)
+    where, text = (at.group(1), text[: at.start()]) if at else ("", text)
+    unknown = re.fullmatch(r"Object contains unknown field `(.*)`", text, flags=re.DOTALL)
     if unknown:
-        return InvalidRequest(f"unknown field {unknown.group(1)!r}", field=unknown.group(1))
-    missing = re.search(r"missing required field `([^`]*)`", text)
+        field = _short(unknown.group(1), 64)
+        return InvalidRequest(_short(f"unknown field {unknown.group(1)!r}"), field=field)
+    missing = re.fullmatch(r"Object missing required field `(.*)`", text, flags=re.DOTALL)
     if missing:
         return InvalidRequest("a required field is missing", field=missing.group(1))
-    at = _AT.search(text)
-    if at is None:
-        return InvalidRequest(text)
-    field = at.group(1)
-    reason = text[: at.start()]
-    if field in _FRIENDLY and "matching regex" in reason:
-        reason = _FRIENDLY[field]
-    return InvalidRequest(reason, field=field)
+    if not where:
+        return InvalidRequest(_short(text))
+    if where in _FRIENDLY and "matching regex" in text:
+        text = _FRIENDLY[where]
+    return InvalidRequest(_short(text), field=_short(where, 64))
 
 
 def success(data: Any, codec: Codec) -> bytes:

@@ -422,4 +422,4 @@ def _internal(exc: Exception, subject: str) -> LoaderError:
 
 def _header_safe(text: str) -> str:
     # A header value is one line of printable text.
-    return " ".join(text.split())[:512]
+    return " ".join("".join(c if c.isprintable() else " " for c in text).split())[:512]
