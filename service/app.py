@@ -17,6 +17,7 @@ from .messages import NushellInfo
 from .runner import Limits, NushellRunner, find_nu, nu_version
 from .server import ExtensionService
 from .store import ExtensionStore, VersionInfo
+from .watcher import ExtensionWatcher
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,7 @@ async def serve(config: Config, *, on_ready: Callable[[ExtensionService], None] 
         service = ExtensionService(config, manager, version=service_version())
         async with service, anyio.create_task_group() as tg:
             if config.orchestrator.extensions.auto_load:
+                await tg.start(ExtensionWatcher(service).run)  # first, so no change during auto_load is missed
                 tg.start_soon(auto_load, service)
             if on_ready is not None:
                 on_ready(service)

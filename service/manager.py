@@ -166,11 +166,30 @@ class ExtensionManager:
             self.counters.failed += 1
             raise
 
-    def drop(self, extension_type: ExtensionType, name: str, reason: UnloadReason) -> list[Event]:
-        """Forgets every cached version of an extension (a peer reloaded it, or it left the disk)."""
+    async def refresh(self, info: VersionInfo, reason: LoadReason) -> Outcome:
+        """Loads one version again from disk, replacing what is cached (a hot reload)."""
+        self.counters.total += 1
+        try:
+            self.store.dependency_tree(info)
+            key = (info.extension_type, info.name)
+            self._generation[key] = self._generation.get(key, 0) + 1
+            return await self._load_one(info, reason, force=True)
+        except LoaderError:
+            self.counters.failed += 1
+            raise
+
+    def remove(self, extension_type: ExtensionType, name: str, version: str) -> list[Event]:
+        """Forgets one version that left the disk."""
         key = (extension_type, name)
         self._generation[key] = self._generation.get(key, 0) + 1
-        return [self._unloaded(e, reason) for e in self._drop(extension_type, name)]
+        entry = self._cache.pop(f"{extension_type.value}:{name}:{version}", None)
+        if entry is None:
+            return []
+        audit.info("removed %s", _key(entry), extra={"action": "removed", "extension": _key(entry)})
+        return [self._unloaded(entry, "removed")]
+
+    def cached(self, extension_type: ExtensionType, name: str) -> list[Extension]:
+        return [e for e in self.loaded(extension_type) if e.metadata.name == name]
 
     def forget_for_peer(
         self, loaded: bool, reason: str, extension_type: ExtensionType, name: str, version: str

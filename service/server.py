@@ -297,6 +297,11 @@ class ExtensionService:
                     _describe(span, request)
                     data, events = await endpoint.handler(request, span)
                     body = codec.success(data, fmt)
+                    if len(body) > self.nc.max_payload:
+                        raise LoadFailed(
+                            f"the reply ({len(body)} bytes) is larger than the NATS server's max_payload "
+                            f"({self.nc.max_payload} bytes); narrow the request"
+                        )
                     headers = {"Content-Type": fmt.value}
                 except Exception as exc:
                     err = exc if isinstance(exc, LoaderError) else _internal(exc, msg.subject)

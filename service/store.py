@@ -10,6 +10,7 @@ the folders' and files' modification times, so repeated requests do not rescan a
 from __future__ import annotations
 
 import difflib
+import hashlib
 import os
 import re
 import stat
@@ -240,6 +241,14 @@ class ExtensionStore:
         """The latest valid version of every extension, for loading at start."""
         for available in self.available():
             yield self.versions(available.extension_type, available.name)[available.latest.version]
+
+
+def tree_digest(folder: Path) -> str:
+    """The loader's digest of an extension folder: sha256 over `<relpath>\t<sha256 of the file>\n` lines,
+    sorted by relative path (see service/nushell/provisioning.nu)."""
+    files = sorted((p for p in folder.rglob("*") if p.is_file()), key=lambda p: p.relative_to(folder).as_posix())
+    text = "".join(f"{p.relative_to(folder).as_posix()}\t{hashlib.sha256(p.read_bytes()).hexdigest()}\n" for p in files)
+    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
 
 
 def _subject(info: VersionInfo) -> str:
