@@ -1,0 +1,95 @@
+"""The container's health check: exit 0 when the extension loader answers `<subject_prefix>.stats` over NATS.
+
+    python /app/deploy/healthcheck.py [CONFIG_FILE]      (default: /app/deploy/loader.toml)
+
+It reads the configuration exactly as `extension-loader serve --config CONFIG_FILE` does (packaged defaults,
+the file, then the EXTENSION_LOADER__* environment variables), so it asks the NATS server, subject prefix and
+credentials the service itself uses, wherever they were set. Exit status 1 (Docker's "unhealthy") otherwise,
+with the reason on standard error, which `docker inspect` shows.
+
+With several replicas in one queue group any of them may answer: a pass means "the service answers on this
+NATS server" (and this container's own process is alive, or the container would have stopped).
+"""
+
+from __future__ import annotations
+
+import os
+import ssl
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import anyio
+import nats
+
+from service.client import LoaderClient
+from service.config import NatsConfig, load_config
+
+DEFAULT_CONFIG = "/app/deploy/loader.toml"
+TIMEOUT_S = 5.0  # each of: connecting, waiting for the reply
+DEADLINE_S = 8.0  # the whole check; below the 10 s time-out that the Dockerfile and docker-compose.yml give it
+
+
+def connect_options(cfg: NatsConfig) -> dict[str, Any]:
+    """The service's NATS options (service/server.py), with a bounded number of tries.
+
+    `max_reconnect_attempts=0` would mean "no limit" in nats-py's server selection (it retries a refused
+    connection forever), so each server gets at most two tries.
+    """
+    options: dict[str, Any] = {
+        "servers": cfg.servers,
+        "name": f"{cfg.name}-healthcheck",
+        "connect_timeout": TIMEOUT_S,
+        "allow_reconnect": False,
+        "max_reconnect_attempts": 1,
+        "reconnect_time_wait": 0.5,
+    }
+    if cfg.user:
+        options.update(user=cfg.user, password=cfg.password)
+    if cfg.token:
+        options["token"] = cfg.token
+    if cfg.creds:
+        options["user_credentials"] = cfg.creds
+    if cfg.tls:
+        context = ssl.create_default_context(cafile=cfg.tls_ca or None)
+        if cfg.tls_cert:
+            context.load_cert_chain(cfg.tls_cert, cfg.tls_key or None)
+        options["tls"] = context
+    return options
+
+
+async def check(config_file: str) -> dict[str, Any]:
+    config = load_config(config_file, environ=os.environ)
+
+    async def quiet(_: Exception) -> None:  # the failure is reported once, by main()
+        pass
+
+    with anyio.fail_after(DEADLINE_S):
+        nc = await nats.connect(**connect_options(config.nats), error_cb=quiet)
+        try:
+            client = LoaderClient(nc, prefix=config.nats.subject_prefix, timeout=TIMEOUT_S)
+            stats: dict[str, Any] = await client.stats()
+            return stats
+        finally:
+            await nc.close()
+
+
+def main(argv: Sequence[str]) -> int:
+    config_file = argv[1] if len(argv) > 1 else DEFAULT_CONFIG
+    try:
+        stats = anyio.run(check, config_file)
+    except TimeoutError:
+        print(
+            f"unhealthy: timed out connecting to NATS or waiting for the reply (limit {DEADLINE_S:g} s)",
+            file=sys.stderr,
+        )
+        return 1
+    except Exception as exc:  # any failure at all is "unhealthy", never a crash with another status
+        print(f"unhealthy: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    print(f"healthy: instance {stats.get('instance_id', '?')} answered")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

