@@ -23,7 +23,7 @@ from .config import Config, load_config
 from .errors import ConfigError
 from .natsserver import NatsServer
 from .runner import NushellMissing
-from .telemetry import setup_logging, setup_tracing
+from .telemetry import setup_logging, setup_telemetry
 
 DEFAULT_URL = "nats://127.0.0.1:4222"
 
@@ -109,7 +109,6 @@ def _start(args: argparse.Namespace) -> Config | None:
     except ConfigError as exc:
         print(f"extension-loader: {exc}", file=sys.stderr)
         return None
-    setup_tracing(os.environ, version=service_version())
     return config
 
 
@@ -125,6 +124,7 @@ def _run_service(config: Config, hint: str = "") -> int:
         if hint:
             print(hint, flush=True)
 
+    telemetry = setup_telemetry(os.environ, version=service_version())
     try:
         anyio.run(lambda: serve(config, on_ready=ready))
     except NushellMissing as exc:
@@ -133,6 +133,8 @@ def _run_service(config: Config, hint: str = "") -> int:
     except OSError as exc:
         print(f"extension-loader: cannot reach NATS at {config.nats.url}: {exc}", file=sys.stderr)
         return 4
+    finally:
+        telemetry.shutdown()
     return 0
 
 
@@ -179,8 +181,17 @@ def _client(args: argparse.Namespace) -> int:
             print(json.dumps(exc.details, indent=2), file=sys.stderr)
         return 1
     except (OSError, nats.errors.Error) as exc:
-        print(f"error: {args.server}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        cause = f" ({_last_error[-1]})" if _last_error else ""
+        print(f"error: {args.server}: {exc}{cause}", file=sys.stderr)
         return 4
+
+
+_last_error: list[str] = []
+
+
+async def _quiet(exc: Exception) -> None:
+    # nats-py's default error callback logs a traceback per attempt; a person wants one line at the end.
+    _last_error.append(str(exc))
 
 
 async def _client_main(args: argparse.Namespace) -> int:
@@ -188,8 +199,9 @@ async def _client_main(args: argparse.Namespace) -> int:
         "servers": [args.server],
         "name": "extension-loader-cli",
         "connect_timeout": 5,
-        "max_reconnect_attempts": 0,
+        "max_reconnect_attempts": 1,
         "allow_reconnect": False,
+        "error_cb": _quiet,
     }
     if args.user:
         options.update(user=args.user, password=args.password or "")

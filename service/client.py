@@ -6,6 +6,7 @@ error code, message and details.
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
 import msgspec
@@ -23,16 +24,19 @@ class RemoteError(Exception):
 
 
 class LoaderClient:
-    def __init__(self, nc: Client, *, prefix: str = "extensions", timeout: float = 40.0) -> None:
+    def __init__(
+        self, nc: Client, *, prefix: str = "extensions", timeout: float = 40.0, requester: str | None = None
+    ) -> None:
         self.nc = nc
         self.prefix = prefix
         self.timeout = timeout
+        # Who the service's audit lines name: the caller's choice, else this connection's name and host.
+        self.requester = requester or f"{nc.options.get('name') or 'client'}@{socket.gethostname()}"
 
     async def request(self, suffix: str, body: dict[str, Any] | None = None) -> Any:
         payload = msgspec.json.encode({k: v for k, v in (body or {}).items() if v is not None})
-        reply = await self.nc.request(
-            f"{self.prefix}.{suffix}", payload, timeout=self.timeout, headers={"Content-Type": JSON}
-        )
+        headers = {"Content-Type": JSON, "Requester": self.requester}
+        reply = await self.nc.request(f"{self.prefix}.{suffix}", payload, timeout=self.timeout, headers=headers)
         envelope = msgspec.json.decode(reply.data)
         if envelope.get("success"):
             return envelope.get("data")

@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 import anyio
 from cachetools import LRUCache
 
+from . import audit
 from .errors import LoaderError, Unavailable
 from .messages import (
     Available,
@@ -33,12 +34,12 @@ from .messages import (
     Status,
     UnloadReason,
 )
+from .metrics import load_duration
 from .runner import NushellRunner
 from .store import DependencyTree, ExtensionStore, VersionInfo
 from .versions import Constraint, parse_version, sort_newest_first
 
 log = logging.getLogger(__name__)
-audit = logging.getLogger("service.audit")
 
 Event = ExtensionLoaded | ExtensionUnloaded
 Clock = Callable[[], datetime]
@@ -185,7 +186,7 @@ class ExtensionManager:
         entry = self._cache.pop(f"{extension_type.value}:{name}:{version}", None)
         if entry is None:
             return []
-        audit.info("removed %s", _key(entry), extra={"action": "removed", "extension": _key(entry)})
+        audit.record("removed", _key(entry))
         return [self._unloaded(entry, "removed")]
 
     def cached(self, extension_type: ExtensionType, name: str) -> list[Extension]:
@@ -209,7 +210,7 @@ class ExtensionManager:
         else:
             return []
         for ext in dropped:
-            audit.info("dropped %s after a peer's %s", _key(ext), reason, extra={"action": "peer_" + reason})
+            audit.record("dropped", _key(ext), message=f"after a peer's {reason}")
         return [_key(e) for e in dropped]
 
     def clear(self) -> tuple[int, list[Event]]:
@@ -218,7 +219,7 @@ class ExtensionManager:
         for key in list(self._generation):
             self._generation[key] += 1
         for ext in dropped:
-            audit.info("cleared %s", _key(ext), extra={"action": "clear", "extension": _key(ext)})
+            audit.record("cleared", _key(ext))
         return len(dropped), [self._unloaded(e, "cleared") for e in dropped]
 
     def loaded(self, extension_type: ExtensionType | None = None) -> list[Extension]:
@@ -305,16 +306,12 @@ class ExtensionManager:
             result = await self.runner.load(info.extension_type, info.name, info.version)
         except LoaderError as exc:
             flight.error = exc
-            audit.info(
-                "load of %s failed: %s",
-                info.key,
-                exc.code,
-                extra={"action": reason, "extension": info.key, "outcome": exc.code},
-            )
+            audit.record(reason, info.key, exc.code, exc.message)
             raise
         finally:
             self._in_flight -= 1
         duration_ms = (time.perf_counter() - started) * 1000
+        load_duration.record(duration_ms, {"extension.type": info.extension_type.value, "reason": reason})
         extension = Extension(metadata=result.metadata, path=result.path, loaded_at=self._clock(), digest=result.digest)
         flight.extension = extension
         self.counters.cold += 1
@@ -334,14 +331,7 @@ class ExtensionManager:
                 timestamp=self._clock(),
             ),
         )
-        audit.info(
-            "%s %s in %.1f ms (%s)",
-            reason,
-            info.key,
-            duration_ms,
-            result.digest,
-            extra={"action": reason, "extension": info.key, "outcome": "ok", "digest": result.digest},
-        )
+        audit.record(reason, info.key, message=f"in {duration_ms:.1f} ms", digest=result.digest)
         flight.done.set()
         return Outcome(extension, cold=True, events=events)
 
@@ -349,7 +339,7 @@ class ExtensionManager:
         evicted, self._evicted[:] = list(self._evicted), []
         self.counters.evictions += len(evicted)
         for ext in evicted:
-            audit.info("evicted %s", _key(ext), extra={"action": "evict", "extension": _key(ext)})
+            audit.record("evicted", _key(ext))
         return evicted
 
     def _drop(self, extension_type: ExtensionType, name: str) -> list[Extension]:

@@ -28,7 +28,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from opentelemetry import trace
 
-from . import codec
+from . import audit, codec, metrics
 from .config import Config
 from .errors import LoaderError, LoadFailed
 from .events import Event, EventPublisher
@@ -139,6 +139,7 @@ class ExtensionService:
             self._subs.append(await self.nc.subscribe(subject, cb=self._on_peer_event))
         await flush_subscriptions(self.nc)
         self._connected.set()
+        metrics.observe(self.manager)
         log.info(
             "serving %s.* in queue group %s as instance %s",
             self.config.nats.subject_prefix,
@@ -277,8 +278,10 @@ class ExtensionService:
     async def _handle(self, endpoint: Endpoint, msg: Msg) -> None:
         started = time.perf_counter_ns()
         error: str | None = None
+        outcome = "ok"
         fmt = codec.Codec.of(msg.headers)
         events: list[Event] = []
+        audit.requester.set(codec.header(msg.headers, audit.REQUESTER_HEADER) or f"nats:{msg.subject}")
         try:
             with tracer.start_as_current_span(
                 f"process {msg.subject}",
@@ -305,7 +308,7 @@ class ExtensionService:
                     headers = {"Content-Type": fmt.value}
                 except Exception as exc:
                     err = exc if isinstance(exc, LoaderError) else _internal(exc, msg.subject)
-                    error = err.message
+                    error, outcome = err.message, err.code
                     span.set_status(trace.StatusCode.ERROR, err.message)
                     span.set_attribute("error.type", err.code)
                     body = codec.failure(err, fmt)
@@ -319,6 +322,7 @@ class ExtensionService:
                     await self.publisher.publish(events)
         finally:
             endpoint.stats.record(time.perf_counter_ns() - started, error)
+            metrics.requests.add(1, {"messaging.destination.name": endpoint.subject, "outcome": outcome})
             self._active -= 1
             if not self._active:
                 self._idle.set()

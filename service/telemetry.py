@@ -11,14 +11,15 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from opentelemetry import propagate, trace
+from opentelemetry import metrics, propagate, trace
 from opentelemetry.context import Context
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import ConsoleMetricExporter, MetricReader, PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SimpleSpanProcessor
@@ -28,14 +29,61 @@ log = logging.getLogger(__name__)
 _RESERVED = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
 
 
-def setup_tracing(environ: Mapping[str, str], *, version: str) -> TracerProvider | None:
-    """Installs a tracer provider as OTEL_TRACES_EXPORTER says; returns it so the caller can shut it down."""
-    exporters = [e.strip() for e in environ.get("OTEL_TRACES_EXPORTER", "none").split(",") if e.strip()]
-    if not exporters or exporters == ["none"] or environ.get("OTEL_SDK_DISABLED", "").lower() == "true":
-        return None
+class Telemetry:
+    """The providers set up at start; `shutdown()` flushes what is still buffered."""
+
+    def __init__(self, tracer: TracerProvider | None, meter: MeterProvider | None) -> None:
+        self.tracer = tracer
+        self.meter = meter
+
+    def shutdown(self) -> None:
+        if self.tracer is not None:
+            self.tracer.shutdown()
+        if self.meter is not None:
+            self.meter.shutdown()
+
+
+def setup_telemetry(environ: Mapping[str, str], *, version: str) -> Telemetry:
+    """Installs tracer and meter providers as OTEL_TRACES_EXPORTER and OTEL_METRICS_EXPORTER say."""
+    if environ.get("OTEL_SDK_DISABLED", "").lower() == "true":
+        return Telemetry(None, None)
     resource = Resource.create(
         {"service.name": environ.get("OTEL_SERVICE_NAME", "extension-loader"), "service.version": version}
     )
+    return Telemetry(_tracing(environ, resource), _metrics(environ, resource))
+
+
+def _exporters(environ: Mapping[str, str], variable: str) -> list[str]:
+    names = [e.strip() for e in environ.get(variable, "none").split(",") if e.strip() and e.strip() != "none"]
+    for name in names:
+        if name not in ("console", "otlp"):
+            log.warning("unknown %s value %r ignored", variable, name)
+    return [n for n in names if n in ("console", "otlp")]
+
+
+def _metrics(environ: Mapping[str, str], resource: Resource) -> MeterProvider | None:
+    readers: list[MetricReader] = []
+    for name in _exporters(environ, "OTEL_METRICS_EXPORTER"):
+        if name == "console":
+            readers.append(PeriodicExportingMetricReader(ConsoleMetricExporter(out=sys.stdout)))
+            continue
+        try:
+            from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
+        except ImportError:
+            log.warning("OTEL_METRICS_EXPORTER=otlp needs the otlp extra: pip install 'extension-loader[otlp]'")
+            continue
+        readers.append(PeriodicExportingMetricReader(OTLPMetricExporter()))
+    if not readers:
+        return None
+    provider = MeterProvider(resource=resource, metric_readers=readers)
+    metrics.set_meter_provider(provider)
+    return provider
+
+
+def _tracing(environ: Mapping[str, str], resource: Resource) -> TracerProvider | None:
+    exporters = _exporters(environ, "OTEL_TRACES_EXPORTER")
+    if not exporters:
+        return None
     provider = TracerProvider(resource=resource)
     for name in exporters:
         if name == "console":
@@ -51,8 +99,6 @@ def setup_tracing(environ: Mapping[str, str], *, version: str) -> TracerProvider
                 log.warning("OTEL_TRACES_EXPORTER=otlp needs the otlp extra: pip install 'extension-loader[otlp]'")
                 continue
             provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
-        elif name != "none":
-            log.warning("unknown OTEL_TRACES_EXPORTER value %r ignored", name)
     trace.set_tracer_provider(provider)
     return provider
 
@@ -107,9 +153,7 @@ def _add_trace(out: dict[str, Any]) -> None:
         out["span_id"] = f"{ctx.span_id:016x}"
 
 
-def setup_logging(level: str = "INFO", *, json_lines: bool | None = None) -> None:
-    if json_lines is None:
-        json_lines = not sys.stderr.isatty() or os.environ.get("LOG_FORMAT") == "json"
+def setup_logging(level: str = "INFO", *, json_lines: bool) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if json_lines else TextFormatter())
     root = logging.getLogger()

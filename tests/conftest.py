@@ -96,7 +96,7 @@ async def service(config: Config) -> AsyncIterator[ExtensionService]:
 
 @pytest.fixture
 async def nc(nats_server: NatsServer) -> AsyncIterator[Client]:
-    conn = await nats.connect(nats_server.url, name="test-client", max_reconnect_attempts=0, allow_reconnect=False)
+    conn = await nats.connect(nats_server.url, name="test-client", max_reconnect_attempts=1, allow_reconnect=False)
     try:
         yield conn
     finally:
