@@ -21,6 +21,7 @@ from .app import serve, service_version
 from .client import LoaderClient, RemoteError
 from .config import Config, load_config
 from .errors import ConfigError
+from .events import StreamConflict
 from .natsserver import NatsServer
 from .runner import NushellMissing
 from .telemetry import setup_logging, setup_telemetry
@@ -127,7 +128,7 @@ def _run_service(config: Config, hint: str = "") -> int:
     telemetry = setup_telemetry(os.environ, version=service_version())
     try:
         anyio.run(lambda: serve(config, on_ready=ready))
-    except NushellMissing as exc:
+    except (NushellMissing, StreamConflict) as exc:
         print(f"extension-loader: {exc}", file=sys.stderr)
         return 3
     except OSError as exc:

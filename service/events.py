@@ -1,17 +1,26 @@
 """Publishing `extensions.loaded` and `extensions.unloaded`.
 
-Each event carries `Nats-Msg-Id: <event_id>` (so JetStream drops duplicates) and the W3C trace headers of the
-span that caused it, inside a `send <subject>` PRODUCER span. A publish that fails is logged and counted,
-never raised into the request that caused it: the reply has already gone.
+Each event carries `Nats-Msg-Id: <event_id>` and the W3C trace headers of the span that caused it, inside a
+`send <subject>` PRODUCER span. On core NATS a publish is handed to the client's buffer (which also holds it
+through a reconnect). With `[events] jetstream = true` the publisher first makes sure the stream holds exactly
+the two event subjects (never a request subject: a stream over those would answer requests with its own
+acks), then publishes through JetStream and retries until the server acknowledges or the deadline passes;
+`Nats-Msg-Id` makes a retried event count once. A publish that fails for good is logged and counted, never
+raised into the request that caused it: the reply has already gone.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 
+import anyio
 import msgspec
 from nats.aio.client import Client
+from nats.js import JetStreamContext
+from nats.js.api import StreamConfig
+from nats.js.errors import NotFoundError
 from opentelemetry import trace
 
 from .codec import JSON
@@ -25,16 +34,56 @@ Event = ExtensionLoaded | ExtensionUnloaded
 _encoder = msgspec.json.Encoder()
 
 
+class StreamConflict(Exception):
+    """A JetStream stream captures a request subject; the service refuses to start beside it."""
+
+
 class EventPublisher:
-    def __init__(self, nc: Client, prefix: str) -> None:
+    def __init__(self, nc: Client, prefix: str, *, stream: str | None = None, deadline_s: float = 10.0) -> None:
         self._nc = nc
         self.loaded_subject = f"{prefix}.loaded"
         self.unloaded_subject = f"{prefix}.unloaded"
+        self.stream = stream
+        self.deadline_s = deadline_s
+        self._js: JetStreamContext | None = None
         self.published = 0
         self.failed = 0
+        self.retries = 0
 
     def subject(self, event: Event) -> str:
         return self.loaded_subject if isinstance(event, ExtensionLoaded) else self.unloaded_subject
+
+    async def setup(self, request_subjects: Sequence[str]) -> None:
+        """With a stream name: creates or updates it to hold exactly the event subjects."""
+        if self.stream is None:
+            return
+        js = self._nc.jetstream()
+        subjects = [self.loaded_subject, self.unloaded_subject]
+        for subject in request_subjects:
+            try:
+                owner = await js.find_stream_name_by_subject(subject)
+            except NotFoundError:
+                continue
+            raise StreamConflict(
+                f"JetStream stream {owner!r} captures the request subject {subject}: it would answer requests "
+                "with its own acks. Remove the request subjects from that stream."
+            )
+        try:
+            info = await js.stream_info(self.stream)
+        except NotFoundError:
+            await js.add_stream(StreamConfig(name=self.stream, subjects=subjects))
+            log.info("created JetStream stream %s over %s", self.stream, ", ".join(subjects))
+        else:
+            if sorted(info.config.subjects or []) != sorted(subjects):
+                log.warning(
+                    "JetStream stream %s held %s; setting it to %s",
+                    self.stream,
+                    info.config.subjects,
+                    ", ".join(subjects),
+                )
+                info.config.subjects = subjects
+                await js.update_stream(info.config)
+        self._js = js
 
     async def publish(self, events: Sequence[Event]) -> None:
         for event in events:
@@ -51,7 +100,7 @@ class EventPublisher:
             ) as span:
                 headers = inject({"Nats-Msg-Id": event.event_id, "Content-Type": JSON})
                 try:
-                    await self._nc.publish(subject, _encoder.encode(event), headers=headers)
+                    await self._send(subject, _encoder.encode(event), headers)
                 except Exception as exc:
                     self.failed += 1
                     span.set_status(trace.StatusCode.ERROR, str(exc))
@@ -64,3 +113,22 @@ class EventPublisher:
                     )
                 else:
                     self.published += 1
+
+    async def _send(self, subject: str, payload: bytes, headers: dict[str, str]) -> None:
+        if self._js is None:
+            await self._nc.publish(subject, payload, headers=headers)
+            return
+        deadline = time.monotonic() + self.deadline_s
+        pause = 0.05
+        while True:
+            try:
+                await self._js.publish(subject, payload, timeout=min(2.0, self.deadline_s), headers=headers)
+                return
+            except Exception as exc:  # no ack yet: a reconnect, a leader election, a full buffer
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise
+                self.retries += 1
+                log.warning("no JetStream ack for %s yet (%s); retrying", headers["Nats-Msg-Id"], exc)
+                await anyio.sleep(min(pause, left))
+                pause = min(pause * 2, 1.0)

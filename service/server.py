@@ -128,7 +128,13 @@ class ExtensionService:
         self._nc = await nats.connect(**self._connect_options())
         self._stack.push_async_callback(self._close_connection)
         self._tg = await self._stack.enter_async_context(anyio.create_task_group())
-        self._publisher = EventPublisher(self._nc, self.config.nats.subject_prefix)
+        self._publisher = EventPublisher(
+            self._nc,
+            self.config.nats.subject_prefix,
+            stream=self.config.events.stream if self.config.events.jetstream else None,
+            deadline_s=self.config.nats.drain_timeout_s,
+        )
+        await self._publisher.setup([e.subject for e in self.endpoints])
         group = self.config.nats.queue_group
         for endpoint in self.endpoints:
             self._subs.append(await self.nc.subscribe(endpoint.subject, queue=group, cb=self._dispatcher(endpoint)))
