@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import nats.errors
@@ -45,7 +46,7 @@ async def test_an_offline_durable_consumer_gets_every_event_once(
     seen = await events.wait_for(published)
     # The service is gone; the subscriber comes back and replays.
     sub = await js.pull_subscribe_bind("audit", stream="EXTENSION_EVENTS")
-    replayed = []
+    replayed: list[dict[str, Any]] = []
     while len(replayed) < published:
         batch = await sub.fetch(published - len(replayed), timeout=WAIT)
         for msg in batch:
@@ -64,7 +65,7 @@ async def test_a_retried_event_is_stored_once(nats_server: NatsServer, nc: Clien
         await LoaderClient(nc, timeout=WAIT).load("provider", "local")
     js = nc.jetstream()
     last = await js.get_last_msg("EXTENSION_EVENTS", "extensions.loaded")
-    assert last.headers is not None
+    assert last.headers is not None and last.data is not None
     ack = await js.publish("extensions.loaded", last.data, headers={"Nats-Msg-Id": last.headers["Nats-Msg-Id"]})
     assert ack.duplicate is True
     assert (await js.stream_info("EXTENSION_EVENTS")).state.messages == 1

@@ -79,9 +79,7 @@ def tree_digest(folder: Path) -> str:
         for path in folder.rglob("*")
         if path.is_file() and not path.is_symlink()
     )
-    text = b"".join(
-        rel + b"\t" + hashlib.sha256(p.read_bytes()).hexdigest().encode() + b"\n" for rel, p in files
-    )
+    text = b"".join(rel + b"\t" + hashlib.sha256(p.read_bytes()).hexdigest().encode() + b"\n" for rel, p in files)
     return "sha256:" + hashlib.sha256(text).hexdigest()
 
 
@@ -121,9 +119,7 @@ class Loader:
 
     def ok(self, *args: str) -> Any:
         result = self.run(*args)
-        assert result.returncode == 0, (
-            f"exit {result.returncode}\nstdout: {result.stdout}\nstderr: {result.stderr}"
-        )
+        assert result.returncode == 0, f"exit {result.returncode}\nstdout: {result.stdout}\nstderr: {result.stderr}"
         return one_json(result.stdout)
 
     def error(self, code: str, *args: str) -> dict[str, Any]:
@@ -203,9 +199,7 @@ def test_load_one_version_layout(examples: Loader) -> None:
 
 
 def test_digest_covers_hidden_files_and_bytes(tree: Loader) -> None:
-    ext = write_extension(
-        tree.roots[0], "alpha", "1.0.0", files={".hidden": "x", "a/b/Z.bin": "\x00\xff\r\n"}
-    )
+    ext = write_extension(tree.roots[0], "alpha", "1.0.0", files={".hidden": "x", "a/b/Z.bin": "\x00\xff\r\n"})
     loaded = tree.load("taskserv", "alpha", "1.0.0")
 
     assert {".hidden", "a/b/Z.bin"} <= set(file_contents(Path(loaded["path"])))
@@ -258,9 +252,7 @@ def test_concurrent_loads_of_one_version_all_succeed(tree: Loader) -> None:
     ext = write_extension(tree.roots[0], "alpha", "1.0.0", files={"templates/a.txt": "a"})
     argv = tree.argv("module", "load", "taskserv", "alpha", "--version", "1.0.0")
     processes = [
-        subprocess.Popen(
-            argv, env=tree.env(), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-        )
+        subprocess.Popen(argv, env=tree.env(), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         for _ in range(8)
     ]
     outputs = [p.communicate(timeout=30) for p in processes]
@@ -325,18 +317,14 @@ def test_not_found_suggests_close_names(examples: Loader) -> None:
 
 
 def test_version_not_found_lists_versions_newest_first(examples: Loader) -> None:
-    error = examples.error(
-        "version_not_found", "module", "load", "taskserv", "kubernetes", "--version", "1.27.0"
-    )
+    error = examples.error("version_not_found", "module", "load", "taskserv", "kubernetes", "--version", "1.27.0")
     assert error["details"] == {
         "extension_type": "taskserv",
         "name": "kubernetes",
         "requested": "1.27.0",
         "available": ["1.30.0-rc.1", "1.29.2", "1.28.0"],
     }
-    error = examples.error(
-        "version_not_found", "module", "load", "taskserv", "containerd", "--version", "1.6.0"
-    )
+    error = examples.error("version_not_found", "module", "load", "taskserv", "containerd", "--version", "1.6.0")
     assert error["details"] == {
         "extension_type": "taskserv",
         "name": "containerd",
@@ -584,8 +572,6 @@ def test_help_and_table_output(examples: Loader) -> None:
     help_text = examples.run()
     assert help_text.returncode == 0 and "module load" in help_text.stdout
     table = examples.run("module", "discover", "taskservs", "--output", "table")
-    assert (
-        table.returncode == 0 and "kubernetes" in table.stdout and not table.stdout.lstrip().startswith("[")
-    )
+    assert table.returncode == 0 and "kubernetes" in table.stdout and not table.stdout.lstrip().startswith("[")
     missing = examples.run("module", "load", "taskserv", "nope", "--output", "table")
     assert missing.returncode == INVALID and "not_found" in missing.stderr
