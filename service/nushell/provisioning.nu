@@ -356,22 +356,41 @@ def read-metadata [folder: string, type: string, name: string, version: any] {
     }
 }
 
-# Every entry under `dir` (not following symlinks) as {rel, type}; rel uses "/" separators.
+# Every entry under `dir`, without following symlinks: [{rel, type}], breadth first. `ls --all` on a plain string
+# path is literal (no glob), and unlike `glob **` it sees every name; a name with a control character comes back
+# escaped (`\u{a}` for a newline), which entry-problems refuses.
 def walk [dir: string] {
-    cd $dir
-    let base = $env.PWD
-    glob ** | where {|p| $p != $base } | each {|p| {rel: ($p | path relative-to $base), type: (kind $p)} }
+    let base = $dir | path expand
+    mut out = []
+    mut todo = [""]
+    while ($todo | is-not-empty) {
+        let prefix = $todo | first
+        $todo = $todo | skip 1
+        let here = if $prefix == "" { $base } else { $base | path join $prefix }
+        for e in (ls --all --long $here) {
+            let name = $e.name | path basename
+            let rel = if $prefix == "" { $name } else { $"($prefix)/($name)" }
+            $out ++= [{rel: $rel, type: $e.type}]
+            if $e.type == "dir" { $todo ++= [$rel] }
+        }
+    }
+    $out
 }
 
-# Only regular files and folders: anything else (a symlink above all) is a problem.
+# Only regular files and folders: anything else (a symlink above all) is a problem. So is a name with a control
+# character (a newline, say): the digest is a list of lines, and such a name is never meant.
 def entry-problems [entries: list] {
-    $entries | where type not-in [file dir] | each {|e|
+    let kinds = $entries | where type not-in [file dir] | each {|e|
         if $e.type == "symlink" {
             $"symlink not allowed: ($e.rel)"
         } else {
             $"not a regular file or folder: ($e.rel)"
         }
     }
+    let names = $entries | where {|e| $e.rel =~ '[\x00-\x1f\x7f]' or ($e.rel | str contains '\u{') } | each {|e|
+        $"file name with a control character: ($e.rel)"
+    }
+    $kinds ++ $names
 }
 
 # All the problems of one extension folder: metadata, symlinks, mod.nu. {metadata, problems}

@@ -1,0 +1,195 @@
+"""Hostile extensions against the real sandbox: each is stopped with a clear error and the service serves on.
+
+Extensions are untrusted. Loading one parses its module (`nu-check`), and Nushell evaluates `const`
+expressions while it parses, so a module can compute for ever, eat memory or crash the parser. The runner's
+limits (prlimit, a wall-clock limit on the whole process group, an output cap) turn each into an error reply.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from nats.aio.client import Client
+
+from service.client import LoaderClient, RemoteError
+from service.config import Config
+from service.natsserver import NatsServer
+from service.runner import MODULE
+from service.store import tree_digest
+from tests.conftest import WAIT, make_config, running_service, write_extension
+
+pytestmark = pytest.mark.anyio
+
+
+def leftover_runs(cache_dir: Path) -> list[int]:
+    """Nushell processes still alive that were started for this cache folder."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes()
+            environ = (proc / "environ").read_bytes()
+        except OSError:
+            continue
+        if str(MODULE).encode() in cmdline and f"PROVISIONING_EXTENSION_CACHE={cache_dir}".encode() in environ:
+            found.append(int(proc.name))
+    return found
+
+
+async def load_error(client: LoaderClient, name: str) -> RemoteError:
+    with pytest.raises(RemoteError) as info:
+        await client.load("taskserv", name)
+    return info.value
+
+
+@pytest.fixture
+def hostile_root(tmp_path: Path) -> Path:
+    root = tmp_path / "ext"
+    write_extension(root, "taskserv", "good", "1.0.0")
+    # Parse-time evaluation that materialises 30 million numbers: gigabytes without a limit.
+    write_extension(
+        root, "taskserv", "hog", "1.0.0", module="const n = (1..30000000 | math sum)\nexport def x [] { $n }\n"
+    )
+    # Parse-time evaluation that takes seconds.
+    write_extension(
+        root, "taskserv", "spin", "1.0.0", module="const n = (1..6000000 | math sum)\nexport def x [] { $n }\n"
+    )
+    # 100,000 nested parentheses overflow the parser's stack.
+    write_extension(root, "taskserv", "crash", "1.0.0", module="export def x [] { " + "(" * 100_000 + "\n")
+    # Hundreds of symlinks with long names: the loader's list of problems is far over the output cap.
+    flood = write_extension(root, "taskserv", "flood", "1.0.0")
+    for i in range(300):
+        (flood / f"{i:04d}-{'x' * 120}").symlink_to("/etc/hostname")
+    big = write_extension(root, "taskserv", "bulky", "1.0.0")
+    (big / "data.bin").write_bytes(os.urandom(3 * 1024 * 1024))
+    leak = write_extension(root, "taskserv", "leak", "1.0.0")
+    (leak / "secret").symlink_to("/etc/passwd")
+    fifo = write_extension(root, "taskserv", "fifo", "1.0.0")
+    os.mkfifo(fifo / "pipe")
+    odd = write_extension(root, "taskserv", "odd", "1.0.0")
+    for name in ("-rf", "with space", "ünïcödé", ".hidden", "$(touch pwned)", "'quote\"", "we*ird[glob]", "--"):
+        (odd / name).write_text(f"file {name!r}\n")
+    # Names with control characters: `glob` in Nushell does not even see a newline in a name.
+    ctrl = write_extension(root, "taskserv", "ctrl", "1.0.0")
+    (ctrl / "new\nline").write_text("hidden from glob\n")
+    (ctrl / "sneaky\nlink").symlink_to("/etc/passwd")
+    deep = odd / "templates"
+    for level in range(60):
+        deep = deep / f"level-{level}"
+    deep.mkdir(parents=True)
+    (deep / "bottom.txt").write_text("deep\n")
+    return root
+
+
+@pytest.fixture
+async def sandboxed(nats_server: NatsServer, nc: Client, hostile_root: Path, tmp_path: Path) -> AsyncIterator[Config]:
+    config = make_config(
+        nats_server.url,
+        tmp_path,
+        roots=[hostile_root],
+        overrides={
+            "nushell.max_memory_mb": 256,
+            "nushell.timeout_s": 5,
+            "nushell.max_output_kb": 2,
+            "nushell.max_file_mb": 1,
+        },
+    )
+    async with running_service(config):
+        yield config
+
+
+async def test_memory_limit(sandboxed: Config, nc: Client) -> None:
+    client = LoaderClient(nc, timeout=WAIT)
+    err = await load_error(client, "hog")
+    assert err.code == "load_failed"
+    assert "SIGABRT" in err.message or "memory" in err.details.get("stderr", "")
+    assert (await client.load("taskserv", "good"))["metadata"]["name"] == "good"
+    assert leftover_runs(sandboxed.cache_dir) == []
+
+
+async def test_time_limit_kills_the_process_group(
+    nats_server: NatsServer, nc: Client, hostile_root: Path, tmp_path: Path
+) -> None:
+    config = make_config(
+        nats_server.url,
+        tmp_path,
+        roots=[hostile_root],
+        overrides={"nushell.max_memory_mb": 4096, "nushell.timeout_s": 0.5},
+    )
+    async with running_service(config):
+        client = LoaderClient(nc, timeout=WAIT)
+        err = await load_error(client, "spin")
+        assert (err.code, err.details) == ("timeout", {"timeout_s": 0.5})
+        assert leftover_runs(config.cache_dir) == []
+        assert (await client.load("taskserv", "good"))["metadata"]["name"] == "good"
+
+
+async def test_a_crashing_parser(sandboxed: Config, nc: Client) -> None:
+    err = await load_error(LoaderClient(nc, timeout=WAIT), "crash")
+    assert err.code == "load_failed" and "SIGSEGV" in err.message
+
+
+async def test_output_cap(sandboxed: Config, nc: Client) -> None:
+    err = await load_error(LoaderClient(nc, timeout=WAIT), "flood")
+    assert err.code == "load_failed" and "standard output passed the limit of 2 KB" in err.message
+    assert leftover_runs(sandboxed.cache_dir) == []
+
+
+async def test_file_size_limit(sandboxed: Config, nc: Client) -> None:
+    err = await load_error(LoaderClient(nc, timeout=WAIT), "bulky")
+    assert err.code == "load_failed"
+    assert not (sandboxed.cache_dir / "taskserv" / "bulky" / "1.0.0").exists()
+
+
+async def test_symlinks_and_special_files_are_refused(sandboxed: Config, nc: Client) -> None:
+    client = LoaderClient(nc, timeout=WAIT)
+    err = await load_error(client, "leak")
+    assert err.code == "invalid_extension" and any("symlink" in p for p in err.details["problems"])
+    err = await load_error(client, "fifo")
+    assert err.code == "invalid_extension"
+    err = await load_error(client, "ctrl")
+    assert err.code == "invalid_extension"
+    problems = " ".join(err.details["problems"])
+    assert "symlink not allowed: sneaky" in problems and "control character: new" in problems
+    copied = sandboxed.cache_dir / "taskserv"
+    assert not (copied / "leak").exists() or not any((copied / "leak").rglob("secret"))
+
+
+async def test_odd_file_names_are_copied_exactly(sandboxed: Config, nc: Client, hostile_root: Path) -> None:
+    ext = await LoaderClient(nc, timeout=WAIT).load("taskserv", "odd")
+    source = hostile_root / "taskservs" / "odd" / "1.0.0"
+    copy = Path(ext["path"])
+    assert sorted(p.relative_to(copy) for p in copy.rglob("*")) == sorted(
+        p.relative_to(source) for p in source.rglob("*")
+    )
+    assert ext["digest"] == tree_digest(source) == tree_digest(copy)
+    assert not (sandboxed.cache_dir.parent / "pwned").exists() and not Path("pwned").exists()
+
+
+async def test_the_service_serves_on_after_all_of_them(sandboxed: Config, nc: Client) -> None:
+    client = LoaderClient(nc, timeout=WAIT)
+    outcomes = {}
+    for name in ("hog", "crash", "flood", "bulky", "leak", "fifo", "ctrl", "odd", "good"):
+        try:
+            await client.load("taskserv", name)
+            outcomes[name] = "ok"
+        except RemoteError as exc:
+            outcomes[name] = exc.code
+    assert outcomes == {
+        "hog": "load_failed",
+        "crash": "load_failed",
+        "flood": "load_failed",
+        "bulky": "load_failed",
+        "leak": "invalid_extension",
+        "fifo": "invalid_extension",
+        "ctrl": "invalid_extension",
+        "odd": "ok",
+        "good": "ok",
+    }
+    stats = await client.stats()
+    assert stats["loads"]["failed"] == 7 and stats["in_flight"] == 0
+    assert leftover_runs(sandboxed.cache_dir) == []
