@@ -7,9 +7,13 @@ lets it wait for what arrives, with a bounded time-out, never a sleep.
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
+import threading
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -137,6 +141,53 @@ async def events(nc: Client) -> EventLog:
     await nc.subscribe("extensions.unloaded", cb=log.add)
     await flush_subscriptions(nc)
     return log
+
+
+@contextmanager
+def service_process(
+    nats_url: str,
+    tmp_path: Path,
+    *,
+    roots: list[Path] | None = None,
+    env: dict[str, str] | None = None,
+    stdout: int = subprocess.DEVNULL,
+) -> Iterator[subprocess.Popen[bytes]]:
+    """`extension-loader serve` as a separate process, yielded once it logs that it serves; killed at the end."""
+    sets = {
+        "orchestrator.paths.data_dir": str(tmp_path / "data"),
+        "orchestrator.extensions.paths": [str(r) for r in (roots or [EXAMPLES])],
+        "orchestrator.extensions.auto_load": False,
+        "nushell.path": str(NU),
+    }
+    cmd = [str(Path(sys.executable).with_name("extension-loader")), "serve", "--nats-url", nats_url]
+    for key, value in sets.items():
+        cmd += ["--set", f"{key}={_toml(value)}"]
+    proc = subprocess.Popen(
+        cmd, env={**os.environ, **(env or {})}, stdin=subprocess.DEVNULL, stdout=stdout, stderr=subprocess.PIPE
+    )
+    ready = threading.Event()
+    lines: list[str] = []
+
+    def read() -> None:
+        assert proc.stderr is not None
+        for raw in proc.stderr:
+            lines.append(raw.decode(errors="replace"))
+            if "serving extensions.*" in lines[-1]:
+                ready.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        assert ready.wait(WAIT), "".join(lines)
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        reader.join(WAIT)
+        for stream in (proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()
 
 
 def copy_example(dest_root: Path, *parts: str) -> Path:

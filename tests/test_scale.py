@@ -5,8 +5,6 @@ from __future__ import annotations
 import signal
 import socket
 import subprocess
-import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,7 +21,7 @@ from service.natsserver import NatsServer
 from service.server import flush_subscriptions
 from service.store import ExtensionStore
 from service.versions import Constraint
-from tests.conftest import NU, WAIT, EventLog, make_config, running_service, write_extension
+from tests.conftest import WAIT, EventLog, make_config, running_service, service_process, write_extension
 
 pytestmark = pytest.mark.anyio
 
@@ -68,43 +66,8 @@ def served_process(nats_server: NatsServer, tmp_path: Path) -> Iterator[subproce
     write_extension(root, "taskserv", "slow", "1.0.0", module=slow_module(4000))
     for name in ("alpha", "beta", "gamma", "delta"):
         write_extension(root, "taskserv", name, "1.0.0")
-    cmd = [
-        str(Path(sys.executable).with_name("extension-loader")),
-        "serve",
-        "--nats-url",
-        nats_server.url,
-        "--set",
-        f'orchestrator.paths.data_dir="{tmp_path / "data"}"',
-        "--set",
-        f'orchestrator.extensions.paths=["{root}"]',
-        "--set",
-        "orchestrator.extensions.auto_load=false",
-        "--set",
-        f'nushell.path="{NU}"',
-    ]
-    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    ready = threading.Event()
-    lines: list[str] = []
-
-    def read() -> None:
-        assert proc.stderr is not None
-        for raw in proc.stderr:
-            lines.append(raw.decode(errors="replace"))
-            if "serving extensions.*" in lines[-1]:
-                ready.set()
-
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
-    try:
-        assert ready.wait(WAIT), "".join(lines)
+    with service_process(nats_server.url, tmp_path, roots=[root]) as proc:
         yield proc
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
-        reader.join(WAIT)
-        assert proc.stderr is not None
-        proc.stderr.close()
 
 
 async def test_sigterm_answers_every_request_already_received(

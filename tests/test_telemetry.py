@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import signal
 import subprocess
-import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,7 +25,7 @@ from service.client import LoaderClient
 from service.natsserver import NatsServer
 from service.server import ExtensionService
 from service.telemetry import JsonFormatter
-from tests.conftest import NU, WAIT, EventLog
+from tests.conftest import WAIT, EventLog, service_process
 
 pytestmark = pytest.mark.anyio
 
@@ -183,41 +180,9 @@ def test_json_log_lines_carry_trace_ids(installed: Recorded) -> None:
 
 @pytest.fixture
 def console_service(nats_server: NatsServer, tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
-    cmd = [
-        str(Path(sys.executable).with_name("extension-loader")),
-        "serve",
-        "--nats-url",
-        nats_server.url,
-        "--set",
-        f'orchestrator.paths.data_dir="{tmp_path / "data"}"',
-        "--set",
-        "orchestrator.extensions.auto_load=false",
-        "--set",
-        f'nushell.path="{NU}"',
-    ]
-    env = {**os.environ, "OTEL_TRACES_EXPORTER": "console", "OTEL_SERVICE_NAME": "loader-under-test"}
-    proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    ready = threading.Event()
-
-    def read() -> None:
-        assert proc.stderr is not None
-        for raw in proc.stderr:
-            if b"serving extensions.*" in raw:
-                ready.set()
-
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
-    try:
-        assert ready.wait(WAIT)
+    env = {"OTEL_TRACES_EXPORTER": "console", "OTEL_SERVICE_NAME": "loader-under-test"}
+    with service_process(nats_server.url, tmp_path, env=env, stdout=subprocess.PIPE) as proc:
         yield proc
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
-        reader.join(WAIT)
-        for stream in (proc.stdout, proc.stderr):
-            if stream is not None:
-                stream.close()
 
 
 async def test_console_exporter_prints_standard_json_spans(
