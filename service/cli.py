@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import ssl
 import sys
 import time
 from collections.abc import Sequence
@@ -63,8 +64,15 @@ def _parser() -> argparse.ArgumentParser:
     def client(name: str, help: str, *, typed: str = "", versioned: bool = False) -> argparse.ArgumentParser:
         c = sub.add_parser(name, help=help)
         c.add_argument("--server", "-s", default=os.environ.get("NATS_URL", DEFAULT_URL), metavar="URL")
-        c.add_argument("--user")
-        c.add_argument("--password")
+        # The nats CLI's variables: NATS_USER, NATS_PASSWORD, NATS_CA. Without a user, nats.conf's no_auth_user.
+        c.add_argument("--user", default=os.environ.get("NATS_USER") or None, help="(default: $NATS_USER)")
+        c.add_argument("--password", default=os.environ.get("NATS_PASSWORD") or None, help="(default: $NATS_PASSWORD)")
+        c.add_argument(
+            "--tls-ca",
+            default=os.environ.get("NATS_CA") or None,
+            metavar="FILE",
+            help="CA file that signed the server's certificate; turns TLS on (default: $NATS_CA)",
+        )
         c.add_argument("--prefix", default="extensions", help="subject prefix (default: extensions)")
         c.add_argument("--timeout", type=float, default=40.0, help="seconds to wait for a reply")
         c.add_argument("--json", action="store_true", help="print the reply's data as JSON")
@@ -139,6 +147,16 @@ def _run_service(config: Config, hint: str = "") -> int:
     return 0
 
 
+# DEVELOPMENT ONLY: the passwords `extension-loader dev` gives nats-server (nats.conf reads the users' passwords
+# from these variables, and nats-server does not start while one is unset) for each variable that is unset.
+DEV_PASSWORDS = {
+    "NATS_ORCHESTRATOR_PASSWORD": "dev-orchestrator-not-secret",
+    "NATS_LOADER_PASSWORD": "dev-loader-not-secret",
+    "NATS_OBSERVER_PASSWORD": "dev-observer-not-secret",
+}
+DEV_USER = "loader"  # the nats.conf user the service connects as, unless the configuration names credentials
+
+
 def _dev(args: argparse.Namespace) -> int:
     config = _start(args)
     if config is None:
@@ -150,19 +168,38 @@ def _dev(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    # Only nats-server's environment gets the development passwords; the service's own stays as it is.
+    server_env = dict(os.environ)
+    unset = [name for name in DEV_PASSWORDS if not server_env.get(name)]
+    server_env.update({name: DEV_PASSWORDS[name] for name in unset})
+    if unset:
+        print(
+            f"extension-loader: WARNING: {', '.join(unset)} unset: nats-server runs with DEVELOPMENT passwords "
+            "(for this machine only; README.md, Security)",
+            file=sys.stderr,
+            flush=True,
+        )
+    nats_cfg = config.nats
+    if not (nats_cfg.user or nats_cfg.token or nats_cfg.creds):
+        password = server_env["NATS_LOADER_PASSWORD"]
+        config = msgspec.structs.replace(
+            config, nats=msgspec.structs.replace(nats_cfg, user=DEV_USER, password=password)
+        )
     url = config.nats.servers[0]
     try:
-        server = NatsServer(["-c", str(conf)]).start()
+        server = NatsServer(["-c", str(conf)], env=server_env).start()
     except (RuntimeError, FileNotFoundError) as exc:
         print(f"extension-loader: could not start nats-server: {exc}", file=sys.stderr)
         return 4
     hint = (
-        f"\nextension-loader is serving on {url} (NATS from {conf}). Try, in another terminal:\n\n"
+        f"\nextension-loader is serving on {url} as NATS user {config.nats.user or '(none)'} (NATS from {conf}). "
+        f"Try, in another terminal:\n\n"
         f"  .venv/bin/extension-loader load taskserv kubernetes --version 1.28.0\n"
         f"  .venv/bin/extension-loader discover taskserv\n"
         f"  nats request extensions.load "
         f'\'{{"extension_type":"taskserv","name":"kubernetes","version":"1.28.0"}}\'\n\n'
-        f"Ctrl-C stops the service and nats-server.\n"
+        f"No password needed on this machine: nats.conf lets a client without one in as `orchestrator`\n"
+        f"(development only). Ctrl-C stops the service and nats-server.\n"
     )
     try:
         return _run_service(config, hint)
@@ -206,6 +243,8 @@ async def _client_main(args: argparse.Namespace) -> int:
     }
     if args.user:
         options.update(user=args.user, password=args.password or "")
+    if args.tls_ca:
+        options["tls"] = ssl.create_default_context(cafile=args.tls_ca)
     nc = await nats.connect(**options)
     try:
         if args.action == "watch":

@@ -75,8 +75,29 @@ def _decoder(kind: type[Any], codec: Codec) -> msgspec.json.Decoder[Any] | msgsp
     return decoder
 
 
+_recent: dict[tuple[type[Any], Codec, bytes], Any] = {}
+_RECENT_MAX = 4096
+_RECENT_BODY = 512
+
+
 def decode(body: bytes, kind: type[R], codec: Codec) -> R:
-    """Decodes a request body; an empty body is an empty object."""
+    """Decodes a request body; an empty body is an empty object.
+
+    Orchestrators ask for the same extensions over and over: a small body seen lately is answered from a
+    bounded table (requests are frozen, so sharing one is safe), which skips validation's cost."""
+    key = (kind, codec, body)
+    hit: R | None = _recent.get(key)
+    if hit is not None:
+        return hit
+    result = _decode(body, kind, codec)
+    if len(body) <= _RECENT_BODY:
+        if len(_recent) >= _RECENT_MAX:
+            _recent.clear()
+        _recent[key] = result
+    return result
+
+
+def _decode(body: bytes, kind: type[R], codec: Codec) -> R:
     if not body.strip():
         body = b"\x80" if codec is Codec.MSGPACK else b"{}"
     try:

@@ -85,7 +85,9 @@ class EventPublisher:
                 await js.update_stream(info.config)
         self._js = js
 
-    async def publish(self, events: Sequence[Event]) -> None:
+    async def publish(self, events: Sequence[Event], *, carry: dict[str, str] | None = None) -> None:
+        """Publishes in order. `carry`: the request's own trace headers, sent on when no span of this service
+        is current (no tracer provider), so a subscriber still joins the caller's trace."""
         for event in events:
             subject = self.subject(event)
             with tracer.start_as_current_span(
@@ -99,6 +101,8 @@ class EventPublisher:
                 },
             ) as span:
                 headers = inject({"Nats-Msg-Id": event.event_id, "Content-Type": JSON})
+                if carry and "traceparent" not in headers:
+                    headers.update(carry)
                 try:
                     await self._send(subject, _encoder.encode(event), headers)
                 except Exception as exc:

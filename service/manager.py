@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import anyio
-from cachetools import LRUCache
+from cachetools import Cache, LRUCache
 
 from . import audit
 from .errors import LoaderError, Unavailable
@@ -82,6 +82,10 @@ class _LRU(LRUCache[str, Extension]):
     def __init__(self, maxsize: int, on_evict: Callable[[Extension], None]) -> None:
         super().__init__(maxsize)
         self._on_evict = on_evict
+
+    def peek(self, key: str) -> Extension | None:
+        """The entry, without marking it used."""
+        return Cache.__getitem__(self, key) if key in self else None
 
     def popitem(self) -> tuple[str, Extension]:
         key, value = super().popitem()
@@ -151,6 +155,16 @@ class ExtensionManager:
         except LoaderError:
             self.counters.failed += 1
             raise
+
+    def peek(self, extension_type: ExtensionType, name: str, version: str | None) -> Extension | None:
+        """What a load would answer from the cache, without counting or loading anything; None for a miss or
+        for anything that is not a plain cache hit (an error, say)."""
+        if version is not None and parse_version(version) is not None:
+            return self._cache.peek(f"{extension_type.value}:{name}:{version}")
+        try:
+            return self._cache.peek(self._resolve(extension_type, name, version).key)
+        except LoaderError:
+            return None
 
     async def reload(self, extension_type: ExtensionType, name: str, version: str | None) -> Outcome:
         """Drops every cached version of the extension and loads it again from disk."""

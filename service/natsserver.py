@@ -13,7 +13,7 @@ import subprocess
 import sys
 import threading
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -35,9 +35,17 @@ def nats_server_binary() -> str:
 class NatsServer:
     """A nats-server process; `start()` returns once it accepts clients."""
 
-    def __init__(self, args: Sequence[str], *, binary: str | None = None, cwd: Path | None = None) -> None:
+    def __init__(
+        self,
+        args: Sequence[str],
+        *,
+        binary: str | None = None,
+        cwd: Path | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
         self.argv = [binary or nats_server_binary(), *args]
         self.cwd = cwd
+        self.env = dict(env) if env is not None else None  # None: this process's environment
         self.process: subprocess.Popen[bytes] | None = None
         self.host = "127.0.0.1"
         self.port = 0
@@ -59,6 +67,7 @@ class NatsServer:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             cwd=self.cwd,
+            env=self.env,
             start_new_session=True,
         )
         self._reader = threading.Thread(target=self._read, daemon=True, name="nats-server-log")

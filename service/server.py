@@ -13,13 +13,14 @@ import logging
 import ssl
 import time
 from collections.abc import Awaitable, Callable
-from contextlib import AsyncExitStack
+from contextlib import AbstractContextManager, AsyncExitStack, nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Self
 
 import anyio
+import anyio.to_thread
 import msgspec
 import nats
 from anyio.abc import TaskGroup
@@ -63,6 +64,7 @@ class Endpoint:
     request: type[Any]
     handler: Handler
     stats: EndpointStats
+    inline: bool = False  # answered in the subscription's callback: never waits on anything
 
 
 class ExtensionService:
@@ -82,8 +84,16 @@ class ExtensionService:
             ("stats", "stats", EmptyRequest, self._stats),
             ("graph", "graph", GraphRequest, self._graph),
         ]
+        inline = {ListRequest, StatusRequest} | ({EmptyRequest} if not config.events.jetstream else set())
         self.endpoints = [
-            Endpoint(name, f"{prefix}.{suffix}", kind, handler, EndpointStats(name, f"{prefix}.{suffix}", group))
+            Endpoint(
+                name,
+                f"{prefix}.{suffix}",
+                kind,
+                handler,
+                EndpointStats(name, f"{prefix}.{suffix}", group),
+                inline=kind in inline,
+            )
             for name, suffix, kind, handler in routes
         ]
         self._stack = AsyncExitStack()
@@ -273,13 +283,25 @@ class ExtensionService:
 
     def _dispatcher(self, endpoint: Endpoint) -> Callable[[Msg], Awaitable[None]]:
         async def dispatch(msg: Msg) -> None:
-            # nats-py awaits this callback before it hands over the next message: return at once.
+            # nats-py awaits this callback before it hands over the next message. What can wait (a cold load,
+            # a reload, a scan of the disk) gets a task of its own; an answer that is ready now (a cache hit,
+            # list, status, stats) is given here, which costs a fraction of starting a task.
             assert self._tg is not None
             self._active += 1
             self._idle = anyio.Event() if self._idle.is_set() else self._idle
-            self._tg.start_soon(self._handle, endpoint, msg)
+            if endpoint.inline or (endpoint.request is LoadRequest and self._cached(msg)):
+                await self._handle(endpoint, msg)
+            else:
+                self._tg.start_soon(self._handle, endpoint, msg)
 
         return dispatch
+
+    def _cached(self, msg: Msg) -> bool:
+        try:
+            req = codec.decode(msg.data, LoadRequest, codec.Codec.of(msg.headers))
+        except LoaderError:
+            return False
+        return not req.with_dependencies and self.manager.peek(req.type, req.name, req.version) is not None
 
     async def _handle(self, endpoint: Endpoint, msg: Msg) -> None:
         started = time.perf_counter_ns()
@@ -289,18 +311,7 @@ class ExtensionService:
         events: list[Event] = []
         audit.requester.set(codec.header(msg.headers, audit.REQUESTER_HEADER) or f"nats:{msg.subject}")
         try:
-            with tracer.start_as_current_span(
-                f"process {msg.subject}",
-                context=extract(msg.headers),
-                kind=trace.SpanKind.SERVER,
-                attributes={
-                    "messaging.system": "nats",
-                    "messaging.destination.name": msg.subject,
-                    "messaging.operation.type": "process",
-                    "messaging.consumer.group.name": self.config.nats.queue_group,
-                    "messaging.message.body.size": len(msg.data),
-                },
-            ) as span:
+            with self._span(msg) as span:
                 try:
                     request = codec.decode(msg.data, endpoint.request, fmt)
                     _describe(span, request)
@@ -325,13 +336,32 @@ class ExtensionService:
                     }
                 await self._reply(msg, body, headers)
                 if events:
-                    await self.publisher.publish(events)
+                    await self.publisher.publish(events, carry=_trace_headers(msg.headers))
         finally:
             endpoint.stats.record(time.perf_counter_ns() - started, error)
             metrics.requests.add(1, {"messaging.destination.name": endpoint.subject, "outcome": outcome})
             self._active -= 1
             if not self._active:
                 self._idle.set()
+
+    def _span(self, msg: Msg) -> AbstractContextManager[trace.Span]:
+        """The request's SERVER span, child of the caller's trace context; none at all when no tracer provider
+        is installed, which saves a good part of a cached answer's cost (events still carry the caller's trace
+        headers, passed on as they came)."""
+        if isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
+            return nullcontext(trace.INVALID_SPAN)
+        return tracer.start_as_current_span(
+            f"process {msg.subject}",
+            context=extract(msg.headers),
+            kind=trace.SpanKind.SERVER,
+            attributes={
+                "messaging.system": "nats",
+                "messaging.destination.name": msg.subject,
+                "messaging.operation.type": "process",
+                "messaging.consumer.group.name": self.config.nats.queue_group,
+                "messaging.message.body.size": len(msg.data),
+            },
+        )
 
     async def _reply(self, msg: Msg, body: bytes, headers: dict[str, str]) -> None:
         if not msg.reply:
@@ -374,7 +404,8 @@ class ExtensionService:
         return self.manager.status(req.type, req.name, req.version), []
 
     async def _discover(self, req: DiscoverRequest, span: trace.Span) -> tuple[Any, list[Event]]:
-        return self.manager.discover(req.type, req.name), []
+        # A scan of a large tree reads the disk: off the event loop, so cached answers do not wait for it.
+        return await anyio.to_thread.run_sync(self.manager.discover, req.type, req.name), []
 
     async def _clear(self, req: EmptyRequest, span: trace.Span) -> tuple[Any, list[Event]]:
         count, events = self.manager.clear()
@@ -421,6 +452,10 @@ async def flush_subscriptions(nc: Client) -> None:
     """
     await nc.flush()
     await nc.flush()
+
+
+def _trace_headers(headers: dict[str, str] | None) -> dict[str, str]:
+    return {k: v for k in ("traceparent", "tracestate") if (v := codec.header(headers, k)) is not None}
 
 
 def _describe(span: trace.Span, request: Any) -> None:

@@ -88,18 +88,34 @@ class _NameEntry:
 
 
 class ExtensionStore:
+    """What the extension roots hold. Unwatched, every read checks modification times (a few `stat` calls an
+    extension); while a watcher is attached (`watched`), reads trust what they read last until the watcher
+    says what changed (`invalidate`), so a large tree is not stat'ed on every discover."""
+
     def __init__(self, roots: Sequence[Path]) -> None:
         self.roots = tuple(roots)
+        self.watched = False
         self._names: dict[ExtensionType, tuple[tuple[int, ...], dict[str, Path]]] = {}
         self._entries: dict[tuple[ExtensionType, str], _NameEntry] = {}
+
+    def invalidate(self, extension_type: ExtensionType, name: str | None = None) -> None:
+        """Forgets what was read of one extension (or of a whole type), so the next read looks again."""
+        self._names.pop(extension_type, None)
+        if name is None:
+            for key in [k for k in self._entries if k[0] is extension_type]:
+                del self._entries[key]
+        else:
+            self._entries.pop((extension_type, name), None)
 
     # --- what is there ---
 
     def names(self, extension_type: ExtensionType) -> dict[str, Path]:
         """Every extension name of a type, with the folder of the root that wins for it."""
+        cached = self._names.get(extension_type)
+        if cached is not None and self.watched:
+            return cached[1]
         folders = [root / extension_type.folder for root in self.roots]
         stamp = tuple(_mtime(f) for f in folders)
-        cached = self._names.get(extension_type)
         if cached is not None and cached[0] == stamp:
             return cached[1]
         found: dict[str, Path] = {}
@@ -110,13 +126,17 @@ class ExtensionStore:
         self._names[extension_type] = (stamp, found)
         return found
 
-    def versions(self, extension_type: ExtensionType, name: str) -> dict[str, VersionInfo]:
-        folder = self.names(extension_type).get(name)
+    def versions(
+        self, extension_type: ExtensionType, name: str, *, names: dict[str, Path] | None = None
+    ) -> dict[str, VersionInfo]:
+        folder = (names if names is not None else self.names(extension_type)).get(name)
         if folder is None:
             raise NotFound(extension_type.value, name, self.suggest(extension_type, name))
         key = (extension_type, name)
-        stamp = _tree_stamp(folder)
         cached = self._entries.get(key)
+        if cached is not None and self.watched:
+            return cached.versions
+        stamp = _tree_stamp(folder)
         if cached is None or cached.stamp != stamp:
             cached = _NameEntry(stamp, _read_versions(extension_type, name, folder))
             self._entries[key] = cached
@@ -140,9 +160,10 @@ class ExtensionStore:
         types = [extension_type] if extension_type else list(ExtensionType)
         out: list[Available] = []
         for t in types:
-            names = sorted(self.names(t)) if name is None else [name] if name in self.names(t) else []
+            known = self.names(t)
+            names = sorted(known) if name is None else [name] if name in known else []
             for n in names:
-                versions = self.versions(t, n)
+                versions = self.versions(t, n, names=known)
                 good = sort_newest_first(v for v, info in versions.items() if info.metadata is not None)
                 if not good:
                     if name is not None:
@@ -153,9 +174,9 @@ class ExtensionStore:
                 latest_meta = versions[latest].require_metadata()
                 out.append(Available(extension_type=t, name=n, versions=tuple(good), latest=latest_meta))
         if name is not None and not out:
-            known = sorted({n for t in types for n in self.names(t)})
+            everything = sorted({n for t in types for n in self.names(t)})
             kind = extension_type.value if extension_type else "extension"
-            raise NotFound(kind, name, difflib.get_close_matches(name, known, n=3, cutoff=0.6))
+            raise NotFound(kind, name, difflib.get_close_matches(name, everything, n=3, cutoff=0.6))
         return out
 
     # --- dependencies ---

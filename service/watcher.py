@@ -47,18 +47,27 @@ class ExtensionWatcher:
             task_status.started()
             return
         started = False
-        async for changes in awatch(
-            *roots, debounce=self.debounce_ms, step=50, rust_timeout=200, yield_on_timeout=True
-        ):
-            if not started:  # the first (empty) yield comes once the watch is in place
-                task_status.started()
-                started = True
-            if changes:
-                for extension_type, name in sorted(self._affected(Path(p) for _, p in changes)):
+        store = self.manager.store
+        try:
+            async for changes in awatch(
+                *roots, debounce=self.debounce_ms, step=50, rust_timeout=200, yield_on_timeout=True
+            ):
+                if not started:  # the first (empty) yield comes once the watch is in place
+                    store.watched = True
+                    task_status.started()
+                    started = True
+                if not changes:
+                    continue
+                affected = sorted(self._affected(Path(p) for _, p in changes))
+                for extension_type, name in affected:
+                    store.invalidate(extension_type, name)
+                for extension_type, name in affected:
                     await self.reconcile(extension_type, name)
                 self.reconciled += 1
                 self._round.set()
                 self._round = anyio.Event()
+        finally:
+            store.watched = False  # no one tells the store of changes any more: it checks for itself again
 
     async def wait_reconciled(self, rounds: int) -> None:
         """Returns once that many rounds of changes have been handled (for tests and tools)."""
