@@ -314,7 +314,8 @@ class ExtensionService:
             with self._span(msg) as span:
                 try:
                     request = codec.decode(msg.data, endpoint.request, fmt)
-                    _describe(span, request)
+                    if span.is_recording():
+                        _describe(span, request)
                     data, events = await endpoint.handler(request, span)
                     body = codec.success(data, fmt)
                     if len(body) > self.nc.max_payload:
@@ -387,8 +388,9 @@ class ExtensionService:
 
     async def _load(self, req: LoadRequest, span: trace.Span) -> tuple[Any, list[Event]]:
         outcome = await self.manager.load(req.type, req.name, req.version, with_dependencies=req.with_dependencies)
-        span.set_attribute("extension.version", outcome.extension.metadata.version)
-        span.set_attribute("cache.hit", not outcome.cold)
+        if span.is_recording():
+            span.set_attribute("extension.version", outcome.extension.metadata.version)
+            span.set_attribute("cache.hit", not outcome.cold)
         return outcome.extension, outcome.events
 
     async def _reload(self, req: ReloadRequest, span: trace.Span) -> tuple[Any, list[Event]]:

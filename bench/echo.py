@@ -1,0 +1,49 @@
+"""The floor: a bare nats-py responder that answers every request with the request's own payload.
+
+    python -m bench.echo NATS_URL SUBJECT
+
+It subscribes SUBJECT in the queue group `bench-echo`, and SUBJECT.ping for readiness, and runs until
+SIGTERM or SIGINT. No decoding, no headers, no tracing: what Python and NATS cost on their own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+
+import nats
+from nats.aio.msg import Msg
+
+
+async def serve(url: str, subject: str) -> None:
+    nc = await nats.connect(url, name="bench-echo", max_reconnect_attempts=0, allow_reconnect=False)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+
+    async def echo(msg: Msg) -> None:
+        await nc.publish(msg.reply, msg.data)
+
+    async def ping(msg: Msg) -> None:
+        await nc.publish(msg.reply, b"pong")
+
+    await nc.subscribe(subject, queue="bench-echo", cb=echo)
+    await nc.subscribe(f"{subject}.ping", cb=ping)
+    await nc.flush()
+    await nc.flush()  # see service.server.flush_subscriptions: the second PING travels behind the SUBs
+    await stop.wait()
+    await nc.drain()
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 2:
+        print("usage: python -m bench.echo NATS_URL SUBJECT", file=sys.stderr)
+        return 2
+    asyncio.run(serve(argv[0], argv[1]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

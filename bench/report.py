@@ -1,0 +1,186 @@
+"""The targets from the issue, judged on a result, and the Markdown table printed at the end of a run."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+RATIO_TARGET = 0.9  # cached throughput, service / echo, at each level
+P99_TARGET_US = 1000.0  # cached p99 at 1 in flight
+COLD_TARGET = 1.5  # a cold load / one bare Nushell start
+RSS_TARGET_MB = 100.0  # after 10,000 requests
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    name: str
+    figure: str
+    target: str
+    passed: bool
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def judge(result: dict[str, Any]) -> list[Verdict]:
+    out: list[Verdict] = []
+    for level in result["cached"]["levels"]:
+        n = level["in_flight"]
+        out.append(
+            Verdict(
+                f"cached throughput, {n} in flight",
+                f"{level['ratio']:.2f}x echo ({level['service']['rps']:,.0f} vs {level['echo']['rps']:,.0f} req/s)",
+                f">= {RATIO_TARGET}x echo",
+                level["ratio"] >= RATIO_TARGET,
+            )
+        )
+        if n == 1:
+            p99 = level["service"]["p99_us"]
+            out.append(
+                Verdict(
+                    "cached p99, 1 in flight",
+                    f"{p99 / 1000:.3f} ms",
+                    f"<= {P99_TARGET_US / 1000:g} ms",
+                    p99 <= P99_TARGET_US,
+                )
+            )
+    cold = result["cold"]
+    out.append(
+        Verdict(
+            "cold load (reload p50) / bare `nu -n` start",
+            f"{cold['ratio_to_bare_nu']:.2f}x ({cold['service_reload']['p50_ms']:.1f} ms vs "
+            f"{cold['bare_nu']['p50_ms']:.1f} ms)",
+            f"<= {COLD_TARGET}x",
+            cold["ratio_to_bare_nu"] <= COLD_TARGET,
+        )
+    )
+    rss = result["rss"]
+    out.append(
+        Verdict(
+            f"service RSS after {rss['requests']:,} requests",
+            f"{rss['after_requests_mb']:.1f} MB",
+            f"<= {RSS_TARGET_MB:g} MB",
+            0 < rss["after_requests_mb"] <= RSS_TARGET_MB,
+        )
+    )
+    sim = result["simultaneous"]
+    worst = sim["repetitions"][0] if sim["repetitions"] else {}
+    for rep in sim["repetitions"]:
+        if not rep["single_flight"]:
+            worst = rep
+    out.append(
+        Verdict(
+            f"{sim['requests']} simultaneous cold requests, one key",
+            f"cold +{worst.get('cold_delta')}, coalesced+hits +"
+            f"{worst.get('coalesced_delta', 0) + worst.get('hits_delta', 0)}, {sim['wall_ms_p50']:.1f} ms",
+            f"cold +1, coalesced+hits +{sim['requests'] - 1}",
+            sim["single_flight"] and sim["all_succeeded"],
+        )
+    )
+    return out
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def render(result: dict[str, Any]) -> str:
+    m = result["machine"]
+    verdicts = [Verdict(**v) for v in result["targets"]] if "targets" in result else judge(result)
+    parts = [
+        f"## extension-loader benchmark, {result['started_at']}",
+        "",
+        f"{m['nproc']} CPUs ({m['cpu_model']}), load average {m['loadavg_start'][0]} at start, "
+        f"Python {m['python']}, nats-py {m['nats_py']}, {m['nats_server']}, nu {m['nu']}, git {m['git']}; "
+        f"{result.get('duration_s', '?')} s",
+        "",
+        *(
+            ["**Quick mode: sizes too small for the figures to mean anything; this checks the machinery.**", ""]
+            if result.get("mode") == "quick"
+            else []
+        ),
+        _table(
+            ["target", "figure", "goal", "result"],
+            [[v.name, v.figure, v.target, "PASS" if v.passed else "MISS"] for v in verdicts],
+        ),
+        "",
+        "Cached `extensions.load` vs the echo responder (medians of "
+        f"{result['sizes']['repetitions']} runs; latency in ms; CPU = the responder's user+system time per request, "
+        "from /proc, steadier than req/s on a shared machine):",
+        "",
+        _table(
+            [
+                "in flight",
+                "echo req/s",
+                "service req/s",
+                "ratio",
+                "echo p50",
+                "echo p99",
+                "svc p50",
+                "svc p99",
+                "echo CPU µs",
+                "svc CPU µs",
+                "client CPU µs",
+            ],
+            [
+                [
+                    str(lv["in_flight"]),
+                    f"{lv['echo']['rps']:,.0f}",
+                    f"{lv['service']['rps']:,.0f}",
+                    f"{lv['ratio']:.2f}",
+                    f"{lv['echo']['p50_us'] / 1000:.3f}",
+                    f"{lv['echo']['p99_us'] / 1000:.3f}",
+                    f"{lv['service']['p50_us'] / 1000:.3f}",
+                    f"{lv['service']['p99_us'] / 1000:.3f}",
+                    f"{lv['echo']['responder_cpu_us_per_request']:.1f}",
+                    f"{lv['service']['responder_cpu_us_per_request']:.1f}",
+                    f"{lv['service']['client_cpu_us_per_request']:.1f}",
+                ]
+                for lv in result["cached"]["levels"]
+            ],
+        ),
+    ]
+    cold = result["cold"]
+    parts += [
+        "",
+        "Cold loads, ms (sequential, interleaved; p50 / p90):",
+        "",
+        _table(
+            ["what", "p50", "p90", "n"],
+            [
+                [label, f"{cold[key]['p50_ms']:.1f}", f"{cold[key]['p90_ms']:.1f}", str(cold[key]["n"])]
+                for label, key in [
+                    ("`nu -n -c 1` (bare start, the target's yardstick)", "bare_nu"),
+                    ("`nu -n --no-std-lib -c 1`", "bare_nu_no_std_lib"),
+                    ("loader module parsed, no subcommand", "loader_parse_only"),
+                    ("loader `module load`, direct", "loader_direct"),
+                    ("loader `module load`, direct, under prlimit", "loader_direct_prlimit"),
+                    ("the service's runner (`duration_ms` of the event)", "runner"),
+                    ("`extensions.reload` through the service", "service_reload"),
+                ]
+                if cold.get(key, {}).get("n")
+            ],
+        ),
+        "",
+        "Where a reload's p50 goes, ms: "
+        + ", ".join(f"{k.replace('_', ' ')} {v:.1f}" for k, v in cold["breakdown_ms"].items() if v is not None)
+        + ".",
+    ]
+    d = result["discovery"]
+    rss = result["rss"]
+    parts += [
+        "",
+        f"Discovery on {d['names']:,} x {d['versions']} ({d['found']:,} found, reply {d['reply_bytes'] / 1024:,.0f} "
+        f"KiB): first {d['first_ms']:.1f} ms, repeated p50 {d['repeated']['p50_ms']:.1f} ms, cold load of a name p50 "
+        f"{d['cold_load']['p50_ms']:.1f} ms (p90 {d['cold_load']['p90_ms']:.1f}); a cached load sent while discovers "
+        f"run waits up to {d['cached_load_during_discover']['max_ms']:.1f} ms (p50 "
+        f"{d['cached_load_during_discover']['p50_ms']:.1f}); that service's RSS "
+        f"{d['rss_kb'].get('VmRSS', 0) / 1024:.1f} MB.",
+        f"Service RSS: {rss['ready_kb'].get('VmRSS', 0) / 1024:.1f} MB when ready, "
+        f"{rss['after_requests_mb']:.1f} MB after {rss['requests']:,} requests, "
+        f"{rss.get('end_kb', {}).get('VmRSS', 0) / 1024:.1f} MB at the end (peak "
+        f"{rss.get('end_kb', {}).get('VmHWM', 0) / 1024:.1f} MB).",
+    ]
+    return "\n".join(parts)
