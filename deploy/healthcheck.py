@@ -1,11 +1,14 @@
-"""The container's health check: exit 0 when the extension loader answers `<subject_prefix>.stats` over NATS.
+"""The container's health check: exit 0 when the extension loader answers `$SRV.PING.extension-loader` over NATS.
 
     python /app/deploy/healthcheck.py [CONFIG_FILE]      (default: /app/deploy/loader.toml)
 
 It reads the configuration exactly as `extension-loader serve --config CONFIG_FILE` does (packaged defaults,
-the file, then the EXTENSION_LOADER__* environment variables), so it asks the NATS server, subject prefix and
-credentials the service itself uses, wherever they were set. Exit status 1 (Docker's "unhealthy") otherwise,
-with the reason on standard error, which `docker inspect` shows.
+the file, then the EXTENSION_LOADER__* environment variables), so it asks the NATS server with the credentials
+the service itself uses, wherever they were set. Exit status 1 (Docker's "unhealthy") otherwise, with the
+reason on standard error, which `docker inspect` shows.
+
+It pings through the NATS Services API rather than sending a request such as `extensions.stats`: nats.conf's
+`loader` user (the service's own) may not send requests to the service, only this ping (README.md, Security).
 
 With several replicas in one queue group any of them may answer: a pass means "the service answers on this
 NATS server" (and this container's own process is alive, or the container would have stopped).
@@ -20,14 +23,16 @@ from collections.abc import Sequence
 from typing import Any
 
 import anyio
+import msgspec
 import nats
 
-from service.client import LoaderClient
 from service.config import NatsConfig, load_config
+from service.micro import SERVICE_NAME
 
 DEFAULT_CONFIG = "/app/deploy/loader.toml"
 TIMEOUT_S = 5.0  # each of: connecting, waiting for the reply
 DEADLINE_S = 8.0  # the whole check; below the 10 s time-out that the Dockerfile and docker-compose.yml give it
+PING_RESPONSE = "io.nats.micro.v1.ping_response"
 
 
 def connect_options(cfg: NatsConfig) -> dict[str, Any]:
@@ -67,17 +72,19 @@ async def check(config_file: str) -> dict[str, Any]:
     with anyio.fail_after(DEADLINE_S):
         nc = await nats.connect(**connect_options(config.nats), error_cb=quiet)
         try:
-            client = LoaderClient(nc, prefix=config.nats.subject_prefix, timeout=TIMEOUT_S)
-            stats: dict[str, Any] = await client.stats()
-            return stats
+            msg = await nc.request(f"$SRV.PING.{SERVICE_NAME}", b"", timeout=TIMEOUT_S)
         finally:
             await nc.close()
+    reply: dict[str, Any] = msgspec.json.decode(msg.data)
+    if reply.get("type") != PING_RESPONSE or reply.get("name") != SERVICE_NAME:
+        raise ValueError(f"not a ping reply of {SERVICE_NAME}: {msg.data[:200]!r}")
+    return reply
 
 
 def main(argv: Sequence[str]) -> int:
     config_file = argv[1] if len(argv) > 1 else DEFAULT_CONFIG
     try:
-        stats = anyio.run(check, config_file)
+        reply = anyio.run(check, config_file)
     except TimeoutError:
         print(
             f"unhealthy: timed out connecting to NATS or waiting for the reply (limit {DEADLINE_S:g} s)",
@@ -87,7 +94,7 @@ def main(argv: Sequence[str]) -> int:
     except Exception as exc:  # any failure at all is "unhealthy", never a crash with another status
         print(f"unhealthy: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
-    print(f"healthy: instance {stats.get('instance_id', '?')} answered")
+    print(f"healthy: instance {reply.get('id', '?')} answered")
     return 0
 
 

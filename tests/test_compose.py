@@ -120,12 +120,23 @@ def key_in_defaults(dotted: str) -> bool:
 
 
 def nats_settings(text: str) -> dict[str, str]:
-    """The `key: value` settings of a NATS configuration file, `block.key` inside blocks, includes as `include`."""
+    """The `key: value` settings of a NATS configuration file, `block.key` inside blocks, includes as `include`.
+
+    A list that spans lines (`allow: [` ... `]`) is one value: its lines joined by spaces.
+    """
     out: dict[str, str] = {}
     blocks: list[str] = []
+    open_list: tuple[str, list[str]] | None = None  # the key of a list still open, and its lines so far
     for raw in text.splitlines():
         line = raw.split("#", 1)[0].strip()
         if not line:
+            continue
+        if open_list is not None:
+            key, parts = open_list
+            parts.append(line)
+            joined = " ".join(parts)
+            if joined.count("[") <= joined.count("]"):
+                out[key], open_list = joined, None
             continue
         if line == "}":
             blocks.pop()
@@ -138,8 +149,13 @@ def nats_settings(text: str) -> dict[str, str]:
             continue
         match = re.fullmatch(r"([A-Za-z_]+)\s*[:=\s]\s*(.+)", line)
         assert match, f"cannot read this NATS configuration line: {raw!r}"
-        out[".".join([*blocks, match.group(1)])] = match.group(2).strip().strip("\"'")
+        key, value = ".".join([*blocks, match.group(1)]), match.group(2).strip()
+        if value.count("[") > value.count("]"):
+            open_list = (key, [value])
+            continue
+        out[key] = value.strip("\"'")
     assert not blocks, "a block is not closed"
+    assert open_list is None, f"the list {open_list[0] if open_list else ''} is not closed"
     return out
 
 
@@ -274,10 +290,36 @@ def _glob(pattern: str) -> str:
     return "".join(out)
 
 
-def nats_check(config: Path) -> subprocess.CompletedProcess[str]:
+# nats.conf reads its users' passwords from these; nats-server refuses a configuration while one is unset.
+PASSWORD_VARIABLES = ("NATS_ORCHESTRATOR_PASSWORD", "NATS_LOADER_PASSWORD", "NATS_OBSERVER_PASSWORD")
+
+
+def nats_check(config: Path, env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """`nats-server -t`, with test passwords for nats.conf's users unless `env` is given."""
+    if env is None:
+        env = {**os.environ, **{name: f"test{i}secret" for i, name in enumerate(PASSWORD_VARIABLES)}}
     return subprocess.run(
-        [nats_server_binary(), "-t", "-c", str(config)], capture_output=True, text=True, timeout=30, check=False
+        [nats_server_binary(), "-t", "-c", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+        env=env,
     )
+
+
+def interpolate(value: str, env: Mapping[str, str]) -> str:
+    """Compose's `${VAR}`, `${VAR:-default}` and `${VAR:?error}` in a value; an error raises ValueError."""
+
+    def one(match: re.Match[str]) -> str:
+        name, op, arg = match.group(1), match.group(2) or "", match.group(3) or ""
+        if env.get(name):
+            return env[name]
+        if op == ":?":
+            raise ValueError(f"{name}: {arg}")
+        return arg if op == ":-" else ""
+
+    return re.sub(r"\$\{(\w+)(?:(:[?-])([^}]*))?\}", one, value)
 
 
 # --- docker-compose.yml ---------------------------------------------------------------------------------------
@@ -417,6 +459,45 @@ def test_nats_conf_is_accepted_by_nats_server() -> None:
     assert done.returncode == 0, done.stderr
 
 
+def test_nats_conf_takes_every_password_from_the_environment() -> None:
+    """No password is written in nats.conf, and nats-server will not start while one of the variables is unset."""
+    settings = nats_settings((ROOT / "nats.conf").read_text(encoding="utf-8"))
+    users = re.findall(r"\{([^{}]*)\}", settings["authorization.users"])
+    fields = [dict(re.findall(r"(\w+)\s*:\s*(\S+?)\s*(?:,|$)", user.strip())) for user in users]
+    assert {f["user"]: f["password"] for f in fields} == {
+        "orchestrator": "$NATS_ORCHESTRATOR_PASSWORD",
+        "loader": "$NATS_LOADER_PASSWORD",
+        "observer": "$NATS_OBSERVER_PASSWORD",
+    }
+    assert all(f["permissions"].startswith("$") for f in fields), "every user has a permissions block"
+    # The development shortcut is there, for `make run`, and marked as such.
+    assert settings["no_auth_user"] == "orchestrator"
+    assert "DEVELOPMENT ONLY" in (ROOT / "nats.conf").read_text(encoding="utf-8")
+    clean = {k: v for k, v in os.environ.items() if k not in PASSWORD_VARIABLES}
+    for missing in PASSWORD_VARIABLES:
+        env = {**clean, **{name: "k0secret" for name in PASSWORD_VARIABLES if name != missing}}
+        done = nats_check(ROOT / "nats.conf", env)
+        assert done.returncode != 0 and missing in done.stderr, f"{missing} unset: {done.stderr}"
+
+
+def test_compose_gives_nats_the_passwords_and_the_loader_its_own() -> None:
+    nats_env = environment(compose_service("nats"))
+    loader_env = environment(compose_service("loader"))
+    assert set(PASSWORD_VARIABLES) <= set(nats_env)
+    given = {name: f"k{i}given" for i, name in enumerate(PASSWORD_VARIABLES)}
+    for name in PASSWORD_VARIABLES:
+        assert interpolate(nats_env[name], given) == given[name]
+        # No default: `docker compose up` stops while a password is unset, rather than run with a known one.
+        with pytest.raises(ValueError, match=name):
+            interpolate(nats_env[name], {k: v for k, v in given.items() if k != name})
+    resolved = {k: interpolate(v, given) for k, v in loader_env.items()}
+    config = load_config(LOADER_TOML, environ=resolved)
+    assert (config.nats.user, config.nats.password) == ("loader", given["NATS_LOADER_PASSWORD"])
+    # The image's own file names the user and never a password.
+    file_only = load_config(LOADER_TOML, environ={})
+    assert (file_only.nats.user, file_only.nats.password) == ("loader", "")
+
+
 def test_container_nats_conf_is_accepted_as_mounted(tmp_path: Path) -> None:
     """Lays the bind mounts out as the container sees them, then has nats-server test the file it runs."""
     nats = compose_service("nats")
@@ -439,6 +520,9 @@ def test_container_nats_conf_is_accepted_as_mounted(tmp_path: Path) -> None:
         ROOT / "nats.conf"
     ), "the container configuration must build on the repo's nats.conf"
     assert settings["listen"].startswith("0.0.0.0:") and settings["http"].startswith("0.0.0.0:")
+    # Reachable from other containers: the development shortcut of nats.conf (no credentials = orchestrator) is off.
+    assert included["no_auth_user"] == "orchestrator" and settings["no_auth_user"] == ""
+    assert list(settings).index("no_auth_user") > list(settings).index("include"), "it must come after the include"
     # Its jetstream block replaces nats.conf's: the limits must stay the same, the store must be in the volume.
     for key in ("jetstream.max_memory_store", "jetstream.max_file_store"):
         assert settings[key] == included[key], f"{key}: {settings[key]} here, {included[key]} in nats.conf"

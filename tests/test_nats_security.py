@@ -1,0 +1,680 @@
+"""Who may do what on NATS: the users and permissions of the repo's own nats.conf, against a real nats-server.
+
+The server runs nats.conf as it is, with test passwords in its environment; `-p -1 -m -1` move its client and
+monitoring ports to free ones, and its JetStream store (`./data/jetstream`) lands in the test's folder, the
+server's working folder (`-sd` cannot replace a store_dir that the file sets). The matrix test tries every
+action as every user and reads the outcome from the wire: an allowed action shows its effect (a reply, a
+message received), a refused one a "Permissions Violation" for the client (nats-py's error callback) and in the
+server's log. Nothing waits for a fixed time.
+
+The TLS tests make their own certificate authority and certificates with the openssl command.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import anyio
+import msgspec
+import nats
+import nats.errors
+import pytest
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js.api import StreamConfig
+
+from service.cli import DEV_PASSWORDS
+from service.client import LoaderClient
+from service.config import ENV_PREFIX, Config
+from service.micro import SERVICE_NAME
+from service.natsserver import NatsServer
+from service.server import ExtensionService, flush_subscriptions
+from tests.conftest import EXAMPLES, NU, WAIT, EventLog, make_config, running_service
+
+pytestmark = pytest.mark.anyio
+
+ROOT = Path(__file__).resolve().parents[1]
+NATS_CONF = ROOT / "nats.conf"
+PASSWORDS = {"orchestrator": "testOrchestrator1", "loader": "testLoader1", "observer": "testObserver1"}
+VARIABLES = {
+    "orchestrator": "NATS_ORCHESTRATOR_PASSWORD",
+    "loader": "NATS_LOADER_PASSWORD",
+    "observer": "NATS_OBSERVER_PASSWORD",
+}
+ANONYMOUS = "anonymous"  # no credentials at all: nats.conf's no_auth_user (orchestrator)
+USERS = ("orchestrator", ANONYMOUS, "loader", "observer")
+STREAM = "EXTENSION_EVENTS"
+
+
+def server_environment() -> dict[str, str]:
+    return {**os.environ, **{VARIABLES[user]: password for user, password in PASSWORDS.items()}}
+
+
+def start_server(tmp_path: Path, conf: Path = NATS_CONF) -> NatsServer:
+    return NatsServer(["-c", str(conf), "-p", "-1", "-m", "-1"], cwd=tmp_path, env=server_environment()).start()
+
+
+@pytest.fixture
+def secured(tmp_path: Path) -> Iterator[NatsServer]:
+    server = start_server(tmp_path)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def loader_config(url: str, tmp_path: Path, **overrides: Any) -> Config:
+    """The service's configuration as the `loader` user of nats.conf."""
+    return make_config(
+        url,
+        tmp_path,
+        overrides={"nats.user": "loader", "nats.password": PASSWORDS["loader"], **overrides},
+    )
+
+
+async def wait_for_log(server: NatsServer, text: str, count: int = 1) -> None:
+    await anyio.to_thread.run_sync(partial(server.wait_for_log, text, count, WAIT))
+
+
+async def log_barrier(server: NatsServer) -> None:
+    """Returns once every line the server logged before now is in `server.log`.
+
+    A connection commits a violation of its own and waits until the server has logged it: whatever the server
+    had done before, it had logged before that line.
+    """
+    async with connect(server.url, "observer") as canary:
+        await canary.nc.publish("log.barrier", b"")
+        await flush_subscriptions(canary.nc)
+        assert canary.violations
+    await wait_for_log(server, 'Subject "log.barrier"')
+
+
+# --- a connection that notices its refusals -------------------------------------------------------------------
+
+
+@dataclass
+class Conn:
+    user: str
+    nc: Client
+    violations: list[str] = field(default_factory=list)
+    refused: anyio.Event = field(default_factory=anyio.Event)
+
+
+@asynccontextmanager
+async def connect(url: str, user: str, password: str | None = None, **options: Any) -> AsyncIterator[Conn]:
+    """A connection as `user` (ANONYMOUS: without credentials) that records the permission violations it gets."""
+    nc = Client()
+    conn = Conn(user, nc)
+
+    async def on_error(exc: Exception) -> None:
+        # nats-py hands a permissions violation (the server's -ERR) to the error callback, connection kept.
+        if "permissions violation" in str(exc).lower():
+            conn.violations.append(str(exc))
+            conn.refused.set()
+
+    credentials: dict[str, Any] = {} if user == ANONYMOUS else {"user": user, "password": password or PASSWORDS[user]}
+    try:
+        await nc.connect(
+            url,
+            name=f"test-{user}",
+            allow_reconnect=False,
+            max_reconnect_attempts=1,
+            connect_timeout=5,
+            error_cb=on_error,
+            **credentials,
+            **options,
+        )
+    except BaseException:
+        await nc.close()  # nats-py leaves the socket of a refused connection open
+        raise
+    try:
+        yield conn
+    finally:
+        await nc.close()
+
+
+async def attempt(who: Conn, action: Callable[[], Awaitable[None]]) -> str:
+    """Runs the action: "allowed" when it shows its effect, "refused" when the server refuses a step of it."""
+    outcome = ""
+    with anyio.fail_after(2 * WAIT):
+        async with anyio.create_task_group() as tg:
+
+            async def act() -> None:
+                nonlocal outcome
+                try:
+                    await action()
+                except Exception:
+                    # A refused action may fail too (no responders, a time-out): then the refusal must show.
+                    with anyio.move_on_after(WAIT):
+                        await who.refused.wait()
+                    if not who.refused.is_set():
+                        raise
+                    return
+                outcome = outcome or "allowed"
+                tg.cancel_scope.cancel()
+
+            async def refusal() -> None:
+                nonlocal outcome
+                await who.refused.wait()
+                outcome = outcome or "refused"
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(act)
+            tg.start_soon(refusal)
+    if outcome == "allowed" and not who.nc.is_closed:
+        await flush_subscriptions(who.nc)  # any refusal of a step on the way has arrived by now
+        if who.violations:
+            return f"allowed, but also refused: {who.violations}"
+    return outcome
+
+
+# --- the actions of the matrix ----------------------------------------------------------------------------------
+
+
+@dataclass
+class World:
+    """What an action needs besides the acting connection: helper connections of each user, the service."""
+
+    server: NatsServer
+    helpers: dict[str, Conn]
+    service: ExtensionService | None
+
+
+Action = Callable[[World, Conn], Awaitable[None]]
+
+
+async def request(world: World, who: Conn) -> None:
+    """Send a request (extensions.stats) and get the service's reply."""
+    assert world.service is not None
+    stats = await LoaderClient(who.nc, timeout=WAIT).stats()
+    assert stats["instance_id"] == world.service.identity.id
+
+
+async def _srv(verb: str, world: World, who: Conn) -> None:
+    assert world.service is not None
+    msg = await who.nc.request(f"$SRV.{verb}.{SERVICE_NAME}", b"", timeout=WAIT)
+    reply = msgspec.json.decode(msg.data)
+    assert reply["type"] == f"io.nats.micro.v1.{verb.lower()}_response" and reply["id"] == world.service.identity.id
+
+
+async def srv_ping(world: World, who: Conn) -> None:
+    """`$SRV.PING.extension-loader` (nats micro ls), and read the reply."""
+    await _srv("PING", world, who)
+
+
+async def srv_stats(world: World, who: Conn) -> None:
+    """`$SRV.STATS.extension-loader` (nats micro stats), and read the reply."""
+    await _srv("STATS", world, who)
+
+
+async def _receive_one(sub_conn: Conn, subject: str, send: Callable[[], Awaitable[None]], **sub: Any) -> Msg:
+    received = anyio.Event()
+    got: list[Msg] = []
+
+    async def on_msg(msg: Msg) -> None:
+        got.append(msg)
+        received.set()
+
+    await sub_conn.nc.subscribe(subject, cb=on_msg, **sub)
+    await flush_subscriptions(sub_conn.nc)
+    await send()
+    await received.wait()
+    return got[0]
+
+
+async def publish_event(world: World, who: Conn) -> None:
+    """Publish on extensions.loaded; another client (observer) receives it."""
+    msg = await _receive_one(
+        world.helpers["observer"], "extensions.loaded", partial(who.nc.publish, "extensions.loaded", b"forged")
+    )
+    assert msg.data == b"forged"
+
+
+async def subscribe_event(world: World, who: Conn) -> None:
+    """Subscribe to extensions.loaded and receive an event that the loader publishes."""
+    loader = world.helpers["loader"]
+    msg = await _receive_one(who, "extensions.loaded", partial(loader.nc.publish, "extensions.loaded", b"event"))
+    assert msg.data == b"event"
+
+
+async def serve_requests(world: World, who: Conn) -> None:
+    """Subscribe to extensions.status in the queue group extension-loader and answer a request."""
+
+    async def answer(msg: Msg) -> None:
+        await msg.respond(b"answered")
+
+    await who.nc.subscribe("extensions.status", queue="extension-loader", cb=answer)
+    await flush_subscriptions(who.nc)
+    orchestrator = world.helpers["orchestrator"]
+    reply = await orchestrator.nc.request("extensions.status", b"{}", timeout=WAIT)
+    assert reply.data == b"answered"
+
+
+async def serve_in_another_group(world: World, who: Conn) -> None:
+    """Subscribe to extensions.status in another queue group and answer a request."""
+
+    async def answer(msg: Msg) -> None:
+        await msg.respond(b"answered")
+
+    await who.nc.subscribe("extensions.status", queue="rogue", cb=answer)
+    await flush_subscriptions(who.nc)
+    reply = await world.helpers["orchestrator"].nc.request("extensions.status", b"{}", timeout=WAIT)
+    assert reply.data == b"answered"
+
+
+async def snoop_requests(world: World, who: Conn) -> None:
+    """Subscribe to extensions.load outside the queue group, and see a request meant for the service."""
+    orchestrator = world.helpers["orchestrator"]
+    await _receive_one(who, "extensions.load", partial(orchestrator.nc.publish, "extensions.load", b"{}", reply="x"))
+
+
+async def replay_events(world: World, who: Conn) -> None:
+    """Replay EXTENSION_EVENTS through a durable pull consumer: create it, fetch an event, acknowledge it."""
+    loader = world.helpers["loader"]
+    ack = await loader.nc.jetstream().publish("extensions.loaded", b"stored", headers={"Nats-Msg-Id": "m1"})
+    assert ack.stream == STREAM
+    sub = await who.nc.jetstream().pull_subscribe("extensions.loaded", durable="replay", stream=STREAM)
+    (msg,) = await sub.fetch(1, timeout=WAIT)
+    assert msg.data == b"stored"
+    await msg.ack_sync()
+
+
+async def create_event_stream(world: World, who: Conn) -> None:
+    """Create EXTENSION_EVENTS over the event subjects (as the service does when it is not there yet)."""
+    await who.nc.jetstream().add_stream(
+        StreamConfig(name=STREAM, subjects=["extensions.loaded", "extensions.unloaded"])
+    )
+
+
+async def create_stream(world: World, who: Conn) -> None:
+    """Create a JetStream stream other than EXTENSION_EVENTS."""
+    await who.nc.jetstream().add_stream(StreamConfig(name="OTHER", subjects=["other.>"]))
+
+
+async def delete_event_stream(world: World, who: Conn) -> None:
+    """Delete EXTENSION_EVENTS (which the service made)."""
+    assert await who.nc.jetstream().delete_stream(STREAM)
+
+
+# The service an action needs, started (as the loader user) before it: "core", or "jetstream" to have the stream.
+NEEDS = {
+    "request": "core",
+    "srv_ping": "core",
+    "srv_stats": "core",
+    "replay_events": "jetstream",
+    "delete_event_stream": "jetstream",
+}
+
+ACTIONS: dict[str, Action] = {
+    "request": request,
+    "srv_ping": srv_ping,
+    "srv_stats": srv_stats,
+    "publish_event": publish_event,
+    "subscribe_event": subscribe_event,
+    "serve_requests": serve_requests,
+    "serve_in_another_group": serve_in_another_group,
+    "snoop_requests": snoop_requests,
+    "replay_events": replay_events,
+    "create_event_stream": create_event_stream,
+    "create_stream": create_stream,
+    "delete_event_stream": delete_event_stream,
+}
+
+A, R = "allowed", "refused"
+#                         orchestrator anonymous loader observer
+MATRIX: dict[str, tuple[str, str, str, str]] = {
+    "request": (A, A, R, R),
+    "srv_ping": (A, A, A, A),  # the loader: its container health check
+    "srv_stats": (A, A, R, A),
+    "publish_event": (R, R, A, R),
+    "subscribe_event": (A, A, A, A),
+    "serve_requests": (R, R, A, R),
+    "serve_in_another_group": (R, R, R, R),
+    "snoop_requests": (R, R, R, R),
+    "replay_events": (R, R, R, A),
+    "create_event_stream": (R, R, A, R),
+    "create_stream": (R, R, R, R),
+    "delete_event_stream": (R, R, R, R),
+}
+
+
+def matrix_table() -> str:
+    rows = [("action", *USERS), *((name, *cells) for name, cells in MATRIX.items())]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(USERS) + 1)]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows)
+
+
+CASES = [
+    pytest.param(user, action, MATRIX[action][i], id=f"{user}-{action}-{MATRIX[action][i]}")
+    for action in MATRIX
+    for i, user in enumerate(USERS)
+]
+
+
+@pytest.mark.parametrize(("user", "action", "expected"), CASES)
+async def test_permission_matrix(secured: NatsServer, tmp_path: Path, user: str, action: str, expected: str) -> None:
+    async with AsyncExitStack() as stack:
+        helpers = {u: await stack.enter_async_context(connect(secured.url, u)) for u in PASSWORDS}
+        service = None
+        if need := NEEDS.get(action):
+            config = loader_config(secured.url, tmp_path, **{"events.jetstream": need == "jetstream"})
+            service = await stack.enter_async_context(running_service(config))
+        world = World(secured, helpers, service)
+        who = await stack.enter_async_context(connect(secured.url, user))
+        outcome = await attempt(who, partial(ACTIONS[action], world, who))
+        assert outcome == expected, (
+            f"{user} {action}: {outcome}, the matrix says {expected} ({ACTIONS[action].__doc__})\n"
+            f"{who.violations}\n\n{matrix_table()}"
+        )
+        if expected == R:
+            # The server logs it too, with the user (anonymous is the no_auth_user, orchestrator).
+            kind = "Publish" if "for publish to" in who.violations[0] else "Subscription"
+            logged_as = "orchestrator" if user == ANONYMOUS else user
+            await wait_for_log(secured, f'"$G/user:{logged_as}" - {kind} Violation - Subject ')
+
+
+def test_the_matrix_covers_every_user_and_action() -> None:
+    assert set(MATRIX) == set(ACTIONS)
+    print("\n" + matrix_table())
+
+
+# --- logging in -------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("user", ["orchestrator", "loader", "observer"])
+async def test_a_wrong_password_is_refused(secured: NatsServer, user: str) -> None:
+    someone_elses = next(p for u, p in PASSWORDS.items() if u != user)
+    for password in ("wrong", someone_elses):
+        with pytest.raises(nats.errors.Error, match="Authorization Violation"):
+            async with connect(secured.url, user, password):
+                pass
+    await wait_for_log(secured, f'authentication error - User "{user}"', count=2)
+
+
+async def test_an_unknown_user_is_refused(secured: NatsServer) -> None:
+    with pytest.raises(nats.errors.Error, match="Authorization Violation"):
+        async with connect(secured.url, "admin", "anything"):
+            pass
+
+
+async def test_without_credentials_a_client_is_the_orchestrator(secured: NatsServer, tmp_path: Path) -> None:
+    """no_auth_user: a person on the machine loads an extension without a password, and cannot forge events."""
+    async with running_service(loader_config(secured.url, tmp_path)), connect(secured.url, ANONYMOUS) as anonymous:
+        loaded = await LoaderClient(anonymous.nc, timeout=WAIT).load("taskserv", "etcd")
+        assert loaded["metadata"]["name"] == "etcd"
+        await anonymous.nc.publish("extensions.unloaded", b"{}")
+        await flush_subscriptions(anonymous.nc)  # two round trips: the PUB has reached the server before a PING
+        assert anonymous.violations == ['nats: permissions violation for publish to "extensions.unloaded"']
+    await wait_for_log(secured, '"$G/user:orchestrator" - Publish Violation - Subject "extensions.unloaded"')
+
+
+# --- the service under these permissions ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("jetstream", [False, True], ids=["core", "jetstream"])
+async def test_the_service_works_as_the_loader_user(
+    secured: NatsServer, tmp_path: Path, jetstream: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Serves every kind of request, publishes its events and (JetStream) keeps its stream; nothing refused."""
+    if jetstream:
+        # A stream from before with one subject too few: the loader may update its own stream.
+        async with connect(secured.url, "loader") as loader:
+            await loader.nc.jetstream().add_stream(StreamConfig(name=STREAM, subjects=["extensions.loaded"]))
+    config = loader_config(secured.url, tmp_path, **{"events.jetstream": jetstream})
+    events = EventLog()
+    async with connect(secured.url, "observer") as observer, connect(secured.url, "orchestrator") as orchestrator:
+        for subject in ("extensions.loaded", "extensions.unloaded"):
+            await observer.nc.subscribe(subject, cb=events.add)
+        await flush_subscriptions(observer.nc)
+        async with running_service(config) as service:
+            client = LoaderClient(orchestrator.nc, timeout=WAIT)
+            await client.load("taskserv", "kubernetes", with_dependencies=True)
+            await client.reload("taskserv", "etcd")
+            await client.status("taskserv", "etcd")
+            await client.list()
+            await client.discover("taskserv")
+            await client.graph("taskserv", "kubernetes", None, "json")
+            assert (await client.clear())["cleared"] > 0
+            assert (await client.stats())["instance_id"] == service.identity.id
+            await srv_stats(World(secured, {}, service), orchestrator)
+        # Leaving the service waited for the events of every request it answered.
+        published = service.publisher.published
+        assert service.publisher.failed == 0 and published > 0
+        await events.wait_for(published)
+        if jetstream:
+            info = await observer.nc.jetstream().stream_info(STREAM)
+            assert sorted(info.config.subjects or []) == ["extensions.loaded", "extensions.unloaded"]
+            assert info.state.messages == published
+    assert orchestrator.violations == observer.violations == []
+    await log_barrier(secured)
+    refused = [line for line in secured.log if "Violation" in line and 'Subject "log.barrier"' not in line]
+    assert refused == []
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING and "NATS error" in r.getMessage()]
+
+
+async def test_the_service_with_a_wrong_password_is_refused(secured: NatsServer, tmp_path: Path) -> None:
+    """`extension-loader serve` as loader with a wrong password: refused, it says so and keeps retrying."""
+    argv = [
+        *(sys.executable, "-m", "service", "serve", "--nats-url", secured.url),
+        *("--set", 'nats.user="loader"', "--set", 'nats.password="wrong"'),
+        *("--set", f'orchestrator.extensions.paths=["{EXAMPLES}"]', "--set", f'nushell.path="{NU}"'),
+        *("--set", "orchestrator.extensions.auto_load=false"),
+    ]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
+    async with await anyio.open_process(argv, env=env, cwd=tmp_path) as process:
+        assert process.stderr is not None
+        said = b""
+        try:
+            with anyio.fail_after(WAIT):
+                while b"Authorization Violation" not in said:
+                    said += await process.stderr.receive()
+        finally:
+            process.kill()
+    await wait_for_log(secured, 'authentication error - User "loader"')
+
+
+async def test_the_container_health_check_passes_as_the_loader_user(secured: NatsServer, tmp_path: Path) -> None:
+    """deploy/healthcheck.py with the compose environment (user loader, its password) against nats.conf."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
+    env |= {
+        f"{ENV_PREFIX}NATS__URL": secured.url,
+        f"{ENV_PREFIX}NATS__USER": "loader",
+        f"{ENV_PREFIX}NATS__PASSWORD": PASSWORDS["loader"],
+    }
+    argv = [sys.executable, str(ROOT / "deploy" / "healthcheck.py"), str(ROOT / "deploy" / "loader.toml")]
+    async with running_service(loader_config(secured.url, tmp_path)) as service:
+        with anyio.fail_after(30):
+            done = await anyio.run_process(argv, env=env, cwd=ROOT, check=False)
+    assert done.returncode == 0, done.stderr.decode()
+    assert service.identity.id in done.stdout.decode()
+
+
+# --- `extension-loader dev` (make run) with nothing set ------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+async def test_dev_runs_with_development_passwords_and_serves_as_the_loader(tmp_path: Path) -> None:
+    """Nothing set: a warning, nats-server with development passwords, the service as `loader`, no password needed."""
+    port = free_port()
+    shutil.copy(NATS_CONF, tmp_path / "nats.conf")  # nats.conf as it is, on a free port instead of 4222
+    (tmp_path / "dev.conf").write_text(
+        f'include "nats.conf"\nlisten: 127.0.0.1:{port}\nhttp: 127.0.0.1:{free_port()}\n'
+    )
+    env = {k: v for k, v in os.environ.items() if k not in VARIABLES.values() and not k.startswith(ENV_PREFIX)}
+    url = f"nats://127.0.0.1:{port}"
+    argv = [
+        *(sys.executable, "-m", "service", "dev", "--nats-config", "dev.conf", "--nats-url", url),
+        *("--set", f'orchestrator.extensions.paths=["{EXAMPLES}"]', "--set", f'nushell.path="{NU}"'),
+        *("--set", "orchestrator.extensions.auto_load=false"),
+    ]
+    stdout, stderr = bytearray(), bytearray()
+    ready = anyio.Event()
+    async with await anyio.open_process(argv, env=env, cwd=tmp_path) as process, anyio.create_task_group() as tg:
+        assert process.stdout is not None and process.stderr is not None
+
+        async def read(stream: Any, into: bytearray) -> None:
+            async for chunk in stream:
+                into.extend(chunk)
+                if b"Ctrl-C stops" in stdout:
+                    ready.set()
+
+        tg.start_soon(read, process.stdout, stdout)
+        tg.start_soon(read, process.stderr, stderr)
+        try:
+            with anyio.fail_after(WAIT):
+                await ready.wait()
+            assert b"as NATS user loader" in stdout
+            async with connect(url, ANONYMOUS) as anonymous:  # a person on the machine, typing no password
+                client = LoaderClient(anonymous.nc, timeout=WAIT)
+                event = await _receive_one(anonymous, "extensions.loaded", partial(client.load, "taskserv", "etcd"))
+                assert msgspec.json.decode(event.data)["extension"]["metadata"]["name"] == "etcd"
+            # The variable is unset here: the loader's password on this server is the development one.
+            async with connect(url, "loader", DEV_PASSWORDS["NATS_LOADER_PASSWORD"]):
+                pass
+        finally:
+            process.send_signal(signal.SIGINT)  # Ctrl-C: the service stops, then its nats-server
+            with anyio.fail_after(WAIT):
+                code = await process.wait()
+    assert code == 0, stderr.decode()
+    lines = stderr.decode().splitlines()
+    warning = lines[0]
+    assert "WARNING" in warning and "DEVELOPMENT passwords" in warning
+    assert all(name in warning for name in VARIABLES.values())
+    assert not [line for line in lines if "NATS error" in line or "iolation" in line]
+
+
+# --- TLS --------------------------------------------------------------------------------------------------------
+
+
+def openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
+
+
+@dataclass(frozen=True)
+class Pki:
+    ca: Path
+    cert: Path  # the server's
+    key: Path
+    client_cert: Path  # a client's, for mutual TLS
+    client_key: Path
+
+
+def make_pki(folder: Path) -> Pki:
+    """A CA; a server certificate it signed for 127.0.0.1 and localhost, and a client certificate."""
+    folder.mkdir()
+    ec = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
+    openssl(
+        "req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=test CA", cwd=folder
+    )  # fmt: skip
+    for name, extensions in (
+        ("server", "subjectAltName = IP:127.0.0.1, DNS:localhost\nextendedKeyUsage = serverAuth\n"),
+        ("client", "extendedKeyUsage = clientAuth\n"),
+    ):
+        openssl("req", *ec, "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={name}", cwd=folder)
+        (folder / f"{name}.ext").write_text(
+            "basicConstraints = critical, CA:FALSE\nkeyUsage = critical, digitalSignature\n"
+            f"authorityKeyIdentifier = keyid\n{extensions}"
+        )
+        openssl(
+            "x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+            "-out", f"{name}.pem", "-days", "2", "-extfile", f"{name}.ext", cwd=folder,
+        )  # fmt: skip
+    return Pki(*(folder / f for f in ("ca.pem", "server.pem", "server.key", "client.pem", "client.key")))
+
+
+def start_tls_server(tmp_path: Path, pki: Pki, *, verify_clients: bool = False) -> NatsServer:
+    """nats.conf with a `tls` block: every client must speak TLS (and, verifying, show a certificate of the CA)."""
+    shutil.copy(NATS_CONF, tmp_path / "nats.conf")  # an include is relative to the file that includes it
+    verify = f'  ca_file: "{pki.ca}"\n  verify: true\n' if verify_clients else ""
+    (tmp_path / "tls.conf").write_text(
+        f'include "nats.conf"\ntls {{\n  cert_file: "{pki.cert}"\n  key_file: "{pki.key}"\n{verify}  timeout: 5\n}}\n'
+    )
+    return start_server(tmp_path, tmp_path / "tls.conf")
+
+
+@pytest.fixture
+def pki(tmp_path: Path) -> Pki:
+    if shutil.which("openssl") is None:
+        pytest.skip("the openssl command is needed to make the certificates")
+    return make_pki(tmp_path / "pki")
+
+
+@pytest.fixture
+def tls_server(tmp_path: Path, pki: Pki) -> Iterator[tuple[NatsServer, Pki]]:
+    server = start_tls_server(tmp_path, pki)
+    try:
+        yield server, pki
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("scheme", ["tls", "nats"])
+async def test_tls(tls_server: tuple[NatsServer, Pki], tmp_path: Path, scheme: str) -> None:
+    """The service with nats.tls_ca; clients with the CA are served, one without it or without TLS is refused."""
+    server, pki = tls_server
+    url = f"{scheme}://127.0.0.1:{server.port}"
+    config = loader_config(url, tmp_path / "service", **{"nats.tls_ca": str(pki.ca)})
+    assert config.nats.tls
+    trusting = ssl.create_default_context(cafile=str(pki.ca))
+    async with running_service(config) as service:
+        async with connect(url, "orchestrator", tls=trusting) as orchestrator:
+            loaded = await LoaderClient(orchestrator.nc, timeout=WAIT).load("taskserv", "etcd")
+            assert loaded["metadata"]["name"] == "etcd"
+        # The command-line client, as a person would call it: with the CA it is served; without, refused.
+        env = {k: v for k, v in os.environ.items() if k not in ("NATS_USER", "NATS_PASSWORD", "NATS_CA")}
+        cli = [sys.executable, "-m", "service", "stats", "--server", url, "--json"]
+        with anyio.fail_after(30):
+            done = await anyio.run_process([*cli, "--tls-ca", str(pki.ca)], env=env, cwd=ROOT, check=False)
+        assert done.returncode == 0, done.stderr.decode()
+        assert msgspec.json.decode(done.stdout)["instance_id"] == service.identity.id
+        with anyio.fail_after(30):
+            refused = await anyio.run_process(cli, env=env, cwd=ROOT, check=False)
+        assert refused.returncode == 4, refused.stderr.decode()
+        # With either scheme nats-py starts TLS (the server requires it) with the system's CAs, which do not know
+        # this one: the handshake fails.
+        assert "CERTIFICATE_VERIFY_FAILED" in refused.stderr.decode()
+    await wait_for_log(server, "TLS handshake error")
+
+
+async def test_mutual_tls(tmp_path: Path, pki: Pki) -> None:
+    """A server that verifies clients: the service shows nats.tls_cert/tls_key; a client without one is refused."""
+    server = start_tls_server(tmp_path, pki, verify_clients=True)
+    try:
+        url = f"tls://127.0.0.1:{server.port}"
+        config = loader_config(
+            url,
+            tmp_path / "service",
+            **{"nats.tls_ca": str(pki.ca), "nats.tls_cert": str(pki.client_cert), "nats.tls_key": str(pki.client_key)},
+        )
+        with_cert = ssl.create_default_context(cafile=str(pki.ca))
+        with_cert.load_cert_chain(str(pki.client_cert), str(pki.client_key))
+        async with running_service(config) as service, connect(url, "orchestrator", tls=with_cert) as orchestrator:
+            stats = await LoaderClient(orchestrator.nc, timeout=WAIT).stats()
+            assert stats["instance_id"] == service.identity.id
+            env = {k: v for k, v in os.environ.items() if k not in ("NATS_USER", "NATS_PASSWORD", "NATS_CA")}
+            cli = [sys.executable, "-m", "service", "stats", "--server", url, "--tls-ca", str(pki.ca)]
+            with anyio.fail_after(30):
+                refused = await anyio.run_process(cli, env=env, cwd=ROOT, check=False)
+            assert refused.returncode == 4, refused.stderr.decode()
+        await wait_for_log(server, "TLS handshake error: tls: client didn't provide a certificate")
+    finally:
+        server.stop()
