@@ -55,7 +55,7 @@ COPY deploy/loader.toml deploy/healthcheck.py deploy/
 RUN mkdir /app/data && chown loader:loader /app/data
 VOLUME ["/app/data"]
 USER 10001:10001
-# Healthy when the service answers `extensions.stats` over NATS, asked with the service's own configuration
+# Healthy when the service answers `$SRV.PING.extension-loader` over NATS, asked with its own configuration
 # (this file and the EXTENSION_LOADER__* variables); see deploy/healthcheck.py.
 HEALTHCHECK --interval=15s --timeout=10s --start-period=30s --retries=3 \
     CMD ["python", "/app/deploy/healthcheck.py", "/app/deploy/loader.toml"]

@@ -17,7 +17,6 @@ NATS server" (and this container's own process is alive, or the container would 
 from __future__ import annotations
 
 import os
-import ssl
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -41,26 +40,14 @@ def connect_options(cfg: NatsConfig) -> dict[str, Any]:
     `max_reconnect_attempts=0` would mean "no limit" in nats-py's server selection (it retries a refused
     connection forever), so each server gets at most two tries.
     """
-    options: dict[str, Any] = {
-        "servers": cfg.servers,
+    return {
+        **cfg.credentials(),
         "name": f"{cfg.name}-healthcheck",
         "connect_timeout": TIMEOUT_S,
         "allow_reconnect": False,
         "max_reconnect_attempts": 1,
         "reconnect_time_wait": 0.5,
     }
-    if cfg.user:
-        options.update(user=cfg.user, password=cfg.password)
-    if cfg.token:
-        options["token"] = cfg.token
-    if cfg.creds:
-        options["user_credentials"] = cfg.creds
-    if cfg.tls:
-        context = ssl.create_default_context(cafile=cfg.tls_ca or None)
-        if cfg.tls_cert:
-            context.load_cert_chain(cfg.tls_cert, cfg.tls_key or None)
-        options["tls"] = context
-    return options
 
 
 async def check(config_file: str) -> dict[str, Any]:

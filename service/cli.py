@@ -22,9 +22,10 @@ from .app import serve, service_version
 from .client import LoaderClient, RemoteError
 from .config import Config, load_config
 from .errors import ConfigError
-from .events import StreamConflict
+from .events import EventStreamError
 from .natsserver import NatsServer
 from .runner import NushellMissing
+from .server import ConnectRefused
 from .telemetry import setup_logging, setup_telemetry
 
 DEFAULT_URL = "nats://127.0.0.1:4222"
@@ -136,7 +137,7 @@ def _run_service(config: Config, hint: str = "") -> int:
     telemetry = setup_telemetry(os.environ, version=service_version())
     try:
         anyio.run(lambda: serve(config, on_ready=ready))
-    except (NushellMissing, StreamConflict) as exc:
+    except (NushellMissing, EventStreamError, ConnectRefused) as exc:
         print(f"extension-loader: {exc}", file=sys.stderr)
         return 3
     except OSError as exc:

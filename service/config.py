@@ -10,6 +10,7 @@ sections this service reads are allowed, so an orchestrator's own file can be re
 from __future__ import annotations
 
 import re
+import ssl
 import tomllib
 from collections.abc import Mapping, Sequence
 from importlib import resources
@@ -75,6 +76,22 @@ class NatsConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     @property
     def tls(self) -> bool:
         return bool(self.tls_ca or self.tls_cert or self.tls_key) or any(u.startswith("tls://") for u in self.servers)
+
+    def credentials(self) -> dict[str, Any]:
+        """The servers, credentials and TLS context as nats-py's `connect` takes them."""
+        options: dict[str, Any] = {"servers": self.servers}
+        if self.user:
+            options.update(user=self.user, password=self.password)
+        if self.token:
+            options["token"] = self.token
+        if self.creds:
+            options["user_credentials"] = self.creds
+        if self.tls:
+            context = ssl.create_default_context(cafile=self.tls_ca or None)
+            if self.tls_cert:
+                context.load_cert_chain(self.tls_cert, self.tls_key or None)
+            options["tls"] = context
+        return options
 
 
 class EventsConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

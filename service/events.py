@@ -17,6 +17,7 @@ from collections.abc import Sequence
 
 import anyio
 import msgspec
+import nats.errors
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import StreamConfig
@@ -34,7 +35,11 @@ Event = ExtensionLoaded | ExtensionUnloaded
 _encoder = msgspec.json.Encoder()
 
 
-class StreamConflict(Exception):
+class EventStreamError(Exception):
+    """The event stream cannot be set up; the service does not start without it."""
+
+
+class StreamConflict(EventStreamError):
     """A JetStream stream captures a request subject; the service refuses to start beside it."""
 
 
@@ -57,6 +62,16 @@ class EventPublisher:
         """With a stream name: creates or updates it to hold exactly the event subjects."""
         if self.stream is None:
             return
+        try:
+            await self._setup(request_subjects)
+        except (nats.errors.TimeoutError, nats.errors.NoRespondersError) as exc:
+            raise EventStreamError(
+                f"JetStream did not answer while setting up stream {self.stream!r} ({exc}): is JetStream enabled "
+                f"on the server, and may this user use $JS.API.STREAM.*.{self.stream}?"
+            ) from None
+
+    async def _setup(self, request_subjects: Sequence[str]) -> None:
+        assert self.stream is not None
         js = self._nc.jetstream()
         subjects = [self.loaded_subject, self.unloaded_subject]
         for subject in request_subjects:

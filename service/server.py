@@ -23,6 +23,7 @@ import anyio
 import anyio.to_thread
 import msgspec
 import nats
+import nats.errors
 from anyio.abc import TaskGroup
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -135,7 +136,7 @@ class ExtensionService:
         await self.stop()
 
     async def _start(self) -> None:
-        self._nc = await nats.connect(**self._connect_options())
+        self._nc = await self._connect()
         self._stack.push_async_callback(self._close_connection)
         self._tg = await self._stack.enter_async_context(anyio.create_task_group())
         self._publisher = EventPublisher(
@@ -202,29 +203,45 @@ class ExtensionService:
 
     def _connect_options(self) -> dict[str, Any]:
         cfg = self.config.nats
-        options: dict[str, Any] = {
-            "servers": cfg.servers,
+        return {
+            **cfg.credentials(),
             "name": cfg.name,
             "max_reconnect_attempts": -1,
             "reconnect_time_wait": 1,
             "connect_timeout": 5,
-            "error_cb": self._on_error,
             "disconnected_cb": self._on_disconnected,
             "reconnected_cb": self._on_reconnected,
         }
-        if cfg.user:
-            options["user"] = cfg.user
-            options["password"] = cfg.password
-        if cfg.token:
-            options["token"] = cfg.token
-        if cfg.creds:
-            options["user_credentials"] = cfg.creds
-        if cfg.tls:
-            context = ssl.create_default_context(cafile=cfg.tls_ca or None)
-            if cfg.tls_cert:
-                context.load_cert_chain(cfg.tls_cert, cfg.tls_key or None)
-            options["tls"] = context
-        return options
+
+    async def _connect(self) -> Client:
+        """Connects, trying again while no server answers; refused credentials or a certificate that does not
+        verify end the start at once (nats-py would otherwise retry them for ever)."""
+        nc = Client()
+        refused: list[Exception] = []
+        settled = anyio.Event()
+
+        async def on_error(exc: Exception) -> None:
+            if not nc.is_connected and _is_refusal(exc):
+                refused.append(exc)
+                settled.set()
+            await self._on_error(exc)
+
+        async def attempt() -> None:
+            await nc.connect(**self._connect_options(), error_cb=on_error)
+            settled.set()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(attempt)
+            await settled.wait()
+            tg.cancel_scope.cancel()
+        if refused:
+            with anyio.CancelScope(shield=True):
+                try:
+                    await nc.close()
+                except Exception as exc:
+                    log.debug("closing a refused connection: %s", exc)
+            raise ConnectRefused(f"NATS at {self.config.nats.url} refused the connection: {refused[0]}")
+        return nc
 
     async def _on_error(self, exc: Exception) -> None:
         log.warning("NATS error: %s", exc)
@@ -421,6 +438,16 @@ class ExtensionService:
         tree = self.manager.dependency_tree(req.type, req.name, req.version)
         span.set_attribute("extension.version", tree.root.version)
         return render(tree, req.format), []
+
+
+class ConnectRefused(Exception):
+    """NATS refused the service's credentials or certificate; trying again would not help."""
+
+
+def _is_refusal(exc: Exception) -> bool:
+    return (
+        isinstance(exc, nats.errors.AuthorizationError | ssl.SSLError) or "authorization violation" in str(exc).lower()
+    )
 
 
 class PeerEvent(msgspec.Struct, frozen=True):
