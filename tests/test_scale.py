@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import subprocess
@@ -17,7 +18,7 @@ from nats.aio.client import Client
 
 from service.client import LoaderClient
 from service.messages import ExtensionType
-from service.natsserver import NatsServer
+from service.natsserver import NatsServer, nats_server_binary
 from service.server import flush_subscriptions
 from service.store import ExtensionStore
 from service.versions import Constraint
@@ -227,3 +228,18 @@ def test_repeated_discovery_reads_no_metadata_again(tmp_path: Path, monkeypatch:
     write_extension(root, "taskserv", "ext-007", "1.3.0")
     store.available(ExtensionType.TASKSERV)
     assert len(reads) == 154  # only the extension that changed is read again
+
+
+@pytest.mark.parametrize("node", [1, 2, 3])
+def test_the_documented_cluster_configuration_is_valid(node: int) -> None:
+    """deploy/cluster/node-N.conf: accepted by nats-server, each on its own ports, all routing to one another."""
+    root = Path(__file__).resolve().parents[1]
+    conf = root / "deploy" / "cluster" / f"node-{node}.conf"
+    env = {**os.environ, **{f"NATS_{u}_PASSWORD": f"k{u.lower()}" for u in ("ORCHESTRATOR", "LOADER", "OBSERVER")}}
+    checked = subprocess.run(
+        [nats_server_binary(), "-t", "-c", str(conf)], env=env, capture_output=True, text=True, check=False
+    )
+    assert checked.returncode == 0, checked.stderr + checked.stdout
+    text = conf.read_text()
+    assert f"listen: 127.0.0.1:{4221 + node}" in text and f"listen: 127.0.0.1:{6221 + node}" in text
+    assert all(f"nats-route://127.0.0.1:{port}" in text for port in (6222, 6223, 6224))
