@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 import msgspec
 
 from .errors import InvalidRequest, LoaderError
-from .messages import ErrorBody, Failure, Success
+from .messages import ErrorBody, Extension, Failure, Success
 
 JSON = "application/json"
 MSGPACK = "application/msgpack"
@@ -133,8 +133,24 @@ def _invalid(text: str) -> InvalidRequest:
     return InvalidRequest(_short(text), field=_short(where, 64))
 
 
+_replies: dict[tuple[int, Codec], tuple[Extension, bytes]] = {}
+_REPLIES_MAX = 1024
+
+
 def success(data: Any, codec: Codec) -> bytes:
-    return codec.encode(Success(data=data))
+    """The success envelope. A cached extension is answered many times over: its reply is encoded once (the
+    table holds the extension itself, so an id is never reused while its entry is there)."""
+    if not isinstance(data, Extension):
+        return codec.encode(Success(data=data))
+    key = (id(data), codec)
+    hit = _replies.get(key)
+    if hit is not None and hit[0] is data:
+        return hit[1]
+    body = codec.encode(Success(data=data))
+    if len(_replies) >= _REPLIES_MAX:
+        _replies.clear()
+    _replies[key] = (data, body)
+    return body
 
 
 def failure(error: LoaderError, codec: Codec) -> bytes:
