@@ -64,7 +64,7 @@ def build_manager(config: Config, *, instance_id: str | None = None) -> Extensio
 async def serve(config: Config, *, on_ready: Callable[[ExtensionService], None] | None = None) -> None:
     """Serves until SIGINT or SIGTERM, then stops gracefully."""
     manager = build_manager(config)
-    audit.requester.set(config.nats.name)  # what the service changes by itself is done in its own name
+    audit.acting_as(config.nats.name)  # what the service changes by itself is done in its own name
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         service = ExtensionService(config, manager, version=service_version())
         async with service, anyio.create_task_group() as tg:

@@ -10,16 +10,40 @@ hot reload, a peer's invalidation) it is the service's own NATS client name.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from contextvars import ContextVar
+
+from .codec import header
 
 REQUESTER_HEADER = "Requester"
 
 log = logging.getLogger("service.audit")
-requester: ContextVar[str] = ContextVar("requester", default="extension-loader")
+# The request being handled (its headers and subject), read only when a line is written: most requests change
+# nothing, and looking the header up for each would cost every cached answer.
+_request: ContextVar[tuple[Mapping[str, str] | None, str] | None] = ContextVar("request", default=None)
+_actor: ContextVar[str] = ContextVar("actor", default="extension-loader")
+
+
+def handling(headers: Mapping[str, str] | None, subject: str) -> None:
+    """What follows in this task is done for this request."""
+    _request.set((headers, subject))
+
+
+def acting_as(name: str) -> None:
+    """What follows in this task, and in tasks started from it, the service does by itself, under this name."""
+    _actor.set(name)
+
+
+def requester() -> str:
+    request = _request.get()
+    if request is None:
+        return _actor.get()
+    headers, subject = request
+    return header(headers, REQUESTER_HEADER) or f"nats:{subject}"
 
 
 def record(action: str, extension: str, outcome: str = "ok", message: str = "", **fields: object) -> None:
-    who = requester.get()
+    who = requester()
     log.info(
         "%s %s: %s%s (by %s)",
         action,

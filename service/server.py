@@ -28,7 +28,9 @@ from anyio.abc import TaskGroup
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from opentelemetry import metrics as metrics_api
 from opentelemetry import trace
+from opentelemetry.sdk.metrics import MeterProvider
 
 from . import audit, codec, metrics
 from .config import Config
@@ -107,6 +109,7 @@ class ExtensionService:
         self._closed = False
         # Decided once: asking OpenTelemetry for its provider reads the environment, on every request otherwise.
         self._tracing = not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
+        self._metrics = isinstance(metrics_api.get_meter_provider(), MeterProvider)
         self._connected = anyio.Event()
         self.reconnects = 0
         self.peer_events = 0
@@ -308,31 +311,35 @@ class ExtensionService:
             # list, status, stats) is given here, which costs a fraction of starting a task.
             assert self._tg is not None
             self._active += 1
-            if endpoint.inline or (endpoint.request is LoadRequest and self._cached(msg)):
-                await self._handle(endpoint, msg)
+            fmt = codec.Codec.of(msg.headers)
+            hit = self._cached(msg, fmt) if endpoint.request is LoadRequest else None
+            if endpoint.inline or hit is not None:
+                await self._handle(endpoint, msg, fmt, hit)
             else:
-                self._tg.start_soon(self._handle, endpoint, msg)
+                self._tg.start_soon(self._handle, endpoint, msg, fmt, None)
 
         return dispatch
 
-    def _cached(self, msg: Msg) -> bool:
+    def _cached(self, msg: Msg, fmt: codec.Codec) -> LoadRequest | None:
+        """The request, when it is a load the cache answers as it stands."""
         try:
-            req = codec.decode(msg.data, LoadRequest, codec.Codec.of(msg.headers))
+            req = codec.decode(msg.data, LoadRequest, fmt)
         except LoaderError:
-            return False
-        return not req.with_dependencies and self.manager.peek(req.type, req.name, req.version) is not None
+            return None
+        if req.with_dependencies or self.manager.peek(req.type, req.name, req.version) is None:
+            return None
+        return req
 
-    async def _handle(self, endpoint: Endpoint, msg: Msg) -> None:
+    async def _handle(self, endpoint: Endpoint, msg: Msg, fmt: codec.Codec, decoded: Any) -> None:
         started = time.perf_counter_ns()
         error: str | None = None
         outcome = "ok"
-        fmt = codec.Codec.of(msg.headers)
         events: list[Event] = []
-        audit.requester.set(codec.header(msg.headers, audit.REQUESTER_HEADER) or f"nats:{msg.subject}")
+        audit.handling(msg.headers, msg.subject)
         try:
             with self._span(msg) as span:
                 try:
-                    request = codec.decode(msg.data, endpoint.request, fmt)
+                    request = decoded if decoded is not None else codec.decode(msg.data, endpoint.request, fmt)
                     if span.is_recording():
                         _describe(span, request)
                     data, events = await endpoint.handler(request, span)
@@ -359,7 +366,8 @@ class ExtensionService:
                     await self.publisher.publish(events, carry=_trace_headers(msg.headers))
         finally:
             endpoint.stats.record(time.perf_counter_ns() - started, error)
-            metrics.requests.add(1, {"messaging.destination.name": endpoint.subject, "outcome": outcome})
+            if self._metrics:
+                metrics.requests.add(1, {"messaging.destination.name": endpoint.subject, "outcome": outcome})
             self._active -= 1
             if not self._active and self._idle is not None:
                 self._idle.set()
