@@ -65,18 +65,36 @@ async def serve(config: Config, *, on_ready: Callable[[ExtensionService], None] 
     """Serves until SIGINT or SIGTERM, then stops gracefully."""
     manager = build_manager(config)
     audit.acting_as(config.nats.name)  # what the service changes by itself is done in its own name
+    stop = anyio.Event()
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        service = ExtensionService(config, manager, version=service_version())
-        async with service, anyio.create_task_group() as tg:
-            if config.orchestrator.extensions.auto_load:
-                await tg.start(ExtensionWatcher(service).run)  # first, so no change during auto_load is missed
-                tg.start_soon(auto_load, service)
-            if on_ready is not None:
-                on_ready(service)
+
+        async def on_signal() -> None:
             async for signum in signals:
                 log.info("%s received: stopping", signal.Signals(signum).name)
-                break
+                stop.set()
+                return
+
+        service = ExtensionService(config, manager, version=service_version())
+        async with service, anyio.create_task_group() as tg:
+            tg.start_soon(on_signal)
+            await run(service, stop, on_ready=on_ready)
             tg.cancel_scope.cancel()
+
+
+async def run(
+    service: ExtensionService, stop: anyio.Event, *, on_ready: Callable[[ExtensionService], None] | None = None
+) -> None:
+    """Runs auto_load and the watcher beside the requests until `stop` is set; then drains the requests before
+    it stops them, since a request may be waiting on one of auto_load's runs."""
+    async with anyio.create_task_group() as tg:
+        if service.config.orchestrator.extensions.auto_load:
+            await tg.start(ExtensionWatcher(service).run)  # first, so no change during auto_load is missed
+            tg.start_soon(auto_load, service)
+        if on_ready is not None:
+            on_ready(service)
+        await stop.wait()
+        await service.drain()
+        tg.cancel_scope.cancel()
 
 
 async def auto_load(service: ExtensionService) -> None:
@@ -94,6 +112,10 @@ async def auto_load(service: ExtensionService) -> None:
             except LoaderError as exc:
                 results["failed"] += 1
                 log.warning("auto_load of %s failed: %s", info.key, exc.message)
+                return
+            except Exception:  # one extension must not stop the service
+                results["failed"] += 1
+                log.exception("auto_load of %s failed", info.key)
                 return
             results["loaded"] += 1
             await service.publisher.publish(outcome.events)

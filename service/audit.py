@@ -39,7 +39,11 @@ def requester() -> str:
     if request is None:
         return _actor.get()
     headers, subject = request
-    return header(headers, REQUESTER_HEADER) or f"nats:{subject}"
+    given = header(headers, REQUESTER_HEADER)
+    if given:
+        # The requester's own words: one line of printable text, bounded, so no one writes lines into the log.
+        given = " ".join("".join(c if c.isprintable() else " " for c in given[:200]).split())
+    return given or f"nats:{subject}"
 
 
 def record(action: str, extension: str, outcome: str = "ok", message: str = "", **fields: object) -> None:

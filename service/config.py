@@ -9,6 +9,7 @@ sections this service reads are allowed, so an orchestrator's own file can be re
 
 from __future__ import annotations
 
+import os
 import re
 import ssl
 import tomllib
@@ -143,9 +144,26 @@ def load_config(
 
 def validate(data: Mapping[str, Any]) -> Config:
     try:
-        return msgspec.convert(data, Config)
+        config = msgspec.convert(data, Config)
     except msgspec.ValidationError as exc:
         raise _config_error(exc) from None
+    _check_tls(config.nats)
+    return config
+
+
+def _check_tls(nats: NatsConfig) -> None:
+    """TLS files are read at start, with a message that names the key, not at the first connection."""
+    for key in ("tls_ca", "tls_cert", "tls_key"):
+        path = getattr(nats, key)
+        if path and not os.access(path, os.R_OK):
+            raise ConfigError(f"nats.{key}", f"{path!r} is not a readable file")
+    if nats.tls_key and not nats.tls_cert:
+        raise ConfigError("nats.tls_cert", "nats.tls_key is set: give the certificate that goes with it")
+    try:
+        nats.credentials()
+    except (ssl.SSLError, OSError, ValueError) as exc:
+        key = "nats.tls_cert" if nats.tls_cert else "nats.tls_ca"
+        raise ConfigError(key, f"not a usable certificate: {exc}") from None
 
 
 def _config_error(exc: msgspec.ValidationError) -> ConfigError:

@@ -19,7 +19,7 @@ import anyio
 from cachetools import Cache, LRUCache
 
 from . import audit
-from .errors import LoaderError, Unavailable
+from .errors import LoaderError, LoadFailed, Unavailable
 from .messages import (
     Available,
     CacheStats,
@@ -115,6 +115,8 @@ class ExtensionManager:
         self._flights: dict[str, _Flight] = {}
         self._generation: dict[tuple[ExtensionType, str], int] = {}
         self._in_flight = 0
+        self.runs = 0  # Nushell runs started
+        self._run_started = anyio.Event()
         self.counters = _Counters()
 
     # --- requests ---
@@ -161,6 +163,8 @@ class ExtensionManager:
         for anything that is not a plain cache hit (an error, say)."""
         if version is not None and parse_version(version) is not None:
             return self._cache.peek(f"{extension_type.value}:{name}:{version}")
+        if name not in self.store.names(extension_type):
+            return None  # an error reply, made in a task: suggesting close names takes a while on a big tree
         try:
             return self._cache.peek(self._resolve(extension_type, name, version).key)
         except LoaderError:
@@ -174,8 +178,13 @@ class ExtensionManager:
             self.store.dependency_tree(info)
             key = (extension_type, name)
             self._generation[key] = self._generation.get(key, 0) + 1
-            events: list[Event] = [self._unloaded(e, "reload") for e in self._drop(extension_type, name)]
+            before = self.cached(extension_type, name)
+            # Load first: when it fails, the cache and everyone's view of it stay as they were.
             outcome = await self._load_one(info, "reload", force=True)
+            for old in before:
+                if _key(old) != info.key:
+                    self._cache.pop(_key(old), None)
+            events: list[Event] = [self._unloaded(e, "reload") for e in before]
             return Outcome(outcome.extension, True, [*events, *outcome.events])
         except LoaderError:
             self.counters.failed += 1
@@ -258,6 +267,11 @@ class ExtensionManager:
     def dependency_tree(self, extension_type: ExtensionType, name: str, version: str | None) -> DependencyTree:
         return self.store.dependency_tree(self._resolve(extension_type, name, version))
 
+    async def wait_runs(self, count: int) -> None:
+        """Returns once that many Nushell runs have started (for tests and tools)."""
+        while self.runs < count:
+            await self._run_started.wait()
+
     def stats(self) -> Stats:
         c = self.counters
         lookups = c.hits + c.misses
@@ -301,8 +315,8 @@ class ExtensionManager:
                 return Outcome(flight.extension, cold=False)
         self.counters.misses += 1
         flight = _Flight()
-        if not force:
-            self._flights[info.key] = flight
+        # A forced run (reload, hot reload) replaces any flight before it: loads that come after join this one.
+        self._flights[info.key] = flight
         try:
             return await self._run(info, reason, flight)
         finally:
@@ -316,11 +330,17 @@ class ExtensionManager:
         generation = self._generation.get((info.extension_type, info.name), 0)
         started = time.perf_counter()
         self._in_flight += 1
+        self.runs += 1
+        self._run_started.set()
+        self._run_started = anyio.Event()
         try:
             result = await self.runner.load(info.extension_type, info.name, info.version)
         except LoaderError as exc:
             flight.error = exc
             audit.record(reason, info.key, exc.code, exc.message)
+            raise
+        except Exception as exc:
+            flight.error = LoadFailed(f"internal error ({type(exc).__name__}); see the service log")
             raise
         finally:
             self._in_flight -= 1

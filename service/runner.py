@@ -262,7 +262,10 @@ def _outcome(returncode: int | None, stdout: bytes, stderr: bytes) -> bytes:
             raise LoadFailed("the loader failed without a readable error", exit_code=3, stderr=tail) from None
         raise _error_from(body)
     if returncode is not None and returncode < 0:
-        name = signal.Signals(-returncode).name
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:  # a real-time signal has no name
+            name = f"signal {-returncode}"
         raise LoadFailed(
             f"Nushell was killed by {name} (a memory, CPU or file-size limit?)",
             exit_code=returncode,

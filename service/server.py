@@ -87,7 +87,7 @@ class ExtensionService:
             ("stats", "stats", EmptyRequest, self._stats),
             ("graph", "graph", GraphRequest, self._graph),
         ]
-        inline = {ListRequest, StatusRequest} | ({EmptyRequest} if not config.events.jetstream else set())
+        inline = {ListRequest} | ({EmptyRequest} if not config.events.jetstream else set())
         self.endpoints = [
             Endpoint(
                 name,
@@ -107,6 +107,7 @@ class ExtensionService:
         self._active = 0
         self._idle: anyio.Event | None = None  # made only while stop() waits (one a request cost 5% of a cached answer)
         self._closed = False
+        self._drained = False
         # Decided once: asking OpenTelemetry for its provider reads the environment, on every request otherwise.
         self._tracing = not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
         self._metrics = isinstance(metrics_api.get_meter_provider(), MeterProvider)
@@ -170,26 +171,36 @@ class ExtensionService:
             extra={"servers": self.nc.connected_url.netloc if self.nc.connected_url else None},
         )
 
+    async def drain(self) -> None:
+        """Stops taking requests and waits (up to the drain time) for those already received and their events.
+
+        The caller may still have work of its own that those requests wait on (auto_load's loads): it keeps
+        that running until this returns, then stops it, then stops the service."""
+        if self._drained:
+            return
+        self._drained = True
+        with anyio.move_on_after(self.config.nats.drain_timeout_s) as scope:
+            for sub in self._subs:
+                if self._nc is None or not self._nc.is_connected:
+                    break  # nothing more can arrive; what did arrive is still answered below
+                try:
+                    await sub.drain()  # type: ignore[no-untyped-call]
+                except Exception as exc:
+                    log.debug("drain of %s: %s", sub.subject, exc)
+            while self._active:
+                self._idle = anyio.Event()
+                await self._idle.wait()
+        if scope.cancelled_caught and self._tg is not None:
+            log.warning("%d requests still running after the drain time; cancelling them", self._active)
+            self._tg.cancel_scope.cancel()
+
     async def stop(self) -> None:
-        """Stops taking requests, answers those already received, publishes their events; safe twice."""
+        """Drains, then closes the connection; safe to call twice."""
         if self._closed:
             return
         self._closed = True
         try:
-            with anyio.move_on_after(self.config.nats.drain_timeout_s) as scope:
-                for sub in self._subs:
-                    if self._nc is None or not self._nc.is_connected:
-                        break  # nothing more can arrive; what did arrive is still answered below
-                    try:
-                        await sub.drain()  # type: ignore[no-untyped-call]
-                    except Exception as exc:
-                        log.debug("drain of %s: %s", sub.subject, exc)
-                while self._active:
-                    self._idle = anyio.Event()
-                    await self._idle.wait()
-            if scope.cancelled_caught and self._tg is not None:
-                log.warning("%d requests still running after the drain time; cancelling them", self._active)
-                self._tg.cancel_scope.cancel()
+            await self.drain()
         finally:
             await self._stack.aclose()
 
@@ -308,11 +319,11 @@ class ExtensionService:
         async def dispatch(msg: Msg) -> None:
             # nats-py awaits this callback before it hands over the next message. What can wait (a cold load,
             # a reload, a scan of the disk) gets a task of its own; an answer that is ready now (a cache hit,
-            # list, status, stats) is given here, which costs a fraction of starting a task.
+            # list, stats) is given here, which costs a fraction of starting a task.
             assert self._tg is not None
-            self._active += 1
             fmt = codec.Codec.of(msg.headers)
             hit = self._cached(msg, fmt) if endpoint.request is LoadRequest else None
+            self._active += 1
             if endpoint.inline or hit is not None:
                 await self._handle(endpoint, msg, fmt, hit)
             else:

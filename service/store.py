@@ -95,11 +95,13 @@ class ExtensionStore:
     def __init__(self, roots: Sequence[Path]) -> None:
         self.roots = tuple(roots)
         self.watched = False
+        self._epoch = 0  # grows with every invalidation: a scan that overlapped one does not keep its result
         self._names: dict[ExtensionType, tuple[tuple[int, ...], dict[str, Path]]] = {}
         self._entries: dict[tuple[ExtensionType, str], _NameEntry] = {}
 
     def invalidate(self, extension_type: ExtensionType, name: str | None = None) -> None:
         """Forgets what was read of one extension (or of a whole type), so the next read looks again."""
+        self._epoch += 1
         self._names.pop(extension_type, None)
         if name is None:
             for key in [k for k in self._entries if k[0] is extension_type]:
@@ -114,6 +116,7 @@ class ExtensionStore:
         cached = self._names.get(extension_type)
         if cached is not None and self.watched:
             return cached[1]
+        epoch = self._epoch
         folders = [root / extension_type.folder for root in self.roots]
         stamp = tuple(_mtime(f) for f in folders)
         if cached is not None and cached[0] == stamp:
@@ -121,9 +124,12 @@ class ExtensionStore:
         found: dict[str, Path] = {}
         for folder in folders:
             for entry in _scandir(folder):
-                if entry.name not in found and _NAME.match(entry.name) and _is_real_dir(entry):
+                # A symlinked folder claims its name too (the first root wins), and is then refused as a whole,
+                # as the loader refuses it: it never lets a later root's folder of that name through.
+                if entry.name not in found and _NAME.match(entry.name) and _is_folder_or_link(entry):
                     found[entry.name] = Path(entry.path)
-        self._names[extension_type] = (stamp, found)
+        if self._epoch == epoch:
+            self._names[extension_type] = (stamp, found)
         return found
 
     def versions(
@@ -136,14 +142,16 @@ class ExtensionStore:
         cached = self._entries.get(key)
         if cached is not None and self.watched:
             return cached.versions
+        epoch = self._epoch
         stamp = _tree_stamp(folder)
         if cached is None or cached.stamp != stamp:
             cached = _NameEntry(stamp, _read_versions(extension_type, name, folder))
-            self._entries[key] = cached
+            if self._epoch == epoch:
+                self._entries[key] = cached
         return cached.versions
 
     def suggest(self, extension_type: ExtensionType, name: str) -> list[str]:
-        return difflib.get_close_matches(name, list(self.names(extension_type)), n=3, cutoff=0.6)
+        return _close(name, self.names(extension_type))
 
     def resolve(self, extension_type: ExtensionType, name: str, constraint: Constraint) -> VersionInfo:
         versions = self.versions(extension_type, name)
@@ -176,7 +184,7 @@ class ExtensionStore:
         if name is not None and not out:
             everything = sorted({n for t in types for n in self.names(t)})
             kind = extension_type.value if extension_type else "extension"
-            raise NotFound(kind, name, difflib.get_close_matches(name, everything, n=3, cutoff=0.6))
+            raise NotFound(kind, name, _close(name, everything))
         return out
 
     # --- dependencies ---
@@ -193,10 +201,12 @@ class ExtensionStore:
                 [f"dependency {entry!r}: {match['constraint']!r} is not a version constraint"],
             ) from None
         if match["type"]:
-            try:
-                dep_type = ExtensionType.parse(match["type"])
+            try:  # exactly provider, taskserv or cluster, as the loader takes it
+                dep_type = ExtensionType(match["type"])
             except ValueError:
-                raise InvalidExtension(str(owner.path), [f"dependency {entry!r}: unknown type"]) from None
+                raise InvalidExtension(
+                    str(owner.path), [f"dependency {entry!r}: the type is provider, taskserv or cluster"]
+                ) from None
         elif match["name"] in self.names(owner.extension_type):
             dep_type = owner.extension_type
         else:
@@ -266,10 +276,23 @@ class ExtensionStore:
 
 def tree_digest(folder: Path) -> str:
     """The loader's digest of an extension folder: sha256 over `<relpath>\t<sha256 of the file>\n` lines,
-    sorted by relative path (see service/nushell/provisioning.nu)."""
-    files = sorted((p for p in folder.rglob("*") if p.is_file()), key=lambda p: p.relative_to(folder).as_posix())
-    text = "".join(f"{p.relative_to(folder).as_posix()}\t{hashlib.sha256(p.read_bytes()).hexdigest()}\n" for p in files)
+    sorted by relative path (see service/nushell/provisioning.nu). Regular files only, and no symlink is
+    followed: one could lead anywhere (the loader refuses an extension that has one)."""
+    files: list[tuple[str, Path]] = []
+    for top, _dirs, names in os.walk(folder, followlinks=False):
+        for file in names:
+            path = Path(top, file)
+            if stat.S_ISREG(path.lstat().st_mode):
+                files.append((path.relative_to(folder).as_posix(), path))
+    text = "".join(f"{rel}\t{hashlib.sha256(path.read_bytes()).hexdigest()}\n" for rel, path in sorted(files))
     return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+
+
+def _close(name: str, names: Iterable[str]) -> list[str]:
+    """Up to three names close to `name`. Names of very different length cannot be close: leaving them out
+    first keeps this quick on a tree of thousands."""
+    reach = max(3, len(name) // 2)
+    return difflib.get_close_matches(name, [n for n in names if abs(len(n) - len(name)) <= reach], n=3, cutoff=0.6)
 
 
 def _subject(info: VersionInfo) -> str:
@@ -291,15 +314,25 @@ def _same(
 
 
 def _read_versions(extension_type: ExtensionType, name: str, folder: Path) -> dict[str, VersionInfo]:
+    if folder.is_symlink():
+        return {"unknown": _refused(extension_type, name, folder, "unknown")}
     single = folder / METADATA
     if _is_file(single):
         info = _read_one(extension_type, name, folder, version=None)
         return {info.version: info}
     out: dict[str, VersionInfo] = {}
     for entry in _scandir(folder):
-        if _is_real_dir(entry) and parse_version(entry.name) and _is_file(Path(entry.path) / METADATA):
+        if not parse_version(entry.name):
+            continue
+        if entry.is_symlink():
+            out[entry.name] = _refused(extension_type, name, Path(entry.path), entry.name)
+        elif _is_real_dir(entry) and _is_file(Path(entry.path) / METADATA):
             out[entry.name] = _read_one(extension_type, name, Path(entry.path), version=entry.name)
     return out
+
+
+def _refused(extension_type: ExtensionType, name: str, folder: Path, version: str) -> VersionInfo:
+    return VersionInfo(extension_type, name, version, folder, None, ("symlink not allowed: .",))
 
 
 def _read_one(extension_type: ExtensionType, name: str, folder: Path, *, version: str | None) -> VersionInfo:
@@ -347,8 +380,11 @@ def _scandir(folder: Path) -> list[os.DirEntry[str]]:
 
 
 def _is_real_dir(entry: os.DirEntry[str]) -> bool:
-    # Symlinked folders could lead out of the extension root: they are not extensions.
     return entry.is_dir(follow_symlinks=False)
+
+
+def _is_folder_or_link(entry: os.DirEntry[str]) -> bool:
+    return entry.is_dir(follow_symlinks=False) or entry.is_symlink()
 
 
 def _is_file(path: Path) -> bool:

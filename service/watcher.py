@@ -62,7 +62,10 @@ class ExtensionWatcher:
                 for extension_type, name in affected:
                     store.invalidate(extension_type, name)
                 for extension_type, name in affected:
-                    await self.reconcile(extension_type, name)
+                    try:
+                        await self.reconcile(extension_type, name)
+                    except Exception:  # a file that cannot be read, say: this extension waits, the rest goes on
+                        log.exception("could not bring %s %s in step with the disk", extension_type.value, name)
                 self.reconciled += 1
                 self._round.set()
                 self._round = anyio.Event()

@@ -151,6 +151,7 @@ def service_process(
     roots: list[Path] | None = None,
     env: dict[str, str] | None = None,
     stdout: int = subprocess.DEVNULL,
+    overrides: dict[str, Any] | None = None,
 ) -> Iterator[subprocess.Popen[bytes]]:
     """`extension-loader serve` as a separate process, yielded once it logs that it serves; killed at the end."""
     sets = {
@@ -158,6 +159,7 @@ def service_process(
         "orchestrator.extensions.paths": [str(r) for r in (roots or [EXAMPLES])],
         "orchestrator.extensions.auto_load": False,
         "nushell.path": str(NU),
+        **(overrides or {}),
     }
     cmd = [str(Path(sys.executable).with_name("extension-loader")), "serve", "--nats-url", nats_url]
     for key, value in sets.items():

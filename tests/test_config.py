@@ -93,3 +93,14 @@ def test_file_errors(tmp_path: Path) -> None:
     assert info.value.key == str(bad)
     with pytest.raises(ConfigError, match="key=value"):
         load_config(environ={}, overrides=["just-a-word"])
+
+
+def test_tls_files_are_checked_at_start(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(environ={}, overrides=[f'nats.tls_ca="{tmp_path / "missing-ca.pem"}"'])
+    assert info.value.key == "nats.tls_ca" and "not a readable file" in str(info.value)
+    junk = tmp_path / "ca.pem"
+    junk.write_text("not a certificate\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(environ={}, overrides=[f'nats.tls_ca="{junk}"'])
+    assert info.value.key == "nats.tls_ca" and "not a usable certificate" in str(info.value)

@@ -16,6 +16,7 @@ import nats
 import pytest
 from nats.aio.client import Client
 
+from service.app import run
 from service.client import LoaderClient
 from service.messages import ExtensionType
 from service.natsserver import NatsServer, nats_server_binary
@@ -243,3 +244,50 @@ def test_the_documented_cluster_configuration_is_valid(node: int) -> None:
     text = conf.read_text()
     assert f"listen: 127.0.0.1:{4221 + node}" in text and f"listen: 127.0.0.1:{6221 + node}" in text
     assert all(f"nats-route://127.0.0.1:{port}" in text for port in (6222, 6223, 6224))
+
+
+async def test_a_load_during_a_reload_joins_it(nats_server: NatsServer, nc: Client, tmp_path: Path) -> None:
+    root = tmp_path / "ext"
+    write_extension(root, "taskserv", "slow", "1.0.0", module=slow_module())
+    async with running_service(make_config(nats_server.url, tmp_path, roots=[root])):
+        client = LoaderClient(nc, timeout=WAIT)
+        replies: list[Any] = []
+
+        async def reload() -> None:
+            replies.append(await client.reload("taskserv", "slow"))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(reload)
+            await anyio.wait_all_tasks_blocked()
+            await flush_subscriptions(nc)  # the reload is routed first ...
+            replies.append(await client.load("taskserv", "slow", "1.0.0"))  # ... and this load waits for it
+        assert replies[0] == replies[1]
+        stats = await client.stats()
+        assert stats["loads"]["cold"] == 1 and stats["loads"]["coalesced"] == 1
+
+
+async def test_stopping_answers_a_request_waiting_on_auto_load(
+    nats_server: NatsServer, nc: Client, tmp_path: Path
+) -> None:
+    """Stop while auto_load runs a load that a request is waiting on: the request is answered, then the
+    service stops (auto_load is stopped only after the drain)."""
+    root = tmp_path / "ext"
+    write_extension(root, "taskserv", "slow", "1.0.0", module=slow_module())
+    config = make_config(nats_server.url, tmp_path, roots=[root], overrides={"orchestrator.extensions.auto_load": True})
+    stop = anyio.Event()
+    replies: list[Any] = []
+    client = LoaderClient(nc, timeout=WAIT)
+
+    async def load() -> None:
+        replies.append(await client.load("taskserv", "slow", "1.0.0"))
+
+    async with running_service(config) as service, anyio.create_task_group() as tg:
+        tg.start_soon(run, service, stop)
+        with anyio.fail_after(WAIT):
+            await service.manager.wait_runs(1)  # auto_load's run of `slow` has begun
+        tg.start_soon(load)
+        await anyio.wait_all_tasks_blocked()
+        await flush_subscriptions(nc)  # the request is with the service, waiting on that run
+        stop.set()
+    assert replies and replies[0]["metadata"]["name"] == "slow"
+    assert service.manager.counters.coalesced == 1

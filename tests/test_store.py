@@ -44,13 +44,37 @@ def test_first_root_wins_and_broken_neighbours_are_skipped(tmp_path: Path) -> No
     assert info.value.suggestions == ["etcd"]
 
 
-def test_symlinked_extension_folders_are_not_extensions(tmp_path: Path) -> None:
-    root = tmp_path / "root"
+def test_symlinked_folders_are_refused_and_shadow_nothing(tmp_path: Path) -> None:
+    """A symlinked extension or version folder could lead out of the root: like the loader, the store refuses
+    it (invalid_extension), and it still claims its name, so a later root's folder of that name is not used."""
+    first, later = tmp_path / "first", tmp_path / "later"
     outside = write_extension(tmp_path / "outside", "taskserv", "secret", None)
-    (root / "taskservs").mkdir(parents=True)
-    (root / "taskservs" / "secret").symlink_to(outside)
-    with pytest.raises(NotFound):
-        ExtensionStore([root]).versions(T, "secret")
+    write_extension(later, "taskserv", "secret", None)
+    (first / "taskservs").mkdir(parents=True)
+    (first / "taskservs" / "secret").symlink_to(outside)
+    store = ExtensionStore([first, later])
+    with pytest.raises(InvalidExtension) as info:
+        store.resolve(T, "secret", Constraint.parse(None))
+    assert info.value.problems == ["symlink not allowed: ."]
+    assert [a.name for a in store.available(T)] == []
+
+    root = tmp_path / "versions"
+    write_extension(root, "taskserv", "app", "1.0.0")
+    (root / "taskservs" / "app" / "2.0.0").symlink_to(outside)
+    store = ExtensionStore([root])
+    with pytest.raises(InvalidExtension):
+        store.resolve(T, "app", Constraint.parse("2.0.0")).require_metadata()
+    assert store.resolve(T, "app", Constraint.parse("^1")).version == "1.0.0"
+
+
+def test_dependency_types_are_written_singular(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    write_extension(root, "taskserv", "etcd", "3.5.0")
+    write_extension(root, "cluster", "plural", "1.0.0", dependencies=["taskservs:etcd"])
+    store = ExtensionStore([root])
+    with pytest.raises(InvalidExtension) as info:
+        store.dependency_tree(store.resolve(ExtensionType.CLUSTER, "plural", Constraint.parse(None)))
+    assert "provider, taskserv or cluster" in info.value.problems[0]
 
 
 def test_changes_on_disk_are_seen(tmp_path: Path) -> None:
