@@ -24,7 +24,7 @@ from .errors import ConfigError
 from .events import EventStreamError
 from .natsserver import NatsServer
 from .runner import NushellMissing
-from .server import ConnectRefused
+from .server import ConnectRefused, flush_subscriptions
 from .telemetry import setup_logging, setup_telemetry
 
 DEFAULT_URL = "nats://127.0.0.1:4222"
@@ -281,6 +281,7 @@ async def _client_main(args: argparse.Namespace) -> int:
 async def _watch(nc: Client, args: argparse.Namespace) -> int:
     sub = await nc.subscribe(f"{args.prefix}.loaded")
     sub2 = await nc.subscribe(f"{args.prefix}.unloaded")
+    await flush_subscriptions(nc)  # say "watching" only once the server has the subscriptions
     print(
         f"watching {args.prefix}.loaded and {args.prefix}.unloaded on {args.server} (Ctrl-C stops)",
         file=sys.stderr,
