@@ -36,7 +36,7 @@ from .messages import (
 )
 from .metrics import load_duration
 from .runner import NushellRunner
-from .store import DependencyTree, ExtensionStore, VersionInfo
+from .store import DependencyTree, ExtensionStore, VersionInfo, cache_key
 from .versions import Constraint, parse_version, sort_newest_first
 
 log = logging.getLogger(__name__)
@@ -133,7 +133,7 @@ class ExtensionManager:
         self.counters.total += 1
         if not with_dependencies and version is not None and parse_version(version) is not None:
             # The hot path: an exact version that is cached needs neither the disk nor a dependency check.
-            cached = self._cache.get(f"{extension_type.value}:{name}:{version}")
+            cached = self._cache.get(cache_key(extension_type, name, version))
             if cached is not None:
                 self.counters.hits += 1
                 return Outcome(cached, cold=False)
@@ -162,7 +162,7 @@ class ExtensionManager:
         """What a load would answer from the cache, without counting or loading anything; None for a miss or
         for anything that is not a plain cache hit (an error, say)."""
         if version is not None and parse_version(version) is not None:
-            return self._cache.peek(f"{extension_type.value}:{name}:{version}")
+            return self._cache.peek(cache_key(extension_type, name, version))
         if name not in self.store.names(extension_type):
             return None  # an error reply, made in a task: suggesting close names takes a while on a big tree
         try:
@@ -176,8 +176,7 @@ class ExtensionManager:
         try:
             info = self._resolve(extension_type, name, version)
             self.store.dependency_tree(info)
-            key = (extension_type, name)
-            self._generation[key] = self._generation.get(key, 0) + 1
+            self._bump(extension_type, name)
             before = self.cached(extension_type, name)
             # Load first: when it fails, the cache and everyone's view of it stay as they were.
             outcome = await self._load_one(info, "reload", force=True)
@@ -195,8 +194,7 @@ class ExtensionManager:
         self.counters.total += 1
         try:
             self.store.dependency_tree(info)
-            key = (info.extension_type, info.name)
-            self._generation[key] = self._generation.get(key, 0) + 1
+            self._bump(info.extension_type, info.name)
             return await self._load_one(info, reason, force=True)
         except LoaderError:
             self.counters.failed += 1
@@ -204,9 +202,8 @@ class ExtensionManager:
 
     def remove(self, extension_type: ExtensionType, name: str, version: str) -> list[Event]:
         """Forgets one version that left the disk."""
-        key = (extension_type, name)
-        self._generation[key] = self._generation.get(key, 0) + 1
-        entry = self._cache.pop(f"{extension_type.value}:{name}:{version}", None)
+        self._bump(extension_type, name)
+        entry = self._cache.pop(cache_key(extension_type, name, version), None)
         if entry is None:
             return []
         audit.record("removed", _key(entry))
@@ -222,13 +219,12 @@ class ExtensionManager:
 
         A peer's reload (or hot reload) replaces every version of that extension; a peer's `unloaded` for a
         reload, clear or removal names one entry. A peer's own evictions say nothing about this cache."""
-        key = (extension_type, name)
         if loaded and reason in ("reload", "hot_reload"):
-            self._generation[key] = self._generation.get(key, 0) + 1
+            self._bump(extension_type, name)
             dropped = self._drop(extension_type, name)
         elif not loaded and reason in ("reload", "cleared", "removed"):
-            self._generation[key] = self._generation.get(key, 0) + 1
-            entry = self._cache.pop(f"{extension_type.value}:{name}:{version}", None)
+            self._bump(extension_type, name)
+            entry = self._cache.pop(cache_key(extension_type, name, version), None)
             dropped = [entry] if entry is not None else []
         else:
             return []
@@ -254,10 +250,8 @@ class ExtensionManager:
         constraint = Constraint.parse(version) if version is not None else None
         versions = [
             e.metadata.version
-            for e in self._cache.values()
-            if e.metadata.extension_type is extension_type
-            and e.metadata.name == name
-            and (constraint is None or constraint.matches(e.metadata.version))
+            for e in self.cached(extension_type, name)
+            if constraint is None or constraint.matches(e.metadata.version)
         ]
         return Status(loaded=bool(versions), versions=tuple(sort_newest_first(versions)))
 
@@ -369,6 +363,12 @@ class ExtensionManager:
         flight.done.set()
         return Outcome(extension, cold=True, events=events)
 
+    def _bump(self, extension_type: ExtensionType, name: str) -> None:
+        """What is cached of this extension is about to change: a load already running for it will not be
+        cached when it ends."""
+        key = (extension_type, name)
+        self._generation[key] = self._generation.get(key, 0) + 1
+
     def _take_evicted(self) -> list[Extension]:
         evicted, self._evicted[:] = list(self._evicted), []
         self.counters.evictions += len(evicted)
@@ -377,7 +377,7 @@ class ExtensionManager:
         return evicted
 
     def _drop(self, extension_type: ExtensionType, name: str) -> list[Extension]:
-        prefix = f"{extension_type.value}:{name}:"
+        prefix = cache_key(extension_type, name, "")
         dropped = [self._cache.pop(k) for k in [k for k in self._cache if k.startswith(prefix)]]
         return sorted(dropped, key=_sort_key)
 
@@ -400,7 +400,7 @@ def new_id() -> str:
 
 def _key(extension: Extension) -> str:
     m = extension.metadata
-    return f"{m.extension_type.value}:{m.name}:{m.version}"
+    return cache_key(m.extension_type, m.name, m.version)
 
 
 def _sort_key(extension: Extension) -> tuple[str, str, object]:

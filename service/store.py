@@ -44,6 +44,11 @@ class MetadataFile(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True
     repository: str | None = None
 
 
+def cache_key(extension_type: ExtensionType, name: str, version: str) -> str:
+    """`{type}:{name}:{version}`: the key of the cache, and the id of a graph node."""
+    return f"{extension_type.value}:{name}:{version}"
+
+
 @dataclass(frozen=True, slots=True)
 class VersionInfo:
     """One version of one extension on disk; `metadata` is None where the file is broken."""
@@ -57,7 +62,7 @@ class VersionInfo:
 
     @property
     def key(self) -> str:
-        return f"{self.extension_type.value}:{self.name}:{self.version}"
+        return cache_key(self.extension_type, self.name, self.version)
 
     def require_metadata(self) -> ExtensionMetadata:
         if self.metadata is None:
