@@ -111,7 +111,6 @@ class ExtensionService:
         # Decided once: asking OpenTelemetry for its provider reads the environment, on every request otherwise.
         self._tracing = not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
         self._metrics = isinstance(metrics_api.get_meter_provider(), MeterProvider)
-        self._connected = anyio.Event()
         self.reconnects = 0
         self.peer_events = 0
         self._changed = anyio.Event()  # set (and replaced) whenever reconnects or peer_events grows
@@ -161,7 +160,6 @@ class ExtensionService:
         for subject in (self.publisher.loaded_subject, self.publisher.unloaded_subject):
             self._subs.append(await self.nc.subscribe(subject, cb=self._on_peer_event))
         await flush_subscriptions(self.nc)
-        self._connected.set()
         metrics.observe(self.manager)
         log.info(
             "serving %s.* in queue group %s as instance %s",
@@ -264,8 +262,6 @@ class ExtensionService:
         log.warning("NATS error: %s", exc)
 
     async def _on_disconnected(self) -> None:
-        if self._connected.is_set():
-            self._connected = anyio.Event()
         if self._closed:
             log.info("disconnected from NATS")
         else:
@@ -274,13 +270,8 @@ class ExtensionService:
     async def _on_reconnected(self) -> None:
         url = self.nc.connected_url
         log.info("reconnected to NATS at %s", url.netloc if url else "?")
-        self._connected.set()
         self.reconnects += 1
         self._notify()
-
-    async def wait_connected(self) -> None:
-        """Returns when the connection is up: at once, or after the next reconnect."""
-        await self._connected.wait()
 
     async def wait_until(self, *, reconnects: int = 0, peer_events: int = 0) -> None:
         """Returns once at least that many reconnects and peer events have been handled (for tests and tools)."""
