@@ -511,11 +511,22 @@ def swap-in [tmp: string, parent: string, version: string, tag: string] {
         let old = $parent | path join $".($version).old-($tag)-($attempt)"
         if (kind $dest) != "" { try { mv $dest $old } }
         try { mv $tmp $dest }
-        rm --recursive --force --permanent ($dest | path join ($tmp | path basename)) $old
+        # Another load may be removing parts of these at the same moment (ours moved inside theirs, or theirs inside
+        # the copy we moved aside), so a removal that fails half-way is tried again.
+        remove-tree $old ($dest | path join ($tmp | path basename))
         # Gone from where it was: either in place, or moved inside theirs and just removed.
         if (kind $tmp) == "" { return $dest }
     }
     error make {msg: $"could not rename ($tmp) to ($dest)"}
+}
+
+# Remove folders that other processes may be removing too: best effort, tried up to three times.
+def remove-tree [...paths: string] {
+    for attempt in 1..3 {
+        let left = $paths | where {|p| (kind $p) != "" }
+        if ($left | is-empty) { return }
+        for p in $left { try { rm --recursive --force --permanent $p } }
+    }
 }
 
 # Leftovers of killed loads: ".<version>.tmp-*" and ".<version>.old-*" folders older than STALE_AFTER.
