@@ -130,20 +130,13 @@ class ExtensionManager:
         with_dependencies: bool = False,
         reason: LoadReason = "load",
     ) -> Outcome:
+        if not with_dependencies:
+            hit = self.hit(extension_type, name, version)
+            if hit is not None:
+                return Outcome(hit, cold=False)
         self.counters.total += 1
-        if not with_dependencies and version is not None and parse_version(version) is not None:
-            # The hot path: an exact version that is cached needs neither the disk nor a dependency check.
-            cached = self._cache.get(cache_key(extension_type, name, version))
-            if cached is not None:
-                self.counters.hits += 1
-                return Outcome(cached, cold=False)
         try:
             info = self._resolve(extension_type, name, version)
-            if not with_dependencies:
-                cached = self._cache.get(info.key)
-                if cached is not None:
-                    self.counters.hits += 1
-                    return Outcome(cached, cold=False)
             tree = self.store.dependency_tree(info)
             if not with_dependencies:
                 return await self._load_one(info, reason)
@@ -158,17 +151,23 @@ class ExtensionManager:
             self.counters.failed += 1
             raise
 
-    def peek(self, extension_type: ExtensionType, name: str, version: str | None) -> Extension | None:
-        """What a load would answer from the cache, without counting or loading anything; None for a miss or
-        for anything that is not a plain cache hit (an error, say)."""
+    def hit(self, extension_type: ExtensionType, name: str, version: str | None) -> Extension | None:
+        """A load (without dependencies) that the cache answers as it stands, counted as a hit; None, counting
+        nothing, for a miss or for anything that is not a plain cache hit (an error, say). Never waits."""
         if version is not None and parse_version(version) is not None:
-            return self._cache.peek(cache_key(extension_type, name, version))
-        if name not in self.store.names(extension_type):
+            # The hot path: an exact version that is cached needs neither the disk nor a dependency check.
+            hit = self._cache.get(cache_key(extension_type, name, version))
+        elif name not in self.store.names(extension_type):
             return None  # an error reply, made in a task: suggesting close names takes a while on a big tree
-        try:
-            return self._cache.peek(self._resolve(extension_type, name, version).key)
-        except LoaderError:
-            return None
+        else:
+            try:
+                hit = self._cache.get(self._resolve(extension_type, name, version).key)
+            except LoaderError:
+                return None
+        if hit is not None:
+            self.counters.total += 1
+            self.counters.hits += 1
+        return hit
 
     async def reload(self, extension_type: ExtensionType, name: str, version: str | None) -> Outcome:
         """Drops every cached version of the extension and loads it again from disk."""

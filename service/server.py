@@ -312,67 +312,79 @@ class ExtensionService:
             # a reload, a scan of the disk) gets a task of its own; an answer that is ready now (a cache hit,
             # list, stats) is given here, which costs a fraction of starting a task.
             assert self._tg is not None
+            started = time.perf_counter_ns()
             fmt = codec.Codec.of(msg.headers)
-            hit = self._cached(msg, fmt) if endpoint.request is LoadRequest else None
             self._active += 1
-            if endpoint.inline or hit is not None:
-                await self._handle(endpoint, msg, fmt, hit)
+            if endpoint.request is LoadRequest and not self._tracing:
+                hit = self._cached(msg, fmt)
+                if hit is not None:
+                    # The answer orchestrators ask for most, at the least cost: no task, no span (tracing is
+                    # off), no audit (nothing changes), a reply encoded once per cache entry.
+                    body, headers, error = self._hit_reply(hit, fmt)
+                    try:
+                        await self._reply(msg, body, headers)
+                    finally:
+                        self._done(endpoint, time.perf_counter_ns() - started, error)
+                    return
+            if endpoint.inline:
+                await self._handle(endpoint, msg, fmt)
             else:
-                self._tg.start_soon(self._handle, endpoint, msg, fmt, None)
+                self._tg.start_soon(self._handle, endpoint, msg, fmt)
 
         return dispatch
 
-    def _cached(self, msg: Msg, fmt: codec.Codec) -> LoadRequest | None:
-        """The request, when it is a load the cache answers as it stands."""
+    def _cached(self, msg: Msg, fmt: codec.Codec) -> Extension | None:
+        """The extension, counted as a cache hit, when the request is a load the cache answers as it stands."""
         try:
             req = codec.decode(msg.data, LoadRequest, fmt)
         except LoaderError:
             return None
-        if req.with_dependencies or self.manager.peek(req.type, req.name, req.version) is None:
+        if req.with_dependencies:
             return None
-        return req
+        return self.manager.hit(req.type, req.name, req.version)
 
-    async def _handle(self, endpoint: Endpoint, msg: Msg, fmt: codec.Codec, decoded: Any) -> None:
+    def _hit_reply(self, hit: Extension, fmt: codec.Codec) -> tuple[bytes, dict[str, str], LoaderError | None]:
+        body = codec.success(hit, fmt)
+        if len(body) <= self.nc.max_payload:
+            return body, _OK_HEADERS[fmt], None
+        err = _too_large(len(body), self.nc.max_payload)
+        return codec.failure(err, fmt), _error_headers(err, fmt), err
+
+    async def _handle(self, endpoint: Endpoint, msg: Msg, fmt: codec.Codec) -> None:
         started = time.perf_counter_ns()
-        error: str | None = None
-        outcome = "ok"
+        error: LoaderError | None = None
         events: list[Event] = []
         audit.handling(msg.headers, msg.subject)
         try:
             with self._span(msg) as span:
                 try:
-                    request = decoded if decoded is not None else codec.decode(msg.data, endpoint.request, fmt)
+                    request = codec.decode(msg.data, endpoint.request, fmt)
                     if span.is_recording():
                         _describe(span, request)
                     data, events = await endpoint.handler(request, span)
                     body = codec.success(data, fmt)
                     if len(body) > self.nc.max_payload:
-                        raise LoadFailed(
-                            f"the reply ({len(body)} bytes) is larger than the NATS server's max_payload "
-                            f"({self.nc.max_payload} bytes); narrow the request"
-                        )
-                    headers = {"Content-Type": fmt.value}
+                        raise _too_large(len(body), self.nc.max_payload)
+                    headers = _OK_HEADERS[fmt]
                 except Exception as exc:
-                    err = exc if isinstance(exc, LoaderError) else _internal(exc, msg.subject)
-                    error, outcome = err.message, err.code
+                    error = err = exc if isinstance(exc, LoaderError) else _internal(exc, msg.subject)
                     span.set_status(trace.StatusCode.ERROR, err.message)
                     span.set_attribute("error.type", err.code)
-                    body = codec.failure(err, fmt)
-                    headers = {
-                        "Content-Type": fmt.value,
-                        "Nats-Service-Error": _header_safe(err.message),
-                        "Nats-Service-Error-Code": str(err.status),
-                    }
+                    body, headers = codec.failure(err, fmt), _error_headers(err, fmt)
                 await self._reply(msg, body, headers)
                 if events:
                     await self.publisher.publish(events, carry=_trace_headers(msg.headers))
         finally:
-            endpoint.stats.record(time.perf_counter_ns() - started, error)
-            if self._metrics:
-                metrics.requests.add(1, {"messaging.destination.name": endpoint.subject, "outcome": outcome})
-            self._active -= 1
-            if not self._active and self._idle is not None:
-                self._idle.set()
+            self._done(endpoint, time.perf_counter_ns() - started, error)
+
+    def _done(self, endpoint: Endpoint, elapsed_ns: int, error: LoaderError | None) -> None:
+        endpoint.stats.record(elapsed_ns, None if error is None else error.message)
+        if self._metrics:
+            outcome = "ok" if error is None else error.code
+            metrics.requests.add(1, {"messaging.destination.name": endpoint.subject, "outcome": outcome})
+        self._active -= 1
+        if not self._active and self._idle is not None:
+            self._idle.set()
 
     def _span(self, msg: Msg) -> AbstractContextManager[trace.Span]:
         """The request's SERVER span, child of the caller's trace context; none at all when no tracer provider
@@ -509,6 +521,24 @@ def _describe(span: trace.Span, request: Any) -> None:
 def _internal(exc: Exception, subject: str) -> LoaderError:
     log.exception("unexpected error while handling %s", subject)
     return LoadFailed(f"internal error ({type(exc).__name__}); see the service log")
+
+
+_OK_HEADERS = {fmt: {"Content-Type": fmt.value} for fmt in codec.Codec}
+
+
+def _error_headers(err: LoaderError, fmt: codec.Codec) -> dict[str, str]:
+    return {
+        "Content-Type": fmt.value,
+        "Nats-Service-Error": _header_safe(err.message),
+        "Nats-Service-Error-Code": str(err.status),
+    }
+
+
+def _too_large(size: int, max_payload: int) -> LoadFailed:
+    return LoadFailed(
+        f"the reply ({size} bytes) is larger than the NATS server's max_payload ({max_payload} bytes); "
+        "narrow the request"
+    )
 
 
 def _header_safe(text: str) -> str:

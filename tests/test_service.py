@@ -169,6 +169,41 @@ async def test_error_headers_and_micro_error_count(nc: Client, service: Extensio
     assert "nope" in load["last_error"]
 
 
+async def test_reply_over_max_payload_is_an_error_cold_and_cached(tmp_path: Path) -> None:
+    """A reply the server would refuse is a load_failed error, whether the load ran Nushell or came from the
+    cache (the cached answer takes its own, shorter path); the service keeps serving after it."""
+    conf = tmp_path / "small.conf"
+    conf.write_text("max_payload: 2048\n")
+    root = tmp_path / "ext"
+    long = "x" * 3000
+    write_extension(
+        root,
+        "taskserv",
+        "wordy",
+        "1.0.0",
+        metadata=f'name = "wordy"\nversion = "1.0.0"\ndescription = "{long}"\ntype = "taskserv"\n',
+    )
+    write_extension(root, "taskserv", "terse", "1.0.0")
+    with NatsServer(["-c", str(conf), "-a", "127.0.0.1", "-p", "-1"]) as server:
+        config = make_config(server.url, tmp_path, roots=[root])
+        nc = Client()
+        await nc.connect(server.url)
+        try:
+            async with running_service(config):
+                c = LoaderClient(nc, timeout=WAIT)
+                for _ in range(2):
+                    err = await expect_error(c.load("taskserv", "wordy", "1.0.0"), "load_failed")
+                    assert "max_payload (2048 bytes)" in err.message
+                stats = await c.stats()
+                assert stats["cache"]["hits"] == 1 and stats["cache"]["misses"] == 1
+                assert (await c.load("taskserv", "terse", "1.0.0"))["metadata"]["name"] == "terse"
+                micro = json.loads((await nc.request("$SRV.STATS.extension-loader", b"", timeout=WAIT)).data)
+                load = next(e for e in micro["endpoints"] if e["name"] == "load")
+                assert load["num_requests"] == 3 and load["num_errors"] == 2
+        finally:
+            await nc.close()
+
+
 async def test_dependency_errors(nats_server: NatsServer, nc: Client, tmp_path: Path) -> None:
     root = tmp_path / "ext"
     write_extension(root, "taskserv", "app", "1.0.0", dependencies=["ghost"])
