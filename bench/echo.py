@@ -1,9 +1,12 @@
 """The floor: a bare nats-py responder that answers every request with the request's own payload.
 
-    python -m bench.echo NATS_URL SUBJECT
+    python -m bench.echo NATS_URL SUBJECT [--content-type]
 
 It subscribes SUBJECT in the queue group `bench-echo`, and SUBJECT.ping for readiness, and runs until
 SIGTERM or SIGINT. No decoding, no headers, no tracing: what Python and NATS cost on their own.
+
+With `--content-type` each reply carries the one header the contract requires of every reply
+(`Content-Type: application/json`): what that header alone costs, a diagnostic beside the floor.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import nats
 from nats.aio.msg import Msg
 
 
-async def serve(url: str, subject: str) -> None:
+async def serve(url: str, subject: str, headers: dict[str, str] | None = None) -> None:
     nc = await nats.connect(url, name="bench-echo", max_reconnect_attempts=0, allow_reconnect=False)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -24,7 +27,7 @@ async def serve(url: str, subject: str) -> None:
         loop.add_signal_handler(signum, stop.set)
 
     async def echo(msg: Msg) -> None:
-        await nc.publish(msg.reply, msg.data)
+        await nc.publish(msg.reply, msg.data, headers=headers)
 
     async def ping(msg: Msg) -> None:
         await nc.publish(msg.reply, b"pong")
@@ -38,10 +41,10 @@ async def serve(url: str, subject: str) -> None:
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 2:
-        print("usage: python -m bench.echo NATS_URL SUBJECT", file=sys.stderr)
+    if len(argv) not in (2, 3) or argv[2:] not in ([], ["--content-type"]):
+        print("usage: python -m bench.echo NATS_URL SUBJECT [--content-type]", file=sys.stderr)
         return 2
-    asyncio.run(serve(argv[0], argv[1]))
+    asyncio.run(serve(argv[0], argv[1], {"Content-Type": "application/json"} if argv[2:] else None))
     return 0
 
 

@@ -108,19 +108,23 @@ def render(result: dict[str, Any]) -> str:
         "",
         "Cached `extensions.load` vs the echo responder (medians of "
         f"{result['sizes']['repetitions']} runs; latency in ms; CPU = the responder's user+system time per request, "
-        "from /proc, steadier than req/s on a shared machine):",
+        "from /proc, steadier than req/s on a shared machine). `echo+CT` is the echo responder replying with the "
+        "`Content-Type` header the contract requires of every reply: what that header alone costs.",
         "",
         _table(
             [
                 "in flight",
                 "echo req/s",
+                "echo+CT req/s",
                 "service req/s",
                 "ratio",
+                "ratio to echo+CT",
                 "echo p50",
                 "echo p99",
                 "svc p50",
                 "svc p99",
                 "echo CPU µs",
+                "echo+CT CPU µs",
                 "svc CPU µs",
                 "client CPU µs",
             ],
@@ -128,13 +132,16 @@ def render(result: dict[str, Any]) -> str:
                 [
                     str(lv["in_flight"]),
                     f"{lv['echo']['rps']:,.0f}",
+                    f"{lv['echo_ct']['rps']:,.0f}",
                     f"{lv['service']['rps']:,.0f}",
                     f"{lv['ratio']:.2f}",
+                    f"{lv['ratio_to_echo_ct']:.2f}",
                     f"{lv['echo']['p50_us'] / 1000:.3f}",
                     f"{lv['echo']['p99_us'] / 1000:.3f}",
                     f"{lv['service']['p50_us'] / 1000:.3f}",
                     f"{lv['service']['p99_us'] / 1000:.3f}",
                     f"{lv['echo']['responder_cpu_us_per_request']:.1f}",
+                    f"{lv['echo_ct']['responder_cpu_us_per_request']:.1f}",
                     f"{lv['service']['responder_cpu_us_per_request']:.1f}",
                     f"{lv['service']['client_cpu_us_per_request']:.1f}",
                 ]

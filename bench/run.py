@@ -61,6 +61,7 @@ RESULTS = ROOT / "bench" / "results" / "latest.json"
 
 PREFIX = "extensions"
 ECHO_SUBJECT = "bench.echo"
+ECHO_CT_SUBJECT = "bench.echo-ct"
 SERVICE_PING = "$SRV.PING.extension-loader"
 SERVICE_MARKER = " serve --nats-url "  # in the service's command line, not in a wrapper's or Nushell's
 LOAD = {"extension_type": "taskserv", "name": "kubernetes", "version": "1.28.0"}
@@ -196,16 +197,29 @@ async def _measure(options: Options, work: Path, logs: Path) -> dict[str, Any]:
     server = NatsServer(["-a", "127.0.0.1", "-p", "-1"]).start()
     try:
         echo = _start(children, "echo", [sys.executable, "-m", "bench.echo", server.url, ECHO_SUBJECT], logs)
+        echo_ct = _start(
+            children,
+            "echo-ct",
+            [sys.executable, "-m", "bench.echo", server.url, ECHO_CT_SUBJECT, "--content-type"],
+            logs,
+        )
         svc = _start_service(children, options, server.url, work / "data", [EXAMPLES], logs / "service.log")
         nc = await nats.connect(server.url, name="bench-client", max_reconnect_attempts=0, allow_reconnect=False)
         try:
             out["startup"] = {
                 "echo_ready_s": await wait_ready(nc, f"{ECHO_SUBJECT}.ping", echo),
+                "echo_ct_ready_s": await wait_ready(nc, f"{ECHO_CT_SUBJECT}.ping", echo_ct),
                 "service_ready_s": await wait_ready(nc, SERVICE_PING, svc),
             }
             pid = svc.main_pid(SERVICE_MARKER)
             out["rss"] = await rss_phase(nc, pid, sizes)
-            pids = {"echo": echo.pid, "service": pid, "nats_server": _pid(server), "client": os.getpid()}
+            pids = {
+                "echo": echo.pid,
+                "echo_ct": echo_ct.pid,
+                "service": pid,
+                "nats_server": _pid(server),
+                "client": os.getpid(),
+            }
             out["cached"] = await cached_phase(nc, sizes, pids)
             out["cold"] = await cold_phase(nc, options, work)
             out["simultaneous"] = await simultaneous_phase(nc, sizes)
@@ -321,7 +335,9 @@ async def cached_phase(nc: Client, sizes: Sizes, pids: dict[str, int]) -> dict[s
     """Echo and service at each level; beside the client's figures, the CPU time each process used per request
     (from /proc), which tells a responder that is the bottleneck from a client or a machine that is."""
     payload = msgspec.json.encode(LOAD)
-    subjects = {"echo": ECHO_SUBJECT, "service": f"{PREFIX}.load"}
+    # echo_ct: the echo responder whose replies carry the Content-Type header the contract requires of the
+    # service's; a diagnostic (the targets are judged against the bare echo).
+    subjects = {"echo": ECHO_SUBJECT, "echo_ct": ECHO_CT_SUBJECT, "service": f"{PREFIX}.load"}
     runs: dict[str, dict[int, list[RunStats]]] = {t: {n: [] for n in sizes.levels} for t in subjects}
     cpu: dict[str, dict[int, list[dict[str, float]]]] = {t: {n: [] for n in sizes.levels} for t in subjects}
 
@@ -368,6 +384,8 @@ async def cached_phase(nc: Client, sizes: Sizes, pids: dict[str, int]) -> dict[s
             }
         echo_rps = entry["echo"]["rps"]
         entry["ratio"] = round(entry["service"]["rps"] / echo_rps, 3) if echo_rps else 0.0
+        echo_ct_rps = entry["echo_ct"]["rps"]
+        entry["ratio_to_echo_ct"] = round(entry["service"]["rps"] / echo_ct_rps, 3) if echo_ct_rps else 0.0
         levels.append(entry)
     return {"request": LOAD, "payload_bytes": len(payload), "levels": levels}
 

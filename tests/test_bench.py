@@ -43,12 +43,12 @@ def test_quick_run_writes_every_section(tmp_path: Path) -> None:
     levels = result["cached"]["levels"]
     assert [lv["in_flight"] for lv in levels] == list(QUICK.levels)
     for level in levels:
-        for target in ("echo", "service"):
+        for target in ("echo", "echo_ct", "service"):
             figures = level[target]
             _positive(figures, "rps", "p50_us", "p99_us")
             assert figures["errors"] == 0
             assert all(run["completed"] == QUICK.run_max_requests for run in figures["runs"])
-        assert level["ratio"] > 0
+        assert level["ratio"] > 0 and level["ratio_to_echo_ct"] > 0
 
     cold = result["cold"]
     for name in ("bare_nu", "bare_nu_no_std_lib", "loader_parse_only", "loader_direct", "service_reload", "runner"):
