@@ -315,18 +315,18 @@ class ExtensionService:
             started = time.perf_counter_ns()
             fmt = codec.Codec.of(msg.headers)
             self._active += 1
-            if endpoint.request is LoadRequest and not self._tracing:
-                hit = self._cached(msg, fmt)
-                if hit is not None:
-                    # The answer orchestrators ask for most, at the least cost: no task, no span (tracing is
-                    # off), no audit (nothing changes), a reply encoded once per cache entry.
-                    body, headers, error = self._hit_reply(hit, fmt)
-                    try:
-                        await self._reply(msg, body, headers)
-                    finally:
-                        self._done(endpoint, time.perf_counter_ns() - started, error)
-                    return
-            if endpoint.inline:
+            hit = self._cached(msg, fmt) if endpoint.request is LoadRequest else None
+            if hit is not None and not self._tracing:
+                # The answer orchestrators ask for most, at the least cost: no task, no span (tracing is off),
+                # no audit (nothing changes), a reply encoded once per cache entry.
+                body, headers, error = self._hit_reply(hit, fmt)
+                try:
+                    await self._reply(msg, body, headers)
+                finally:
+                    self._done(endpoint, time.perf_counter_ns() - started, error)
+            elif hit is not None:
+                await self._handle(endpoint, msg, fmt, hit)
+            elif endpoint.inline:
                 await self._handle(endpoint, msg, fmt)
             else:
                 self._tg.start_soon(self._handle, endpoint, msg, fmt)
@@ -350,7 +350,8 @@ class ExtensionService:
         err = _too_large(len(body), self.nc.max_payload)
         return codec.failure(err, fmt), _error_headers(err, fmt), err
 
-    async def _handle(self, endpoint: Endpoint, msg: Msg, fmt: codec.Codec) -> None:
+    async def _handle(self, endpoint: Endpoint, msg: Msg, fmt: codec.Codec, hit: Extension | None = None) -> None:
+        """Answers one request; `hit` is the extension a cached load answers with, found (and counted) already."""
         started = time.perf_counter_ns()
         error: LoaderError | None = None
         events: list[Event] = []
@@ -361,7 +362,11 @@ class ExtensionService:
                     request = codec.decode(msg.data, endpoint.request, fmt)
                     if span.is_recording():
                         _describe(span, request)
-                    data, events = await endpoint.handler(request, span)
+                    if hit is None:
+                        data, events = await endpoint.handler(request, span)
+                    else:
+                        data = hit
+                        _describe_outcome(span, hit, cold=False)
                     body = codec.success(data, fmt)
                     if len(body) > self.nc.max_payload:
                         raise _too_large(len(body), self.nc.max_payload)
@@ -429,15 +434,12 @@ class ExtensionService:
 
     async def _load(self, req: LoadRequest, span: trace.Span) -> tuple[Any, list[Event]]:
         outcome = await self.manager.load(req.type, req.name, req.version, with_dependencies=req.with_dependencies)
-        if span.is_recording():
-            span.set_attribute("extension.version", outcome.extension.metadata.version)
-            span.set_attribute("cache.hit", not outcome.cold)
+        _describe_outcome(span, outcome.extension, outcome.cold)
         return outcome.extension, outcome.events
 
     async def _reload(self, req: ReloadRequest, span: trace.Span) -> tuple[Any, list[Event]]:
         outcome = await self.manager.reload(req.type, req.name, req.version)
-        span.set_attribute("extension.version", outcome.extension.metadata.version)
-        span.set_attribute("cache.hit", False)
+        _describe_outcome(span, outcome.extension, cold=True)
         return outcome.extension, outcome.events
 
     async def _list(self, req: ListRequest, span: trace.Span) -> tuple[Any, list[Event]]:
@@ -516,6 +518,12 @@ def _describe(span: trace.Span, request: Any) -> None:
         value = getattr(request, attr, None)
         if value is not None:
             span.set_attribute(f"extension.{'type' if attr == 'extension_type' else attr}", value)
+
+
+def _describe_outcome(span: trace.Span, extension: Extension, cold: bool) -> None:
+    if span.is_recording():
+        span.set_attribute("extension.version", extension.metadata.version)
+        span.set_attribute("cache.hit", not cold)
 
 
 def _internal(exc: Exception, subject: str) -> LoaderError:

@@ -110,7 +110,9 @@ async def test_request_span_joins_the_callers_trace(
 
     await nc.request("extensions.load", body, timeout=WAIT, headers={"traceparent": TRACEPARENT})
     hit = recorded.finished("process extensions.load")[-1]
-    assert dict(hit.attributes or {})["cache.hit"] is True
+    hit_attrs = dict(hit.attributes or {})
+    assert hit_attrs["cache.hit"] is True and hit_attrs["extension.version"] == "3.5.12"
+    assert hit.parent is not None and f"{hit.parent.span_id:016x}" == PARENT_ID
 
 
 async def test_errors_set_status_and_error_type(recorded: Recorded, nc: Client, service: ExtensionService) -> None:
