@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import anyio
-from cachetools import Cache, LRUCache
+from cachetools import LRUCache
 
 from . import audit
 from .errors import LoaderError, LoadFailed, Unavailable
@@ -82,10 +82,6 @@ class _LRU(LRUCache[str, Extension]):
     def __init__(self, maxsize: int, on_evict: Callable[[Extension], None]) -> None:
         super().__init__(maxsize)
         self._on_evict = on_evict
-
-    def peek(self, key: str) -> Extension | None:
-        """The entry, without marking it used."""
-        return Cache.__getitem__(self, key) if key in self else None
 
     def popitem(self) -> tuple[str, Extension]:
         key, value = super().popitem()

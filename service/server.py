@@ -1,10 +1,11 @@
 """The NATS wiring: where a request enters and its reply leaves.
 
 `ExtensionService` owns the NATS connection and the task group. Entering it connects, subscribes every
-request subject in the queue group and the `$SRV` subjects, and returns once they are live. Each request is
-handled in its own task, so a slow cold load never holds up a cached answer. `_handle` is the one boundary
-where any exception becomes an error reply. Leaving drains the subscriptions (no request already received
-is dropped), waits for the handlers in flight and their events, then drains the connection.
+request subject in the queue group and the `$SRV` subjects, and returns once they are live. A request that
+can wait (a cold load, a reload, a scan) is handled in its own task, so it never holds up a cached answer,
+which is given in the subscription's callback. `_handle`, and the cached answer's short path beside it, are
+the boundaries where any exception becomes an error reply. Leaving drains the subscriptions (no request already
+received is dropped), waits for the handlers in flight and their events, then drains the connection.
 """
 
 from __future__ import annotations
@@ -319,7 +320,12 @@ class ExtensionService:
             if hit is not None and not self._tracing:
                 # The answer orchestrators ask for most, at the least cost: no task, no span (tracing is off),
                 # no audit (nothing changes), a reply encoded once per cache entry.
-                body, headers, error = self._hit_reply(hit, fmt)
+                error: LoaderError | None = None
+                try:
+                    body, headers, error = self._hit_reply(hit, fmt)
+                except Exception as exc:
+                    error = _internal(exc, msg.subject)
+                    body, headers = codec.failure(error, fmt), _error_headers(error, fmt)
                 try:
                     await self._reply(msg, body, headers)
                 finally:
@@ -341,7 +347,12 @@ class ExtensionService:
             return None
         if req.with_dependencies:
             return None
-        return self.manager.hit(req.type, req.name, req.version)
+        try:
+            return self.manager.hit(req.type, req.name, req.version)
+        except Exception:
+            # A defect, not a hit: the general path runs the load and answers with the error if it recurs.
+            log.exception("looking up %s %s in the cache failed", req.type, req.name)
+            return None
 
     def _hit_reply(self, hit: Extension, fmt: codec.Codec) -> tuple[bytes, dict[str, str], LoaderError | None]:
         body = codec.success(hit, fmt)

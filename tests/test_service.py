@@ -204,6 +204,33 @@ async def test_reply_over_max_payload_is_an_error_cold_and_cached(tmp_path: Path
             await nc.close()
 
 
+async def test_a_defect_on_the_cached_path_is_a_500_reply_and_does_not_hold_up_stop(
+    nc: Client, config: Any, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Fault injection (the encoder fails once an extension is cached): the cached answer's short path turns
+    the exception into an internal-error reply as the general path does, counts it, and leaves nothing in
+    flight, so stopping does not wait out the drain time."""
+    body = {"extension_type": "taskserv", "name": "etcd", "version": "3.5.12"}
+    async with running_service(config):
+        assert json.loads((await raw_request(nc, "extensions.load", body)).data)["success"] is True
+
+        def broken(data: Any, fmt: Any) -> bytes:
+            raise RuntimeError("encoder defect")
+
+        monkeypatch.setattr("service.codec.success", broken)
+        reply = await raw_request(nc, "extensions.load", body)
+        monkeypatch.undo()
+        assert reply.headers["Nats-Service-Error-Code"] == "500"
+        error = json.loads(reply.data)["error"]
+        assert error["code"] == "load_failed" and "RuntimeError" in error["message"]
+        assert "encoder defect" not in reply.data.decode()  # no internals reach the client
+        micro = json.loads((await nc.request("$SRV.STATS.extension-loader", b"", timeout=WAIT)).data)
+        load = next(e for e in micro["endpoints"] if e["name"] == "load")
+        assert load["num_requests"] == 2 and load["num_errors"] == 1
+        assert json.loads((await raw_request(nc, "extensions.load", body)).data)["success"] is True
+    assert not [r for r in caplog.records if "still running" in r.getMessage()]
+
+
 async def test_dependency_errors(nats_server: NatsServer, nc: Client, tmp_path: Path) -> None:
     root = tmp_path / "ext"
     write_extension(root, "taskserv", "app", "1.0.0", dependencies=["ghost"])

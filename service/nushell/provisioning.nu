@@ -527,6 +527,7 @@ def remove-tree [...paths: string] {
         if ($left | is-empty) { return }
         for p in $left { try { rm --recursive --force --permanent $p } }
     }
+    for p in ($paths | where {|p| (kind $p) != "" }) { warn $"could not remove ($p)" }
 }
 
 # Leftovers of killed loads: ".<version>.tmp-*" and ".<version>.old-*" folders older than STALE_AFTER.
