@@ -246,10 +246,16 @@ class ExtensionService:
             await nc.connect(**self._connect_options(), error_cb=on_error)
             settled.set()
 
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(attempt)
-            await settled.wait()
-            tg.cancel_scope.cancel()
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(attempt)
+                await settled.wait()
+                tg.cancel_scope.cancel()
+        except BaseException:  # cancelled while waiting for a server: leave nothing of the attempt running
+            self._closed = True  # a close, not a lost connection, for the disconnected callback
+            with anyio.CancelScope(shield=True), anyio.move_on_after(2):
+                await nc.close()
+            raise
         if refused:
             with anyio.CancelScope(shield=True):
                 try:

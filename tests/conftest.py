@@ -152,8 +152,11 @@ def service_process(
     env: dict[str, str] | None = None,
     stdout: int = subprocess.DEVNULL,
     overrides: dict[str, Any] | None = None,
+    ready_when: str = "serving extensions.*",
+    lines: list[str] | None = None,
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """`extension-loader serve` as a separate process, yielded once it logs that it serves; killed at the end."""
+    """`extension-loader serve` as a separate process, yielded once it logs `ready_when` (by default, that it
+    serves); its log lines go into `lines` when given; killed at the end."""
     sets = {
         "orchestrator.paths.data_dir": str(tmp_path / "data"),
         "orchestrator.extensions.paths": [str(r) for r in (roots or [EXAMPLES])],
@@ -168,13 +171,14 @@ def service_process(
         cmd, env={**os.environ, **(env or {})}, stdin=subprocess.DEVNULL, stdout=stdout, stderr=subprocess.PIPE
     )
     ready = threading.Event()
-    lines: list[str] = []
+    if lines is None:
+        lines = []
 
     def read() -> None:
-        assert proc.stderr is not None
+        assert proc.stderr is not None and lines is not None
         for raw in proc.stderr:
             lines.append(raw.decode(errors="replace"))
-            if "serving extensions.*" in lines[-1]:
+            if ready_when in lines[-1]:
                 ready.set()
 
     reader = threading.Thread(target=read, daemon=True)

@@ -94,6 +94,23 @@ async def test_sigterm_answers_every_request_already_received(
     assert code == 0
 
 
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+async def test_a_stop_while_waiting_for_nats_ends_the_service_at_once(tmp_path: Path, signum: signal.Signals) -> None:
+    """A service started before its NATS server waits for it; SIGTERM or Ctrl-C then stops it (exit 0), as they
+    do once it serves, instead of being ignored until a server appears."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # free, and nothing will listen on it
+    lines: list[str] = []
+    url = f"nats://127.0.0.1:{port}"
+    with service_process(url, tmp_path, ready_when="Connect call failed", lines=lines) as proc:
+        proc.send_signal(signum)
+        code = await anyio.to_thread.run_sync(proc.wait, WAIT)
+    assert code == 0, "".join(lines)
+    assert any(f"{signum.name} received: stopping" in line for line in lines), "".join(lines)
+    assert not any("Traceback" in line for line in lines), "".join(lines)
+
+
 async def test_reconnects_after_a_server_restart(tmp_path: Path) -> None:
     first = NatsServer(["-a", "127.0.0.1", "-p", "-1"]).start()
     second = NatsServer(["-a", "127.0.0.1", "-p", str(first.port)])
