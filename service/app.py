@@ -68,6 +68,7 @@ async def serve(config: Config, *, on_ready: Callable[[ExtensionService], None] 
     audit.acting_as(config.nats.name)  # what the service changes by itself is done in its own name
     stop = anyio.Event()
     serving = False
+    failure: Exception | None = None
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with anyio.create_task_group() as tg:
 
@@ -82,13 +83,18 @@ async def serve(config: Config, *, on_ready: Callable[[ExtensionService], None] 
                     return
 
             tg.start_soon(on_signal)
-            async with ExtensionService(config, manager, version=service_version()) as service:
-                serving = True
-                # What starting made (modules, configuration, the connection) lives as long as the process: out
-                # of the collector's sight, a full collection walks a few objects instead of ~40,000 (7 ms here).
-                gc.freeze()
-                await run(service, stop, on_ready=on_ready)
+            try:
+                async with ExtensionService(config, manager, version=service_version()) as service:
+                    serving = True
+                    # What starting made (modules, configuration, the connection) lives as long as the process:
+                    # out of the collector's sight, a full collection walks a few objects, not ~40,000 (7 ms here).
+                    gc.freeze()
+                    await run(service, stop, on_ready=on_ready)
+            except Exception as exc:
+                failure = exc  # raised here, it would leave the task group wrapped in an ExceptionGroup
             tg.cancel_scope.cancel()
+    if failure is not None:
+        raise failure
 
 
 async def run(

@@ -109,6 +109,7 @@ class ExtensionService:
         self._idle: anyio.Event | None = None  # made only while stop() waits (one a request cost 5% of a cached answer)
         self._closed = False
         self._drained = False
+        self._sub_refusals: list[str] = []  # subscriptions the server refused (the user lacks the permission)
         # Decided once: asking OpenTelemetry for its provider reads the environment, on every request otherwise.
         self._tracing = not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
         self._metrics = isinstance(metrics_api.get_meter_provider(), MeterProvider)
@@ -160,7 +161,14 @@ class ExtensionService:
         # Every instance hears every other one's events (no queue group), to forget what a peer reloaded.
         for subject in (self.publisher.loaded_subject, self.publisher.unloaded_subject):
             self._subs.append(await self.nc.subscribe(subject, cb=self._on_peer_event))
-        await flush_subscriptions(self.nc)
+        await flush_subscriptions(self.nc)  # the server's refusals, if any, arrive before its PONG
+        if self._sub_refusals:
+            who = f"user {self.config.nats.user!r}" if self.config.nats.user else "a client without a user name"
+            raise ConnectRefused(
+                f"NATS at {self.config.nats.url} lets {who} in but refuses {len(self._sub_refusals)} of the "
+                f"service's subscriptions ({self._sub_refusals[0]}): the service needs the permissions of the "
+                "loader user in nats.conf (README.md, Security)"
+            )
         metrics.observe(self.manager)
         log.info(
             "serving %s.* in queue group %s as instance %s",
@@ -267,6 +275,8 @@ class ExtensionService:
 
     async def _on_error(self, exc: Exception) -> None:
         log.warning("NATS error: %s", exc)
+        if "permissions violation for subscription" in str(exc).lower():
+            self._sub_refusals.append(str(exc).removeprefix("nats: "))
 
     async def _on_disconnected(self) -> None:
         if self._closed:
@@ -484,7 +494,8 @@ class ExtensionService:
 
 
 class ConnectRefused(Exception):
-    """NATS refused the service's credentials or certificate; trying again would not help."""
+    """NATS refused the service's credentials, its certificate or its subscriptions; trying again would not
+    help."""
 
 
 def _is_refusal(exc: Exception) -> bool:

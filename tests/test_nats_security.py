@@ -485,6 +485,31 @@ async def test_the_service_with_a_wrong_password_is_refused(secured: NatsServer,
     await wait_for_log(secured, 'authentication error - User "loader"')
 
 
+@pytest.mark.parametrize("user", ["orchestrator", ANONYMOUS, "observer"])
+async def test_the_service_as_a_user_that_may_not_serve_is_refused(
+    secured: NatsServer, tmp_path: Path, user: str
+) -> None:
+    """`extension-loader serve` started with another user's credentials (or none, the usual slip on a machine
+    where `make run` serves) gets in but may not subscribe to the request subjects: it stops at once and says
+    why, instead of logging violations and then claiming to serve."""
+    credentials = (
+        [] if user == ANONYMOUS else ["--set", f'nats.user="{user}"', "--set", f'nats.password="{PASSWORDS[user]}"']
+    )
+    argv = [
+        *(sys.executable, "-m", "service", "serve", "--nats-url", secured.url),
+        *credentials,
+        *("--set", f'orchestrator.extensions.paths=["{EXAMPLES}"]', "--set", f'nushell.path="{NU}"'),
+        *("--set", "orchestrator.extensions.auto_load=false"),
+    ]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
+    with anyio.fail_after(WAIT):
+        done = await anyio.run_process(argv, env=env, cwd=tmp_path, check=False)
+    said = done.stderr.decode()
+    assert done.returncode == 3, said
+    assert "refuses" in said and "permissions violation for subscription" in said.lower() and "loader user" in said
+    assert "serving extensions" not in said and "Traceback" not in said
+
+
 async def test_the_container_health_check_passes_as_the_loader_user(secured: NatsServer, tmp_path: Path) -> None:
     """deploy/healthcheck.py with the compose environment (user loader, its password) against nats.conf."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
