@@ -45,7 +45,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Loads infrastructure extensions through Nushell and serves them over NATS.",
     )
     p.add_argument("--version", action="version", version=f"%(prog)s {service_version()}")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Subcommand)
 
     def server_options(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--config", "-c", metavar="FILE", help="TOML file over the packaged defaults")
@@ -92,13 +92,47 @@ def _parser() -> argparse.ArgumentParser:
     client("list", "what is loaded now", typed="optional")
     client("status", "whether an extension is loaded", typed="required", versioned=True)
     disc = client("discover", "what is available on disk", typed="optional")
-    disc.add_argument("--name")
+    # SUPPRESS: a NAME left out must not overwrite a --name given before it.
+    disc.add_argument(
+        "name", nargs="?", default=argparse.SUPPRESS, action=_OneName, metavar="NAME", help="only this extension"
+    )
+    disc.add_argument("--name", action=_OneName, help="same as NAME")
     client("stats", "cache and load statistics")
     client("clear", "empty the cache (extensions.cache.clear)")
     graph = client("graph", "an extension's dependency graph", typed="required", versioned=True)
     graph.add_argument("--format", "-f", choices=["json", "dot", "mermaid"], default="json")
     client("watch", "print extensions.loaded and extensions.unloaded events as they come")
     return p
+
+
+class _Subcommand(argparse.ArgumentParser):
+    """A subcommand's parser: what it does not recognise is its own usage error. argparse would hand it up to the
+    top-level parser, whose usage (`COMMAND ...`) does not show the options the person was reaching for."""
+
+    def parse_known_args(  # type: ignore[override]  # typeshed overloads it on the namespace type
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        parsed, rest = super().parse_known_args(args, namespace)
+        if rest:
+            self.error(f"unrecognized arguments: {' '.join(rest)}")
+        return parsed, rest
+
+
+class _OneName(argparse.Action):
+    """`discover TYPE NAME` and `discover TYPE --name NAME` mean the same; two different names are an error."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: str | Sequence[Any] | None,
+        option_string: str | None = None,
+    ) -> None:
+        given = getattr(namespace, self.dest, None)
+        if given is not None and values is not None and given != values:
+            other = "NAME" if option_string else "--name"
+            raise argparse.ArgumentError(self, f"{values!r} differs from {other} {given!r}; give one name")
+        setattr(namespace, self.dest, values)
 
 
 # --- the service ---
@@ -210,6 +244,14 @@ def _dev(args: argparse.Namespace) -> int:
 # --- the client ---
 
 
+class _CaFileError(Exception):
+    """--tls-ca names a file that cannot be read as a CA file; ssl's own errors do not name it."""
+
+    def __init__(self, path: str, exc: OSError) -> None:
+        problem = f"not a PEM file of CA certificates ({exc.reason})" if isinstance(exc, ssl.SSLError) else exc.strerror
+        super().__init__(f"--tls-ca {path}: {problem or exc}")
+
+
 def _client(args: argparse.Namespace) -> int:
     try:
         return anyio.run(_client_main, args)
@@ -218,8 +260,21 @@ def _client(args: argparse.Namespace) -> int:
         if exc.details:
             print(json.dumps(exc.details, indent=2), file=sys.stderr)
         return 1
+    except _CaFileError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 4
+    except nats.errors.NoRespondersError as exc:
+        who = f"as user {args.user!r}" if args.user else "without a user (--user)"
+        print(
+            f"error: {args.server}: {exc}\n"
+            f"hint: NATS is up, but no extension-loader service answers on {args.prefix}.*: the service is not "
+            f"running, or it cannot be reached {who}",
+            file=sys.stderr,
+        )
+        return 4
     except (OSError, nats.errors.Error) as exc:
-        cause = f" ({_last_error[-1]})" if _last_error else ""
+        # The error callback often saw the very error that is raised (an authorization violation): say it once.
+        cause = f" ({_last_error[-1]})" if _last_error and _last_error[-1] not in str(exc) else ""
         print(f"error: {args.server}: {exc}{cause}", file=sys.stderr)
         return 4
 
@@ -244,7 +299,10 @@ async def _client_main(args: argparse.Namespace) -> int:
     if args.user:
         options.update(user=args.user, password=args.password or "")
     if args.tls_ca:
-        options["tls"] = ssl.create_default_context(cafile=args.tls_ca)
+        try:
+            options["tls"] = ssl.create_default_context(cafile=args.tls_ca)
+        except OSError as exc:
+            raise _CaFileError(args.tls_ca, exc) from exc
     nc = await nats.connect(**options)
     try:
         if args.action == "watch":

@@ -122,7 +122,7 @@ def _invalid(text: str) -> InvalidRequest:
     unknown = re.fullmatch(r"Object contains unknown field `(.*)`", text, flags=re.DOTALL)
     if unknown:
         field = _short(unknown.group(1), 64)
-        return InvalidRequest(_short(f"unknown field {unknown.group(1)!r}"), field=field)
+        return InvalidRequest(_short(f"unknown field {unknown.group(1)!r}"), field=field, about_field=False)
     missing = re.fullmatch(r"Object missing required field `(.*)`", text, flags=re.DOTALL)
     if missing:
         return InvalidRequest("a required field is missing", field=missing.group(1))

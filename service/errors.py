@@ -38,10 +38,12 @@ class InvalidRequest(LoaderError):
     code = "invalid_request"
     status = 400
 
-    def __init__(self, reason: str, *, field: str | None = None) -> None:
+    def __init__(self, reason: str, *, field: str | None = None, about_field: bool = True) -> None:
+        """`about_field=False`: the field is named in details only, for a field that should not be there at all
+        ("invalid extra: unknown field 'extra'" misreads)."""
         self.field = field
         self.reason = reason
-        super().__init__(f"invalid {field}: {reason}" if field else f"invalid request: {reason}")
+        super().__init__(f"invalid {field}: {reason}" if field and about_field else f"invalid request: {reason}")
 
     def details(self) -> dict[str, Any]:
         out: dict[str, Any] = {"reason": self.reason}

@@ -47,9 +47,10 @@ class Constraint:
         spec_text = f"=={raw}" if exact is not None else raw
         try:
             spec = sv.SimpleSpec(spec_text)
-        except ValueError as exc:
+        except ValueError:
+            # The library's own text ("Invalid simple block ...") names its parser's internals, not the fix.
             raise InvalidRequest(
-                f"{raw!r} is not a version or constraint ({exc}); use e.g. 1.28.0, ^1.28, ~1.28.0, "
+                f"{raw!r} is not a version or constraint; use e.g. 1.28.0, ^1.28, ~1.28.0, "
                 '">=1.27,<2", 1.28.* or latest',
                 field=field,
             ) from None

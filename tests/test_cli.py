@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
 import pytest
 
+from service.client import LoaderClient, RemoteError
 from service.natsserver import NatsServer
 from service.server import ExtensionService
 from tests.conftest import WAIT
@@ -18,10 +20,14 @@ pytestmark = pytest.mark.anyio
 CLI = str(Path(sys.executable).with_name("extension-loader"))
 
 
-async def cli(server: NatsServer, *args: str) -> tuple[int, str, str]:
+async def run(*args: str) -> tuple[int, str, str]:
     with anyio.fail_after(WAIT):
-        done = await anyio.run_process([CLI, *args, "--server", server.url], check=False)
+        done = await anyio.run_process([CLI, *args], check=False)
     return done.returncode, done.stdout.decode(), done.stderr.decode()
+
+
+async def cli(server: NatsServer, *args: str) -> tuple[int, str, str]:
+    return await run(*args, "--server", server.url)
 
 
 async def test_client_commands(nats_server: NatsServer, service: ExtensionService) -> None:
@@ -90,3 +96,82 @@ async def test_watch_prints_events_as_they_come(nats_server: NatsServer, service
             assert event["reason"] == "load" and event["extension"]["metadata"]["name"] == "aws"
         finally:
             watcher.kill()
+
+
+@pytest.mark.parametrize(
+    ("args", "usage", "complaint"),
+    [
+        (["load", "taskserv", "kubernetes", "--verison", "1.28.0"], "load", "unrecognized arguments: --verison 1.28.0"),
+        (["discover", "taskserv", "kubernetes", "extra"], "discover", "unrecognized arguments: extra"),
+        (["stats", "--version"], "stats", "unrecognized arguments: --version"),
+        # before the command, an unknown option is the top-level parser's to refuse
+        (["--bogus", "stats"], "[-h] [--version] COMMAND", "unrecognized arguments: --bogus"),
+    ],
+    ids=["load --verison", "discover extra", "stats --version", "--bogus before the command"],
+)
+async def test_a_mistyped_argument_shows_the_usage_of_its_own_command(
+    args: list[str], usage: str, complaint: str
+) -> None:
+    code, out, err = await run(*args)
+    assert (code, out) == (2, "")
+    assert err.startswith(f"usage: extension-loader {usage} "), err
+    assert err.splitlines()[-1].endswith(f": error: {complaint}")
+
+
+async def test_discover_takes_the_name_as_an_argument_or_an_option(
+    nats_server: NatsServer, service: ExtensionService
+) -> None:
+    for args in (["kubernetes"], ["--name", "kubernetes"], ["kubernetes", "--name", "kubernetes"]):
+        code, out, err = await cli(nats_server, "discover", "taskserv", *args, "--json")
+        assert code == 0, err
+        assert [a["name"] for a in json.loads(out)] == ["kubernetes"]
+
+    code, out, err = await cli(nats_server, "discover", "taskserv", "kubernetes", "--name", "etcd")
+    assert (code, out) == (2, "")
+    assert err.startswith("usage: extension-loader discover ")
+    assert "'etcd'" in err and "'kubernetes'" in err
+
+
+async def test_no_service_behind_nats_says_so(nats_server: NatsServer) -> None:
+    code, _, err = await cli(nats_server, "stats")
+    assert code == 4
+    assert err.startswith(f"error: {nats_server.url}: nats: no responders available for request")
+    assert "extension-loader service" in err and "not running" in err and "Traceback" not in err
+
+
+@pytest.fixture
+def password_server() -> Iterator[NatsServer]:
+    server = NatsServer(["-a", "127.0.0.1", "-p", "-1", "--user", "someone", "--pass", "right"])
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+async def test_a_wrong_password_is_said_once(password_server: NatsServer) -> None:
+    code, _, err = await cli(password_server, "stats", "--user", "someone", "--password", "wrong")
+    assert (code, err) == (4, f"error: {password_server.url}: nats: 'Authorization Violation'\n")
+
+
+async def test_a_missing_ca_file_is_named(nats_server: NatsServer, tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-ca.pem"
+    code, _, err = await cli(nats_server, "stats", "--tls-ca", str(missing))
+    assert code == 4
+    assert err.count("\n") == 1 and str(missing) in err and "No such file or directory" in err
+
+
+async def test_a_bad_version_says_what_is_accepted(nats_server: NatsServer, service: ExtensionService) -> None:
+    code, _, err = await cli(nats_server, "load", "taskserv", "kubernetes", "--version", "banana")
+    assert code == 1
+    assert err.startswith("error: invalid_request: invalid version: 'banana' is not a version or constraint;")
+    assert "1.28.0, ^1.28" in err and "Invalid simple block" not in err
+    assert '"field": "version"' in err
+
+
+async def test_an_unknown_field_reads_naturally(client: LoaderClient) -> None:
+    with pytest.raises(RemoteError) as caught:
+        await client.request("load", {"extension_type": "taskserv", "name": "kubernetes", "extra": 1})
+    error = caught.value
+    assert (error.code, error.message) == ("invalid_request", "invalid request: unknown field 'extra'")
+    assert error.details["field"] == "extra"
