@@ -133,6 +133,7 @@ class ExtensionService:
         try:
             await self._start()
         except BaseException:
+            self._closed = True  # closing, not a lost connection, for the disconnected callback
             await self._stack.aclose()
             raise
         return self
@@ -260,7 +261,7 @@ class ExtensionService:
                 await settled.wait()
                 tg.cancel_scope.cancel()
         except BaseException:  # cancelled while waiting for a server: leave nothing of the attempt running
-            self._closed = True  # a close, not a lost connection, for the disconnected callback
+            self._closed = True  # closing, not a lost connection, for the disconnected callback
             with anyio.CancelScope(shield=True), anyio.move_on_after(2):
                 await nc.close()
             raise
