@@ -67,34 +67,40 @@ async def serve(config: Config, *, on_ready: Callable[[ExtensionService], None] 
     manager = build_manager(config)
     audit.acting_as(config.nats.name)  # what the service changes by itself is done in its own name
     stop = anyio.Event()
-    serving = False
     failure: Exception | None = None
+    service = ExtensionService(config, manager, version=service_version())
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with anyio.create_task_group() as tg:
 
             async def on_signal() -> None:
                 async for signum in signals:
                     log.info("%s received: stopping", signal.Signals(signum).name)
-                    stop.set()
-                    if not serving:
-                        # Still connecting (a NATS server that is not there yet is waited for): nothing was
-                        # received, so there is nothing to drain.
+                    stop.set()  # `run` drains what was received, once the start is complete
+                    if not service.subscribed:
+                        # Still connecting (a NATS server that is not there yet is waited for): nothing can
+                        # have been received, so there is nothing to drain.
                         tg.cancel_scope.cancel()
                     return
 
             tg.start_soon(on_signal)
             try:
-                async with ExtensionService(config, manager, version=service_version()) as service:
-                    serving = True
+                async with service:
                     # What starting made (modules, configuration, the connection) lives as long as the process:
                     # out of the collector's sight, a full collection walks a few objects, not ~40,000 (7 ms here).
                     gc.freeze()
                     await run(service, stop, on_ready=on_ready)
             except Exception as exc:
-                failure = exc  # raised here, it would leave the task group wrapped in an ExceptionGroup
+                failure = _alone(exc)  # raised here, it would leave the task group wrapped in an ExceptionGroup
             tg.cancel_scope.cancel()
     if failure is not None:
         raise failure
+
+
+def _alone(exc: Exception) -> Exception:
+    """The one exception inside (nested) exception groups of one, so the caller can tell what failed."""
+    while isinstance(exc, ExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
 
 
 async def run(

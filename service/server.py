@@ -118,6 +118,11 @@ class ExtensionService:
         self._changed = anyio.Event()  # set (and replaced) whenever reconnects or peer_events grows
 
     @property
+    def subscribed(self) -> bool:
+        """Whether requests may have been received: from here on, a stop drains instead of cancelling."""
+        return bool(self._subs)
+
+    @property
     def nc(self) -> Client:
         assert self._nc is not None, "the service is not started"
         return self._nc
@@ -164,7 +169,14 @@ class ExtensionService:
             self._subs.append(await self.nc.subscribe(subject, cb=self._on_peer_event))
         await flush_subscriptions(self.nc)  # the server's refusals, if any, arrive before its PONG
         if self._sub_refusals:
-            who = f"user {self.config.nats.user!r}" if self.config.nats.user else "a client without a user name"
+            cfg = self.config.nats
+            who = (
+                f"user {cfg.user!r}"
+                if cfg.user
+                else "the configured token or credentials"
+                if cfg.token or cfg.creds
+                else "a client without a user name"
+            )
             raise ConnectRefused(
                 f"NATS at {self.config.nats.url} lets {who} in but refuses {len(self._sub_refusals)} of the "
                 f"service's subscriptions ({self._sub_refusals[0]}): the service needs the permissions of the "

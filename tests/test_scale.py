@@ -6,6 +6,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ import anyio
 import anyio.to_thread
 import nats
 import pytest
+from anyio.streams.buffered import BufferedByteReceiveStream
 from nats.aio.client import Client
 
 from service.app import run
@@ -23,7 +25,16 @@ from service.natsserver import NatsServer, nats_server_binary
 from service.server import flush_subscriptions
 from service.store import ExtensionStore
 from service.versions import Constraint
-from tests.conftest import WAIT, EventLog, make_config, running_service, service_process, write_extension
+from tests.conftest import (
+    NU,
+    ROOT,
+    WAIT,
+    EventLog,
+    make_config,
+    running_service,
+    service_process,
+    write_extension,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -109,6 +120,67 @@ async def test_a_stop_while_waiting_for_nats_ends_the_service_at_once(tmp_path: 
     assert code == 0, "".join(lines)
     assert any(f"{signum.name} received: stopping" in line for line in lines), "".join(lines)
     assert not any("Traceback" in line for line in lines), "".join(lines)
+
+
+HELD_START = """
+import sys
+
+import anyio.to_thread
+
+import service.server
+from service import cli
+
+flush = service.server.flush_subscriptions
+
+
+async def held(nc):
+    # Fault injection: the start is held between subscribing and returning, until the test says go on stdin.
+    await flush(nc)
+    print("SUBSCRIBED", file=sys.stderr, flush=True)
+    await anyio.to_thread.run_sync(sys.stdin.readline)
+
+
+service.server.flush_subscriptions = held
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+async def test_a_stop_at_the_end_of_the_start_still_answers_what_was_received(
+    nats_server: NatsServer, nc: Client, tmp_path: Path
+) -> None:
+    """SIGTERM after the service subscribed but before its start returned: a request received meanwhile is
+    answered (drained), not cancelled as a stop during the connect is."""
+    script = tmp_path / "held_start.py"
+    script.write_text(HELD_START)
+    root = tmp_path / "ext"
+    write_extension(root, "taskserv", "slow", "1.0.0", module=slow_module(4000))  # still running at the stop
+    argv = [
+        *(sys.executable, str(script), "serve", "--nats-url", nats_server.url),
+        *("--set", f'orchestrator.paths.data_dir="{tmp_path / "data"}"', "--set", f'nushell.path="{NU}"'),
+        *("--set", f'orchestrator.extensions.paths=["{root}"]', "--set", "orchestrator.extensions.auto_load=false"),
+    ]
+    async with await anyio.open_process(argv, cwd=ROOT, stdin=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
+        assert proc.stdin is not None and proc.stderr is not None
+        stderr = BufferedByteReceiveStream(proc.stderr)
+        said: list[bytes] = []
+        with anyio.fail_after(WAIT):
+            while not said or b"SUBSCRIBED" not in said[-1]:
+                said.append(await stderr.receive_until(b"\n", 1 << 20))
+        client = LoaderClient(nc, timeout=WAIT)
+        replies: list[Any] = []
+
+        async def load() -> None:
+            replies.append(await client.load("taskserv", "slow", "1.0.0"))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(load)
+            await anyio.wait_all_tasks_blocked()  # the request is written ...
+            await flush_subscriptions(nc)  # ... and routed to the service by the server
+            proc.send_signal(signal.SIGTERM)
+            await proc.stdin.send(b"go on\n")
+        assert [r["metadata"]["name"] for r in replies] == ["slow"]
+        with anyio.fail_after(WAIT):
+            assert await proc.wait() == 0
 
 
 async def test_reconnects_after_a_server_restart(tmp_path: Path) -> None:
