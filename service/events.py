@@ -21,7 +21,7 @@ import nats.errors
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import StreamConfig
-from nats.js.errors import NotFoundError
+from nats.js.errors import APIError, NotFoundError, ServiceUnavailableError
 from opentelemetry import trace
 
 from .codec import JSON
@@ -64,11 +64,14 @@ class EventPublisher:
             return
         try:
             await self._setup(request_subjects)
-        except (nats.errors.TimeoutError, nats.errors.NoRespondersError) as exc:
+        except (nats.errors.TimeoutError, nats.errors.NoRespondersError, ServiceUnavailableError) as exc:
+            # nats-py reports a server without JetStream as ServiceUnavailableError (its no-responders reply).
             raise EventStreamError(
                 f"JetStream did not answer while setting up stream {self.stream!r} ({exc}): is JetStream enabled "
                 f"on the server, and may this user use $JS.API.STREAM.*.{self.stream}?"
             ) from None
+        except APIError as exc:
+            raise EventStreamError(f"JetStream refused to set up stream {self.stream!r}: {exc}") from None
 
     async def _setup(self, request_subjects: Sequence[str]) -> None:
         assert self.stream is not None

@@ -12,7 +12,7 @@ from nats.aio.client import Client
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StreamConfig
 
 from service.client import LoaderClient
-from service.events import StreamConflict
+from service.events import EventStreamError, StreamConflict
 from service.natsserver import NatsServer
 from tests.conftest import WAIT, EventLog, make_config, running_service
 
@@ -89,3 +89,13 @@ async def test_a_stream_over_request_subjects_stops_the_service(
     with pytest.raises(StreamConflict, match="EVERYTHING"):
         async with running_service(config):
             pass
+
+
+async def test_a_server_without_jetstream_stops_the_start_with_a_reason(tmp_path: Path) -> None:
+    """events.jetstream on, against a nats-server started without JetStream: a clear EventStreamError (the
+    command line's exit status 3), not the client library's ServiceUnavailableError and a traceback."""
+    with NatsServer(["-a", "127.0.0.1", "-p", "-1"]) as plain:
+        config = make_config(plain.url, tmp_path, overrides={"events.jetstream": True})
+        with pytest.raises(EventStreamError, match="is JetStream enabled on the server"):
+            async with running_service(config):
+                pass
