@@ -20,7 +20,7 @@ from nats.aio.client import Client
 from .app import serve, service_version
 from .client import LoaderClient, RemoteError
 from .config import Config, load_config
-from .errors import ConfigError
+from .errors import ConfigError, LoaderError
 from .events import EventStreamError
 from .natsserver import NatsServer
 from .runner import NushellMissing
@@ -130,8 +130,7 @@ class _OneName(argparse.Action):
     ) -> None:
         given = getattr(namespace, self.dest, None)
         if given is not None and values is not None and given != values:
-            other = "NAME" if option_string else "--name"
-            raise argparse.ArgumentError(self, f"{values!r} differs from {other} {given!r}; give one name")
+            raise argparse.ArgumentError(self, f"{values!r} differs from the name given before, {given!r}")
         setattr(namespace, self.dest, values)
 
 
@@ -170,7 +169,8 @@ def _run_service(config: Config, hint: str = "") -> int:
     telemetry = setup_telemetry(os.environ, version=service_version())
     try:
         anyio.run(lambda: serve(config, on_ready=ready))
-    except (NushellMissing, EventStreamError, ConnectRefused) as exc:
+    except (NushellMissing, EventStreamError, ConnectRefused, LoaderError) as exc:
+        # LoaderError at start: the cache folder cannot be made, say.
         print(f"extension-loader: {exc}", file=sys.stderr)
         return 3
     except OSError as exc:
@@ -248,8 +248,11 @@ class _CaFileError(Exception):
     """--tls-ca names a file that cannot be read as a CA file; ssl's own errors do not name it."""
 
     def __init__(self, path: str, exc: OSError) -> None:
-        problem = f"not a PEM file of CA certificates ({exc.reason})" if isinstance(exc, ssl.SSLError) else exc.strerror
-        super().__init__(f"--tls-ca {path}: {problem or exc}")
+        if isinstance(exc, ssl.SSLError):
+            problem = f"not a PEM file of CA certificates ({exc.reason or exc.strerror or exc})"
+        else:
+            problem = exc.strerror or str(exc)
+        super().__init__(f"--tls-ca {path}: {problem}")
 
 
 def _client(args: argparse.Namespace) -> int:

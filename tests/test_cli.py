@@ -175,3 +175,11 @@ async def test_an_unknown_field_reads_naturally(client: LoaderClient) -> None:
     error = caught.value
     assert (error.code, error.message) == ("invalid_request", "invalid request: unknown field 'extra'")
     assert error.details["field"] == "extra"
+
+
+async def test_serve_with_a_cache_folder_it_cannot_make_says_so(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    code, _, err = await run("serve", "--set", f"orchestrator.paths.data_dir={blocker / 'data'}")
+    assert code == 3, err
+    assert "cannot create the cache directory" in err and "Traceback" not in err
