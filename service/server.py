@@ -109,7 +109,7 @@ class ExtensionService:
         self._idle: anyio.Event | None = None  # made only while stop() waits (one a request cost 5% of a cached answer)
         self._closed = False
         self._drained = False
-        self._sub_refusals: list[str] = []  # subscriptions the server refused (the user lacks the permission)
+        self._sub_refusals: list[str] | None = []  # subscriptions refused while starting; None once started
         # Decided once: asking OpenTelemetry for its provider reads the environment, on every request otherwise.
         self._tracing = not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
         self._metrics = isinstance(metrics_api.get_meter_provider(), MeterProvider)
@@ -168,7 +168,8 @@ class ExtensionService:
         for subject in (self.publisher.loaded_subject, self.publisher.unloaded_subject):
             self._subs.append(await self.nc.subscribe(subject, cb=self._on_peer_event))
         await flush_subscriptions(self.nc)  # the server's refusals, if any, arrive before its PONG
-        if self._sub_refusals:
+        refusals, self._sub_refusals = self._sub_refusals or [], None
+        if refusals:
             cfg = self.config.nats
             who = (
                 f"user {cfg.user!r}"
@@ -178,8 +179,8 @@ class ExtensionService:
                 else "a client without a user name"
             )
             raise ConnectRefused(
-                f"NATS at {self.config.nats.url} lets {who} in but refuses {len(self._sub_refusals)} of the "
-                f"service's subscriptions ({self._sub_refusals[0]}): the service needs the permissions of the "
+                f"NATS at {self.config.nats.url} lets {who} in but refuses {len(refusals)} of the "
+                f"service's subscriptions ({refusals[0]}): the service needs the permissions of the "
                 "loader user in nats.conf (README.md, Security)"
             )
         metrics.observe(self.manager)
@@ -288,7 +289,7 @@ class ExtensionService:
 
     async def _on_error(self, exc: Exception) -> None:
         log.warning("NATS error: %s", exc)
-        if "permissions violation for subscription" in str(exc).lower():
+        if self._sub_refusals is not None and "permissions violation for subscription" in str(exc).lower():
             self._sub_refusals.append(str(exc).removeprefix("nats: "))
 
     async def _on_disconnected(self) -> None:
