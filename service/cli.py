@@ -8,7 +8,7 @@ import os
 import ssl
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -263,7 +263,7 @@ def _client(args: argparse.Namespace) -> int:
         if exc.details:
             print(json.dumps(exc.details, indent=2), file=sys.stderr)
         return 1
-    except _CaFileError as exc:
+    except (_CaFileError, _Forbidden) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 4
     except nats.errors.NoRespondersError as exc:
@@ -283,11 +283,19 @@ def _client(args: argparse.Namespace) -> int:
 
 
 _last_error: list[str] = []
+_forbidden: list[anyio.Event] = []  # set when the server refuses what this user sent: no reply will come
 
 
 async def _quiet(exc: Exception) -> None:
     # nats-py's default error callback logs a traceback per attempt; a person wants one line at the end.
     _last_error.append(str(exc))
+    if "permissions violation" in str(exc).lower():
+        for event in _forbidden:
+            event.set()
+
+
+class _Forbidden(Exception):
+    """The NATS server refused the request (or the inbox for its reply) to this user."""
 
 
 async def _client_main(args: argparse.Namespace) -> int:
@@ -310,33 +318,69 @@ async def _client_main(args: argparse.Namespace) -> int:
     try:
         if args.action == "watch":
             return await _watch(nc, args)
-        c = LoaderClient(nc, prefix=args.prefix, timeout=args.timeout)
-        version = getattr(args, "ext_version", None)
         started = time.perf_counter()
-        match args.action:
-            case "load":
-                data = await c.load(args.type, args.name, version, with_dependencies=args.with_dependencies)
-            case "reload":
-                data = await c.reload(args.type, args.name, version)
-            case "list":
-                data = await c.list(args.type)
-            case "status":
-                data = await c.status(args.type, args.name, version)
-            case "discover":
-                data = await c.discover(args.type, args.name)
-            case "stats":
-                data = await c.stats()
-            case "clear":
-                data = await c.clear()
-            case "graph":
-                data = await c.graph(args.type, args.name, version, args.format)
-            case _:  # pragma: no cover - argparse allows no other
-                raise AssertionError(args.action)
+        data = await _unless_forbidden(_call(LoaderClient(nc, prefix=args.prefix, timeout=args.timeout), args), args)
         elapsed_ms = (time.perf_counter() - started) * 1000
         print(json.dumps(data, indent=2) if args.json else _readable(args, data, elapsed_ms))
         return 0
     finally:
         await nc.drain()
+
+
+async def _call(c: LoaderClient, args: argparse.Namespace) -> Any:
+    version = getattr(args, "ext_version", None)
+    match args.action:
+        case "load":
+            return await c.load(args.type, args.name, version, with_dependencies=args.with_dependencies)
+        case "reload":
+            return await c.reload(args.type, args.name, version)
+        case "list":
+            return await c.list(args.type)
+        case "status":
+            return await c.status(args.type, args.name, version)
+        case "discover":
+            return await c.discover(args.type, args.name)
+        case "stats":
+            return await c.stats()
+        case "clear":
+            return await c.clear()
+        case "graph":
+            return await c.graph(args.type, args.name, version, args.format)
+        case _:  # pragma: no cover - argparse allows no other
+            raise AssertionError(args.action)
+
+
+async def _unless_forbidden(call: Awaitable[Any], args: argparse.Namespace) -> Any:
+    """The call's result; _Forbidden at once when the server refuses the request to this user, which would
+    otherwise look like a service that does not answer until --timeout runs out."""
+    forbidden = anyio.Event()
+    _forbidden.append(forbidden)
+    result: list[Any] = []
+    failure: list[Exception] = []
+    try:
+        async with anyio.create_task_group() as tg:
+
+            async def run() -> None:
+                try:
+                    result.append(await call)
+                except Exception as exc:  # raised out of the task group, it would come wrapped in a group
+                    failure.append(exc)
+                tg.cancel_scope.cancel()
+
+            async def refused() -> None:
+                await forbidden.wait()
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(run)
+            tg.start_soon(refused)
+    finally:
+        _forbidden.remove(forbidden)
+    if failure:
+        raise failure[0]
+    if not result:
+        who = f"user {args.user!r}" if args.user else "a client without a user (--user)"
+        raise _Forbidden(f"{args.server}: {_last_error[-1]}: {who} may not make this request (README.md, Security)")
+    return result[0]
 
 
 async def _watch(nc: Client, args: argparse.Namespace) -> int:

@@ -510,6 +510,24 @@ async def test_the_service_as_a_user_that_may_not_serve_is_refused(
     assert "serving extensions" not in said and "reconnecting" not in said and "Traceback" not in said
 
 
+@pytest.mark.parametrize("user", ["loader", "observer"])
+async def test_the_command_line_as_a_user_that_may_not_ask_says_so_at_once(
+    secured: NatsServer, tmp_path: Path, user: str
+) -> None:
+    """`extension-loader stats` as a user that may not send requests: the server's refusal ends the call with
+    one line (exit 4) instead of a wait for --timeout that reads like a service that does not answer."""
+    env = {k: v for k, v in os.environ.items() if k not in ("NATS_USER", "NATS_PASSWORD", "NATS_CA")}
+    argv = [sys.executable, "-m", "service", "stats", "--server", secured.url, "--user", user]
+    argv += ["--password", PASSWORDS[user], "--timeout", "600"]
+    async with running_service(loader_config(secured.url, tmp_path)):
+        with anyio.fail_after(WAIT):  # far below --timeout: the refusal, not the time-out, ends the call
+            done = await anyio.run_process(argv, env=env, cwd=ROOT, check=False)
+    said = done.stderr.decode()
+    assert done.returncode == 4, said
+    assert "permissions violation for publish" in said.lower() and f"user {user!r} may not make this request" in said
+    assert "Traceback" not in said
+
+
 async def test_the_container_health_check_passes_as_the_loader_user(secured: NatsServer, tmp_path: Path) -> None:
     """deploy/healthcheck.py with the compose environment (user loader, its password) against nats.conf."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
