@@ -352,10 +352,9 @@ class ExtensionService:
                 # no audit (nothing changes), a reply encoded once per cache entry.
                 error: LoaderError | None = None
                 try:
-                    body, headers, error = self._hit_reply(hit, fmt)
+                    body, headers = self._success(hit, fmt), _OK_HEADERS[fmt]
                 except Exception as exc:
-                    error = _internal(exc, msg.subject)
-                    body, headers = codec.failure(error, fmt), _error_headers(error, fmt)
+                    error, body, headers = _failure(exc, msg.subject, fmt)
                 try:
                     await self._reply(msg, body, headers)
                 finally:
@@ -384,12 +383,15 @@ class ExtensionService:
             log.exception("looking up %s %s in the cache failed", req.type, req.name)
             return None
 
-    def _hit_reply(self, hit: Extension, fmt: codec.Codec) -> tuple[bytes, dict[str, str], LoaderError | None]:
-        body = codec.success(hit, fmt)
-        if len(body) <= self.nc.max_payload:
-            return body, _OK_HEADERS[fmt], None
-        err = _too_large(len(body), self.nc.max_payload)
-        return codec.failure(err, fmt), _error_headers(err, fmt), err
+    def _success(self, data: Any, fmt: codec.Codec) -> bytes:
+        """The success envelope; LoadFailed when it is larger than the server would take."""
+        body = codec.success(data, fmt)
+        if len(body) > self.nc.max_payload:
+            raise LoadFailed(
+                f"the reply ({len(body)} bytes) is larger than the NATS server's max_payload "
+                f"({self.nc.max_payload} bytes); narrow the request"
+            )
+        return body
 
     async def _handle(self, endpoint: Endpoint, msg: Msg, fmt: codec.Codec, hit: Extension | None = None) -> None:
         """Answers one request; `hit` is the extension a cached load answers with, found (and counted) already."""
@@ -408,15 +410,11 @@ class ExtensionService:
                     else:
                         data = hit
                         _describe_outcome(span, hit, cold=False)
-                    body = codec.success(data, fmt)
-                    if len(body) > self.nc.max_payload:
-                        raise _too_large(len(body), self.nc.max_payload)
-                    headers = _OK_HEADERS[fmt]
+                    body, headers = self._success(data, fmt), _OK_HEADERS[fmt]
                 except Exception as exc:
-                    error = err = exc if isinstance(exc, LoaderError) else _internal(exc, msg.subject)
-                    span.set_status(trace.StatusCode.ERROR, err.message)
-                    span.set_attribute("error.type", err.code)
-                    body, headers = codec.failure(err, fmt), _error_headers(err, fmt)
+                    error, body, headers = _failure(exc, msg.subject, fmt)
+                    span.set_status(trace.StatusCode.ERROR, error.message)
+                    span.set_attribute("error.type", error.code)
                 await self._reply(msg, body, headers)
                 if events:
                     await self.publisher.publish(events, carry=_trace_headers(msg.headers))
@@ -568,27 +566,23 @@ def _describe_outcome(span: trace.Span, extension: Extension, cold: bool) -> Non
         span.set_attribute("cache.hit", not cold)
 
 
-def _internal(exc: Exception, subject: str) -> LoaderError:
-    log.exception("unexpected error while handling %s", subject)
-    return LoadFailed(f"internal error ({type(exc).__name__}); see the service log")
-
-
 _OK_HEADERS = {fmt: {"Content-Type": fmt.value} for fmt in codec.Codec}
 
 
-def _error_headers(err: LoaderError, fmt: codec.Codec) -> dict[str, str]:
-    return {
+def _failure(exc: Exception, subject: str, fmt: codec.Codec) -> tuple[LoaderError, bytes, dict[str, str]]:
+    """The error a request failed with (an unexpected exception becomes an internal error, logged with its
+    traceback, which never reaches the client), its failure envelope and its headers."""
+    if isinstance(exc, LoaderError):
+        err = exc
+    else:
+        log.exception("unexpected error while handling %s", subject)
+        err = LoadFailed(f"internal error ({type(exc).__name__}); see the service log")
+    headers = {
         "Content-Type": fmt.value,
         "Nats-Service-Error": _header_safe(err.message),
         "Nats-Service-Error-Code": str(err.status),
     }
-
-
-def _too_large(size: int, max_payload: int) -> LoadFailed:
-    return LoadFailed(
-        f"the reply ({size} bytes) is larger than the NATS server's max_payload ({max_payload} bytes); "
-        "narrow the request"
-    )
+    return err, codec.failure(err, fmt), headers
 
 
 def _header_safe(text: str) -> str:
