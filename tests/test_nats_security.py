@@ -251,29 +251,24 @@ async def subscribe_event(world: World, who: Conn) -> None:
     assert msg.data == b"event"
 
 
-async def serve_requests(world: World, who: Conn) -> None:
-    """Subscribe to extensions.status in the queue group extension-loader and answer a request."""
-
+async def _serve_status(world: World, who: Conn, queue: str) -> None:
     async def answer(msg: Msg) -> None:
         await msg.respond(b"answered")
 
-    await who.nc.subscribe("extensions.status", queue="extension-loader", cb=answer)
+    await who.nc.subscribe("extensions.status", queue=queue, cb=answer)
     await flush_subscriptions(who.nc)
-    orchestrator = world.helpers["orchestrator"]
-    reply = await orchestrator.nc.request("extensions.status", b"{}", timeout=WAIT)
+    reply = await world.helpers["orchestrator"].nc.request("extensions.status", b"{}", timeout=WAIT)
     assert reply.data == b"answered"
+
+
+async def serve_requests(world: World, who: Conn) -> None:
+    """Subscribe to extensions.status in the queue group extension-loader and answer a request."""
+    await _serve_status(world, who, "extension-loader")
 
 
 async def serve_in_another_group(world: World, who: Conn) -> None:
     """Subscribe to extensions.status in another queue group and answer a request."""
-
-    async def answer(msg: Msg) -> None:
-        await msg.respond(b"answered")
-
-    await who.nc.subscribe("extensions.status", queue="rogue", cb=answer)
-    await flush_subscriptions(who.nc)
-    reply = await world.helpers["orchestrator"].nc.request("extensions.status", b"{}", timeout=WAIT)
-    assert reply.data == b"answered"
+    await _serve_status(world, who, "rogue")
 
 
 async def snoop_requests(world: World, who: Conn) -> None:
