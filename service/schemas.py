@@ -220,6 +220,17 @@ def _request_headers() -> dict[str, Any]:
     }
 
 
+def _channel(subject: str, summary: str, server: Any, message: str) -> dict[str, Any]:
+    """A channel at a subject that carries one message of components.messages."""
+    return {
+        "address": subject,
+        "title": subject,
+        "summary": summary,
+        "servers": server,
+        "messages": {message: {"$ref": f"#/components/messages/{message}"}},
+    }
+
+
 def _reply_headers() -> dict[str, Any]:
     return {
         "type": "object",
@@ -292,13 +303,7 @@ def asyncapi() -> dict[str, Any]:
             "headers": _reply_headers(),
             "payload": {"oneOf": [root_of[repr(t)] for t in group]},
         }
-        channels[cid] = {
-            "address": subject,
-            "title": subject,
-            "summary": route.summary,
-            "servers": server,
-            "messages": {request_name: {"$ref": f"#/components/messages/{request_name}"}},
-        }
+        channels[cid] = _channel(subject, route.summary, server, request_name)
         channels[f"{cid}Reply"] = {
             "address": None,
             "title": f"{subject} reply",
@@ -329,13 +334,7 @@ def asyncapi() -> dict[str, Any]:
             "headers": _event_headers(),
             "payload": root_of[repr(event.event)],
         }
-        channels[event.suffix] = {
-            "address": subject,
-            "title": subject,
-            "summary": event.summary,
-            "servers": server,
-            "messages": {name: {"$ref": f"#/components/messages/{name}"}},
-        }
+        channels[event.suffix] = _channel(subject, event.summary, server, name)
         operations[f"send{event.suffix.capitalize()}"] = {
             "action": "send",
             "title": f"send {subject}",
