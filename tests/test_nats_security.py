@@ -461,20 +461,26 @@ async def test_the_service_works_as_the_loader_user(
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING and "NATS error" in r.getMessage()]
 
 
-async def test_the_service_with_a_wrong_password_is_refused(secured: NatsServer, tmp_path: Path) -> None:
-    """`extension-loader serve` as loader with a wrong password stops at once and says why (trying again
-    would not help), instead of retrying for ever."""
+async def serve_until_it_stops(url: str, cwd: Path, user: str | None, password: str = "") -> tuple[int, str]:
+    """`extension-loader serve` as `user` (None: no credentials), run until it exits: its status and log."""
+    credentials = [] if user is None else ["--set", f'nats.user="{user}"', "--set", f'nats.password="{password}"']
     argv = [
-        *(sys.executable, "-m", "service", "serve", "--nats-url", secured.url),
-        *("--set", 'nats.user="loader"', "--set", 'nats.password="wrong"'),
+        *(sys.executable, "-m", "service", "serve", "--nats-url", url),
+        *credentials,
         *("--set", f'orchestrator.extensions.paths=["{EXAMPLES}"]', "--set", f'nushell.path="{NU}"'),
         *("--set", "orchestrator.extensions.auto_load=false"),
     ]
     env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
     with anyio.fail_after(WAIT):
-        done = await anyio.run_process(argv, env=env, cwd=tmp_path, check=False)
-    said = done.stderr.decode()
-    assert done.returncode == 3, said
+        done = await anyio.run_process(argv, env=env, cwd=cwd, check=False)
+    return done.returncode, done.stderr.decode()
+
+
+async def test_the_service_with_a_wrong_password_is_refused(secured: NatsServer, tmp_path: Path) -> None:
+    """`extension-loader serve` as loader with a wrong password stops at once and says why (trying again
+    would not help), instead of retrying for ever."""
+    code, said = await serve_until_it_stops(secured.url, tmp_path, "loader", "wrong")
+    assert code == 3, said
     assert "refused the connection" in said and "Authorization Violation" in said
     assert "Traceback" not in said
     await wait_for_log(secured, 'authentication error - User "loader"')
@@ -487,20 +493,11 @@ async def test_the_service_as_a_user_that_may_not_serve_is_refused(
     """`extension-loader serve` started with another user's credentials (or none, the usual slip on a machine
     where `make run` serves) gets in but may not subscribe to the request subjects: it stops at once and says
     why, instead of logging violations and then claiming to serve."""
-    credentials = (
-        [] if user == ANONYMOUS else ["--set", f'nats.user="{user}"', "--set", f'nats.password="{PASSWORDS[user]}"']
-    )
-    argv = [
-        *(sys.executable, "-m", "service", "serve", "--nats-url", secured.url),
-        *credentials,
-        *("--set", f'orchestrator.extensions.paths=["{EXAMPLES}"]', "--set", f'nushell.path="{NU}"'),
-        *("--set", "orchestrator.extensions.auto_load=false"),
-    ]
-    env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
-    with anyio.fail_after(WAIT):
-        done = await anyio.run_process(argv, env=env, cwd=tmp_path, check=False)
-    said = done.stderr.decode()
-    assert done.returncode == 3, said
+    if user == ANONYMOUS:
+        code, said = await serve_until_it_stops(secured.url, tmp_path, None)
+    else:
+        code, said = await serve_until_it_stops(secured.url, tmp_path, user, PASSWORDS[user])
+    assert code == 3, said
     assert "refuses" in said and "permissions violation for subscription" in said.lower() and "loader user" in said
     assert "serving extensions" not in said and "reconnecting" not in said and "Traceback" not in said
 
