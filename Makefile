@@ -34,7 +34,7 @@ fmt: install
 	$(BIN)/ruff check --fix service tests bench
 
 schemas: install
-	$(BIN)/python -m service.schemas schemas
+	$(BIN)/python -m service.app.schemas schemas
 
 bench: install
 	$(BIN)/python -m bench

@@ -35,7 +35,7 @@ async def serve(url: str, subject: str, headers: dict[str, str] | None = None) -
     await nc.subscribe(subject, queue="bench-echo", cb=echo)
     await nc.subscribe(f"{subject}.ping", cb=ping)
     await nc.flush()
-    await nc.flush()  # see service.server.flush_subscriptions: the second PING travels behind the SUBs
+    await nc.flush()  # see service.wire.service.flush_subscriptions: the second PING travels behind the SUBs
     await stop.wait()
     await nc.drain()
 

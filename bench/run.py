@@ -46,7 +46,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 import service
-from service.natsserver import NatsServer, nats_server_binary
+from service.app.natsserver import NatsServer, nats_server_binary
 
 from .load import RunStats, closed_loop, medians, summary_ms
 from .procs import Child, cpu_seconds, memory_kb
@@ -56,7 +56,7 @@ ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples" / "extensions"
 NU = ROOT / "node_modules" / "@nushell" / "linux-x64" / "bin" / "nu"
 SERVICE_SOURCE = Path(service.__file__).resolve().parent  # PYTHONPATH may point the run at another copy
-MODULE = SERVICE_SOURCE / "nushell" / "provisioning.nu"
+MODULE = SERVICE_SOURCE / "runtime" / "nushell" / "provisioning.nu"
 RESULTS = ROOT / "bench" / "results" / "latest.json"
 
 PREFIX = "extensions"

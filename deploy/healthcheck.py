@@ -25,8 +25,8 @@ import anyio
 import msgspec
 import nats
 
-from service.config import NatsConfig, load_config
-from service.micro import SERVICE_NAME
+from service.contract.config import NatsConfig, load_config
+from service.wire.micro import SERVICE_NAME
 
 DEFAULT_CONFIG = "/app/deploy/loader.toml"
 TIMEOUT_S = 5.0  # each of: connecting, waiting for the reply

@@ -3,9 +3,9 @@
 The public surface: the configuration, the service and its parts, the client, and the error tree.
 """
 
-from .client import LoaderClient, RemoteError
-from .config import Config, load_config
-from .errors import (
+from .app.client import LoaderClient, RemoteError
+from .contract.config import Config, load_config
+from .contract.errors import (
     ConfigError,
     DependencyError,
     InvalidExtension,
@@ -17,8 +17,8 @@ from .errors import (
     Unavailable,
     VersionNotFound,
 )
-from .manager import ExtensionManager
-from .server import ExtensionService
+from .core.manager import ExtensionManager
+from .wire.service import ExtensionService
 
 __all__ = [
     "Config",

@@ -24,11 +24,11 @@ import pytest
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from service.app import build_manager, service_version
-from service.client import LoaderClient
-from service.config import Config, load_config
-from service.natsserver import NatsServer
-from service.server import ExtensionService, flush_subscriptions
+from service.app.client import LoaderClient
+from service.app.natsserver import NatsServer
+from service.app.serve import build_manager, service_version
+from service.contract.config import Config, load_config
+from service.wire.service import ExtensionService, flush_subscriptions
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples" / "extensions"

@@ -19,7 +19,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeout
 
-from service.server import ExtensionService
+from service.wire.service import ExtensionService
 from tests.conftest import WAIT
 
 pytestmark = pytest.mark.anyio

@@ -10,9 +10,9 @@ from pathlib import Path
 import anyio
 import pytest
 
-from service.client import LoaderClient, RemoteError
-from service.natsserver import NatsServer
-from service.server import ExtensionService
+from service.app.client import LoaderClient, RemoteError
+from service.app.natsserver import NatsServer
+from service.wire.service import ExtensionService
 from tests.conftest import WAIT
 
 pytestmark = pytest.mark.anyio

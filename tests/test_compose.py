@@ -1,7 +1,7 @@
 """The container set-up (Dockerfile, docker-compose.yml, deploy/) checked against the project it packages.
 
 Docker need not run here: the compose file is read as YAML and the Dockerfile as its instructions, and both are
-held against the real sources of truth: `service/config.defaults.toml` for every configuration variable,
+held against the real sources of truth: `service/contract/config.defaults.toml` for every configuration variable,
 pyproject.toml and the Makefile's install steps for the image, package.json and its lock file for Nushell, a real
 `nats-server -t` for both NATS configuration files, and a real NATS server and service for the health check.
 """
@@ -28,9 +28,9 @@ import pytest
 import yaml
 from packaging.specifiers import SpecifierSet
 
-from service.config import ENV_PREFIX, load_config
-from service.natsserver import NatsServer, nats_server_binary
-from service.server import ExtensionService
+from service.app.natsserver import NatsServer, nats_server_binary
+from service.contract.config import ENV_PREFIX, load_config
+from service.wire.service import ExtensionService
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = ROOT / "docker-compose.yml"
@@ -99,7 +99,7 @@ def depends_on(svc: Mapping[str, Any]) -> dict[str, str]:
 
 @cache
 def defaults() -> dict[str, Any]:
-    with (ROOT / "service" / "config.defaults.toml").open("rb") as fh:
+    with (ROOT / "service" / "contract" / "config.defaults.toml").open("rb") as fh:
         return tomllib.load(fh)
 
 
@@ -348,7 +348,7 @@ def test_loader_environment_names_only_real_configuration_keys() -> None:
             continue
         assert name.startswith(ENV_PREFIX), f"{name}: neither OTEL_* nor {ENV_PREFIX}<SECTION>__<KEY>"
         dotted = ".".join(part.lower() for part in name[len(ENV_PREFIX) :].split("__"))
-        assert key_in_defaults(dotted), f"{name}: service/config.defaults.toml has no key {dotted}"
+        assert key_in_defaults(dotted), f"{name}: service/contract/config.defaults.toml has no key {dotted}"
     # The values pass the service's own validation, over the file the image serves with.
     load_config(LOADER_TOML, environ=env)
 
@@ -584,7 +584,7 @@ def test_project_is_pip_installed_with_the_otlp_extra() -> None:
     assert re.search(r"pip install[^;&|]*['\"]?\.\[otlp\]['\"]?", runs), "pip install '.[otlp]' is missing"
     # Everything the build of the project reads is in the stage: pyproject.toml, its readme, the package.
     readme = pyproject()["project"]["readme"]
-    for needed in ("pyproject.toml", readme, "service/config.defaults.toml", "service/py.typed"):
+    for needed in ("pyproject.toml", readme, "service/contract/config.defaults.toml", "service/py.typed"):
         image_path(python, needed)
     assert any(c.from_stage == "python" and c.sources == ("/opt/venv",) for c in copies(final_stage()))
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from service.config import load_config
-from service.errors import ConfigError
+from service.contract.config import load_config
+from service.contract.errors import ConfigError
 
 
 def test_defaults_are_the_documented_ones() -> None:

@@ -1,4 +1,4 @@
-"""Property tests of `service.codec.decode` over every request struct of `service.messages`.
+"""Property tests of `service.wire.codec.decode` over every request struct of `service.contract.messages`.
 
 Whatever a requester sends, decoding either returns an instance of the request struct or raises
 `InvalidRequest` (which the NATS boundary turns into an `invalid_request` reply); any other exception would
@@ -18,10 +18,8 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from service import codec
-from service.codec import Codec
-from service.errors import InvalidRequest
-from service.messages import (
+from service.contract.errors import InvalidRequest
+from service.contract.messages import (
     NAME_PATTERN,
     TYPE_PATTERN,
     VERSION_PATTERN,
@@ -34,6 +32,8 @@ from service.messages import (
     ReloadRequest,
     StatusRequest,
 )
+from service.wire import codec
+from service.wire.codec import Codec
 
 R = TypeVar("R", bound=msgspec.Struct)
 

@@ -11,9 +11,9 @@ import pytest
 from nats.aio.client import Client
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StreamConfig
 
-from service.client import LoaderClient
-from service.events import EventStreamError, StreamConflict
-from service.natsserver import NatsServer
+from service.app.client import LoaderClient
+from service.app.natsserver import NatsServer
+from service.wire.events import EventStreamError, StreamConflict
 from tests.conftest import WAIT, EventLog, make_config, running_service
 
 pytestmark = pytest.mark.anyio

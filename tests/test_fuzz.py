@@ -20,9 +20,9 @@ import msgspec
 import pytest
 from nats.aio.client import Client
 
-from service.client import LoaderClient
-from service.errors import ERROR_CODES
-from service.natsserver import NatsServer
+from service.app.client import LoaderClient
+from service.app.natsserver import NatsServer
+from service.contract.errors import ERROR_CODES
 from tests.conftest import WAIT, service_process
 
 pytestmark = pytest.mark.anyio

@@ -12,11 +12,11 @@ import anyio
 import pytest
 from nats.aio.client import Client
 
-from service.app import auto_load
-from service.client import LoaderClient
-from service.natsserver import NatsServer
-from service.server import ExtensionService
-from service.watcher import ExtensionWatcher
+from service.app.client import LoaderClient
+from service.app.natsserver import NatsServer
+from service.app.serve import auto_load
+from service.runtime.watcher import ExtensionWatcher
+from service.wire.service import ExtensionService
 from tests.conftest import WAIT, EventLog, make_config, running_service, write_extension
 
 pytestmark = pytest.mark.anyio

@@ -36,13 +36,13 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js.api import StreamConfig
 
-from service.cli import DEV_PASSWORDS
-from service.client import LoaderClient
-from service.config import ENV_PREFIX, Config
-from service.events import EventStreamError
-from service.micro import SERVICE_NAME
-from service.natsserver import NatsServer
-from service.server import ExtensionService, flush_subscriptions
+from service.app.cli import DEV_PASSWORDS
+from service.app.client import LoaderClient
+from service.app.natsserver import NatsServer
+from service.contract.config import ENV_PREFIX, Config
+from service.wire.events import EventStreamError
+from service.wire.micro import SERVICE_NAME
+from service.wire.service import ExtensionService, flush_subscriptions
 from tests.conftest import EXAMPLES, NU, WAIT, EventLog, make_config, running_service
 
 pytestmark = pytest.mark.anyio

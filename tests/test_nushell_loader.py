@@ -1,4 +1,4 @@
-"""The project's Nushell loader (`service/nushell/provisioning.nu`), run with the real `nu` on real folders.
+"""The project's Nushell loader (`service/runtime/nushell/provisioning.nu`), run with the real `nu` on real folders.
 
 Every test starts `nu` the way the service does: an argument list, a clean environment, the two
 `PROVISIONING_EXTENSION_*` variables. Trees come from `examples/extensions` or are built in `tmp_path`.
@@ -19,7 +19,7 @@ import semantic_version as sv
 
 REPO = Path(__file__).parents[1]
 NU = REPO / "node_modules/@nushell/linux-x64/bin/nu"
-MODULE = REPO / "service/nushell/provisioning.nu"
+MODULE = REPO / "service/runtime/nushell/provisioning.nu"
 EXAMPLES = REPO / "examples/extensions"
 INVALID = 3  # the loader's exit code for an error it reports as JSON
 

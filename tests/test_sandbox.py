@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 from nats.aio.client import Client
 
-from service.client import LoaderClient, RemoteError
-from service.config import Config
-from service.natsserver import NatsServer
-from service.runner import MODULE
-from service.store import tree_digest
+from service.app.client import LoaderClient, RemoteError
+from service.app.natsserver import NatsServer
+from service.contract.config import Config
+from service.core.store import tree_digest
+from service.runtime.runner import MODULE
 from tests.conftest import WAIT, make_config, running_service, write_extension
 
 pytestmark = pytest.mark.anyio

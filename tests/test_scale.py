@@ -18,13 +18,13 @@ import pytest
 from anyio.streams.buffered import BufferedByteReceiveStream
 from nats.aio.client import Client
 
-from service.app import run
-from service.client import LoaderClient
-from service.messages import ExtensionType
-from service.natsserver import NatsServer, nats_server_binary
-from service.server import flush_subscriptions
-from service.store import ExtensionStore
-from service.versions import Constraint
+from service.app.client import LoaderClient
+from service.app.natsserver import NatsServer, nats_server_binary
+from service.app.serve import run
+from service.contract.messages import ExtensionType
+from service.core.store import ExtensionStore
+from service.core.versions import Constraint
+from service.wire.service import flush_subscriptions
 from tests.conftest import (
     NU,
     ROOT,
@@ -127,10 +127,10 @@ import sys
 
 import anyio.to_thread
 
-import service.server
-from service import cli
+import service.wire.service
+from service.app import cli
 
-flush = service.server.flush_subscriptions
+flush = service.wire.service.flush_subscriptions
 
 
 async def held(nc):
@@ -140,7 +140,7 @@ async def held(nc):
     await anyio.to_thread.run_sync(sys.stdin.readline)
 
 
-service.server.flush_subscriptions = held
+service.wire.service.flush_subscriptions = held
 sys.exit(cli.main(sys.argv[1:]))
 """
 

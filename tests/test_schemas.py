@@ -17,10 +17,9 @@ import pytest
 from jsonschema import Draft7Validator, Draft202012Validator
 from nats.aio.client import Client
 
-from service import schemas
-from service.codec import Codec, failure, success
-from service.config import load_config
-from service.errors import (
+from service.app import schemas
+from service.contract.config import load_config
+from service.contract.errors import (
     ERROR_CODES,
     DependencyError,
     InvalidExtension,
@@ -32,9 +31,7 @@ from service.errors import (
     Unavailable,
     VersionNotFound,
 )
-from service.events import Event, EventPublisher
-from service.manager import ExtensionManager
-from service.messages import (
+from service.contract.messages import (
     Available,
     CacheStats,
     Cleared,
@@ -59,7 +56,10 @@ from service.messages import (
     Status,
     StatusRequest,
 )
-from service.server import ExtensionService
+from service.core.manager import ExtensionManager
+from service.wire.codec import Codec, failure, success
+from service.wire.events import Event, EventPublisher
+from service.wire.service import ExtensionService
 
 CHECKED_IN = Path(__file__).resolve().parents[1] / "schemas"
 SCHEMAS = schemas.message_schemas()

@@ -13,9 +13,9 @@ import msgspec
 import pytest
 from nats.aio.client import Client
 
-from service.client import LoaderClient, RemoteError
-from service.natsserver import NatsServer
-from service.server import ExtensionService
+from service.app.client import LoaderClient, RemoteError
+from service.app.natsserver import NatsServer
+from service.wire.service import ExtensionService
 from tests.conftest import NU, WAIT, EventLog, make_config, running_service, write_extension
 
 pytestmark = pytest.mark.anyio
@@ -217,7 +217,7 @@ async def test_a_defect_on_the_cached_path_is_a_500_reply_and_does_not_hold_up_s
         def broken(data: Any, fmt: Any) -> bytes:
             raise RuntimeError("encoder defect")
 
-        monkeypatch.setattr("service.codec.success", broken)
+        monkeypatch.setattr("service.wire.codec.success", broken)
         reply = await raw_request(nc, "extensions.load", body)
         monkeypatch.undo()
         assert reply.headers["Nats-Service-Error-Code"] == "500"

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from service.client import LoaderClient
+from service.app.client import LoaderClient
 from tests.conftest import EventLog
 
 pytestmark = pytest.mark.anyio

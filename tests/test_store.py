@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from service.errors import DependencyError, InvalidExtension, NotFound, VersionNotFound
-from service.messages import ExtensionType
-from service.store import ExtensionStore
-from service.versions import Constraint
+from service.contract.errors import DependencyError, InvalidExtension, NotFound, VersionNotFound
+from service.contract.messages import ExtensionType
+from service.core.store import ExtensionStore
+from service.core.versions import Constraint
 from tests.conftest import EXAMPLES, write_extension
 
 T = ExtensionType.TASKSERV

@@ -21,10 +21,10 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from service.client import LoaderClient
-from service.natsserver import NatsServer
-from service.server import ExtensionService
-from service.telemetry import JsonFormatter
+from service.app.client import LoaderClient
+from service.app.natsserver import NatsServer
+from service.app.telemetry import JsonFormatter
+from service.wire.service import ExtensionService
 from tests.conftest import WAIT, EventLog, service_process
 
 pytestmark = pytest.mark.anyio

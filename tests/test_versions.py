@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from service.errors import InvalidRequest
-from service.versions import Constraint, sort_newest_first
+from service.contract.errors import InvalidRequest
+from service.core.versions import Constraint, sort_newest_first
 
 VERSIONS = ["1.27.5", "1.28.0", "1.28.3", "1.29.2", "2.0.0", "1.30.0-rc.1", "2.1.0-beta.2"]
 

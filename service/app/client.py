@@ -12,7 +12,7 @@ from typing import Any
 import msgspec
 from nats.aio.client import Client
 
-from .codec import JSON
+from ..wire.codec import JSON
 
 
 class RemoteError(Exception):

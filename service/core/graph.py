@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .messages import Graph, GraphEdge, GraphNode, GraphText
+from ..contract.messages import Graph, GraphEdge, GraphNode, GraphText
 from .store import DependencyTree
 
 

@@ -13,7 +13,7 @@ from functools import lru_cache
 
 import semantic_version as sv
 
-from .errors import InvalidRequest
+from ..contract.errors import InvalidRequest
 
 
 @lru_cache(maxsize=4096)

@@ -11,15 +11,15 @@ from importlib import metadata
 
 import anyio
 
-from . import audit
-from .config import Config
-from .errors import LoaderError
-from .manager import ExtensionManager
-from .messages import NushellInfo
-from .runner import Limits, NushellRunner, find_nu, nu_version
-from .server import ExtensionService
-from .store import ExtensionStore, VersionInfo
-from .watcher import ExtensionWatcher
+from ..contract.config import Config
+from ..contract.errors import LoaderError
+from ..contract.messages import NushellInfo
+from ..core import audit
+from ..core.manager import ExtensionManager
+from ..core.store import ExtensionStore, VersionInfo
+from ..runtime.runner import Limits, NushellRunner, find_nu, nu_version
+from ..runtime.watcher import ExtensionWatcher
+from ..wire.service import ExtensionService
 
 log = logging.getLogger(__name__)
 

@@ -33,13 +33,10 @@ from opentelemetry import metrics as metrics_api
 from opentelemetry import trace
 from opentelemetry.sdk.metrics import MeterProvider
 
-from . import audit, codec, metrics
-from .config import Config
-from .errors import LoaderError, LoadFailed
-from .events import Event, EventPublisher
-from .graph import render
-from .manager import ExtensionManager
-from .messages import (
+from ..app.telemetry import extract
+from ..contract.config import Config
+from ..contract.errors import LoaderError, LoadFailed
+from ..contract.messages import (
     Cleared,
     DiscoverRequest,
     EmptyRequest,
@@ -52,8 +49,12 @@ from .messages import (
     ReloadRequest,
     StatusRequest,
 )
+from ..core import audit, metrics
+from ..core.graph import render
+from ..core.manager import ExtensionManager
+from . import codec
+from .events import Event, EventPublisher
 from .micro import EndpointStats, ServiceIdentity
-from .telemetry import extract
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer(__name__)

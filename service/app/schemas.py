@@ -24,10 +24,9 @@ from typing import Any
 
 import msgspec
 
-from .codec import JSON, MSGPACK
-from .config import load_config
-from .errors import ERROR_CODES
-from .messages import (
+from ..contract.config import load_config
+from ..contract.errors import ERROR_CODES
+from ..contract.messages import (
     Available,
     Cleared,
     DiscoverRequest,
@@ -47,6 +46,7 @@ from .messages import (
     StatusRequest,
     Success,
 )
+from ..wire.codec import JSON, MSGPACK
 
 JSON_SCHEMA = "https://json-schema.org/draft/2020-12/schema"
 BASE_ID = "https://extension-loader.dev/schemas/"

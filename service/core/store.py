@@ -23,8 +23,8 @@ from typing import Annotated
 import msgspec
 from msgspec import Meta, Struct
 
-from .errors import DependencyError, InvalidExtension, NotFound, VersionNotFound
-from .messages import NAME_PATTERN, Available, ExtensionMetadata, ExtensionType
+from ..contract.errors import DependencyError, InvalidExtension, NotFound, VersionNotFound
+from ..contract.messages import NAME_PATTERN, Available, ExtensionMetadata, ExtensionType
 from .versions import Constraint, parse_version, sort_newest_first
 
 METADATA = "metadata.toml"

@@ -18,12 +18,12 @@ import anyio.to_thread
 from anyio.abc import TaskStatus
 from watchfiles import awatch
 
-from .errors import LoaderError, NotFound
-from .manager import Event, Outcome
-from .messages import ExtensionType
-from .server import ExtensionService
-from .store import tree_digest
-from .versions import Constraint
+from ..contract.errors import LoaderError, NotFound
+from ..contract.messages import ExtensionType
+from ..core.manager import Event, Outcome
+from ..core.store import tree_digest
+from ..core.versions import Constraint
+from ..wire.service import ExtensionService
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ import msgspec
 from anyio.abc import ByteReceiveStream, Process
 from opentelemetry import trace
 
-from .errors import (
+from ..contract.errors import (
     InvalidExtension,
     LoaderError,
     LoadFailed,
@@ -35,7 +35,7 @@ from .errors import (
     Unavailable,
     VersionNotFound,
 )
-from .messages import ExtensionMetadata, ExtensionType
+from ..contract.messages import ExtensionMetadata, ExtensionType
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer(__name__)
@@ -92,7 +92,7 @@ def find_nu(configured: str = "", *, search_from: Sequence[Path] = ()) -> Path:
     if on_path:
         return Path(on_path).resolve()
     platform = f"linux-{'arm64' if os.uname().machine in ('aarch64', 'arm64') else 'x64'}"
-    starts = [*search_from, Path.cwd(), Path(__file__).resolve().parents[1], Path(sys.prefix).parent]
+    starts = [*search_from, Path.cwd(), Path(__file__).resolve().parents[2], Path(sys.prefix).parent]
     for start in starts:
         candidate = start / "node_modules" / "@nushell" / platform / "bin" / "nu"
         if candidate.is_file() and os.access(candidate, os.X_OK):

@@ -18,9 +18,8 @@ from datetime import UTC, datetime
 import anyio
 from cachetools import LRUCache
 
-from . import audit
-from .errors import LoaderError, LoadFailed, Unavailable
-from .messages import (
+from ..contract.errors import LoaderError, LoadFailed, Unavailable
+from ..contract.messages import (
     Available,
     CacheStats,
     Extension,
@@ -34,8 +33,9 @@ from .messages import (
     Status,
     UnloadReason,
 )
+from ..runtime.runner import NushellRunner
+from . import audit
 from .metrics import load_duration
-from .runner import NushellRunner
 from .store import DependencyTree, ExtensionStore, VersionInfo, cache_key
 from .versions import Constraint, parse_version, sort_newest_first
 

@@ -13,7 +13,7 @@ import logging
 from collections.abc import Mapping
 from contextvars import ContextVar
 
-from .codec import header
+from ..wire.codec import header
 
 REQUESTER_HEADER = "Requester"
 

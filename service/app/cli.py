@@ -17,14 +17,14 @@ import msgspec
 import nats
 from nats.aio.client import Client
 
-from .app import serve, service_version
+from ..contract.config import Config, load_config
+from ..contract.errors import ConfigError, LoaderError
+from ..runtime.runner import NushellMissing
+from ..wire.events import EventStreamError
+from ..wire.service import ConnectRefused, flush_subscriptions
 from .client import LoaderClient, RemoteError
-from .config import Config, load_config
-from .errors import ConfigError, LoaderError
-from .events import EventStreamError
 from .natsserver import NatsServer
-from .runner import NushellMissing
-from .server import ConnectRefused, flush_subscriptions
+from .serve import serve, service_version
 from .telemetry import setup_logging, setup_telemetry
 
 DEFAULT_URL = "nats://127.0.0.1:4222"

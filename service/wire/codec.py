@@ -13,8 +13,8 @@ from typing import Any, TypeVar
 
 import msgspec
 
-from .errors import InvalidRequest, LoaderError
-from .messages import ErrorBody, Extension, Failure, Success
+from ..contract.errors import InvalidRequest, LoaderError
+from ..contract.messages import ErrorBody, Extension, Failure, Success
 
 JSON = "application/json"
 MSGPACK = "application/msgpack"
