@@ -14,8 +14,8 @@ from nats.aio.client import Client
 
 from service.app.client import LoaderClient
 from service.app.natsserver import NatsServer
-from service.app.serve import auto_load
-from service.runtime.watcher import ExtensionWatcher
+from service.app.serve import auto_load, watch_disk
+from service.core.reconcile import Reconciler
 from service.wire.service import ExtensionService
 from tests.conftest import WAIT, EventLog, make_config, running_service, write_extension
 
@@ -26,7 +26,7 @@ pytestmark = pytest.mark.anyio
 class Live:
     root: Path
     service: ExtensionService
-    watcher: ExtensionWatcher
+    watcher: Reconciler
     client: LoaderClient
 
 
@@ -38,8 +38,7 @@ async def live(nats_server: NatsServer, nc: Client, events: EventLog, tmp_path: 
     write_extension(root, "taskserv", "db", None)  # one-version layout, 1.0.0
     config = make_config(nats_server.url, tmp_path, roots=[root], overrides={"orchestrator.extensions.auto_load": True})
     async with running_service(config) as service, anyio.create_task_group() as tg:
-        watcher = ExtensionWatcher(service, debounce_ms=100)
-        await tg.start(watcher.run)
+        watcher = await watch_disk(service, tg, debounce_ms=100)
         await auto_load(service)
         await events.wait_for(2, ".loaded")
         yield Live(root, service, watcher, LoaderClient(nc, timeout=WAIT))

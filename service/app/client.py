@@ -12,7 +12,7 @@ from typing import Any
 import msgspec
 from nats.aio.client import Client
 
-from ..wire.codec import JSON
+from ..contract.headers import JSON
 
 
 class RemoteError(Exception):

@@ -26,6 +26,7 @@ import msgspec
 
 from ..contract.config import load_config
 from ..contract.errors import ERROR_CODES
+from ..contract.headers import JSON, MSGPACK
 from ..contract.messages import (
     Available,
     Cleared,
@@ -46,7 +47,6 @@ from ..contract.messages import (
     StatusRequest,
     Success,
 )
-from ..wire.codec import JSON, MSGPACK
 
 JSON_SCHEMA = "https://json-schema.org/draft/2020-12/schema"
 BASE_ID = "https://extension-loader.dev/schemas/"

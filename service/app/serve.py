@@ -10,15 +10,17 @@ from collections.abc import Callable
 from importlib import metadata
 
 import anyio
+from anyio.abc import TaskGroup
 
 from ..contract.config import Config
 from ..contract.errors import LoaderError
 from ..contract.messages import NushellInfo
 from ..core import audit
 from ..core.manager import ExtensionManager
+from ..core.reconcile import Reconciler
 from ..core.store import ExtensionStore, VersionInfo
 from ..runtime.runner import Limits, NushellRunner, find_nu, nu_version
-from ..runtime.watcher import ExtensionWatcher
+from ..runtime.watcher import DiskWatcher
 from ..wire.service import ExtensionService
 
 log = logging.getLogger(__name__)
@@ -110,13 +112,21 @@ async def run(
     it stops them, since a request may be waiting on one of auto_load's runs."""
     async with anyio.create_task_group() as tg:
         if service.config.orchestrator.extensions.auto_load:
-            await tg.start(ExtensionWatcher(service).run)  # first, so no change during auto_load is missed
+            await watch_disk(service, tg)  # first, so no change during auto_load is missed
             tg.start_soon(auto_load, service)
         if on_ready is not None:
             on_ready(service)
         await stop.wait()
         await service.drain()
         tg.cancel_scope.cancel()
+
+
+async def watch_disk(service: ExtensionService, tg: TaskGroup, *, debounce_ms: int = 300) -> Reconciler:
+    """Starts keeping the cache in step with the extension roots, in `tg`; returns once the watch is in place."""
+    reconciler = Reconciler(service.manager, service.publisher.publish)
+    rounds = DiskWatcher(service.manager.store.roots, debounce_ms=debounce_ms).rounds()
+    await tg.start(reconciler.run, rounds)
+    return reconciler
 
 
 async def auto_load(service: ExtensionService) -> None:

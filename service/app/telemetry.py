@@ -1,4 +1,4 @@
-"""Tracing and logging set-up, and the W3C trace headers carried over NATS.
+"""Tracing, metrics and logging set-up: which providers and exporters this process installs.
 
 Tracing follows OpenTelemetry's own environment variables: `OTEL_TRACES_EXPORTER` = `otlp` (needs the
 `otlp` extra), `console` (the SDK's JSON spans on standard output) or `none` (the default here, so a
@@ -16,8 +16,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from opentelemetry import metrics, propagate, trace
-from opentelemetry.context import Context
+from opentelemetry import metrics, trace
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import ConsoleMetricExporter, MetricReader, PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import Resource
@@ -101,19 +100,6 @@ def _tracing(environ: Mapping[str, str], resource: Resource) -> TracerProvider |
             provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
     trace.set_tracer_provider(provider)
     return provider
-
-
-def extract(headers: Mapping[str, str] | None) -> Context:
-    """The caller's trace context from `traceparent`/`tracestate`, whatever their letter case."""
-    if not headers:
-        return Context()
-    return propagate.extract({k.lower(): v for k, v in headers.items()})
-
-
-def inject(headers: dict[str, str]) -> dict[str, str]:
-    """Adds the current trace context (`traceparent`, `tracestate`) to outgoing headers."""
-    propagate.inject(headers)
-    return headers
 
 
 class JsonFormatter(logging.Formatter):

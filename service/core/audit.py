@@ -13,9 +13,7 @@ import logging
 from collections.abc import Mapping
 from contextvars import ContextVar
 
-from ..wire.codec import header
-
-REQUESTER_HEADER = "Requester"
+from ..contract.headers import REQUESTER, header
 
 log = logging.getLogger("service.audit")
 # The request being handled (its headers and subject), read only when a line is written: most requests change
@@ -39,7 +37,7 @@ def requester() -> str:
     if request is None:
         return _actor.get()
     headers, subject = request
-    given = header(headers, REQUESTER_HEADER)
+    given = header(headers, REQUESTER)
     if given:
         # The requester's own words: one line of printable text, bounded, so no one writes lines into the log.
         given = " ".join("".join(c if c.isprintable() else " " for c in given[:200]).split())

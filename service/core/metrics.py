@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from opentelemetry import metrics
 from opentelemetry.metrics import CallbackOptions, Observation
 
-if TYPE_CHECKING:  # the manager records into this module: import it for types only
-    from .manager import ExtensionManager
+from ..contract.messages import Stats
 
 meter = metrics.get_meter("extension-loader")
 
@@ -28,15 +27,34 @@ load_duration = meter.create_histogram(
 )
 
 
-_managers: weakref.WeakSet[ExtensionManager] = weakref.WeakSet()
+class Counted(Protocol):
+    """What the observable instruments read: the manager, seen from here without importing it (it records into
+    this module, so importing it back would make a cycle)."""
+
+    @property
+    def instance_id(self) -> str: ...
+
+    @property
+    def counters(self) -> CacheCounters: ...
+
+    def stats(self) -> Stats: ...
 
 
-def observe(manager: ExtensionManager) -> None:
+class CacheCounters(Protocol):
+    hits: int
+    misses: int
+    evictions: int
+
+
+_managers: weakref.WeakSet[Counted] = weakref.WeakSet()
+
+
+def observe(manager: Counted) -> None:
     """Makes the observable instruments report this manager's counters (one series per instance)."""
     _managers.add(manager)
 
 
-def _reading(value: Callable[[ExtensionManager], int]) -> Callable[[CallbackOptions], Iterable[Observation]]:
+def _reading(value: Callable[[Counted], int]) -> Callable[[CallbackOptions], Iterable[Observation]]:
     def callback(options: CallbackOptions) -> Iterable[Observation]:
         for manager in list(_managers):
             yield Observation(value(manager), {"service.instance.id": manager.instance_id})

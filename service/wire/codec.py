@@ -14,11 +14,8 @@ from typing import Any, TypeVar
 import msgspec
 
 from ..contract.errors import InvalidRequest, LoaderError
+from ..contract.headers import CONTENT_TYPE, JSON, MSGPACK, MSGPACK_NAMES, header
 from ..contract.messages import ErrorBody, Extension, Failure, Success
-
-JSON = "application/json"
-MSGPACK = "application/msgpack"
-_MSGPACK_NAMES = frozenset({MSGPACK, "application/x-msgpack", "application/vnd.msgpack"})
 
 R = TypeVar("R")
 
@@ -36,8 +33,8 @@ class Codec(Enum):
 
     @classmethod
     def of(cls, headers: Mapping[str, str] | None) -> Codec:
-        value = header(headers, "Content-Type")
-        if value and value.split(";")[0].strip().lower() in _MSGPACK_NAMES:
+        value = header(headers, CONTENT_TYPE)
+        if value and value.split(";")[0].strip().lower() in MSGPACK_NAMES:
             return cls.MSGPACK
         return cls.JSON
 
@@ -48,20 +45,6 @@ class Codec(Enum):
 _json_encoder = msgspec.json.Encoder()
 _msgpack_encoder = msgspec.msgpack.Encoder()
 _encoders = {Codec.JSON: _json_encoder.encode, Codec.MSGPACK: _msgpack_encoder.encode}
-
-
-def header(headers: Mapping[str, str] | None, name: str) -> str | None:
-    """A header's value, whatever the letter case the sender used."""
-    if not headers:
-        return None
-    value = headers.get(name)
-    if value is not None:
-        return value
-    lower = name.lower()
-    for key, val in headers.items():
-        if key.lower() == lower:
-            return val
-    return None
 
 
 _decoders: dict[tuple[type[Any], Codec], msgspec.json.Decoder[Any] | msgspec.msgpack.Decoder[Any]] = {}

@@ -24,9 +24,9 @@ from nats.js.api import StreamConfig
 from nats.js.errors import APIError, NotFoundError, ServiceUnavailableError
 from opentelemetry import trace
 
-from ..app.telemetry import inject
+from ..contract.headers import JSON
 from ..contract.messages import ExtensionLoaded, ExtensionUnloaded
-from .codec import JSON
+from .tracing import inject
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer(__name__)

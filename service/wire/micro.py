@@ -6,9 +6,19 @@ These replies are what `nats micro ls|info|stats` read; their shapes are the sch
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
+
+import msgspec
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+
+from ..contract.headers import CONTENT_TYPE, JSON
+
+log = logging.getLogger(__name__)
 
 SERVICE_NAME = "extension-loader"
 DESCRIPTION = "Loads infrastructure extensions (providers, taskservs, clusters) through Nushell and caches them"
@@ -88,3 +98,20 @@ class ServiceIdentity:
             }
         started = self.started.isoformat().replace("+00:00", "Z")
         return {**self._base("stats"), "started": started, "endpoints": [e.stats() for e in endpoints]}
+
+
+def responder(
+    nc: Client, identity: ServiceIdentity, verb: str, endpoints: Callable[[], list[EndpointStats]]
+) -> Callable[[Msg], Awaitable[None]]:
+    """The subscription callback that answers one `$SRV` verb for this instance."""
+
+    async def answer(msg: Msg) -> None:
+        if not msg.reply:
+            return
+        reply = identity.reply(verb, endpoints())
+        try:
+            await nc.publish(msg.reply, msgspec.json.encode(reply), headers={CONTENT_TYPE: JSON})
+        except Exception as exc:
+            log.error("could not answer $SRV.%s: %s", verb, exc)
+
+    return answer

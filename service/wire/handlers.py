@@ -1,0 +1,85 @@
+"""The request handlers: one plain method per subject, from a decoded request to the reply's data and the
+events to publish once the reply has gone.
+
+They know nothing of NATS (no message, no connection, no headers): the dispatcher decodes, calls, encodes and
+replies. What they may touch is the manager and the span they are given; errors are raised as the contract's
+`LoaderError`s and turned into replies by the dispatcher.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import anyio.to_thread
+import msgspec
+from opentelemetry import trace
+
+from ..contract.messages import (
+    Cleared,
+    DiscoverRequest,
+    EmptyRequest,
+    EventStats,
+    GraphRequest,
+    ListRequest,
+    LoadRequest,
+    ReloadRequest,
+    StatusRequest,
+)
+from ..core.graph import render
+from ..core.manager import Event, ExtensionManager
+from .tracing import describe_outcome
+
+Reply = tuple[Any, list[Event]]
+Handler = Callable[[Any, trace.Span], Awaitable[Reply]]
+
+
+class RequestHandlers:
+    def __init__(self, manager: ExtensionManager, event_stats: Callable[[], EventStats]) -> None:
+        self.manager = manager
+        self._event_stats = event_stats
+
+    def routes(self) -> list[tuple[str, str, type[Any], Handler]]:
+        """(endpoint name, subject suffix, request struct, handler) for every request subject."""
+        return [
+            ("load", "load", LoadRequest, self.load),
+            ("reload", "reload", ReloadRequest, self.reload),
+            ("list", "list", ListRequest, self.list),
+            ("status", "status", StatusRequest, self.status),
+            ("discover", "discover", DiscoverRequest, self.discover),
+            ("cache_clear", "cache.clear", EmptyRequest, self.clear),
+            ("stats", "stats", EmptyRequest, self.stats),
+            ("graph", "graph", GraphRequest, self.graph),
+        ]
+
+    async def load(self, req: LoadRequest, span: trace.Span) -> Reply:
+        outcome = await self.manager.load(req.type, req.name, req.version, with_dependencies=req.with_dependencies)
+        describe_outcome(span, outcome.extension, outcome.cold)
+        return outcome.extension, outcome.events
+
+    async def reload(self, req: ReloadRequest, span: trace.Span) -> Reply:
+        outcome = await self.manager.reload(req.type, req.name, req.version)
+        describe_outcome(span, outcome.extension, cold=True)
+        return outcome.extension, outcome.events
+
+    async def list(self, req: ListRequest, span: trace.Span) -> Reply:
+        return self.manager.loaded(req.type), []
+
+    async def status(self, req: StatusRequest, span: trace.Span) -> Reply:
+        return self.manager.status(req.type, req.name, req.version), []
+
+    async def discover(self, req: DiscoverRequest, span: trace.Span) -> Reply:
+        # A scan of a large tree reads the disk: off the event loop, so cached answers do not wait for it.
+        return await anyio.to_thread.run_sync(self.manager.discover, req.type, req.name), []
+
+    async def clear(self, req: EmptyRequest, span: trace.Span) -> Reply:
+        count, events = self.manager.clear()
+        return Cleared(cleared=count), events
+
+    async def stats(self, req: EmptyRequest, span: trace.Span) -> Reply:
+        return msgspec.structs.replace(self.manager.stats(), events=self._event_stats()), []
+
+    async def graph(self, req: GraphRequest, span: trace.Span) -> Reply:
+        tree = self.manager.dependency_tree(req.type, req.name, req.version)
+        span.set_attribute("extension.version", tree.root.version)
+        return render(tree, req.format), []

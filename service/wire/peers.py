@@ -1,0 +1,71 @@
+"""Other instances' events: every instance hears every other one's `loaded` and `unloaded` (no queue group)
+and forgets what a peer reloaded, cleared or saw removed, so no one serves stale metadata.
+
+What it may do is tell the manager to forget; it publishes nothing (the peer already announced it).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import msgspec
+from nats.aio.msg import Msg
+
+from ..contract.messages import Extension, ExtensionType
+from ..core.manager import ExtensionManager
+
+log = logging.getLogger(__name__)
+
+
+class PeerEvent(msgspec.Struct, frozen=True):
+    """What an instance reads of another one's `loaded` and `unloaded` events."""
+
+    instance_id: str
+    reason: str
+    extension_type: ExtensionType | None = None  # unloaded events
+    name: str | None = None
+    version: str | None = None
+    extension: Extension | None = None  # loaded events
+
+    def target(self) -> tuple[ExtensionType, str, str] | None:
+        if self.extension is not None:
+            m = self.extension.metadata
+            return m.extension_type, m.name, m.version
+        if self.extension_type is not None and self.name is not None and self.version is not None:
+            return self.extension_type, self.name, self.version
+        return None
+
+
+_decoder = msgspec.json.Decoder(PeerEvent)
+
+
+class PeerListener:
+    def __init__(
+        self, manager: ExtensionManager, *, loaded_subject: str, on_event: Callable[[], None] = lambda: None
+    ) -> None:
+        self.manager = manager
+        self.loaded_subject = loaded_subject
+        self.handled = 0  # peers' events acted on
+        self._on_event = on_event
+
+    async def on_message(self, msg: Msg) -> None:
+        try:
+            event = _decoder.decode(msg.data)
+        except msgspec.DecodeError as exc:
+            log.warning("ignored an unreadable event on %s: %s", msg.subject, exc)
+            return
+        target = event.target()
+        if event.instance_id == self.manager.instance_id or target is None:
+            return
+        dropped = self.manager.forget_for_peer(msg.subject == self.loaded_subject, event.reason, *target)
+        self.handled += 1
+        self._on_event()
+        if dropped:
+            log.info(
+                "dropped %d cache entries after %s from instance %s",
+                len(dropped),
+                msg.subject,
+                event.instance_id,
+                extra={"dropped": dropped},
+            )

@@ -1,0 +1,51 @@
+"""What goes back to a requester: the success envelope within the server's max_payload, and the failure
+envelope with the `Nats-Service-Error` headers.
+
+`failure` is where any exception becomes an error reply: a `LoaderError` speaks for itself; anything else is
+a defect, logged here with its traceback and answered as an internal error, so no traceback reaches a client.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from ..contract.errors import LoaderError, LoadFailed
+from ..contract.headers import CONTENT_TYPE, SERVICE_ERROR, SERVICE_ERROR_CODE
+from . import codec
+
+log = logging.getLogger(__name__)
+
+OK_HEADERS = {fmt: {CONTENT_TYPE: fmt.value} for fmt in codec.Codec}
+
+
+def success(data: Any, fmt: codec.Codec, max_payload: int) -> bytes:
+    """The success envelope; LoadFailed when it is larger than the server would take."""
+    body = codec.success(data, fmt)
+    if len(body) > max_payload:
+        raise LoadFailed(
+            f"the reply ({len(body)} bytes) is larger than the NATS server's max_payload "
+            f"({max_payload} bytes); narrow the request"
+        )
+    return body
+
+
+def failure(exc: Exception, subject: str, fmt: codec.Codec) -> tuple[LoaderError, bytes, dict[str, str]]:
+    """The error a request failed with (an unexpected exception becomes an internal error, logged with its
+    traceback, which never reaches the client), its failure envelope and its headers."""
+    if isinstance(exc, LoaderError):
+        err = exc
+    else:
+        log.exception("unexpected error while handling %s", subject)
+        err = LoadFailed(f"internal error ({type(exc).__name__}); see the service log")
+    headers = {
+        CONTENT_TYPE: fmt.value,
+        SERVICE_ERROR: _header_safe(err.message),
+        SERVICE_ERROR_CODE: str(err.status),
+    }
+    return err, codec.failure(err, fmt), headers
+
+
+def _header_safe(text: str) -> str:
+    # A header value is one line of printable text.
+    return " ".join("".join(c if c.isprintable() else " " for c in text).split())[:512]
