@@ -36,7 +36,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js.api import StreamConfig
 
-from service.app.cli import DEV_PASSWORDS
+from service.app.cli.serving import DEV_PASSWORDS
 from service.app.client import LoaderClient
 from service.app.natsserver import NatsServer
 from service.contract.config import ENV_PREFIX, Config

@@ -1,0 +1,132 @@
+"""The `extension-loader` command: which subcommands there are and their options.
+
+    serving.py   `serve` and `dev`: the service itself (exit codes 2 for bad configuration, 3 for a refused
+                 start, 4 when NATS cannot be reached)
+    calls.py     `load`, `list`, `watch`, ...: a client for people, through `LoaderClient`
+    printing.py  how their results read in a terminal
+
+This package is the command line's edge: it parses arguments and prints; what it runs lives in the layers
+below (`service.app.serve` for the service, `service.app.client` for the calls).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from ..serve import service_version
+from .calls import DEFAULT_URL, run_client
+from .serving import run_dev, run_serve
+
+__all__ = ["main"]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        code: int = args.run(args)
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="extension-loader",
+        description="Loads infrastructure extensions through Nushell and serves them over NATS.",
+    )
+    p.add_argument("--version", action="version", version=f"%(prog)s {service_version()}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Subcommand)
+
+    def server_options(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--config", "-c", metavar="FILE", help="TOML file over the packaged defaults")
+        sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one key")
+        sp.add_argument("--nats-url", metavar="URL", help="same as --set nats.url=URL")
+        sp.add_argument("--log-level", default="INFO")
+
+    s = sub.add_parser("serve", help="serve against a running NATS server")
+    server_options(s)
+    s.set_defaults(run=run_serve)
+    d = sub.add_parser("dev", help="start nats-server with nats.conf, then serve; Ctrl-C stops both")
+    server_options(d)
+    d.add_argument("--nats-config", default="nats.conf", metavar="FILE", help="(default: nats.conf)")
+    d.set_defaults(run=run_dev)
+
+    def client(name: str, help: str, *, typed: str = "", versioned: bool = False) -> argparse.ArgumentParser:
+        c = sub.add_parser(name, help=help)
+        c.add_argument("--server", "-s", default=os.environ.get("NATS_URL", DEFAULT_URL), metavar="URL")
+        # The nats CLI's variables: NATS_USER, NATS_PASSWORD, NATS_CA. Without a user, nats.conf's no_auth_user.
+        c.add_argument("--user", default=os.environ.get("NATS_USER") or None, help="(default: $NATS_USER)")
+        c.add_argument("--password", default=os.environ.get("NATS_PASSWORD") or None, help="(default: $NATS_PASSWORD)")
+        c.add_argument(
+            "--tls-ca",
+            default=os.environ.get("NATS_CA") or None,
+            metavar="FILE",
+            help="CA file that signed the server's certificate; turns TLS on (default: $NATS_CA)",
+        )
+        c.add_argument("--prefix", default="extensions", help="subject prefix (default: extensions)")
+        c.add_argument("--timeout", type=float, default=40.0, help="seconds to wait for a reply")
+        c.add_argument("--json", action="store_true", help="print the reply's data as JSON")
+        if typed == "required":
+            c.add_argument("type", help="provider, taskserv or cluster")
+            c.add_argument("name")
+        elif typed == "optional":
+            c.add_argument("type", nargs="?", help="provider, taskserv or cluster")
+        if versioned:
+            c.add_argument("--version", "-v", dest="ext_version", metavar="VERSION", help="version or constraint")
+        c.set_defaults(run=run_client, action=name)
+        return c
+
+    load = client("load", "load an extension", typed="required", versioned=True)
+    load.add_argument("--with-dependencies", "-d", action="store_true")
+    client("reload", "drop an extension from the cache and load it again", typed="required", versioned=True)
+    client("list", "what is loaded now", typed="optional")
+    client("status", "whether an extension is loaded", typed="required", versioned=True)
+    disc = client("discover", "what is available on disk", typed="optional")
+    # SUPPRESS: a NAME left out must not overwrite a --name given before it.
+    disc.add_argument(
+        "name", nargs="?", default=argparse.SUPPRESS, action=_OneName, metavar="NAME", help="only this extension"
+    )
+    disc.add_argument("--name", action=_OneName, help="same as NAME")
+    client("stats", "cache and load statistics")
+    client("clear", "empty the cache (extensions.cache.clear)")
+    graph = client("graph", "an extension's dependency graph", typed="required", versioned=True)
+    graph.add_argument("--format", "-f", choices=["json", "dot", "mermaid"], default="json")
+    client("watch", "print extensions.loaded and extensions.unloaded events as they come")
+    return p
+
+
+class _Subcommand(argparse.ArgumentParser):
+    """A subcommand's parser: what it does not recognise is its own usage error. argparse would hand it up to the
+    top-level parser, whose usage (`COMMAND ...`) does not show the options the person was reaching for."""
+
+    def parse_known_args(  # type: ignore[override]  # typeshed overloads it on the namespace type
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        parsed, rest = super().parse_known_args(args, namespace)
+        if rest:
+            self.error(f"unrecognized arguments: {' '.join(rest)}")
+        return parsed, rest
+
+
+class _OneName(argparse.Action):
+    """`discover TYPE NAME` and `discover TYPE --name NAME` mean the same; two different names are an error."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: str | Sequence[Any] | None,
+        option_string: str | None = None,
+    ) -> None:
+        given = getattr(namespace, self.dest, None)
+        if given is not None and values is not None and given != values:
+            raise argparse.ArgumentError(self, f"{values!r} differs from the name given before, {given!r}")
+        setattr(namespace, self.dest, values)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,187 @@
+"""The client subcommands (`load`, `reload`, `list`, `status`, `discover`, `stats`, `clear`, `graph`,
+`watch`): connect as the person asks, make the call through `LoaderClient`, print the result, and turn every
+failure into one line and an exit code (1: the service answered an error; 4: NATS or TLS refused or is not
+there)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import ssl
+import sys
+import time
+from collections.abc import Awaitable
+from typing import Any
+
+import anyio
+import msgspec
+import nats
+from nats.aio.client import Client
+
+from ...wire.connection import flush_subscriptions
+from ..client import LoaderClient, RemoteError
+from .printing import event_line, readable
+
+DEFAULT_URL = "nats://127.0.0.1:4222"
+
+
+class _CaFileError(Exception):
+    """--tls-ca names a file that cannot be read as a CA file; ssl's own errors do not name it."""
+
+    def __init__(self, path: str, exc: OSError) -> None:
+        if isinstance(exc, ssl.SSLError):
+            problem = f"not a PEM file of CA certificates ({exc.reason or exc.strerror or exc})"
+        else:
+            problem = exc.strerror or str(exc)
+        super().__init__(f"--tls-ca {path}: {problem}")
+
+
+def run_client(args: argparse.Namespace) -> int:
+    try:
+        return anyio.run(_client_main, args)
+    except RemoteError as exc:
+        print(f"error: {exc.code}: {exc.message}", file=sys.stderr)
+        if exc.details:
+            print(json.dumps(exc.details, indent=2), file=sys.stderr)
+        return 1
+    except (_CaFileError, _Forbidden) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 4
+    except nats.errors.NoRespondersError as exc:
+        who = f"as user {args.user!r}" if args.user else "without a user (--user)"
+        print(
+            f"error: {args.server}: {exc}\n"
+            f"hint: NATS is up, but no extension-loader service answers on {args.prefix}.*: the service is not "
+            f"running, or it cannot be reached {who}",
+            file=sys.stderr,
+        )
+        return 4
+    except (OSError, nats.errors.Error) as exc:
+        # The error callback often saw the very error that is raised (an authorization violation): say it once.
+        cause = f" ({_last_error[-1]})" if _last_error and _last_error[-1] not in str(exc) else ""
+        print(f"error: {args.server}: {exc}{cause}", file=sys.stderr)
+        return 4
+
+
+_last_error: list[str] = []
+_forbidden: list[anyio.Event] = []  # set when the server refuses what this user sent: no reply will come
+
+
+async def _quiet(exc: Exception) -> None:
+    # nats-py's default error callback logs a traceback per attempt; a person wants one line at the end.
+    _last_error.append(str(exc))
+    if "permissions violation" in str(exc).lower():
+        for event in _forbidden:
+            event.set()
+
+
+class _Forbidden(Exception):
+    """The NATS server refused the request (or the inbox for its reply) to this user."""
+
+
+async def _client_main(args: argparse.Namespace) -> int:
+    options: dict[str, Any] = {
+        "servers": [args.server],
+        "name": "extension-loader-cli",
+        "connect_timeout": 5,
+        "max_reconnect_attempts": 1,
+        "allow_reconnect": False,
+        "error_cb": _quiet,
+    }
+    if args.user:
+        options.update(user=args.user, password=args.password or "")
+    if args.tls_ca:
+        try:
+            options["tls"] = ssl.create_default_context(cafile=args.tls_ca)
+        except OSError as exc:
+            raise _CaFileError(args.tls_ca, exc) from exc
+    nc = await nats.connect(**options)
+    try:
+        if args.action == "watch":
+            return await _watch(nc, args)
+        started = time.perf_counter()
+        data = await _unless_forbidden(_call(LoaderClient(nc, prefix=args.prefix, timeout=args.timeout), args), args)
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        print(json.dumps(data, indent=2) if args.json else readable(args, data, elapsed_ms))
+        return 0
+    finally:
+        await nc.drain()
+
+
+async def _call(c: LoaderClient, args: argparse.Namespace) -> Any:
+    version = getattr(args, "ext_version", None)
+    match args.action:
+        case "load":
+            return await c.load(args.type, args.name, version, with_dependencies=args.with_dependencies)
+        case "reload":
+            return await c.reload(args.type, args.name, version)
+        case "list":
+            return await c.list(args.type)
+        case "status":
+            return await c.status(args.type, args.name, version)
+        case "discover":
+            return await c.discover(args.type, args.name)
+        case "stats":
+            return await c.stats()
+        case "clear":
+            return await c.clear()
+        case "graph":
+            return await c.graph(args.type, args.name, version, args.format)
+        case _:  # pragma: no cover - argparse allows no other
+            raise AssertionError(args.action)
+
+
+async def _unless_forbidden(call: Awaitable[Any], args: argparse.Namespace) -> Any:
+    """The call's result; _Forbidden at once when the server refuses the request to this user, which would
+    otherwise look like a service that does not answer until --timeout runs out."""
+    forbidden = anyio.Event()
+    _forbidden.append(forbidden)
+    result: list[Any] = []
+    failure: list[Exception] = []
+    try:
+        async with anyio.create_task_group() as tg:
+
+            async def run() -> None:
+                try:
+                    result.append(await call)
+                except Exception as exc:  # raised out of the task group, it would come wrapped in a group
+                    failure.append(exc)
+                tg.cancel_scope.cancel()
+
+            async def refused() -> None:
+                await forbidden.wait()
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(run)
+            tg.start_soon(refused)
+    finally:
+        _forbidden.remove(forbidden)
+    if failure:
+        raise failure[0]
+    if not result:
+        who = f"user {args.user!r}" if args.user else "a client without a user (--user)"
+        raise _Forbidden(f"{args.server}: {_last_error[-1]}: {who} may not make this request (README.md, Security)")
+    return result[0]
+
+
+async def _watch(nc: Client, args: argparse.Namespace) -> int:
+    sub = await nc.subscribe(f"{args.prefix}.loaded")
+    sub2 = await nc.subscribe(f"{args.prefix}.unloaded")
+    await flush_subscriptions(nc)  # say "watching" only once the server has the subscriptions
+    print(
+        f"watching {args.prefix}.loaded and {args.prefix}.unloaded on {args.server} (Ctrl-C stops)",
+        file=sys.stderr,
+    )
+    send, receive = anyio.create_memory_object_stream[Any](100)
+
+    async def pump(s: Any) -> None:
+        async for msg in s.messages:
+            await send.send(msg)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(pump, sub)
+        tg.start_soon(pump, sub2)
+        async for msg in receive:
+            event = msgspec.json.decode(msg.data)
+            print(json.dumps(event) if args.json else event_line(msg.subject, event), flush=True)
+    return 0

@@ -1,0 +1,76 @@
+"""How the client subcommands' results read in a terminal (`--json` prints the reply's data instead)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Sequence
+from typing import Any
+
+
+def event_line(subject: str, e: dict[str, Any]) -> str:
+    when = e.get("timestamp", "")[11:19]
+    if subject.endswith(".loaded"):
+        m = e["extension"]["metadata"]
+        return (
+            f"{when} loaded   {m['extension_type']}:{m['name']}:{m['version']}  reason={e['reason']} "
+            f"{e['duration_ms']:.1f} ms  instance={e['instance_id']}"
+        )
+    return (
+        f"{when} unloaded {e['extension_type']}:{e['name']}:{e['version']}  reason={e['reason']}  "
+        f"instance={e['instance_id']}"
+    )
+
+
+def readable(args: argparse.Namespace, data: Any, elapsed_ms: float) -> str:
+    action = args.action
+    if action in ("load", "reload"):
+        m = data["metadata"]
+        deps = ", ".join(m["dependencies"]) or "none"
+        verb = "reloaded" if action == "reload" else "loaded"
+        return "\n".join(
+            [
+                f"{m['extension_type']} {m['name']} {m['version']} {verb} in {elapsed_ms:.1f} ms",
+                f"  {m['description']}",
+                f"  path:         {data['path']}",
+                f"  digest:       {data['digest']}",
+                f"  dependencies: {deps}",
+                f"  loaded at:    {data['loaded_at']}",
+            ]
+        )
+    if action == "list":
+        rows = [
+            (e["metadata"]["extension_type"], e["metadata"]["name"], e["metadata"]["version"], e["loaded_at"])
+            for e in data
+        ]
+        return _table(("TYPE", "NAME", "VERSION", "LOADED AT"), rows) if rows else "nothing is loaded"
+    if action == "status":
+        where = f"{args.type} {args.name}"
+        return f"{where}: loaded ({', '.join(data['versions'])})" if data["loaded"] else f"{where}: not loaded"
+    if action == "discover":
+        rows = [(a["extension_type"], a["name"], ", ".join(a["versions"]), a["latest"]["description"]) for a in data]
+        return _table(("TYPE", "NAME", "VERSIONS", "DESCRIPTION"), rows) if rows else "no extensions found"
+    if action == "stats":
+        c, loads = data["cache"], data["loads"]
+        return "\n".join(
+            [
+                f"instance {data['instance_id']}, up {data['uptime_s']:.0f} s, nushell {data['nushell']['version']}",
+                f"cache: {c['size']}/{c['capacity']} entries, {c['hits']} hits, {c['misses']} misses "
+                f"(hit ratio {c['hit_ratio']:.2f}), {c['evictions']} evictions",
+                f"loads: {loads['total']} total, {loads['cold']} cold, {loads['failed']} failed, "
+                f"{loads['coalesced']} coalesced; {data['in_flight']} in flight",
+            ]
+        )
+    if action == "clear":
+        return f"cleared {data['cleared']} entries"
+    if action == "graph":
+        if "text" in data:
+            return str(data["text"]).rstrip("\n")
+        return "install order:\n" + "\n".join(f"  {i + 1}. {node}" for i, node in enumerate(data["order"]))
+    return json.dumps(data, indent=2)
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(str(v).ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in [header, *rows]]
+    return "\n".join(lines)
