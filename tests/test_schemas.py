@@ -12,6 +12,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, cast
 
+import msgpack
 import msgspec
 import pytest
 from jsonschema import Draft7Validator, Draft202012Validator
@@ -315,6 +316,17 @@ def test_a_success_reply_validates_against_its_subject_s_schema(suffix: str, dat
     assert errors == []
 
 
+@pytest.mark.parametrize(("suffix", "data"), REPLY_DATA, ids=[f"{s}-{type(d).__name__}" for s, d in REPLY_DATA])
+def test_a_msgpack_reply_carries_what_the_json_reply_carries(suffix: str, data: Any) -> None:
+    """The schemas describe both encodings: read with no types to guide it (msgspec untyped, and the `msgpack`
+    package), a MessagePack reply is the JSON reply, type for type (timestamps are RFC 3339 strings)."""
+    as_json = json.loads(success(data, Codec.JSON))
+    body = success(data, Codec.MSGPACK)
+    for decoded in (msgspec.msgpack.decode(body), msgpack.unpackb(body)):
+        assert decoded == as_json
+        assert [e.message for e in validator(f"{suffix}.reply.json").iter_errors(decoded)] == []
+
+
 @pytest.mark.parametrize(
     ("suffix", "data"),
     [
@@ -349,6 +361,16 @@ def test_events_validate_against_their_schema_only(file: str, event: msgspec.Str
     assert list(validator(file).iter_errors(wire(event))) == []
     other = "ExtensionUnloaded.json" if file == "ExtensionLoaded.json" else "ExtensionLoaded.json"
     assert not validator(other).is_valid(wire(event))
+
+
+@pytest.mark.parametrize(("file", "event"), [("ExtensionLoaded.json", LOADED), ("ExtensionUnloaded.json", UNLOADED)])
+def test_an_event_in_msgpack_carries_what_it_carries_in_json(file: str, event: msgspec.Struct) -> None:
+    """Events go out as JSON; should one go out through the MessagePack codec, it must not change type."""
+    body = Codec.MSGPACK.encode(event)
+    for decoded in (msgspec.msgpack.decode(body), msgpack.unpackb(body)):
+        assert decoded == wire(event)
+        assert isinstance(decoded["timestamp"], str)
+        assert list(validator(file).iter_errors(decoded)) == []
 
 
 def test_structs_encode_to_what_their_schema_accepts() -> None:
