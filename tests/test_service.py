@@ -23,6 +23,7 @@ from tests.conftest import NU, WAIT, EventLog, make_config, running_service, wri
 pytestmark = pytest.mark.anyio
 
 MICRO_SCHEMAS = Path(__file__).parent / "schemas" / "nats-micro-v1"
+SCHEMAS = Path(__file__).resolve().parents[1] / "schemas"
 
 
 def digest_of(folder: Path) -> str:
@@ -237,21 +238,37 @@ async def test_dependency_errors(nats_server: NatsServer, nc: Client, tmp_path: 
     root = tmp_path / "ext"
     write_extension(root, "taskserv", "app", "1.0.0", dependencies=["ghost"])
     write_extension(root, "taskserv", "old", "1.0.0", dependencies=["lib@^2"])
+    write_extension(root, "taskserv", "lib", "1.0.0")
     write_extension(root, "taskserv", "lib", "1.5.0")
     write_extension(root, "taskserv", "ping", "1.0.0", dependencies=["pong"])
     write_extension(root, "taskserv", "pong", "1.0.0", dependencies=["taskserv:ping"])
     write_extension(root, "cluster", "deep", "1.0.0", dependencies=["app"])
     config = make_config(nats_server.url, tmp_path, roots=[root])
+    reply_schema = json.loads((SCHEMAS / "load.reply.json").read_text())
     async with running_service(config):
         c = LoaderClient(nc, timeout=WAIT)
         err = await expect_error(c.load("taskserv", "app"), "dependency_error")
-        assert err.details["missing"] == ["ghost (available: none)"] or err.details["missing"][0].startswith("ghost")
+        ghost: dict[str, Any] = {"dependency": "taskserv:ghost", "constraint": None, "available": []}
+        assert err.details == {"missing": [ghost], "cycle": [], "path": ["taskserv:app", "taskserv:ghost"]}
+        assert err.message == (
+            "taskserv app 1.0.0: dependency error (via taskserv:app -> taskserv:ghost): taskserv:ghost is not available"
+        )
         err = await expect_error(c.load("taskserv", "old"), "dependency_error")
-        assert "lib@^2" in err.details["missing"][0] and "1.5.0" in err.details["missing"][0]
+        lib = {"dependency": "taskserv:lib", "constraint": "^2", "available": ["1.5.0", "1.0.0"]}
+        assert err.details == {"missing": [lib], "cycle": [], "path": ["taskserv:old", "taskserv:lib"]}
+        assert err.message == (
+            "taskserv old 1.0.0: dependency error (via taskserv:old -> taskserv:lib): "
+            "taskserv:lib has no version matching ^2 (available: 1.5.0, 1.0.0)"
+        )
         err = await expect_error(c.load("taskserv", "ping"), "dependency_error")
         assert err.details["cycle"] == ["taskserv:ping", "taskserv:pong", "taskserv:ping"]
+        assert err.details["missing"] == []
         err = await expect_error(c.load("cluster", "deep"), "dependency_error")
         assert err.details["path"] == ["cluster:deep", "taskserv:app", "taskserv:ghost"]
+        assert err.details["missing"] == [ghost]
+        # The reply as it is on the wire is what the published schema describes for a dependency_error.
+        reply = await raw_request(nc, "extensions.load", {"extension_type": "taskserv", "name": "old"})
+        jsonschema.validate(json.loads(reply.data), reply_schema)
         # Nothing failed loads into the cache.
         assert await c.list() == []
 
