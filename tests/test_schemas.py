@@ -12,6 +12,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, cast
 
+import msgpack
 import msgspec
 import pytest
 from jsonschema import Draft7Validator, Draft202012Validator
@@ -50,6 +51,7 @@ from service.contract.messages import (
     ListRequest,
     LoadRequest,
     LoadStats,
+    MissingDependency,
     NushellInfo,
     ReloadRequest,
     Stats,
@@ -296,11 +298,17 @@ REPLY_DATA: list[tuple[str, Any]] = [
     ("graph", GRAPH),
     ("graph", GraphText(text="graph LR\n  n0 --> n1\n")),
 ]
+DEPENDENCY_ERROR = DependencyError(
+    "taskserv kubernetes 1.28.0",
+    missing=[MissingDependency(dependency="taskserv:etcd", constraint="^3.5", available=("3.4.0", "3.3.1"))],
+    cycle=["taskserv:a", "taskserv:b", "taskserv:a"],
+    path=["taskserv:kubernetes", "taskserv:etcd"],
+)
 ERRORS: list[LoaderError] = [
     InvalidRequest("unknown field 'nmae'", field="nmae"),
     NotFound("taskserv", "kubernetex", ["kubernetes"]),
     VersionNotFound("taskserv", "kubernetes", "^9", ["1.29.2", "1.28.0"]),
-    DependencyError("taskserv:kubernetes", missing=["etcd"], cycle=["a", "b", "a"], path=["kubernetes", "etcd"]),
+    DEPENDENCY_ERROR,
     InvalidExtension("/ext/taskservs/broken/1.0.0", ["mod.nu does not parse"]),
     LoadFailed("nu exited with 1", exit_code=1, stderr="Error: boom"),
     LoadTimeout(30.0),
@@ -313,6 +321,17 @@ def test_a_success_reply_validates_against_its_subject_s_schema(suffix: str, dat
     body = json.loads(success(data, Codec.JSON))
     errors = [e.message for e in validator(f"{suffix}.reply.json").iter_errors(body)]
     assert errors == []
+
+
+@pytest.mark.parametrize(("suffix", "data"), REPLY_DATA, ids=[f"{s}-{type(d).__name__}" for s, d in REPLY_DATA])
+def test_a_msgpack_reply_carries_what_the_json_reply_carries(suffix: str, data: Any) -> None:
+    """The schemas describe both encodings: read with no types to guide it (msgspec untyped, and the `msgpack`
+    package), a MessagePack reply is the JSON reply, type for type (timestamps are RFC 3339 strings)."""
+    as_json = json.loads(success(data, Codec.JSON))
+    body = success(data, Codec.MSGPACK)
+    for decoded in (msgspec.msgpack.decode(body), msgpack.unpackb(body)):
+        assert decoded == as_json
+        assert [e.message for e in validator(f"{suffix}.reply.json").iter_errors(decoded)] == []
 
 
 @pytest.mark.parametrize(
@@ -339,6 +358,38 @@ def test_every_error_reply_validates_against_every_reply_schema(error: LoaderErr
         assert validator(route.reply_file).is_valid(body), route.reply_file
 
 
+@pytest.mark.parametrize("file", sorted(f for f in SCHEMAS if f.endswith(".reply.json")))
+def test_the_details_of_a_dependency_error_are_described(file: str) -> None:
+    """Every reply schema says what a dependency_error's details hold (MissingDependency entries, not prose),
+    and leaves the other codes' details as they were."""
+    ok = json.loads(failure(DEPENDENCY_ERROR, Codec.JSON))
+    assert ok["error"]["details"]["missing"] == [
+        {"dependency": "taskserv:etcd", "constraint": "^3.5", "available": ["3.4.0", "3.3.1"]}
+    ]
+    check = validator(file)
+    assert list(check.iter_errors(ok)) == []
+    unconstrained = {**ok["error"]["details"]["missing"][0], "constraint": None, "available": []}
+    assert check.is_valid({**ok, "error": {**ok["error"], "details": {"missing": [unconstrained], "cycle": []}}})
+
+    def with_details(details: Any, code: str = "dependency_error") -> dict[str, Any]:
+        return {"success": False, "error": {"code": code, "message": "m", "details": details}}
+
+    prose = {"missing": ["lib@^2 (available: 1.5.0)"], "cycle": []}
+    assert not check.is_valid(with_details(prose))
+    assert not check.is_valid(with_details({"missing": [{"dependency": "taskserv:lib"}], "cycle": []}))
+    assert not check.is_valid(with_details({"cycle": []}))
+    assert check.is_valid(with_details(prose, code="load_failed"))
+    defs = SCHEMAS[file]["$defs"]
+    assert set(defs["MissingDependency"]["required"]) == {"dependency", "constraint", "available"}
+    assert defs["DependencyErrorDetails"]["properties"]["missing"]["items"] == {"$ref": "#/$defs/MissingDependency"}
+
+
+@pytest.mark.parametrize("error", ERRORS, ids=lambda e: e.code)
+def test_an_error_reply_in_msgpack_carries_what_it_carries_in_json(error: LoaderError) -> None:
+    body = failure(error, Codec.MSGPACK)
+    assert msgspec.msgpack.decode(body) == msgpack.unpackb(body) == json.loads(failure(error, Codec.JSON))
+
+
 def test_the_error_codes_in_the_schema_are_the_service_s() -> None:
     codes = SCHEMAS["load.reply.json"]["$defs"]["ErrorBody"]["properties"]["code"]["enum"]
     assert set(codes) == set(ERROR_CODES) == {type(e).code for e in ERRORS}
@@ -349,6 +400,16 @@ def test_events_validate_against_their_schema_only(file: str, event: msgspec.Str
     assert list(validator(file).iter_errors(wire(event))) == []
     other = "ExtensionUnloaded.json" if file == "ExtensionLoaded.json" else "ExtensionLoaded.json"
     assert not validator(other).is_valid(wire(event))
+
+
+@pytest.mark.parametrize(("file", "event"), [("ExtensionLoaded.json", LOADED), ("ExtensionUnloaded.json", UNLOADED)])
+def test_an_event_in_msgpack_carries_what_it_carries_in_json(file: str, event: msgspec.Struct) -> None:
+    """Events go out as JSON; should one go out through the MessagePack codec, it must not change type."""
+    body = Codec.MSGPACK.encode(event)
+    for decoded in (msgspec.msgpack.decode(body), msgpack.unpackb(body)):
+        assert decoded == wire(event)
+        assert isinstance(decoded["timestamp"], str)
+        assert list(validator(file).iter_errors(decoded)) == []
 
 
 def test_structs_encode_to_what_their_schema_accepts() -> None:

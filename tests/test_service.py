@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import anyio
 import jsonschema
+import msgpack
 import msgspec
 import pytest
 from nats.aio.client import Client
@@ -21,6 +23,7 @@ from tests.conftest import NU, WAIT, EventLog, make_config, running_service, wri
 pytestmark = pytest.mark.anyio
 
 MICRO_SCHEMAS = Path(__file__).parent / "schemas" / "nats-micro-v1"
+SCHEMAS = Path(__file__).resolve().parents[1] / "schemas"
 
 
 def digest_of(folder: Path) -> str:
@@ -235,21 +238,37 @@ async def test_dependency_errors(nats_server: NatsServer, nc: Client, tmp_path: 
     root = tmp_path / "ext"
     write_extension(root, "taskserv", "app", "1.0.0", dependencies=["ghost"])
     write_extension(root, "taskserv", "old", "1.0.0", dependencies=["lib@^2"])
+    write_extension(root, "taskserv", "lib", "1.0.0")
     write_extension(root, "taskserv", "lib", "1.5.0")
     write_extension(root, "taskserv", "ping", "1.0.0", dependencies=["pong"])
     write_extension(root, "taskserv", "pong", "1.0.0", dependencies=["taskserv:ping"])
     write_extension(root, "cluster", "deep", "1.0.0", dependencies=["app"])
     config = make_config(nats_server.url, tmp_path, roots=[root])
+    reply_schema = json.loads((SCHEMAS / "load.reply.json").read_text())
     async with running_service(config):
         c = LoaderClient(nc, timeout=WAIT)
         err = await expect_error(c.load("taskserv", "app"), "dependency_error")
-        assert err.details["missing"] == ["ghost (available: none)"] or err.details["missing"][0].startswith("ghost")
+        ghost: dict[str, Any] = {"dependency": "taskserv:ghost", "constraint": None, "available": []}
+        assert err.details == {"missing": [ghost], "cycle": [], "path": ["taskserv:app", "taskserv:ghost"]}
+        assert err.message == (
+            "taskserv app 1.0.0: dependency error (via taskserv:app -> taskserv:ghost): taskserv:ghost is not available"
+        )
         err = await expect_error(c.load("taskserv", "old"), "dependency_error")
-        assert "lib@^2" in err.details["missing"][0] and "1.5.0" in err.details["missing"][0]
+        lib = {"dependency": "taskserv:lib", "constraint": "^2", "available": ["1.5.0", "1.0.0"]}
+        assert err.details == {"missing": [lib], "cycle": [], "path": ["taskserv:old", "taskserv:lib"]}
+        assert err.message == (
+            "taskserv old 1.0.0: dependency error (via taskserv:old -> taskserv:lib): "
+            "taskserv:lib has no version matching ^2 (available: 1.5.0, 1.0.0)"
+        )
         err = await expect_error(c.load("taskserv", "ping"), "dependency_error")
         assert err.details["cycle"] == ["taskserv:ping", "taskserv:pong", "taskserv:ping"]
+        assert err.details["missing"] == []
         err = await expect_error(c.load("cluster", "deep"), "dependency_error")
         assert err.details["path"] == ["cluster:deep", "taskserv:app", "taskserv:ghost"]
+        assert err.details["missing"] == [ghost]
+        # The reply as it is on the wire is what the published schema describes for a dependency_error.
+        reply = await raw_request(nc, "extensions.load", {"extension_type": "taskserv", "name": "old"})
+        jsonschema.validate(json.loads(reply.data), reply_schema)
         # Nothing failed loads into the cache.
         assert await c.list() == []
 
@@ -437,6 +456,52 @@ async def test_msgpack_request_gets_msgpack_reply(nc: Client, service: Extension
     assert decoded["success"] is True and decoded["data"]["metadata"]["name"] == "redis"
     bad = await nc.request("extensions.load", msgspec.msgpack.encode({"name": 1}), timeout=WAIT, headers=headers)
     assert msgspec.msgpack.decode(bad.data)["error"]["code"] == "invalid_request"
+
+
+def generic_msgpack(data: bytes) -> list[Any]:
+    """A MessagePack body as two independent decoders read it with no types to guide them (as a Rust client
+    with rmp-serde reads it into a string field): msgspec's untyped decoder and the `msgpack` package."""
+    return [msgspec.msgpack.decode(data), msgpack.unpackb(data)]
+
+
+async def test_msgpack_replies_carry_timestamps_as_rfc3339_strings_as_json_does(
+    nc: Client, service: ExtensionService, events: EventLog
+) -> None:
+    """MessagePack carries the same types as JSON: `loaded_at` is the RFC 3339 string JSON gives (UTC, "Z"),
+    never MessagePack's timestamp extension, on a cold reply, on the cached short path (encoded once per
+    entry), in a list and after a reload. Events are JSON whatever the request's encoding."""
+    mp = {"Content-Type": "application/msgpack"}
+    body = {"extension_type": "taskserv", "name": "redis"}
+    cold = await raw_request(nc, "extensions.load", msgspec.msgpack.encode(body), headers=mp)
+    cached = await raw_request(nc, "extensions.load", msgspec.msgpack.encode(body), headers=mp)
+    listed = await raw_request(nc, "extensions.list", msgspec.msgpack.encode({}), headers=mp)
+    as_json = json.loads((await raw_request(nc, "extensions.load", body)).data)
+    stamp = as_json["data"]["loaded_at"]
+    assert isinstance(stamp, str) and stamp.endswith("Z")
+    for reply in (cold, cached, listed):
+        assert reply.headers["Content-Type"] == "application/msgpack"
+    for decoded in generic_msgpack(cold.data) + generic_msgpack(cached.data):
+        assert isinstance(decoded["data"]["loaded_at"], str), type(decoded["data"]["loaded_at"])
+        assert decoded == as_json
+    for decoded in generic_msgpack(listed.data):
+        assert [e["loaded_at"] for e in decoded["data"]] == [stamp]
+
+    reloaded = await raw_request(nc, "extensions.reload", msgspec.msgpack.encode(body), headers=mp)
+    for decoded in generic_msgpack(reloaded.data):
+        again = decoded["data"]["loaded_at"]
+        assert isinstance(again, str) and again.endswith("Z")
+        assert datetime.fromisoformat(again) >= datetime.fromisoformat(stamp)
+
+    # The loaded events of the cold load and the reload (both requested in MessagePack) and the unloaded event
+    # of the reload go out as JSON, and say so, whatever the request's encoding.
+    await events.wait_for(2, ".loaded")
+    await events.wait_for(1, ".unloaded")
+    for msg in events.messages:
+        assert msg.headers is not None and msg.headers["Content-Type"] == "application/json"
+        event = json.loads(msg.data)
+        assert isinstance(event["timestamp"], str) and event["timestamp"].endswith("Z")
+        if "extension" in event:
+            assert isinstance(event["extension"]["loaded_at"], str)
 
 
 async def test_events_carry_msg_id_and_trace_headers(client: LoaderClient, nc: Client, events: EventLog) -> None:

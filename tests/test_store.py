@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from service.contract.errors import DependencyError, InvalidExtension, NotFound, VersionNotFound
-from service.contract.messages import ExtensionType
+from service.contract.messages import ExtensionType, MissingDependency
 from service.core.store import ExtensionStore
 from service.core.versions import Constraint
 from tests.conftest import EXAMPLES, write_extension
@@ -117,7 +117,28 @@ def test_unsatisfiable_and_cyclic_dependencies(tmp_path: Path) -> None:
     store = ExtensionStore([root])
     with pytest.raises(DependencyError) as info:
         store.dependency_tree(store.resolve(T, "b", Constraint.parse(None)))
-    assert info.value.missing[0].startswith("lib@^2")
+    assert info.value.missing == [MissingDependency(dependency="taskserv:lib", constraint="^2", available=("1.0.0",))]
     with pytest.raises(DependencyError) as info:
         store.dependency_tree(store.resolve(T, "x", Constraint.parse(None)))
     assert info.value.cycle == ["taskserv:x", "taskserv:y", "taskserv:z", "taskserv:x"]
+
+
+def test_a_missing_dependency_names_what_no_version_meets(tmp_path: Path) -> None:
+    """Each constraint alone is met (`^1` by 1.0.0, `^2` by 2.0.0), both together by nothing: the error says
+    so, rather than report `^1` beside an available 1.0.0. A dependency that is not there has no versions."""
+    root = tmp_path / "root"
+    write_extension(root, "taskserv", "lib", "1.0.0")
+    write_extension(root, "taskserv", "lib", "2.0.0")
+    write_extension(root, "taskserv", "a", "1.0.0", dependencies=["lib@^1"])
+    write_extension(root, "taskserv", "b", "1.0.0", dependencies=["lib@^2"])
+    write_extension(root, "cluster", "top", "1.0.0", dependencies=["taskserv:a", "taskserv:b"])
+    write_extension(root, "cluster", "lonely", "1.0.0", dependencies=["provider:nowhere@~1.2"])
+    store = ExtensionStore([root])
+    with pytest.raises(DependencyError) as info:
+        store.dependency_tree(store.resolve(ExtensionType.CLUSTER, "top", Constraint.parse(None)))
+    (missing,) = info.value.missing
+    assert missing == MissingDependency(dependency="taskserv:lib", constraint="^1,^2", available=("2.0.0", "1.0.0"))
+    assert not [v for v in missing.available if Constraint.parse(missing.constraint).matches(v)]
+    with pytest.raises(DependencyError) as info:
+        store.dependency_tree(store.resolve(ExtensionType.CLUSTER, "lonely", Constraint.parse(None)))
+    assert info.value.missing == [MissingDependency(dependency="provider:nowhere", constraint="~1.2", available=())]

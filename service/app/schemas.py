@@ -30,8 +30,10 @@ from ..contract.headers import JSON, MSGPACK
 from ..contract.messages import (
     Available,
     Cleared,
+    DependencyErrorDetails,
     DiscoverRequest,
     EmptyRequest,
+    ErrorBody,
     Extension,
     ExtensionLoaded,
     ExtensionUnloaded,
@@ -51,7 +53,7 @@ from ..contract.messages import (
 JSON_SCHEMA = "https://json-schema.org/draft/2020-12/schema"
 BASE_ID = "https://extension-loader.dev/schemas/"
 ASYNCAPI = "asyncapi.json"
-GENERATED = "Generated from service/messages.py by `python -m service.schemas`; do not edit, run `make schemas`."
+GENERATED = "Generated from service/contract/messages.py by `python -m service.app.schemas`; do not edit, run `make schemas`."
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +98,10 @@ EVENTS: tuple[EventRoute, ...] = (
     EventRoute("unloaded", ExtensionUnloaded, "Published whenever an entry leaves the cache."),
 )
 
+# ErrorBody's `details` is one free-form object for every code; the codes here have a struct of their own, and
+# the schemas say that a body of that code holds it.
+ERROR_DETAILS: dict[str, type[msgspec.Struct]] = {"dependency_error": DependencyErrorDetails}
+
 # msgspec names a generic struct after its parameters' qualified names ("Success_list_service.messages.X__");
 # the published names drop the module path.
 _QUALIFIER = re.compile(re.escape(f"{Success.__module__}."))
@@ -104,8 +110,11 @@ _QUALIFIER = re.compile(re.escape(f"{Success.__module__}."))
 
 
 def _components(types: Sequence[Any], ref_prefix: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """msgspec's schemas of `types`, with readable definition names and refs under `ref_prefix`."""
-    roots, defs = msgspec.json.schema_components(types, ref_template=ref_prefix + "{name}")
+    """msgspec's schemas of `types`, with readable definition names and refs under `ref_prefix`; where an
+    error envelope is among them, its `details` are described code by code (`ERROR_DETAILS`)."""
+    described = list(ERROR_DETAILS.values()) if Failure in types else []
+    roots, defs = msgspec.json.schema_components([*types, *described], ref_template=ref_prefix + "{name}")
+    roots = roots[: len(types)]
     names = {name: _QUALIFIER.sub("", name) for name in defs}
     if len(set(names.values())) != len(names):
         raise RuntimeError(f"two schema definitions would share a name: {sorted(names)}")
@@ -123,7 +132,16 @@ def _components(types: Sequence[Any], ref_prefix: str) -> tuple[list[dict[str, A
             return [rename(item) for item in node]
         return node
 
-    return [rename(root) for root in roots], {names[name]: rename(body) for name, body in defs.items()}
+    out = {names[name]: rename(body) for name, body in defs.items()}
+    if described:
+        out[ErrorBody.__name__]["allOf"] = [
+            {
+                "if": {"properties": {"code": {"const": code}}, "required": ["code"]},
+                "then": {"properties": {"details": {"$ref": ref_prefix + kind.__name__}}, "required": ["details"]},
+            }
+            for code, kind in ERROR_DETAILS.items()
+        ]
+    return [rename(root) for root in roots], out
 
 
 def _reply_types(route: Route) -> list[Any]:

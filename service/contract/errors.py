@@ -19,6 +19,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
+from .messages import MissingDependency
+
 
 class LoaderError(Exception):
     """Root of every error that is reported to a requester."""
@@ -89,16 +91,14 @@ class DependencyError(LoaderError):
         self,
         subject: str,
         *,
-        missing: Sequence[str] = (),
+        missing: Sequence[MissingDependency] = (),
         cycle: Sequence[str] = (),
         path: Sequence[str] = (),
     ) -> None:
         self.missing = list(missing)
         self.cycle = list(cycle)
         self.path = list(path)
-        parts = []
-        if self.missing:
-            parts.append(f"missing or unsatisfiable: {', '.join(self.missing)}")
+        parts = [_unmet(m) for m in self.missing]
         if self.cycle:
             parts.append(f"cycle: {' -> '.join(self.cycle)}")
         via = f" (via {' -> '.join(self.path)})" if len(self.path) > 1 else ""
@@ -109,6 +109,15 @@ class DependencyError(LoaderError):
         if self.path:
             out["path"] = self.path
         return out
+
+
+def _unmet(missing: MissingDependency) -> str:
+    if not missing.available:
+        return f"{missing.dependency} is not available"
+    have = ", ".join(missing.available)
+    if missing.constraint is None:  # only pre-releases: "latest" means a stable version
+        return f"{missing.dependency} has no stable version (available: {have})"
+    return f"{missing.dependency} has no version matching {missing.constraint} (available: {have})"
 
 
 class InvalidExtension(LoaderError):

@@ -252,6 +252,38 @@ class GraphText(Struct, frozen=True, kw_only=True):
     text: str
 
 
+class MissingDependency(Struct, frozen=True, kw_only=True):
+    """A declared dependency that no extension on disk meets."""
+
+    dependency: Annotated[
+        str,
+        Meta(description="type:name; an entry declared without a type is given one as the contract says"),
+    ]
+    constraint: Annotated[
+        str | None,
+        Meta(
+            description="the version constraint no available version meets, as declared; several constraints "
+            "on the same dependency (from several dependents) are joined with ',' (all must hold); null: none",
+            examples=["^2", "^1,^2"],
+        ),
+    ]
+    available: Annotated[
+        tuple[str, ...], Meta(description="the versions there are, newest first; empty: no such extension")
+    ]
+
+
+class DependencyErrorDetails(Struct, frozen=True, kw_only=True):
+    """The `details` of a `dependency_error`."""
+
+    missing: Annotated[
+        tuple[MissingDependency, ...], Meta(description="dependencies not there, or with no version that fits")
+    ]
+    cycle: Annotated[tuple[str, ...], Meta(description="type:name entries that lead back to the first")]
+    path: Annotated[
+        tuple[str, ...], Meta(description="type:name from the requested extension to the one that failed")
+    ] = ()
+
+
 class ErrorBody(Struct, frozen=True, kw_only=True):
     code: Literal[
         "invalid_request",

@@ -24,7 +24,7 @@ import msgspec
 from msgspec import Meta, Struct
 
 from ..contract.errors import DependencyError, InvalidExtension, NotFound, VersionNotFound
-from ..contract.messages import NAME_PATTERN, Available, ExtensionMetadata, ExtensionType
+from ..contract.messages import NAME_PATTERN, Available, ExtensionMetadata, ExtensionType, MissingDependency
 from .versions import Constraint, parse_version, sort_newest_first
 
 METADATA = "metadata.toml"
@@ -255,14 +255,15 @@ class ExtensionStore:
             try:
                 versions = self.versions(dep.extension_type, dep.name)
             except NotFound:
-                raise DependencyError(_subject(tree.root), missing=[entry], path=[*here, dep_label]) from None
+                missing = MissingDependency(dependency=dep_label, constraint=_joined([dep.constraint]), available=())
+                raise DependencyError(_subject(tree.root), missing=[missing], path=[*here, dep_label]) from None
             wanted = [dep.constraint, *constraints.get(key, [])]
             chosen = _best_for_all(wanted, versions)
             if chosen is None:
-                have = ", ".join(sort_newest_first(versions)) or "none"
-                raise DependencyError(
-                    _subject(tree.root), missing=[f"{entry} (available: {have})"], path=[*here, dep_label]
+                missing = MissingDependency(
+                    dependency=dep_label, constraint=_joined(wanted), available=tuple(sort_newest_first(versions))
                 )
+                raise DependencyError(_subject(tree.root), missing=[missing], path=[*here, dep_label])
             info = versions[chosen]
             tree.edges.append((node.key, info.key))
             if info.key not in done:
@@ -302,6 +303,13 @@ def _close(name: str, names: Iterable[str]) -> list[str]:
 
 def _subject(info: VersionInfo) -> str:
     return f"{info.extension_type.value} {info.name} {info.version}"
+
+
+def _joined(constraints: Iterable[Constraint]) -> str | None:
+    """The constraints that must all hold, as one: declared texts joined with ',' (the constraint syntax's "and"),
+    each once, "latest" left out; None when nothing constrains the version."""
+    texts = dict.fromkeys(c.text for c in constraints if c.spec is not None)
+    return ",".join(texts) or None
 
 
 def _best_for_all(constraints: Iterable[Constraint], versions: dict[str, VersionInfo]) -> str | None:

@@ -1,7 +1,8 @@
 """Bodies on the wire: JSON by default, MessagePack when the request says `Content-Type: application/msgpack`.
 
 Decoding turns every msgspec error into `InvalidRequest` with the field and a reason a person can act on;
-encoding wraps data in the contract's envelope.
+encoding wraps data in the contract's envelope. Both encodings carry the same types: a timestamp is an RFC 3339
+string in MessagePack as in JSON.
 """
 
 from __future__ import annotations
@@ -44,7 +45,16 @@ class Codec(Enum):
 
 _json_encoder = msgspec.json.Encoder()
 _msgpack_encoder = msgspec.msgpack.Encoder()
-_encoders = {Codec.JSON: _json_encoder.encode, Codec.MSGPACK: _msgpack_encoder.encode}
+
+
+def _encode_msgpack(obj: Any) -> bytes:
+    """MessagePack with JSON's types. msgspec would write a datetime as MessagePack's timestamp extension,
+    which a client built from schemas/ (an RFC 3339 string there) cannot read without custom code; the
+    builtins msgspec gives are what its JSON encoder writes (datetimes as RFC 3339 strings, "Z" for UTC)."""
+    return _msgpack_encoder.encode(msgspec.to_builtins(obj, str_keys=True))
+
+
+_encoders = {Codec.JSON: _json_encoder.encode, Codec.MSGPACK: _encode_msgpack}
 
 
 _decoders: dict[tuple[type[Any], Codec], msgspec.json.Decoder[Any] | msgspec.msgpack.Decoder[Any]] = {}
