@@ -1,0 +1,10 @@
+"""The contract: the vocabulary every layer speaks, and the bottom of the layout.
+
+    messages.py   the wire messages of CONTRACT.md as msgspec structs (what schemas/ is generated from)
+    errors.py     the error tree, one class per contract error code
+    headers.py    the NATS header names and content types
+    config.py     the typed configuration and how it is read (its keys are part of the contract too)
+
+Pure values and their validation: nothing here touches NATS, Nushell or the disk (but for reading the
+configuration file it is given), and nothing here imports any other part of the service.
+"""

@@ -1,0 +1,8 @@
+"""The runtime: what runs outside Python and what is watched on disk.
+
+    runner.py     one sandboxed `nu` process per cold load, running the project's loader module
+    nushell/      that loader module, `provisioning.nu`, which a person can run by hand too
+    watcher.py    which extensions a round of changes on disk touched
+
+It may use only the contract. It knows nothing of the cache, of requests or of NATS: the core calls it.
+"""
