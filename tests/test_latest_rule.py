@@ -13,10 +13,12 @@ from __future__ import annotations
 import json
 import logging
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 
 from service.app import auto_load
@@ -25,7 +27,7 @@ from service.config import Config
 from service.natsserver import NatsServer
 from service.server import ExtensionService
 from service.versions import parse_version, sort_newest_first
-from tests.conftest import NU, ROOT, make_config, write_extension
+from tests.conftest import NU, ROOT, WAIT, make_config, write_extension
 
 pytestmark = pytest.mark.anyio
 
@@ -128,6 +130,16 @@ async def test_discover(client: LoaderClient) -> None:
         if latest != situation.latest:
             mismatches.append(f"discover {name}: expected latest {situation.latest}, got {latest}")
     assert not mismatches, report(mismatches)
+
+
+async def test_cli_discover_shows_an_extension_without_latest(nats_server: NatsServer, client: LoaderClient) -> None:
+    cli = Path(sys.executable).with_name("extension-loader")
+    with anyio.fail_after(WAIT):
+        done = await anyio.run_process([cli, "discover", "taskserv", "--server", nats_server.url], check=False)
+    rows = {line.split()[1]: line for line in done.stdout.decode().splitlines()[1:]}
+    assert done.returncode == 0, done.stderr.decode()
+    assert "pre-releases only" in rows["only-pre"] and "1.0.0-rc.1" in rows["only-pre"]
+    assert "pre-releases only" not in rows["pre-newer"]
 
 
 async def test_auto_load(client: LoaderClient, service: ExtensionService, caplog: pytest.LogCaptureFixture) -> None:
