@@ -211,10 +211,19 @@ def test_load_without_version_picks_the_highest_stable(examples: Loader) -> None
     assert examples.load("provider", "aws")["metadata"]["version"] == "2.0.0"
 
 
-def test_load_without_version_takes_a_prerelease_when_nothing_else(tree: Loader) -> None:
+def test_load_without_version_refuses_when_there_are_only_prereleases(tree: Loader) -> None:
+    # Latest is the highest stable version, as in the service: a pre-release loads only by its version.
     for version in ("2.0.0-beta.2", "2.0.0-rc.1", "1.9.0-rc.3"):
         write_extension(tree.roots[0], "alpha", version)
-    assert tree.load("taskserv", "alpha")["metadata"]["version"] == "2.0.0-rc.1"
+    for latest in ([], ["--version", "latest"]):
+        error = tree.error("version_not_found", "module", "load", "taskserv", "alpha", *latest)
+        assert error["details"] == {
+            "extension_type": "taskserv",
+            "name": "alpha",
+            "requested": "latest",
+            "available": ["2.0.0-rc.1", "2.0.0-beta.2", "1.9.0-rc.3"],
+        }
+    assert tree.load("taskserv", "alpha", "2.0.0-beta.2")["metadata"]["version"] == "2.0.0-beta.2"
 
 
 def test_load_an_exact_prerelease(examples: Loader) -> None:

@@ -22,6 +22,7 @@ def test_example_tree() -> None:
     names = {(a.extension_type.value, a.name) for a in store.available()}
     assert len(names) == 12
     for available in store.available():
+        assert available.latest is not None  # every example has a stable version
         info = store.versions(available.extension_type, available.name)[available.latest.version]
         tree = store.dependency_tree(info)  # every example's dependencies resolve, without cycles
         assert tree.order[-1] == info

@@ -1,13 +1,13 @@
-"""Generates `schemas/`, the published contract, from the msgspec structs in `messages.py`.
+"""Generates `schemas/`, the published contract, from the msgspec structs in `service/contract/messages.py`.
 
-    python -m service.schemas [OUTDIR]           write what changed (default OUTDIR: schemas)
-    python -m service.schemas --check [OUTDIR]   exit 1 and list the files that differ (for CI)
+    python -m service.app.schemas [OUTDIR]           write what changed (default OUTDIR: schemas)
+    python -m service.app.schemas --check [OUTDIR]   exit 1 and list the files that differ (for CI)
 
 One JSON Schema (draft 2020-12, standing alone with its own `$defs`) per request, per subject's reply envelope
 and per event, and an AsyncAPI 3.0.0 document of every subject. Every message schema comes from
 `msgspec.json.schema_components`; this module only names, composes (`oneOf`) and places them. The subjects
-and their request and reply types are the one table `ROUTES` below: server.py builds its routes inside
-`ExtensionService.__init__`, so there is nothing to import, and tests/test_schemas.py checks the two agree.
+and their request and reply types are the one table `ROUTES` below: the wire's `RequestHandlers.routes()` builds
+its own, so there is nothing to import, and tests/test_schemas.py checks the two agree.
 """
 
 from __future__ import annotations
@@ -53,7 +53,9 @@ from ..contract.messages import (
 JSON_SCHEMA = "https://json-schema.org/draft/2020-12/schema"
 BASE_ID = "https://extension-loader.dev/schemas/"
 ASYNCAPI = "asyncapi.json"
-GENERATED = "Generated from service/contract/messages.py by `python -m service.app.schemas`; do not edit, run `make schemas`."
+GENERATED = (
+    "Generated from service/contract/messages.py by `python -m service.app.schemas`; do not edit, run `make schemas`."
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -442,7 +444,7 @@ def _stale(outdir: Path, files: Iterable[str]) -> list[Path]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m service.schemas", description=(__doc__ or "").splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m service.app.schemas", description=(__doc__ or "").splitlines()[0])
     parser.add_argument("outdir", nargs="?", default="schemas", type=Path, help="default: schemas")
     parser.add_argument("--check", action="store_true", help="change nothing; exit 1 if any file differs")
     args = parser.parse_args(argv)

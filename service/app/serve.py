@@ -132,9 +132,10 @@ async def watch_disk(service: ExtensionService, tg: TaskGroup, *, debounce_ms: i
 async def auto_load(service: ExtensionService) -> None:
     """Loads the latest version of every valid extension, a few at a time, while requests are served.
 
-    One that fails is logged, not fatal: a broken extension must not keep the others from loading."""
+    One that fails is logged, not fatal: a broken extension must not keep the others from loading. One with only
+    pre-releases has no latest version: it is logged and skipped, as a load without a version refuses it."""
     manager = service.manager
-    results = {"loaded": 0, "failed": 0}
+    results = {"loaded": 0, "failed": 0, "skipped": 0}
     limiter = anyio.CapacityLimiter(manager.runner.limits.max_concurrent)
 
     async def one(info: VersionInfo) -> None:
@@ -153,6 +154,16 @@ async def auto_load(service: ExtensionService) -> None:
             await service.publisher.publish(outcome.events)
 
     async with anyio.create_task_group() as tg:
-        for info in manager.store.all_latest():
-            tg.start_soon(one, info)
-    log.info("auto_load: %(loaded)d extensions loaded, %(failed)d failed", results)
+        for available in manager.store.available():
+            if available.latest is None:
+                results["skipped"] += 1
+                log.info(
+                    "auto_load skips %s %s: no stable version, only the pre-releases %s (load one by its version)",
+                    available.extension_type.value,
+                    available.name,
+                    ", ".join(available.versions),
+                )
+                continue
+            versions = manager.store.versions(available.extension_type, available.name)
+            tg.start_soon(one, versions[available.latest.version])
+    log.info("auto_load: %(loaded)d extensions loaded, %(failed)d failed, %(skipped)d skipped", results)

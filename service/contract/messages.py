@@ -180,7 +180,9 @@ class Available(Struct, frozen=True, kw_only=True):
     extension_type: ExtensionType
     name: str
     versions: Annotated[tuple[str, ...], Meta(description="newest first")]
-    latest: ExtensionMetadata
+    latest: Annotated[
+        ExtensionMetadata | None, Meta(description="the highest stable version; null when there are only pre-releases")
+    ]
 
 
 class Status(Struct, frozen=True, kw_only=True):

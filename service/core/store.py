@@ -15,7 +15,7 @@ import os
 import re
 import stat
 import tomllib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated
@@ -183,8 +183,9 @@ class ExtensionStore:
                         first = next(iter(versions.values()))
                         raise InvalidExtension(str(first.path), first.problems)
                     continue
-                latest = Constraint.parse(None).best(good) or good[0]
-                latest_meta = versions[latest].require_metadata()
+                # Only pre-releases: none of them is latest (a load must name one), but each stays listed.
+                latest = Constraint.parse(None).best(good)
+                latest_meta = versions[latest].require_metadata() if latest is not None else None
                 out.append(Available(extension_type=t, name=n, versions=tuple(good), latest=latest_meta))
         if name is not None and not out:
             everything = sorted({n for t in types for n in self.names(t)})
@@ -273,11 +274,6 @@ class ExtensionStore:
         if not path:
             tree.order.append(node)
             tree.edges[:] = list(dict.fromkeys(tree.edges))
-
-    def all_latest(self) -> Iterator[VersionInfo]:
-        """The latest valid version of every extension, for loading at start."""
-        for available in self.available():
-            yield self.versions(available.extension_type, available.name)[available.latest.version]
 
 
 def tree_digest(folder: Path) -> str:

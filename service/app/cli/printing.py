@@ -48,7 +48,11 @@ def readable(args: argparse.Namespace, data: Any, elapsed_ms: float) -> str:
         where = f"{args.type} {args.name}"
         return f"{where}: loaded ({', '.join(data['versions'])})" if data["loaded"] else f"{where}: not loaded"
     if action == "discover":
-        rows = [(a["extension_type"], a["name"], ", ".join(a["versions"]), a["latest"]["description"]) for a in data]
+        none = {"description": "(pre-releases only: name a version to load one)"}  # no latest without a stable one
+        rows = [
+            (a["extension_type"], a["name"], ", ".join(a["versions"]), (a["latest"] or none)["description"])
+            for a in data
+        ]
         return _table(("TYPE", "NAME", "VERSIONS", "DESCRIPTION"), rows) if rows else "no extensions found"
     if action == "stats":
         c, loads = data["cache"], data["loads"]

@@ -27,6 +27,8 @@ def main [] {
   nu -n provisioning.nu module load <type> <name> [--version VERSION] [--output json|table]
 
   type: provider | taskserv | cluster (plural and any letter case accepted)
+  VERSION: an exact version, or latest (the default): the highest stable version; a pre-release loads
+  only by its exact version
 
 Environment:
   PROVISIONING_EXTENSION_PATHS  extension roots, ':'-separated, first match wins (default ./examples/extensions)
@@ -50,7 +52,8 @@ def "main module discover" [
     let found = $types | each {|t| discover-type $t $name } | flatten
     if (output-mode) == "table" {
         $found | each {|e| {
-            type: $e.extension_type, name: $e.name, versions: ($e.versions | str join ", "), latest: $e.latest.version
+            type: $e.extension_type, name: $e.name, versions: ($e.versions | str join ", ")
+            latest: (if $e.latest == null { "none: pre-releases only" } else { $e.latest.version })
         }} | table
     } else {
         $found | to json --raw
@@ -61,13 +64,13 @@ def "main module discover" [
 def "main module load" [
     type: string            # provider, taskserv or cluster
     name: string            # the extension's name
-    --version: string       # an exact version; the highest stable one when absent
+    --version: string       # an exact version, or latest (the highest stable one, also when absent)
     --output: string = "json"  # json or table
 ] {
     set-output $output
     let type = normalize-type $type
     check-name $name
-    if $version != null and not ($version =~ $SEMVER_RE) {
+    if $version != null and $version != "latest" and not ($version =~ $SEMVER_RE) {
         fail invalid_request $"'($version)' is not a semantic version" {
             field: version, reason: "not a semantic version"
         }
@@ -198,7 +201,9 @@ def suggest [type: string, name: string] {
 }
 
 # {version, folder, folder_version (null in the one-version layout)} of the version to load, or fail.
+# No version, or "latest", means the highest stable version: a pre-release only when asked for by its version.
 def choose-version [ext: record, type: string, name: string, requested: any] {
+    let latest = $requested == null or $requested == "latest"
     match $ext.layout {
         "symlink" => { invalid $type $name $ext.dir ["symlink not allowed: ."] }
         "single" => {
@@ -206,23 +211,27 @@ def choose-version [ext: record, type: string, name: string, requested: any] {
             let read = read-metadata $ext.dir $type $name null
             if ($read.problems | is-not-empty) { invalid $type $name $ext.dir $read.problems }
             let version = $read.metadata.version
-            if $requested != null and $requested != $version {
-                fail version_not_found $"($type) ($name) has no version ($requested)" {
-                    extension_type: $type, name: $name, requested: $requested, available: [$version]
-                }
+            if ($latest and (is-prerelease $version)) or (not $latest and $requested != $version) {
+                no-version $type $name $requested [$version]
             }
             {version: $version, folder: $ext.dir, folder_version: null}
         }
         _ => {
-            let version = if $requested == null { pick-latest $ext.versions } else { $requested }
-            if $version not-in $ext.versions {
-                fail version_not_found $"($type) ($name) has no version ($requested)" {
-                    extension_type: $type, name: $name, requested: $requested, available: $ext.versions
-                }
-            }
+            let version = if $latest { pick-latest $ext.versions } else { $requested }
+            if $version == null or $version not-in $ext.versions { no-version $type $name $requested $ext.versions }
             {version: $version, folder: ($ext.dir | path join $version), folder_version: $version}
         }
     }
+}
+
+# `requested`: null or "latest" (reported as "latest", as the service does), or an exact version.
+def no-version [type: string, name: string, requested: any, available: list<string>] {
+    let requested = $requested | default "latest"
+    let message = if $requested == "latest" {
+        let listed = $available | str join ', '
+        $"($type) ($name) has no stable version; its pre-releases load only by their version: ($listed)"
+    } else { $"($type) ($name) has no version ($requested)" }
+    fail version_not_found $message {extension_type: $type, name: $name, requested: $requested, available: $available}
 }
 
 # --- versions ------------------------------------------------------------------------------------------------
@@ -268,10 +277,11 @@ def sort-newest [versions: list<string>] {
 
 def is-prerelease [v: string] { ($v | split row "+" | first | str contains "-") }
 
-# The highest stable version; the highest pre-release when there is nothing else. `versions`: newest first.
+# The highest stable version, or null when there are only pre-releases (those load only when asked for by
+# version, as in the service). `versions`: newest first.
 def pick-latest [versions: list<string>] {
     let stable = $versions | where {|v| not (is-prerelease $v) }
-    if ($stable | is-empty) { $versions | first } else { $stable | first }
+    if ($stable | is-empty) { null } else { $stable | first }
 }
 
 # --- checks ----------------------------------------------------------------------------------------------------
@@ -433,7 +443,7 @@ def discover-type [type: string, only: any] {
 }
 
 # One Available entry ({extension_type, name, versions, latest}), or null when no version of it is usable.
-# Discovery checks metadata only (cheap); `load` checks everything.
+# `latest` is null when there are only pre-releases. Discovery checks metadata only (cheap); `load` checks everything.
 def available [ext: record, type: string, name: string] {
     if $ext.layout == "symlink" {
         warn $"skipping ($type) ($name) at ($ext.dir): symlink not allowed"
@@ -455,7 +465,9 @@ def available [ext: record, type: string, name: string] {
     }
     if ($good | is-empty) { return null }
     let ordered = sort-newest ($good | columns)
-    {extension_type: $type, name: $name, versions: $ordered, latest: ($good | get (pick-latest $ordered))}
+    let latest = pick-latest $ordered
+    let metadata = if $latest == null { null } else { $good | get $latest }
+    {extension_type: $type, name: $name, versions: $ordered, latest: $metadata}
 }
 
 # --- the cache -------------------------------------------------------------------------------------------------
