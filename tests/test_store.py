@@ -8,6 +8,7 @@ import pytest
 
 from service.contract.errors import DependencyError, InvalidExtension, NotFound, VersionNotFound
 from service.contract.messages import ExtensionType, MissingDependency
+from service.core.dependencies import dependency_tree
 from service.core.store import ExtensionStore
 from service.core.versions import Constraint
 from tests.conftest import EXAMPLES, write_extension
@@ -24,7 +25,7 @@ def test_example_tree() -> None:
     for available in store.available():
         assert available.latest is not None  # every example has a stable version
         info = store.versions(available.extension_type, available.name)[available.latest.version]
-        tree = store.dependency_tree(info)  # every example's dependencies resolve, without cycles
+        tree = dependency_tree(store, info)  # every example's dependencies resolve, without cycles
         assert tree.order[-1] == info
 
 
@@ -74,7 +75,7 @@ def test_dependency_types_are_written_singular(tmp_path: Path) -> None:
     write_extension(root, "cluster", "plural", "1.0.0", dependencies=["taskservs:etcd"])
     store = ExtensionStore([root])
     with pytest.raises(InvalidExtension) as info:
-        store.dependency_tree(store.resolve(ExtensionType.CLUSTER, "plural", Constraint.parse(None)))
+        dependency_tree(store, store.resolve(ExtensionType.CLUSTER, "plural", Constraint.parse(None)))
     assert "provider, taskserv or cluster" in info.value.problems[0]
 
 
@@ -102,7 +103,7 @@ def test_dependency_resolution_satisfies_every_constraint(tmp_path: Path) -> Non
     write_extension(root, "cluster", "top", "1.0.0", dependencies=["taskserv:a", "taskserv:b"])
     store = ExtensionStore([root])
     top = store.resolve(ExtensionType.CLUSTER, "top", Constraint.parse(None))
-    tree = store.dependency_tree(top)
+    tree = dependency_tree(store, top)
     order = [n.key for n in tree.order]
     assert order == ["taskserv:lib:1.0.0", "taskserv:a:1.0.0", "taskserv:b:1.0.0", "cluster:top:1.0.0"]
 
@@ -117,10 +118,10 @@ def test_unsatisfiable_and_cyclic_dependencies(tmp_path: Path) -> None:
     write_extension(root, "taskserv", "z", "1.0.0", dependencies=["x"])
     store = ExtensionStore([root])
     with pytest.raises(DependencyError) as info:
-        store.dependency_tree(store.resolve(T, "b", Constraint.parse(None)))
+        dependency_tree(store, store.resolve(T, "b", Constraint.parse(None)))
     assert info.value.missing == [MissingDependency(dependency="taskserv:lib", constraint="^2", available=("1.0.0",))]
     with pytest.raises(DependencyError) as info:
-        store.dependency_tree(store.resolve(T, "x", Constraint.parse(None)))
+        dependency_tree(store, store.resolve(T, "x", Constraint.parse(None)))
     assert info.value.cycle == ["taskserv:x", "taskserv:y", "taskserv:z", "taskserv:x"]
 
 
@@ -136,10 +137,10 @@ def test_a_missing_dependency_names_what_no_version_meets(tmp_path: Path) -> Non
     write_extension(root, "cluster", "lonely", "1.0.0", dependencies=["provider:nowhere@~1.2"])
     store = ExtensionStore([root])
     with pytest.raises(DependencyError) as info:
-        store.dependency_tree(store.resolve(ExtensionType.CLUSTER, "top", Constraint.parse(None)))
+        dependency_tree(store, store.resolve(ExtensionType.CLUSTER, "top", Constraint.parse(None)))
     (missing,) = info.value.missing
     assert missing == MissingDependency(dependency="taskserv:lib", constraint="^1,^2", available=("2.0.0", "1.0.0"))
     assert not [v for v in missing.available if Constraint.parse(missing.constraint).matches(v)]
     with pytest.raises(DependencyError) as info:
-        store.dependency_tree(store.resolve(ExtensionType.CLUSTER, "lonely", Constraint.parse(None)))
+        dependency_tree(store, store.resolve(ExtensionType.CLUSTER, "lonely", Constraint.parse(None)))
     assert info.value.missing == [MissingDependency(dependency="provider:nowhere", constraint="~1.2", available=())]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..contract.messages import Graph, GraphEdge, GraphNode, GraphText
-from .store import DependencyTree
+from .dependencies import DependencyTree
 
 
 def to_graph(tree: DependencyTree) -> Graph:

@@ -35,8 +35,9 @@ from ..contract.messages import (
 )
 from ..runtime.runner import NushellRunner
 from . import audit
+from .dependencies import DependencyTree, dependency_tree
 from .metrics import load_duration
-from .store import DependencyTree, ExtensionStore, VersionInfo, cache_key
+from .store import ExtensionStore, VersionInfo, cache_key
 from .versions import Constraint, parse_version, sort_newest_first
 
 log = logging.getLogger(__name__)
@@ -133,7 +134,7 @@ class ExtensionManager:
         self.counters.total += 1
         try:
             info = self._resolve(extension_type, name, version)
-            tree = self.store.dependency_tree(info)
+            tree = dependency_tree(self.store, info)
             if not with_dependencies:
                 return await self._load_one(info, reason)
             events: list[Event] = []
@@ -170,7 +171,7 @@ class ExtensionManager:
         self.counters.total += 1
         try:
             info = self._resolve(extension_type, name, version)
-            self.store.dependency_tree(info)
+            dependency_tree(self.store, info)
             self._bump(extension_type, name)
             before = self.cached(extension_type, name)
             # Load first: when it fails, the cache and everyone's view of it stay as they were.
@@ -188,7 +189,7 @@ class ExtensionManager:
         """Loads one version again from disk, replacing what is cached (a hot reload)."""
         self.counters.total += 1
         try:
-            self.store.dependency_tree(info)
+            dependency_tree(self.store, info)
             self._bump(info.extension_type, info.name)
             return await self._load_one(info, reason, force=True)
         except LoaderError:
@@ -254,7 +255,7 @@ class ExtensionManager:
         return self.store.available(extension_type, name)
 
     def dependency_tree(self, extension_type: ExtensionType, name: str, version: str | None) -> DependencyTree:
-        return self.store.dependency_tree(self._resolve(extension_type, name, version))
+        return dependency_tree(self.store, self._resolve(extension_type, name, version))
 
     async def wait_runs(self, count: int) -> None:
         """Returns once that many Nushell runs have started (for tests and tools)."""

@@ -1,9 +1,10 @@
-"""The extension store: what is on disk, which version a request means, and what it depends on.
+"""The extension store: what is on disk and which version a request means.
 
 Extension roots are searched in order; the first root that has a type and name wins. Two layouts:
 `<root>/taskservs/kubernetes/1.28.0/metadata.toml` (a folder per version) and
 `<root>/taskservs/containerd/metadata.toml` (one version, named in the file). The store reads only
-`metadata.toml` files; checking and copying an extension is the Nushell loader's work. Reads are cached by
+`metadata.toml` files; checking and copying an extension is the Nushell loader's work, and what an extension
+depends on is `dependencies.py`'s. Reads are cached by
 the folders' and files' modification times, so repeated requests do not rescan a tree that did not change.
 """
 
@@ -16,20 +17,19 @@ import re
 import stat
 import tomllib
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
 import msgspec
 from msgspec import Meta, Struct
 
-from ..contract.errors import DependencyError, InvalidExtension, NotFound, VersionNotFound
-from ..contract.messages import NAME_PATTERN, Available, ExtensionMetadata, ExtensionType, MissingDependency
+from ..contract.errors import InvalidExtension, NotFound, VersionNotFound
+from ..contract.messages import NAME_PATTERN, Available, ExtensionMetadata, ExtensionType
 from .versions import Constraint, parse_version, sort_newest_first
 
 METADATA = "metadata.toml"
 _NAME = re.compile(NAME_PATTERN)
-_DEPENDENCY = re.compile(r"^(?:(?P<type>[A-Za-z]+):)?(?P<name>[a-z0-9][a-z0-9._-]{0,63})(?:@(?P<constraint>.+))?$")
 
 
 class MetadataFile(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -68,22 +68,6 @@ class VersionInfo:
         if self.metadata is None:
             raise InvalidExtension(str(self.path), self.problems)
         return self.metadata
-
-
-@dataclass(frozen=True, slots=True)
-class Dependency:
-    extension_type: ExtensionType
-    name: str
-    constraint: Constraint
-
-
-@dataclass(slots=True)
-class DependencyTree:
-    """A resolved dependency graph: `order` is install order (dependencies first, the root last)."""
-
-    root: VersionInfo
-    order: list[VersionInfo] = field(default_factory=list)
-    edges: list[tuple[str, str]] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -193,88 +177,6 @@ class ExtensionStore:
             raise NotFound(kind, name, _close(name, everything))
         return out
 
-    # --- dependencies ---
-
-    def parse_dependency(self, owner: VersionInfo, entry: str) -> Dependency:
-        match = _DEPENDENCY.match(entry.strip())
-        if match is None:
-            raise InvalidExtension(str(owner.path), [f"dependency entry {entry!r} is not name[@constraint]"])
-        try:
-            constraint = Constraint.parse(match["constraint"], field="dependencies")
-        except Exception:
-            raise InvalidExtension(
-                str(owner.path),
-                [f"dependency {entry!r}: {match['constraint']!r} is not a version constraint"],
-            ) from None
-        if match["type"]:
-            try:  # exactly provider, taskserv or cluster, as the loader takes it
-                dep_type = ExtensionType(match["type"])
-            except ValueError:
-                raise InvalidExtension(
-                    str(owner.path), [f"dependency {entry!r}: the type is provider, taskserv or cluster"]
-                ) from None
-        elif match["name"] in self.names(owner.extension_type):
-            dep_type = owner.extension_type
-        else:
-            dep_type = ExtensionType.TASKSERV
-        return Dependency(dep_type, match["name"], constraint)
-
-    def dependency_tree(self, root: VersionInfo) -> DependencyTree:
-        """Resolves every dependency, depth first; each extension gets the highest version that satisfies
-        every constraint on it. Raises DependencyError for a missing dependency, an unsatisfiable constraint
-        or a cycle, naming the path that leads to it."""
-        constraints: dict[tuple[ExtensionType, str], list[Constraint]] = {}
-        for _ in range(8):  # each round may pick other versions, whose own dependencies differ
-            tree = DependencyTree(root)
-            seen_constraints: dict[tuple[ExtensionType, str], list[Constraint]] = {}
-            self._visit(root, (), tree, constraints, seen_constraints, set())
-            if _same(seen_constraints, constraints):
-                return tree
-            constraints = seen_constraints
-        return tree
-
-    def _visit(
-        self,
-        node: VersionInfo,
-        path: tuple[str, ...],
-        tree: DependencyTree,
-        constraints: dict[tuple[ExtensionType, str], list[Constraint]],
-        seen: dict[tuple[ExtensionType, str], list[Constraint]],
-        done: set[str],
-    ) -> None:
-        label = f"{node.extension_type.value}:{node.name}"
-        here = (*path, label)
-        metadata = node.require_metadata()
-        for entry in metadata.dependencies:
-            dep = self.parse_dependency(node, entry)
-            dep_label = f"{dep.extension_type.value}:{dep.name}"
-            if dep_label in here:
-                cycle = [*here[here.index(dep_label) :], dep_label]
-                raise DependencyError(_subject(tree.root), cycle=cycle, path=[*here, dep_label])
-            key = (dep.extension_type, dep.name)
-            seen.setdefault(key, []).append(dep.constraint)
-            try:
-                versions = self.versions(dep.extension_type, dep.name)
-            except NotFound:
-                missing = MissingDependency(dependency=dep_label, constraint=_joined([dep.constraint]), available=())
-                raise DependencyError(_subject(tree.root), missing=[missing], path=[*here, dep_label]) from None
-            wanted = [dep.constraint, *constraints.get(key, [])]
-            chosen = _best_for_all(wanted, versions)
-            if chosen is None:
-                missing = MissingDependency(
-                    dependency=dep_label, constraint=_joined(wanted), available=tuple(sort_newest_first(versions))
-                )
-                raise DependencyError(_subject(tree.root), missing=[missing], path=[*here, dep_label])
-            info = versions[chosen]
-            tree.edges.append((node.key, info.key))
-            if info.key not in done:
-                self._visit(info, here, tree, constraints, seen, done)
-                done.add(info.key)
-                tree.order.append(info)
-        if not path:
-            tree.order.append(node)
-            tree.edges[:] = list(dict.fromkeys(tree.edges))
-
 
 def tree_digest(folder: Path) -> str:
     """The loader's digest of an extension folder: sha256 over `<relpath>\t<sha256 of the file>\n` lines,
@@ -295,31 +197,6 @@ def _close(name: str, names: Iterable[str]) -> list[str]:
     first keeps this quick on a tree of thousands."""
     reach = max(3, len(name) // 2)
     return difflib.get_close_matches(name, [n for n in names if abs(len(n) - len(name)) <= reach], n=3, cutoff=0.6)
-
-
-def _subject(info: VersionInfo) -> str:
-    return f"{info.extension_type.value} {info.name} {info.version}"
-
-
-def _joined(constraints: Iterable[Constraint]) -> str | None:
-    """The constraints that must all hold, as one: declared texts joined with ',' (the constraint syntax's "and"),
-    each once, "latest" left out; None when nothing constrains the version."""
-    texts = dict.fromkeys(c.text for c in constraints if c.spec is not None)
-    return ",".join(texts) or None
-
-
-def _best_for_all(constraints: Iterable[Constraint], versions: dict[str, VersionInfo]) -> str | None:
-    wanted = list(constraints)
-    for version in sort_newest_first(versions):
-        if all(c.matches(version) for c in wanted):
-            return version
-    return None
-
-
-def _same(
-    a: dict[tuple[ExtensionType, str], list[Constraint]], b: dict[tuple[ExtensionType, str], list[Constraint]]
-) -> bool:
-    return {k: sorted(c.text for c in v) for k, v in a.items()} == {k: sorted(c.text for c in v) for k, v in b.items()}
 
 
 def _read_versions(extension_type: ExtensionType, name: str, folder: Path) -> dict[str, VersionInfo]:
