@@ -50,6 +50,52 @@ def test_environment_values_are_read_as_toml() -> None:
     assert config.nats.servers == ["nats://a:4222", "nats://b:4222"]
 
 
+@pytest.mark.parametrize("text", ["123456", "true", "1979-05-27", "3.5", "[1, 2]", '"quoted"', "a=b # c"])
+def test_environment_text_is_taken_as_is_by_text_keys(text: str) -> None:
+    """A password of digits (or `true`, or a date) is text: it must not become a number and stop the service."""
+    env = {"EXTENSION_LOADER__NATS__USER": "loader", "EXTENSION_LOADER__NATS__PASSWORD": text}
+    config = load_config(environ=env)
+    assert config.nats.password == text
+    assert load_config(environ={"EXTENSION_LOADER__NATS__NAME": text}).nats.name == text
+
+
+def test_environment_numbers_and_booleans_are_parsed_by_the_key_type() -> None:
+    env = {
+        "EXTENSION_LOADER__NUSHELL__MAX_CONCURRENT": "8",
+        "EXTENSION_LOADER__NUSHELL__TIMEOUT_S": "5",
+        "EXTENSION_LOADER__NATS__DRAIN_TIMEOUT_S": "2.5",
+        "EXTENSION_LOADER__EVENTS__JETSTREAM": "true",
+    }
+    config = load_config(environ=env)
+    assert config.nushell.max_concurrent == 8
+    assert config.nushell.timeout_s == 5.0 and config.nats.drain_timeout_s == 2.5
+    assert config.events.jetstream is True
+
+
+@pytest.mark.parametrize(
+    ("variable", "text", "key"),
+    [
+        ("EXTENSION_LOADER__NUSHELL__MAX_CONCURRENT", "many", "nushell.max_concurrent"),
+        ("EXTENSION_LOADER__NUSHELL__MAX_CONCURRENT", "2.5", "nushell.max_concurrent"),
+        ("EXTENSION_LOADER__NUSHELL__TIMEOUT_S", "soon", "nushell.timeout_s"),
+        ("EXTENSION_LOADER__EVENTS__JETSTREAM", "yes", "events.jetstream"),
+        ("EXTENSION_LOADER__EVENTS__JETSTREAM", "1", "events.jetstream"),
+        ("EXTENSION_LOADER__ORCHESTRATOR__EXTENSIONS__CACHE_SIZE", "1979-05-27", "orchestrator.extensions.cache_size"),
+    ],
+)
+def test_environment_values_of_the_wrong_type_name_the_key(variable: str, text: str, key: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(environ={variable: text})
+    assert info.value.key == key
+
+
+def test_command_line_text_keys_take_a_bare_value_as_text() -> None:
+    """`--set nats.password=123456` is the text 123456, as in the environment; a TOML string is still unquoted."""
+    config = load_config(environ={}, overrides=["nats.password=123456", "nats.user=true"])
+    assert (config.nats.user, config.nats.password) == ("true", "123456")
+    assert load_config(environ={}, overrides=['nats.password="123456"']).nats.password == "123456"
+
+
 @pytest.mark.parametrize(
     ("override", "key", "words"),
     [
