@@ -17,7 +17,7 @@ import tomllib
 from collections.abc import Mapping, Sequence
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 import msgspec
 import msgspec.inspect
@@ -117,7 +117,8 @@ class Config(Struct, frozen=True, kw_only=True):
         return Path(self.orchestrator.extensions.cache_dir).expanduser().resolve()
 
 
-_CONFIG_TYPE = msgspec.inspect.type_info(Config)
+# The keys the service reads and their types: what environment values are read by and what is interpolated.
+_CONFIG_TYPE = cast(msgspec.inspect.StructType, msgspec.inspect.type_info(Config))
 
 
 def defaults() -> dict[str, Any]:
@@ -261,6 +262,10 @@ def _lookup(data: Mapping[str, Any], dotted: str) -> Any:
 
 
 def _interpolate(data: dict[str, Any]) -> dict[str, Any]:
+    """Resolves `{{a.b.c}}` in the keys the service reads (those of `Config`), and leaves every other key as it
+    is: an orchestrator's own keys may refer to things this service knows nothing of, and reusing its file is
+    what the references are for. A reference may name any key of the file."""
+
     def resolve(value: Any, key: str, seen: tuple[str, ...]) -> Any:
         if isinstance(value, dict):
             return {k: resolve(v, f"{key}.{k}" if key else k, seen) for k, v in value.items()}
@@ -283,5 +288,16 @@ def _interpolate(data: dict[str, Any]) -> dict[str, Any]:
 
         return _REF.sub(substitute, value)
 
-    resolved: dict[str, Any] = resolve(data, "", ())
-    return resolved
+    def walk(node: dict[str, Any], struct: msgspec.inspect.StructType, prefix: str) -> dict[str, Any]:
+        out = dict(node)
+        for field in struct.fields:
+            if field.name not in node:
+                continue
+            key, value = f"{prefix}{field.name}", node[field.name]
+            if isinstance(field.type, msgspec.inspect.StructType) and isinstance(value, dict):
+                out[field.name] = walk(value, field.type, f"{key}.")
+            else:
+                out[field.name] = resolve(value, key, ())
+        return out
+
+    return walk(data, _CONFIG_TYPE, "")

@@ -129,6 +129,30 @@ def test_interpolation_errors_name_the_key() -> None:
     assert "refers back to itself" in str(info.value)
 
 
+def test_interpolation_leaves_keys_the_service_does_not_read_alone(tmp_path: Path) -> None:
+    """An orchestrator's own file refers to things this service knows nothing of; only its keys are resolved."""
+    file = tmp_path / "orchestrator.toml"
+    file.write_text(
+        '[server]\nname = "orch-1"\n'
+        '[deploy]\nhost = "{{ server.hostname }}"\nhosts = ["{{ server.hostname }}", "{{ deploy }}"]\n'
+        '[orchestrator]\nbanner = "{{ server.hostname }}"\n'
+        '[orchestrator.paths]\ndata_dir = "/srv/{{ server.name }}"\n'
+        '[orchestrator.extensions]\npaths = ["{{orchestrator.paths.data_dir}}/ext"]\n'
+        '[orchestrator.ui]\nurl = "https://{{ server.hostname }}"\n'
+    )
+    config = load_config(file, environ={})
+    assert config.orchestrator.paths.data_dir == "/srv/orch-1"
+    assert config.orchestrator.extensions.cache_dir == "/srv/orch-1/extensions"
+    assert config.orchestrator.extensions.paths == ("/srv/orch-1/ext",)
+    # A bad reference in a key the service reads is still refused, and named.
+    with pytest.raises(ConfigError) as info:
+        load_config(file, environ={}, overrides=['nats.name="{{ server.hostname }}"'])
+    assert info.value.key == "nats.name" and "names no key" in str(info.value)
+    with pytest.raises(ConfigError) as info:
+        load_config(file, environ={}, overrides=['orchestrator.extensions.paths=["/a", "{{ server.hostname }}"]'])
+    assert info.value.key == "orchestrator.extensions.paths.1"
+
+
 def test_file_errors(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="no such configuration file"):
         load_config(tmp_path / "missing.toml", environ={})
