@@ -23,7 +23,7 @@ from .config import Config, load_config
 from .errors import ConfigError, LoaderError
 from .events import EventStreamError
 from .natsserver import NatsServer
-from .runner import NushellMissing
+from .runner import NushellMissing, SandboxMissing
 from .server import ConnectRefused, flush_subscriptions
 from .telemetry import setup_logging, setup_telemetry
 
@@ -169,7 +169,7 @@ def _run_service(config: Config, hint: str = "") -> int:
     telemetry = setup_telemetry(os.environ, version=service_version())
     try:
         anyio.run(lambda: serve(config, on_ready=ready))
-    except (NushellMissing, EventStreamError, ConnectRefused, LoaderError) as exc:
+    except (NushellMissing, SandboxMissing, EventStreamError, ConnectRefused, LoaderError) as exc:
         # LoaderError at start: the cache folder cannot be made, say.
         print(f"extension-loader: {exc}", file=sys.stderr)
         return 3

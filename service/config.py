@@ -56,6 +56,7 @@ class NushellConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
     max_memory_mb: Annotated[int, Meta(ge=64, le=1_048_576)]
     max_output_kb: Positive
     max_file_mb: Positive
+    allow_unlimited: bool
 
 
 class NatsConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
