@@ -22,7 +22,7 @@ from .client import LoaderClient, RemoteError
 from .config import Config, load_config
 from .errors import ConfigError, LoaderError
 from .events import EventStreamError
-from .natsserver import NatsServer
+from .natsserver import NatsServer, nats_server_binary
 from .runner import NushellMissing, SandboxMissing
 from .server import ConnectRefused, flush_subscriptions
 from .telemetry import setup_logging, setup_telemetry
@@ -202,6 +202,11 @@ def _dev(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    try:
+        binary = nats_server_binary()
+    except FileNotFoundError as exc:  # the `server` extra is not installed
+        print(f"extension-loader: {exc}", file=sys.stderr)
+        return 3
     # Only nats-server's environment gets the development passwords; the service's own stays as it is.
     server_env = dict(os.environ)
     unset = [name for name in DEV_PASSWORDS if not server_env.get(name)]
@@ -221,7 +226,7 @@ def _dev(args: argparse.Namespace) -> int:
         )
     url = config.nats.servers[0]
     try:
-        server = NatsServer(["-c", str(conf)], env=server_env).start()
+        server = NatsServer(["-c", str(conf)], binary=binary, env=server_env).start()
     except (RuntimeError, FileNotFoundError) as exc:
         print(f"extension-loader: could not start nats-server: {exc}", file=sys.stderr)
         return 4
