@@ -32,7 +32,8 @@ WORKDIR /build
 # README.md: pyproject.toml names it as the package's readme, so the build needs it.
 COPY pyproject.toml README.md ./
 COPY service/ service/
-# As the Makefile, but not editable (the source does not go into the image) and with `otlp` instead of `dev`.
+# As the Makefile, but not editable (the source does not go into the image) and with `otlp` instead of `dev` and
+# `server`: the service connects to the compose `nats` service and never starts a nats-server of its own.
 RUN python -m pip install --quiet --upgrade pip \
     && python -m pip install --quiet '.[otlp]'
 

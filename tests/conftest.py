@@ -12,7 +12,8 @@ import shutil
 import subprocess
 import sys
 import threading
-from collections.abc import AsyncIterator, Iterator
+import tomllib
+from collections.abc import AsyncIterator, Iterable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,8 @@ import nats
 import pytest
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 from service.app.client import LoaderClient
 from service.app.natsserver import NatsServer
@@ -34,6 +37,28 @@ ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples" / "extensions"
 NU = ROOT / "node_modules" / "@nushell" / "linux-x64" / "bin" / "nu"
 WAIT = 20.0  # the bound on any wait for something that should happen
+
+
+def project_requirements(extras: Iterable[str] | None = None) -> list[Requirement]:
+    """What `pip install '.[extras]'` asks for, by pyproject.toml: the dependencies, then those of each extra
+    (following an extra that names the project's own extras); `None`: every extra."""
+    with (ROOT / "pyproject.toml").open("rb") as fh:
+        project = tomllib.load(fh)["project"]
+    optional: dict[str, list[str]] = project.get("optional-dependencies", {})
+    out = [Requirement(text) for text in project["dependencies"]]
+    todo, seen = list(optional if extras is None else extras), set()
+    while todo:
+        extra = todo.pop()
+        if extra in seen:
+            continue
+        seen.add(extra)
+        assert extra in optional, f"pyproject.toml has no extra {extra!r}"
+        for req in map(Requirement, optional[extra]):
+            if canonicalize_name(req.name) == canonicalize_name(project["name"]):
+                todo += req.extras
+            else:
+                out.append(req)
+    return out
 
 
 @pytest.fixture

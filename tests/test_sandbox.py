@@ -8,18 +8,21 @@ limits (prlimit, a wall-clock limit on the whole process group, an output cap) t
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import anyio
 import pytest
 from nats.aio.client import Client
 
 from service.app.client import LoaderClient, RemoteError
 from service.app.natsserver import NatsServer
 from service.contract.config import Config
+from service.contract.messages import ExtensionType
 from service.core.store import tree_digest
-from service.runtime.runner import MODULE
-from tests.conftest import WAIT, make_config, running_service, write_extension
+from service.runtime.runner import MODULE, Limits, NushellRunner, SandboxMissing
+from tests.conftest import EXAMPLES, NU, WAIT, make_config, running_service, service_process, write_extension
 
 pytestmark = pytest.mark.anyio
 
@@ -196,3 +199,57 @@ async def test_the_service_serves_on_after_all_of_them(sandboxed: Config, nc: Cl
     stats = await client.stats()
     assert stats["loads"]["failed"] == 7 and stats["in_flight"] == 0
     assert leftover_runs(sandboxed.cache_dir) == []
+
+
+# --- without prlimit ----------------------------------------------------------------------------------------------
+
+
+def path_without_prlimit(tmp_path: Path) -> str:
+    """A PATH on which `prlimit` cannot be found (the tests give the service `nu` by its full path)."""
+    folder = tmp_path / "bin-without-prlimit"
+    folder.mkdir(exist_ok=True)
+    return str(folder)
+
+
+async def test_without_prlimit_the_service_refuses_to_start(nats_server: NatsServer, tmp_path: Path) -> None:
+    """No prlimit would mean no memory, CPU or file-size limit on untrusted code: a refusal, not a warning."""
+    cli = str(Path(sys.executable).with_name("extension-loader"))
+    argv = [cli, "serve", "--nats-url", nats_server.url, "--set", f"nushell.path={NU}"]
+    argv += [
+        "--set",
+        f"orchestrator.paths.data_dir={tmp_path / 'data'}",
+        "--set",
+        "orchestrator.extensions.auto_load=false",
+    ]
+    with anyio.fail_after(WAIT):
+        done = await anyio.run_process(argv, env={**os.environ, "PATH": path_without_prlimit(tmp_path)}, check=False)
+    err = done.stderr.decode()
+    assert done.returncode == 3, err
+    said = [line for line in err.splitlines() if line.startswith("extension-loader: ")]
+    assert len(said) == 1 and "Traceback" not in err, err
+    assert "prlimit" in said[0] and "nushell.allow_unlimited = true" in said[0]
+
+
+async def test_without_prlimit_nushell_runs_unlimited_when_the_configuration_allows_it(
+    nats_server: NatsServer, nc: Client, tmp_path: Path
+) -> None:
+    lines: list[str] = []
+    env = {"PATH": path_without_prlimit(tmp_path)}
+    with service_process(nats_server.url, tmp_path, env=env, overrides={"nushell.allow_unlimited": True}, lines=lines):
+        ext = await LoaderClient(nc, timeout=WAIT).load("taskserv", "kubernetes", version="1.28.0")
+    assert ext["metadata"]["name"] == "kubernetes"
+    assert any("prlimit" in line and "without" in line for line in lines), lines
+
+
+async def test_the_runner_looks_for_prlimit_where_it_is_told(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    with pytest.raises(SandboxMissing, match=r"nushell\.allow_unlimited = true"):
+        NushellRunner(
+            NU, roots=[EXAMPLES], cache_dir=cache, limits=Limits(), search_path=path_without_prlimit(tmp_path)
+        )
+    unlimited = NushellRunner(
+        NU, roots=[EXAMPLES], cache_dir=cache, limits=Limits(), allow_unlimited=True, search_path=str(tmp_path)
+    )
+    unlimited.prepare()
+    loaded = await unlimited.load(ExtensionType.TASKSERV, "containerd", "1.7.13")
+    assert loaded.metadata.name == "containerd"

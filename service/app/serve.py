@@ -34,7 +34,8 @@ def service_version() -> str:
 
 
 def build_manager(config: Config, *, instance_id: str | None = None) -> ExtensionManager:
-    """Everything below the NATS wiring; raises NushellMissing when `nu` is not there."""
+    """Everything below the NATS wiring; raises NushellMissing when `nu` is not there, SandboxMissing when
+    `prlimit` is not there and the configuration does not allow Nushell to run without limits."""
     nu = find_nu(config.nushell.path)
     version = nu_version(nu)
     n = config.nushell
@@ -50,6 +51,7 @@ def build_manager(config: Config, *, instance_id: str | None = None) -> Extensio
             max_output_kb=n.max_output_kb,
             max_file_mb=n.max_file_mb,
         ),
+        allow_unlimited=n.allow_unlimited,
     )
     runner.prepare()
     for root in config.extension_paths:

@@ -1,10 +1,11 @@
 """Tracing, metrics and logging set-up: which providers and exporters this process installs.
 
 Tracing follows OpenTelemetry's own environment variables: `OTEL_TRACES_EXPORTER` = `otlp` (needs the
-`otlp` extra), `console` (the SDK's JSON spans on standard output) or `none` (the default here, so a
-developer's `make run` does not try to reach a collector that is not there); `OTEL_SERVICE_NAME`,
-`OTEL_EXPORTER_OTLP_ENDPOINT` and the rest are read by the SDK itself. Logs are one JSON object a line when
-standard error is not a terminal, readable lines when it is, each with the trace and span ids.
+`otlp` extra, or `otlp-grpc` with `OTEL_EXPORTER_OTLP_PROTOCOL=grpc`), `console` (the SDK's JSON spans on
+standard output) or `none` (the default here, so a developer's `make run` does not try to reach a collector
+that is not there); `OTEL_SERVICE_NAME`, `OTEL_EXPORTER_OTLP_ENDPOINT` and the rest are read by the SDK
+itself. Logs are one JSON object a line when standard error is not a terminal, readable lines when it is,
+each with the trace and span ids.
 """
 
 from __future__ import annotations
@@ -89,13 +90,19 @@ def _tracing(environ: Mapping[str, str], resource: Resource) -> TracerProvider |
             provider.add_span_processor(SimpleSpanProcessor(ConsoleSpanExporter(out=sys.stdout)))
         elif name == "otlp":
             protocol = environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", environ.get("OTEL_EXPORTER_OTLP_PROTOCOL", ""))
+            extra = "otlp-grpc" if protocol == "grpc" else "otlp"
             try:
                 if protocol == "grpc":
                     from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
                 else:
                     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
             except ImportError:
-                log.warning("OTEL_TRACES_EXPORTER=otlp needs the otlp extra: pip install 'extension-loader[otlp]'")
+                log.warning(
+                    "OTEL_TRACES_EXPORTER=otlp (protocol %s) needs the %s extra: pip install 'extension-loader[%s]'",
+                    protocol or "http/protobuf",
+                    extra,
+                    extra,
+                )
                 continue
             provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
     trace.set_tracer_provider(provider)

@@ -1,8 +1,9 @@
 """Configuration: typed, layered and validated once, at start.
 
 Layers, each overriding the one before: the packaged `config.defaults.toml`, the user's file (`--config`),
-environment variables `EXTENSION_LOADER__<SECTION>__<KEY>` (values read as TOML where they parse, else as
-text), and `key=value` overrides from the command line. String values may refer to other keys as `{{a.b.c}}`.
+environment variables `EXTENSION_LOADER__<SECTION>__<KEY>` (read by the key's type: a text key takes the text
+as it is, other keys read it as TOML), and `key=value` overrides from the command line (TOML, but a text key
+takes a bare value as text). String values may refer to other keys as `{{a.b.c}}`.
 The result is a frozen `Config`; a bad file or value raises `ConfigError` naming the key. Keys outside the
 sections this service reads are allowed, so an orchestrator's own file can be reused.
 """
@@ -16,9 +17,10 @@ import tomllib
 from collections.abc import Mapping, Sequence
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 import msgspec
+import msgspec.inspect
 from msgspec import Meta, Struct
 
 from .errors import ConfigError
@@ -54,6 +56,7 @@ class NushellConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
     max_memory_mb: Annotated[int, Meta(ge=64, le=1_048_576)]
     max_output_kb: Positive
     max_file_mb: Positive
+    allow_unlimited: bool
 
 
 class NatsConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -115,6 +118,10 @@ class Config(Struct, frozen=True, kw_only=True):
         return Path(self.orchestrator.extensions.cache_dir).expanduser().resolve()
 
 
+# The keys the service reads and their types: what environment values are read by and what is interpolated.
+_CONFIG_TYPE = cast(msgspec.inspect.StructType, msgspec.inspect.type_info(Config))
+
+
 def defaults() -> dict[str, Any]:
     text = resources.files(__package__).joinpath("config.defaults.toml").read_text(encoding="utf-8")
     return tomllib.loads(text)
@@ -133,12 +140,12 @@ def load_config(
     for key, value in sorted((environ or {}).items()):
         if key.startswith(ENV_PREFIX) and len(key) > len(ENV_PREFIX):
             dotted = ".".join(part.lower() for part in key[len(ENV_PREFIX) :].split("__"))
-            _set(data, dotted, _parse_value(value), origin=f"environment variable {key}")
+            _set(data, dotted, _environment_value(dotted, value), origin=f"environment variable {key}")
     for item in overrides:
         dotted, sep, value = item.partition("=")
         if not sep or not dotted.strip():
             raise ConfigError(item, "an override is written key=value, e.g. nats.url=nats://127.0.0.1:4222")
-        _set(data, dotted.strip(), _parse_value(value), origin="command line")
+        _set(data, dotted.strip(), _override_value(dotted.strip(), value), origin="command line")
     return validate(_interpolate(data))
 
 
@@ -199,6 +206,34 @@ def _parse_value(text: str) -> Any:
         return text
 
 
+def _environment_value(dotted: str, text: str) -> Any:
+    """A variable's text, read by its key's type. A text key takes it as it is: a password of digits, `true` or
+    a date is still text, and TOML would turn it into a number, a boolean or a date. Numbers, booleans and lists
+    are read as TOML (`8`, `2.5`, `true`, `["/a", "/b"]`); what is not of the key's type fails validation."""
+    if isinstance(_key_type(dotted), msgspec.inspect.StrType):
+        return text
+    return _parse_value(text)
+
+
+def _override_value(dotted: str, text: str) -> Any:
+    """A `--set` value is TOML (`nats.url="nats://..."`), but a text key takes a bare value that TOML reads as
+    something else (`nats.password=123456`) as the text it is, as in the environment."""
+    value = _parse_value(text)
+    if isinstance(_key_type(dotted), msgspec.inspect.StrType) and not isinstance(value, str):
+        return text
+    return value
+
+
+def _key_type(dotted: str) -> msgspec.inspect.Type | None:
+    """The type of a key of `Config` (`nats.password`: text); None for a key the service does not read."""
+    node: msgspec.inspect.Type | None = _CONFIG_TYPE
+    for part in dotted.split("."):
+        if not isinstance(node, msgspec.inspect.StructType):
+            return None
+        node = next((f.type for f in node.fields if f.name == part), None)
+    return node
+
+
 def _merge(into: dict[str, Any], other: Mapping[str, Any]) -> None:
     for key, value in other.items():
         if isinstance(value, Mapping) and isinstance(into.get(key), dict):
@@ -228,6 +263,10 @@ def _lookup(data: Mapping[str, Any], dotted: str) -> Any:
 
 
 def _interpolate(data: dict[str, Any]) -> dict[str, Any]:
+    """Resolves `{{a.b.c}}` in the keys the service reads (those of `Config`), and leaves every other key as it
+    is: an orchestrator's own keys may refer to things this service knows nothing of, and reusing its file is
+    what the references are for. A reference may name any key of the file."""
+
     def resolve(value: Any, key: str, seen: tuple[str, ...]) -> Any:
         if isinstance(value, dict):
             return {k: resolve(v, f"{key}.{k}" if key else k, seen) for k, v in value.items()}
@@ -250,5 +289,16 @@ def _interpolate(data: dict[str, Any]) -> dict[str, Any]:
 
         return _REF.sub(substitute, value)
 
-    resolved: dict[str, Any] = resolve(data, "", ())
-    return resolved
+    def walk(node: dict[str, Any], struct: msgspec.inspect.StructType, prefix: str) -> dict[str, Any]:
+        out = dict(node)
+        for field in struct.fields:
+            if field.name not in node:
+                continue
+            key, value = f"{prefix}{field.name}", node[field.name]
+            if isinstance(field.type, msgspec.inspect.StructType) and isinstance(value, dict):
+                out[field.name] = walk(value, field.type, f"{key}.")
+            else:
+                out[field.name] = resolve(value, key, ())
+        return out
+
+    return walk(data, _CONFIG_TYPE, "")

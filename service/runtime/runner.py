@@ -45,6 +45,10 @@ INSTALL_HINT = (
     "Nushell was not found. Install it with `npm ci` in the project folder (the native binary lands in "
     "node_modules/@nushell/linux-x64/bin/nu), put `nu` on PATH, or set [nushell] path in the configuration."
 )
+PRLIMIT_MISSING = (
+    "prlimit (util-linux) was not found on PATH, so Nushell would run extensions without memory, CPU-time and "
+    "file-size limits: install util-linux, or set nushell.allow_unlimited = true to run them without limits"
+)
 _STDERR_TAIL = 20
 
 
@@ -79,6 +83,10 @@ class _ErrorOutput(msgspec.Struct, frozen=True):
 
 class NushellMissing(Exception):
     """`nu` cannot be found or run; the message says how to install it."""
+
+
+class SandboxMissing(Exception):
+    """`prlimit` is not there to limit Nushell, and the configuration does not allow running without limits."""
 
 
 def find_nu(configured: str = "", *, search_from: Sequence[Path] = ()) -> Path:
@@ -116,7 +124,18 @@ def _base_env(home: Path) -> dict[str, str]:
 
 
 class NushellRunner:
-    def __init__(self, nu: Path, *, roots: Sequence[Path], cache_dir: Path, limits: Limits) -> None:
+    def __init__(
+        self,
+        nu: Path,
+        *,
+        roots: Sequence[Path],
+        cache_dir: Path,
+        limits: Limits,
+        allow_unlimited: bool = False,
+        search_path: str | None = None,
+    ) -> None:
+        """`search_path`: where `prlimit` is looked for (None: PATH). Without it the runner refuses to exist
+        (SandboxMissing) unless `allow_unlimited` says Nushell may run without limits."""
         self.nu = nu
         self.roots = tuple(roots)
         self.cache_dir = cache_dir
@@ -124,9 +143,11 @@ class NushellRunner:
         self.workdir = cache_dir / ".work"
         self._slots = anyio.CapacityLimiter(limits.max_concurrent)
         self._waiting = 0
-        self._prlimit = shutil.which("prlimit")
+        self._prlimit = shutil.which("prlimit", path=search_path)
         if self._prlimit is None:
-            log.warning("prlimit not found: Nushell runs without memory, CPU and file-size limits")
+            if not allow_unlimited:
+                raise SandboxMissing(PRLIMIT_MISSING)
+            log.warning("prlimit not found: Nushell runs without memory, CPU and file-size limits (allow_unlimited)")
 
     @property
     def running(self) -> int:

@@ -13,10 +13,10 @@ import msgspec
 
 from ...contract.config import Config, load_config
 from ...contract.errors import ConfigError, LoaderError
-from ...runtime.runner import NushellMissing
+from ...runtime.runner import NushellMissing, SandboxMissing
 from ...wire.events import EventStreamError
 from ...wire.service import ConnectRefused
-from ..natsserver import NatsServer
+from ..natsserver import NatsServer, nats_server_binary
 from ..serve import serve, service_version
 from ..telemetry import setup_logging, setup_telemetry
 
@@ -53,7 +53,7 @@ def _run_service(config: Config, hint: str = "") -> int:
     telemetry = setup_telemetry(os.environ, version=service_version())
     try:
         anyio.run(lambda: serve(config, on_ready=ready))
-    except (NushellMissing, EventStreamError, ConnectRefused, LoaderError) as exc:
+    except (NushellMissing, SandboxMissing, EventStreamError, ConnectRefused, LoaderError) as exc:
         # LoaderError at start: the cache folder cannot be made, say.
         print(f"extension-loader: {exc}", file=sys.stderr)
         return 3
@@ -86,6 +86,11 @@ def run_dev(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    try:
+        binary = nats_server_binary()
+    except FileNotFoundError as exc:  # the `server` extra is not installed
+        print(f"extension-loader: {exc}", file=sys.stderr)
+        return 3
     # Only nats-server's environment gets the development passwords; the service's own stays as it is.
     server_env = dict(os.environ)
     unset = [name for name in DEV_PASSWORDS if not server_env.get(name)]
@@ -105,7 +110,7 @@ def run_dev(args: argparse.Namespace) -> int:
         )
     url = config.nats.servers[0]
     try:
-        server = NatsServer(["-c", str(conf)], env=server_env).start()
+        server = NatsServer(["-c", str(conf)], binary=binary, env=server_env).start()
     except (RuntimeError, FileNotFoundError) as exc:
         print(f"extension-loader: could not start nats-server: {exc}", file=sys.stderr)
         return 4
