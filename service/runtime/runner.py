@@ -1,41 +1,47 @@
-"""The Nushell runner: runs the project's loader module, one `nu` process per cold load, as untrusted code.
+"""The Nushell runner: runs the project's loader module, one `nu` process per cold load, in the sandbox.
 
-Every run gets an argument list (never a shell string), a clean environment, a fixed working folder, its own
-process group, resource limits set before `nu` starts (`prlimit`: address space, CPU time, file size, open
-files), a wall-clock limit after which the whole group is killed, and a cap on the output it may print. At
-most `max_concurrent` runs at once; at most `max_pending` wait for a slot, and a load beyond that is refused
-at once with `Unavailable` rather than left to pile up.
+It finds `nu`, asks the loader module (`nushell/provisioning.nu`) for one load, and reads what the module
+prints: a load result, or one of the contract's errors. At most `max_concurrent` runs at once; at most
+`max_pending` wait for a slot, and a load beyond that is refused at once with `Unavailable` rather than left
+to pile up. How a process is confined (limits, environment, process group, output cap) is `sandbox.py`'s.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import math
 import os
 import shutil
 import signal
 import subprocess
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
 import msgspec
-from anyio.abc import ByteReceiveStream, Process
 from opentelemetry import trace
 
 from ..contract.errors import (
     InvalidExtension,
     LoaderError,
     LoadFailed,
-    LoadTimeout,
     NotFound,
     Unavailable,
     VersionNotFound,
 )
 from ..contract.messages import ExtensionMetadata, ExtensionType
+from .sandbox import Limits, Sandbox, SandboxMissing, base_env
+
+__all__ = [
+    "MODULE",
+    "Limits",
+    "LoadResult",
+    "NushellMissing",
+    "NushellRunner",
+    "SandboxMissing",
+    "find_nu",
+    "nu_version",
+]
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer(__name__)
@@ -45,21 +51,7 @@ INSTALL_HINT = (
     "Nushell was not found. Install it with `npm ci` in the project folder (the native binary lands in "
     "node_modules/@nushell/linux-x64/bin/nu), put `nu` on PATH, or set [nushell] path in the configuration."
 )
-PRLIMIT_MISSING = (
-    "prlimit (util-linux) was not found on PATH, so Nushell would run extensions without memory, CPU-time and "
-    "file-size limits: install util-linux, or set nushell.allow_unlimited = true to run them without limits"
-)
 _STDERR_TAIL = 20
-
-
-@dataclass(frozen=True, slots=True)
-class Limits:
-    timeout_s: float = 30.0
-    max_concurrent: int = 4
-    max_pending: int = 64
-    max_memory_mb: int = 512
-    max_output_kb: int = 1024
-    max_file_mb: int = 64
 
 
 class LoadResult(msgspec.Struct, frozen=True, kw_only=True):
@@ -85,10 +77,6 @@ class NushellMissing(Exception):
     """`nu` cannot be found or run; the message says how to install it."""
 
 
-class SandboxMissing(Exception):
-    """`prlimit` is not there to limit Nushell, and the configuration does not allow running without limits."""
-
-
 def find_nu(configured: str = "", *, search_from: Sequence[Path] = ()) -> Path:
     """The configured binary, else `nu` on PATH, else the native binary the npm package installs."""
     if configured:
@@ -112,15 +100,11 @@ def nu_version(nu: Path) -> str:
     """`nu --version`, run once at start; raises NushellMissing when it does not answer."""
     try:
         done = subprocess.run(
-            [str(nu), "--version"], capture_output=True, timeout=30, check=True, env=_base_env(Path("/"))
+            [str(nu), "--version"], capture_output=True, timeout=30, check=True, env=base_env(Path("/"))
         )
     except (OSError, subprocess.SubprocessError) as exc:
         raise NushellMissing(f"{nu} --version failed: {exc}. {INSTALL_HINT}") from None
     return done.stdout.decode(errors="replace").strip()
-
-
-def _base_env(home: Path) -> dict[str, str]:
-    return {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(home), "LANG": "C.UTF-8"}
 
 
 class NushellRunner:
@@ -134,8 +118,7 @@ class NushellRunner:
         allow_unlimited: bool = False,
         search_path: str | None = None,
     ) -> None:
-        """`search_path`: where `prlimit` is looked for (None: PATH). Without it the runner refuses to exist
-        (SandboxMissing) unless `allow_unlimited` says Nushell may run without limits."""
+        """`allow_unlimited`, `search_path`: see `Sandbox`."""
         self.nu = nu
         self.roots = tuple(roots)
         self.cache_dir = cache_dir
@@ -143,11 +126,7 @@ class NushellRunner:
         self.workdir = cache_dir / ".work"
         self._slots = anyio.CapacityLimiter(limits.max_concurrent)
         self._waiting = 0
-        self._prlimit = shutil.which("prlimit", path=search_path)
-        if self._prlimit is None:
-            if not allow_unlimited:
-                raise SandboxMissing(PRLIMIT_MISSING)
-            log.warning("prlimit not found: Nushell runs without memory, CPU and file-size limits (allow_unlimited)")
+        self.sandbox = Sandbox(limits, allow_unlimited=allow_unlimited, search_path=search_path)
 
     @property
     def running(self) -> int:
@@ -191,85 +170,18 @@ class NushellRunner:
         finally:
             self._slots.release()
 
-    def _argv(self, args: Sequence[str]) -> list[str]:
-        nu = [str(self.nu), "-n", "--no-std-lib", str(MODULE), *args]
-        if self._prlimit is None:
-            return nu
-        limits = self.limits
-        return [
-            self._prlimit,
-            f"--as={limits.max_memory_mb * 1024 * 1024}",
-            f"--cpu={max(1, math.ceil(limits.timeout_s))}",
-            f"--fsize={limits.max_file_mb * 1024 * 1024}",
-            "--nofile=1024",
-            "--core=0",
-            "--",
-            *nu,
-        ]
-
     async def _spawn(self, args: Sequence[str]) -> bytes:
         if not os.access(self.nu, os.X_OK):
             raise Unavailable(f"Nushell cannot be started: {self.nu} is missing or not executable")
         env = {
-            **_base_env(self.workdir),
+            **base_env(self.workdir),
             "PROVISIONING_EXTENSION_PATHS": ":".join(str(r) for r in self.roots),
             "PROVISIONING_EXTENSION_CACHE": str(self.cache_dir),
         }
         self.prepare()
-        try:
-            process = await anyio.open_process(
-                self._argv(args),
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                cwd=self.workdir,
-                env=env,
-                start_new_session=True,
-            )
-        except OSError as exc:
-            raise Unavailable(f"Nushell cannot be started: {exc}") from None
-        cap = self.limits.max_output_kb * 1024
-        out = bytearray()
-        err = bytearray()
-        overflow: list[str] = []
-        try:
-            with anyio.move_on_after(self.limits.timeout_s) as deadline:
-                async with anyio.create_task_group() as tg:
-                    assert process.stdout is not None and process.stderr is not None
-                    tg.start_soon(_collect, process.stdout, out, cap, "standard output", overflow, process)
-                    tg.start_soon(_collect, process.stderr, err, cap, "standard error", overflow, process)
-                await process.wait()
-        finally:
-            with anyio.CancelScope(shield=True):
-                await _reap(process)
-        if deadline.cancelled_caught:
-            raise LoadTimeout(self.limits.timeout_s)
-        if overflow:
-            raise LoadFailed(f"the loader's {overflow[0]} passed the limit of {self.limits.max_output_kb} KB")
-        return _outcome(process.returncode, bytes(out), bytes(err))
-
-
-async def _collect(
-    stream: ByteReceiveStream, into: bytearray, cap: int, what: str, overflow: list[str], process: Process
-) -> None:
-    async for chunk in stream:
-        into += chunk
-        if len(into) > cap:
-            overflow.append(what)
-            _kill_group(process)
-            return
-
-
-def _kill_group(process: Process) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(process.pid, signal.SIGKILL)
-
-
-async def _reap(process: Process) -> None:
-    """Kills what is left of the run's process group and waits for `nu`, so no zombie stays behind."""
-    _kill_group(process)
-    await process.wait()
-    await process.aclose()
+        command = [str(self.nu), "-n", "--no-std-lib", str(MODULE), *args]
+        done = await self.sandbox.run(command, cwd=self.workdir, env=env)
+        return _outcome(done.returncode, done.stdout, done.stderr)
 
 
 def _outcome(returncode: int | None, stdout: bytes, stderr: bytes) -> bytes:

@@ -1,0 +1,146 @@
+"""The sandbox every Nushell process runs in: extensions are untrusted code.
+
+A run gets an argument list (never a shell string), a clean environment, a fixed working folder, its own
+process group, resource limits set before `nu` starts (`prlimit`: address space, CPU time, file size, open
+files, no core files), a wall-clock limit after which the whole group is killed, and a cap on the output it
+may print. Whatever happens, the group is killed and `nu` reaped before `run` returns, so no process or
+zombie stays behind. Knows nothing of what the process is asked to do: that is the runner's business.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import shutil
+import signal
+import subprocess
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import anyio
+from anyio.abc import ByteReceiveStream, Process
+
+from ..contract.errors import LoadFailed, LoadTimeout, Unavailable
+
+log = logging.getLogger(__name__)
+
+PRLIMIT_MISSING = (
+    "prlimit (util-linux) was not found on PATH, so Nushell would run extensions without memory, CPU-time and "
+    "file-size limits: install util-linux, or set nushell.allow_unlimited = true to run them without limits"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    timeout_s: float = 30.0
+    max_concurrent: int = 4
+    max_pending: int = 64
+    max_memory_mb: int = 512
+    max_output_kb: int = 1024
+    max_file_mb: int = 64
+
+
+class SandboxMissing(Exception):
+    """`prlimit` is not there to limit Nushell, and the configuration does not allow running without limits."""
+
+
+@dataclass(frozen=True, slots=True)
+class Finished:
+    returncode: int | None
+    stdout: bytes
+    stderr: bytes
+
+
+def base_env(home: Path) -> dict[str, str]:
+    """The whole environment a sandboxed process starts from: nothing of the service's own."""
+    return {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(home), "LANG": "C.UTF-8"}
+
+
+class Sandbox:
+    def __init__(self, limits: Limits, *, allow_unlimited: bool = False, search_path: str | None = None) -> None:
+        """`search_path`: where `prlimit` is looked for (None: PATH). Without it the sandbox refuses to exist
+        (SandboxMissing) unless `allow_unlimited` says Nushell may run without limits."""
+        self.limits = limits
+        self.prlimit = shutil.which("prlimit", path=search_path)
+        if self.prlimit is None:
+            if not allow_unlimited:
+                raise SandboxMissing(PRLIMIT_MISSING)
+            log.warning("prlimit not found: Nushell runs without memory, CPU and file-size limits (allow_unlimited)")
+
+    def argv(self, command: Sequence[str]) -> list[str]:
+        """The command, with the resource limits set before it starts."""
+        if self.prlimit is None:
+            return list(command)
+        limits = self.limits
+        return [
+            self.prlimit,
+            f"--as={limits.max_memory_mb * 1024 * 1024}",
+            f"--cpu={max(1, math.ceil(limits.timeout_s))}",
+            f"--fsize={limits.max_file_mb * 1024 * 1024}",
+            "--nofile=1024",
+            "--core=0",
+            "--",
+            *command,
+        ]
+
+    async def run(self, command: Sequence[str], *, cwd: Path, env: Mapping[str, str]) -> Finished:
+        """Runs the command to its end within the limits. Raises LoadTimeout past the time limit, LoadFailed
+        past the output cap, Unavailable when it cannot be started."""
+        try:
+            process = await anyio.open_process(
+                self.argv(command),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                cwd=cwd,
+                env=dict(env),
+                start_new_session=True,
+            )
+        except OSError as exc:
+            raise Unavailable(f"Nushell cannot be started: {exc}") from None
+        limits = self.limits
+        cap = limits.max_output_kb * 1024
+        out = bytearray()
+        err = bytearray()
+        overflow: list[str] = []
+        try:
+            with anyio.move_on_after(limits.timeout_s) as deadline:
+                async with anyio.create_task_group() as tg:
+                    assert process.stdout is not None and process.stderr is not None
+                    tg.start_soon(_collect, process.stdout, out, cap, "standard output", overflow, process)
+                    tg.start_soon(_collect, process.stderr, err, cap, "standard error", overflow, process)
+                await process.wait()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await _reap(process)
+        if deadline.cancelled_caught:
+            raise LoadTimeout(limits.timeout_s)
+        if overflow:
+            raise LoadFailed(f"the loader's {overflow[0]} passed the limit of {limits.max_output_kb} KB")
+        return Finished(process.returncode, bytes(out), bytes(err))
+
+
+async def _collect(
+    stream: ByteReceiveStream, into: bytearray, cap: int, what: str, overflow: list[str], process: Process
+) -> None:
+    async for chunk in stream:
+        into += chunk
+        if len(into) > cap:
+            overflow.append(what)
+            _kill_group(process)
+            return
+
+
+def _kill_group(process: Process) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signal.SIGKILL)
+
+
+async def _reap(process: Process) -> None:
+    """Kills what is left of the run's process group and waits for `nu`, so no zombie stays behind."""
+    _kill_group(process)
+    await process.wait()
+    await process.aclose()
