@@ -6,7 +6,7 @@
 #
 # x86-64 only: package.json and its lock pin Nushell's linux-x64 build (@nushell/linux-x64), so build and run
 # as linux/amd64 (docker-compose.yml says so; with plain docker, `--platform linux/amd64`).
-# tests/test_compose.py checks this file against pyproject.toml, package.json, package-lock.json and the repo.
+# tests/deploy/test_compose.py checks this file against pyproject.toml, package.json, package-lock.json and the repo.
 
 # Debian bookworm, named: the bare `python:3.11-slim` tag follows the newest Debian release.
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm

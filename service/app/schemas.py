@@ -7,7 +7,7 @@ One JSON Schema (draft 2020-12, standing alone with its own `$defs`) per request
 and per event, and an AsyncAPI 3.0.0 document of every subject. Every message schema comes from
 `msgspec.json.schema_components`; this module only names, composes (`oneOf`) and places them. The subjects
 and their request and reply types are the one table `ROUTES` below: the wire's `RequestHandlers.routes()` builds
-its own, so there is nothing to import, and tests/test_schemas.py checks the two agree.
+its own, so there is nothing to import, and tests/contract/test_schemas.py checks the two agree.
 """
 
 from __future__ import annotations

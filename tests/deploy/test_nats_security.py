@@ -47,7 +47,7 @@ from tests.conftest import EXAMPLES, NU, WAIT, EventLog, make_config, running_se
 
 pytestmark = pytest.mark.anyio
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 NATS_CONF = ROOT / "nats.conf"
 PASSWORDS = {"orchestrator": "testOrchestrator1", "loader": "testLoader1", "observer": "testObserver1"}
 VARIABLES = {

@@ -34,7 +34,7 @@ from service.contract.config import ENV_PREFIX, load_config
 from service.wire.service import ExtensionService
 from tests.conftest import project_requirements
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"

@@ -23,7 +23,7 @@ from tests.conftest import NU, WAIT, EventLog, make_config, running_service, wri
 pytestmark = pytest.mark.anyio
 
 MICRO_SCHEMAS = Path(__file__).parent / "schemas" / "nats-micro-v1"
-SCHEMAS = Path(__file__).resolve().parents[1] / "schemas"
+SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
 
 
 def digest_of(folder: Path) -> str:

@@ -63,7 +63,7 @@ from service.wire.codec import Codec, failure, success
 from service.wire.events import Event, EventPublisher
 from service.wire.service import ExtensionService
 
-CHECKED_IN = Path(__file__).resolve().parents[1] / "schemas"
+CHECKED_IN = Path(__file__).resolve().parents[2] / "schemas"
 SCHEMAS = schemas.message_schemas()
 SUBJECTS = [
     "extensions.load",

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import semantic_version as sv
 
-REPO = Path(__file__).parents[1]
+REPO = Path(__file__).resolve().parents[2]
 NU = REPO / "node_modules/@nushell/linux-x64/bin/nu"
 MODULE = REPO / "service/runtime/nushell/provisioning.nu"
 EXAMPLES = REPO / "examples/extensions"

@@ -323,7 +323,7 @@ def test_repeated_discovery_reads_no_metadata_again(tmp_path: Path, monkeypatch:
 @pytest.mark.parametrize("node", [1, 2, 3])
 def test_the_documented_cluster_configuration_is_valid(node: int) -> None:
     """deploy/cluster/node-N.conf: accepted by nats-server, each on its own ports, all routing to one another."""
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     conf = root / "deploy" / "cluster" / f"node-{node}.conf"
     env = {**os.environ, **{f"NATS_{u}_PASSWORD": f"k{u.lower()}" for u in ("ORCHESTRATOR", "LOADER", "OBSERVER")}}
     checked = subprocess.run(

@@ -1,0 +1,1 @@
+"""Tests of the edges: the command line as a person runs it, and the packaging."""

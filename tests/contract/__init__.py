@@ -1,0 +1,1 @@
+"""Tests of the contract: configuration, and the schemas generated from the structs."""
