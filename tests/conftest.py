@@ -37,6 +37,16 @@ ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples" / "extensions"
 NU = ROOT / "node_modules" / "@nushell" / "linux-x64" / "bin" / "nu"
 WAIT = 20.0  # the bound on any wait for something that should happen
+# What examples/extensions/taskservs/kubernetes/1.28.0/metadata.toml says, as a load reports it.
+KUBERNETES_1_28 = {
+    "name": "kubernetes",
+    "version": "1.28.0",
+    "description": "Kubernetes container orchestrator",
+    "extension_type": "taskserv",
+    "dependencies": ["containerd@^1.7", "etcd@>=3.5"],
+    "author": "provisioning-team",
+    "repository": "https://github.com/provisioning/taskserv-kubernetes",
+}
 
 
 def project_requirements(extras: Iterable[str] | None = None) -> list[Requirement]:

@@ -26,12 +26,13 @@ from service.app.natsserver import NatsServer
 from service.app.serve import auto_load
 from service.contract.config import Config
 from service.core.versions import parse_version, sort_newest_first
+from service.runtime.runner import MODULE
 from service.wire.service import ExtensionService
 from tests.conftest import NU, ROOT, WAIT, make_config, write_extension
 
 pytestmark = pytest.mark.anyio
 
-MODULE = ROOT / "service" / "runtime" / "nushell" / "provisioning.nu"
+
 NOT_FOUND = "version_not_found"
 
 

@@ -17,10 +17,9 @@ from typing import Any
 import pytest
 import semantic_version as sv
 
-REPO = Path(__file__).resolve().parents[2]
-NU = REPO / "node_modules/@nushell/linux-x64/bin/nu"
-MODULE = REPO / "service/runtime/nushell/provisioning.nu"
-EXAMPLES = REPO / "examples/extensions"
+from service.runtime.runner import MODULE
+from tests.conftest import EXAMPLES, KUBERNETES_1_28, NU, ROOT
+
 INVALID = 3  # the loader's exit code for an error it reports as JSON
 
 VALID_MOD = """\
@@ -106,7 +105,7 @@ class Loader:
         assert NU.is_file(), f"Nushell is missing at {NU}: run `npm ci` (or `make install`) first"
         return [str(NU), "-n", str(MODULE), *args]
 
-    def run(self, *args: str, cwd: Path = REPO, configured: bool = True) -> subprocess.CompletedProcess[str]:
+    def run(self, *args: str, cwd: Path = ROOT, configured: bool = True) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             self.argv(*args),
             env=self.env(configured=configured),
@@ -167,15 +166,7 @@ def tree(tmp_path: Path) -> Loader:
 def test_load_versioned_extension(examples: Loader) -> None:
     loaded = examples.load("taskserv", "kubernetes", "1.28.0")
 
-    assert loaded["metadata"] == {
-        "name": "kubernetes",
-        "version": "1.28.0",
-        "description": "Kubernetes container orchestrator",
-        "extension_type": "taskserv",
-        "dependencies": ["containerd@^1.7", "etcd@>=3.5"],
-        "author": "provisioning-team",
-        "repository": "https://github.com/provisioning/taskserv-kubernetes",
-    }
+    assert loaded["metadata"] == KUBERNETES_1_28
     source = EXAMPLES.resolve() / "taskservs/kubernetes/1.28.0"
     copy = Path(loaded["path"])
     assert loaded["source"] == str(source)
@@ -261,7 +252,7 @@ def test_concurrent_loads_of_one_version_all_succeed(tree: Loader) -> None:
     ext = write_extension(tree.roots[0], "alpha", "1.0.0", files={"templates/a.txt": "a"})
     argv = tree.argv("module", "load", "taskserv", "alpha", "--version", "1.0.0")
     processes = [
-        subprocess.Popen(argv, env=tree.env(), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(argv, env=tree.env(), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         for _ in range(8)
     ]
     outputs = [p.communicate(timeout=30) for p in processes]

@@ -18,7 +18,7 @@ from nats.aio.client import Client
 from service.app.client import LoaderClient, RemoteError
 from service.app.natsserver import NatsServer
 from service.wire.service import ExtensionService
-from tests.conftest import NU, WAIT, EventLog, make_config, running_service, write_extension
+from tests.conftest import KUBERNETES_1_28, NU, WAIT, EventLog, make_config, running_service, write_extension
 
 pytestmark = pytest.mark.anyio
 
@@ -44,16 +44,7 @@ async def raw_request(nc: Client, subject: str, body: Any, headers: dict[str, st
 
 async def test_load_cold_then_cached(client: LoaderClient, events: EventLog, config: Any) -> None:
     ext = await client.load("taskserv", "kubernetes", "1.28.0")
-    meta = ext["metadata"]
-    assert meta == {
-        "name": "kubernetes",
-        "version": "1.28.0",
-        "description": "Kubernetes container orchestrator",
-        "extension_type": "taskserv",
-        "dependencies": ["containerd@^1.7", "etcd@>=3.5"],
-        "author": "provisioning-team",
-        "repository": meta["repository"],
-    }
+    assert ext["metadata"] == KUBERNETES_1_28
     copy = Path(ext["path"])
     assert copy == config.cache_dir / "taskserv" / "kubernetes" / "1.28.0"
     assert (copy / "mod.nu").is_file()
