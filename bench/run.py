@@ -68,7 +68,7 @@ LOAD = {"extension_type": "taskserv", "name": "kubernetes", "version": "1.28.0"}
 HEADERS = {"Content-Type": "application/json"}
 READY_WITHIN_S = 30.0
 REQUEST_TIMEOUT_S = 30.0
-# The limits the service's runner puts on a Nushell run with the default configuration (service/runner.py).
+# The limits the service's runner puts on a Nushell run with the default configuration (service/runtime/sandbox.py).
 PRLIMIT = ["--as=536870912", "--cpu=30", "--fsize=67108864", "--nofile=1024", "--core=0", "--"]
 
 

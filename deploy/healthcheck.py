@@ -35,7 +35,7 @@ PING_RESPONSE = "io.nats.micro.v1.ping_response"
 
 
 def connect_options(cfg: NatsConfig) -> dict[str, Any]:
-    """The service's NATS options (service/server.py), with a bounded number of tries.
+    """The service's NATS options (service/wire/connection.py), with a bounded number of tries.
 
     `max_reconnect_attempts=0` would mean "no limit" in nats-py's server selection (it retries a refused
     connection forever), so each server gets at most two tries.

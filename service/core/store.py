@@ -180,7 +180,7 @@ class ExtensionStore:
 
 def tree_digest(folder: Path) -> str:
     """The loader's digest of an extension folder: sha256 over `<relpath>\t<sha256 of the file>\n` lines,
-    sorted by relative path (see service/nushell/provisioning.nu). Regular files only, and no symlink is
+    sorted by relative path (see service/runtime/nushell/provisioning.nu). Regular files only, and no symlink is
     followed: one could lead anywhere (the loader refuses an extension that has one)."""
     files: list[tuple[str, Path]] = []
     for top, _dirs, names in os.walk(folder, followlinks=False):

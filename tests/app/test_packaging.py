@@ -26,7 +26,7 @@ SOURCES = ("service", "tests", "bench", "deploy")
 
 def third_party_imports() -> Iterator[tuple[str, Path]]:
     """Every absolute import of a module outside the standard library and the project, with its file; imports
-    inside functions (the optional exporters of service/telemetry.py) included."""
+    inside functions (the optional exporters of service/app/telemetry.py) included."""
     for folder in SOURCES:
         for path in sorted((ROOT / folder).rglob("*.py")):
             for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):

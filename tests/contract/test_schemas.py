@@ -98,7 +98,7 @@ def test_checked_in_schemas_are_what_the_code_generates(tmp_path: Path) -> None:
     extra = sorted(checked_in.keys() - generated.keys())
     differ = sorted(name for name in generated.keys() & checked_in.keys() if generated[name] != checked_in[name])
     assert not (missing or extra or differ), (
-        "schemas/ is not what service/messages.py generates: run `make schemas` and commit the result "
+        "schemas/ is not what service/contract/messages.py generates: run `make schemas` and commit the result "
         f"(missing: {missing}, not generated: {extra}, differ: {differ})"
     )
 

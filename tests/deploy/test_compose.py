@@ -387,7 +387,7 @@ def test_loader_sends_traces_to_jaeger_over_otlp_http() -> None:
     env = environment(compose_service("loader"))
     assert env["OTEL_TRACES_EXPORTER"] == "otlp"
     assert env["OTEL_SERVICE_NAME"] == "extension-loader"
-    # service/telemetry.py uses the gRPC exporter only for "grpc"; the `otlp` extra installs the HTTP one.
+    # service/app/telemetry.py uses the gRPC exporter only for "grpc"; the `otlp` extra installs the HTTP one.
     assert env["OTEL_EXPORTER_OTLP_PROTOCOL"] == "http/protobuf"
     endpoint = urlsplit(env["OTEL_EXPORTER_OTLP_ENDPOINT"])
     assert (endpoint.hostname, endpoint.port) == ("jaeger", 4318)
