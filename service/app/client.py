@@ -12,7 +12,7 @@ from typing import Any
 import msgspec
 from nats.aio.client import Client
 
-from ..contract.headers import JSON
+from ..contract.headers import CONTENT_TYPE, JSON, REQUESTER
 
 
 class RemoteError(Exception):
@@ -35,7 +35,7 @@ class LoaderClient:
 
     async def request(self, suffix: str, body: dict[str, Any] | None = None) -> Any:
         payload = msgspec.json.encode({k: v for k, v in (body or {}).items() if v is not None})
-        headers = {"Content-Type": JSON, "Requester": self.requester}
+        headers = {CONTENT_TYPE: JSON, REQUESTER: self.requester}
         reply = await self.nc.request(f"{self.prefix}.{suffix}", payload, timeout=self.timeout, headers=headers)
         envelope = msgspec.json.decode(reply.data)
         if envelope.get("success"):

@@ -24,7 +24,7 @@ from nats.js.api import StreamConfig
 from nats.js.errors import APIError, NotFoundError, ServiceUnavailableError
 from opentelemetry import trace
 
-from ..contract.headers import JSON
+from ..contract.headers import CONTENT_TYPE, JSON, MSG_ID
 from ..contract.messages import ExtensionLoaded, ExtensionUnloaded
 from .tracing import inject
 
@@ -118,7 +118,7 @@ class EventPublisher:
                     "messaging.message.id": event.event_id,
                 },
             ) as span:
-                headers = inject({"Nats-Msg-Id": event.event_id, "Content-Type": JSON})
+                headers = inject({MSG_ID: event.event_id, CONTENT_TYPE: JSON})
                 if carry and "traceparent" not in headers:
                     headers.update(carry)
                 try:
@@ -151,6 +151,6 @@ class EventPublisher:
                 if left <= 0:
                     raise
                 self.retries += 1
-                log.warning("no JetStream ack for %s yet (%s); retrying", headers["Nats-Msg-Id"], exc)
+                log.warning("no JetStream ack for %s yet (%s); retrying", headers[MSG_ID], exc)
                 await anyio.sleep(min(pause, left))
                 pause = min(pause * 2, 1.0)
