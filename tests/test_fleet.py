@@ -1,4 +1,4 @@
-"""Asking every instance at once: the `extensions.all.*` subjects and `LoaderClient.gather`.
+"""Asking every instance at once: the `extensions.all.*` subjects, `LoaderClient.gather` and the CLI's `--all`.
 
 Review issue 11, point 5: `list`, `status`, `stats` and `cache.clear` answer for whichever instance the queue
 group picked. Two real instances on one nats-server; one has extensions loaded that the other has not.
@@ -6,6 +6,8 @@ group picked. Two real instances on one nats-server; one has extensions loaded t
 
 from __future__ import annotations
 
+import json
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -23,6 +25,7 @@ from tests.conftest import WAIT, EventLog, make_config, running_service
 
 pytestmark = pytest.mark.anyio
 
+CLI = str(Path(sys.executable).with_name("extension-loader"))
 ETCD = {"extension_type": "taskserv", "name": "etcd"}
 
 
@@ -98,3 +101,56 @@ async def test_a_request_error_comes_from_every_instance(nats_server: NatsServer
 async def test_gather_without_a_service_is_no_responders(nats_server: NatsServer, nc: Client) -> None:
     with anyio.fail_after(WAIT), pytest.raises(nats.errors.NoRespondersError):
         await LoaderClient(nc, timeout=WAIT).gather("stats")
+
+
+async def cli(server: NatsServer, *args: str) -> tuple[int, str, str]:
+    with anyio.fail_after(WAIT):
+        done = await anyio.run_process([CLI, *args, "--server", server.url], check=False)
+    return done.returncode, done.stdout.decode(), done.stderr.decode()
+
+
+async def test_the_cli_s_all_shows_which_instance_has_what(nats_server: NatsServer, nc: Client, tmp_path: Path) -> None:
+    both = ("--all", "--replies", "2", "--timeout", str(WAIT))
+    async with two_instances(nats_server, nc, tmp_path):
+        code, out, err = await cli(nats_server, "status", "taskserv", "etcd", *both)
+        assert (code, err) == (0, "")
+        assert out.splitlines()[0] == "taskserv etcd: loaded on 1 of 2 instances"
+        assert [line.split() for line in out.splitlines()[1:]] == [
+            ["INSTANCE", "STATUS"],
+            ["A", "loaded", "(3.5.12)"],
+            ["B", "not", "loaded"],
+        ]
+
+        code, out, _ = await cli(nats_server, "list", *both)
+        assert code == 0
+        assert [line.split() for line in out.splitlines()[1:]] == [
+            ["INSTANCE", "TYPE", "NAME", "VERSION"],
+            ["A", "taskserv", "containerd", "1.7.13"],
+            ["A", "taskserv", "etcd", "3.5.12"],
+            ["B", "taskserv", "redis", "7.2.4"],
+        ]
+
+        code, out, _ = await cli(nats_server, "stats", "--json", *both)
+        assert code == 0 and [a["instance_id"] for a in json.loads(out)] == ["A", "B"]
+
+        code, out, _ = await cli(nats_server, "clear", *both)
+        assert code == 0
+        assert out.splitlines()[0] == "cleared 3 entries on 2 instances"
+        assert [line.split() for line in out.splitlines()[1:]] == [
+            ["INSTANCE", "CLEARED"],
+            ["A", "2"],
+            ["B", "1"],
+        ]
+
+        code, out, err = await cli(nats_server, "status", "taskserv", "nope", *both)
+        assert (code, out) == (1, "")
+        assert err.count("error from an instance: not_found:") == 2
+
+    code, out, err = await cli(nats_server, "stats", "--replies", "2")
+    assert code == 2 and "--replies goes with --all" in err
+
+
+async def test_the_cli_s_all_without_a_service_says_so(nats_server: NatsServer) -> None:
+    code, out, err = await cli(nats_server, "stats", "--all")
+    assert (code, out) == (4, "")
+    assert "no extension-loader service answers" in err and "Traceback" not in err
