@@ -23,7 +23,7 @@ from ..client import Gathered, LoaderClient, RemoteError
 from .printing import event_line, readable, readable_fleet
 
 DEFAULT_URL = "nats://127.0.0.1:4222"
-TIMEOUT_S = 40.0  # for one reply: longer than a cold load may wait for a Nushell slot
+TIMEOUT_S = 40.0  # for one reply: longer than a cold load may run (nushell.timeout_s, 30 s by default)
 FLEET_TIMEOUT_S = 1.0  # for every instance's reply: --all always waits this long unless --replies says how many
 
 
