@@ -31,6 +31,7 @@ from service.app.client import LoaderClient
 from service.app.natsserver import NatsServer
 from service.app.serve import build_manager, service_version
 from service.contract.config import Config, load_config
+from service.runtime.runner import MODULE
 from service.wire.service import ExtensionService, flush_subscriptions
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -263,3 +264,19 @@ def write_extension(
     )
     (folder / "mod.nu").write_text(module)
     return folder
+
+
+def leftover_runs(cache_dir: Path) -> list[int]:
+    """Nushell processes still alive that were started for this cache folder."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes()
+            environ = (proc / "environ").read_bytes()
+        except OSError:
+            continue
+        if str(MODULE).encode() in cmdline and f"PROVISIONING_EXTENSION_CACHE={cache_dir}".encode() in environ:
+            found.append(int(proc.name))
+    return found

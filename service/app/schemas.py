@@ -41,6 +41,7 @@ from ..contract.messages import (
     Graph,
     GraphRequest,
     GraphText,
+    InstanceReply,
     ListRequest,
     LoadRequest,
     ReloadRequest,
@@ -66,6 +67,7 @@ class Route:
     request: type[msgspec.Struct]
     data: tuple[Any, ...]  # the types `data` may hold; more than one: any of them
     summary: str
+    queue: bool = True  # served in the queue group (one instance answers); False: every instance answers
 
     @property
     def reply_file(self) -> str:
@@ -81,15 +83,32 @@ class EventRoute:
     summary: str
 
 
-ROUTES: tuple[Route, ...] = (
+_SINGLE: tuple[Route, ...] = (
     Route("load", LoadRequest, (Extension,), "Load one extension; answered from the cache when it is there."),
     Route("reload", ReloadRequest, (Extension,), "Drop every cached version of an extension and load it again."),
-    Route("list", ListRequest, (list[Extension],), "What is loaded now, optionally of one type."),
-    Route("status", StatusRequest, (Status,), "Whether an extension (or one version of it) is loaded now."),
+    Route("list", ListRequest, (list[Extension],), "What the instance that answers has loaded now."),
+    Route("status", StatusRequest, (Status,), "Whether the instance that answers has an extension loaded now."),
     Route("discover", DiscoverRequest, (list[Available],), "What is available on disk."),
-    Route("cache.clear", EmptyRequest, (Cleared,), "Empty the cache; answers how many entries it dropped."),
+    Route(
+        "cache.clear", EmptyRequest, (Cleared,), "Empty the cache of the instance that answers; how many it dropped."
+    ),
     Route("stats", EmptyRequest, (Stats,), "Cache, load and Nushell statistics of the instance that answers."),
     Route("graph", GraphRequest, (Graph, GraphText), "The resolved dependency graph of one extension."),
+)
+# The subjects whose answer is about the one instance that gives it have a fleet twin, `all.<suffix>`: every
+# instance subscribes outside the queue group and answers for itself (service/wire/handlers.py, FLEET; the
+# tests check that the two agree).
+FLEET = ("list", "status", "stats", "cache.clear")
+ROUTES: tuple[Route, ...] = _SINGLE + tuple(
+    Route(
+        f"all.{route.suffix}",
+        route.request,
+        tuple(InstanceReply[data] for data in route.data),  # type: ignore[valid-type]
+        f"Every instance answers, each with its instance id and its own {route.suffix} reply.",
+        queue=False,
+    )
+    for route in _SINGLE
+    if route.suffix in FLEET
 )
 EVENTS: tuple[EventRoute, ...] = (
     EventRoute(
@@ -341,8 +360,14 @@ def asyncapi() -> dict[str, Any]:
                 "channel": {"$ref": f"#/channels/{cid}Reply"},
                 "messages": [{"$ref": f"#/channels/{cid}Reply/messages/{reply_name}"}],
             },
-            "bindings": {"nats": {"queue": d.queue_group, "bindingVersion": "0.1.0"}},
         }
+        if route.queue:
+            operations[cid]["bindings"] = {"nats": {"queue": d.queue_group, "bindingVersion": "0.1.0"}}
+        else:
+            operations[cid]["description"] = (
+                "Served outside the queue group: every instance answers. Gather the replies on one inbox until "
+                "a deadline (`nats request --replies 0`, `extension-loader ... --all`)."
+            )
     for event in EVENTS:
         subject = f"{d.prefix}.{event.suffix}"
         name = event.event.__name__
@@ -371,7 +396,8 @@ def asyncapi() -> dict[str, Any]:
             "description": (
                 "Loads infrastructure extensions (providers, taskservs, clusters) through Nushell, caches "
                 "them, and serves them over NATS. Subjects are shown with the default prefix "
-                f"`{d.prefix}` (configurable); requests are served in the queue group `{d.queue_group}`. "
+                f"`{d.prefix}` (configurable); requests are served in the queue group `{d.queue_group}`, "
+                f"except those under `{d.prefix}.all.`, which every instance answers. "
                 f"Bodies are JSON, or MessagePack when a request says `Content-Type: {MSGPACK}`. {GENERATED}"
             ),
         },

@@ -314,6 +314,13 @@ class Failure(Struct, frozen=True, kw_only=True):
     error: ErrorBody
 
 
+class InstanceReply(Struct, Generic[T], frozen=True, kw_only=True):
+    """One instance's answer on a fleet subject (`<prefix>.all.*`): its id and its own single-subject answer."""
+
+    instance_id: str
+    data: T
+
+
 # --- events ---
 
 LoadReason = Literal["load", "reload", "auto_load", "hot_reload"]

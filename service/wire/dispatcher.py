@@ -130,7 +130,8 @@ class Dispatcher:
         events: list[Event] = []
         audit.handling(msg.headers, msg.subject)
         try:
-            with self._tracing.request_span(msg.subject, msg.headers, len(msg.data)) as span:
+            group = endpoint.stats.queue_group
+            with self._tracing.request_span(msg.subject, msg.headers, len(msg.data), group) as span:
                 try:
                     request = codec.decode(msg.data, endpoint.request, fmt)
                     if span.is_recording():

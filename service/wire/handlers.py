@@ -1,5 +1,6 @@
 """The request handlers: one plain method per subject, from a decoded request to the reply's data and the
-events to publish once the reply has gone.
+events to publish once the reply has gone. The fleet subjects (`<prefix>.all.list`, ...) reuse them: every
+instance answers with its own reply, under its instance id.
 
 They know nothing of NATS (no message, no connection, no headers): the dispatcher decodes, calls, encodes and
 replies. What they may touch is the manager and the span they are given; errors are raised as the contract's
@@ -21,6 +22,7 @@ from ..contract.messages import (
     EmptyRequest,
     EventStats,
     GraphRequest,
+    InstanceReply,
     ListRequest,
     LoadRequest,
     ReloadRequest,
@@ -32,6 +34,9 @@ from .tracing import describe_outcome
 
 Reply = tuple[Any, list[Event]]
 Handler = Callable[[Any, trace.Span], Awaitable[Reply]]
+
+# The subjects whose answer describes the one instance that gives it; each has a fleet twin under `all.`.
+FLEET = ("list", "status", "stats", "cache.clear")
 
 
 class RequestHandlers:
@@ -51,6 +56,22 @@ class RequestHandlers:
             ("stats", "stats", EmptyRequest, self.stats),
             ("graph", "graph", GraphRequest, self.graph),
         ]
+
+    def fleet_routes(self) -> list[tuple[str, str, type[Any], Handler]]:
+        """The same for the fleet subjects (`all.list`, ...): the single subject's handler, its data wrapped in
+        an `InstanceReply`."""
+        return [
+            (f"all_{name}", f"all.{suffix}", kind, self._of_this_instance(handler))
+            for name, suffix, kind, handler in self.routes()
+            if suffix in FLEET
+        ]
+
+    def _of_this_instance(self, handler: Handler) -> Handler:
+        async def answer(req: Any, span: trace.Span) -> Reply:
+            data, events = await handler(req, span)
+            return InstanceReply(instance_id=self.manager.instance_id, data=data), events
+
+        return answer
 
     async def load(self, req: LoadRequest, span: trace.Span) -> Reply:
         outcome = await self.manager.load(req.type, req.name, req.version, with_dependencies=req.with_dependencies)

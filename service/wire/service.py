@@ -1,11 +1,12 @@
 """The service on the wire: where a request enters and its reply leaves.
 
 `ExtensionService` puts the wire's parts together and owns their life: entering it connects
-(`connection`), sets up the event publisher (`events`), subscribes every request subject in the queue group
-through the `dispatcher` (which calls the `handlers`), the `$SRV` subjects (`micro`) and the peers' events
-(`peers`), and returns once the server has them all. Leaving drains the subscriptions (no request already
-received is dropped), waits for the requests in flight and their events, answers whatever the drain time cuts
-off with `unavailable`, then flushes and closes the connection.
+(`connection`), sets up the event publisher (`events`), subscribes every request subject in the queue group,
+and the fleet subjects (`<prefix>.all.list`, `.status`, `.stats`, `.cache.clear`, which every instance
+answers) outside it, through the `dispatcher` (which calls the `handlers`), the `$SRV` subjects (`micro`) and
+the peers' events (`peers`), and returns once the server has them all. Leaving drains the subscriptions (no
+request already received is dropped), waits for the requests in flight and their events, answers whatever
+the drain time cuts off with `unavailable`, then flushes and closes the connection.
 """
 
 from __future__ import annotations
@@ -46,19 +47,23 @@ class ExtensionService:
         prefix, group = config.nats.subject_prefix, config.nats.queue_group
         self.handlers = RequestHandlers(manager, self._event_stats)
         inline = {ListRequest} | ({EmptyRequest} if not config.events.jetstream else set())
+        # The request subjects in the queue group (one instance answers each request), then their fleet twins
+        # outside it (every instance answers; "" is no queue group, as $SRV.INFO shows it).
+        routes = [(route, group) for route in self.handlers.routes()]
+        routes += [(route, "") for route in self.handlers.fleet_routes()]
         self.endpoints = [
             Endpoint(
                 name,
                 f"{prefix}.{suffix}",
                 kind,
                 handler,
-                EndpointStats(name, f"{prefix}.{suffix}", group),
+                EndpointStats(name, f"{prefix}.{suffix}", queue),
                 inline=kind in inline,
             )
-            for name, suffix, kind, handler in self.handlers.routes()
+            for (name, suffix, kind, handler), queue in routes
         ]
         self.connection = NatsConnection(config.nats, on_reconnect=self._notify)
-        self.tracing = Tracing(group)
+        self.tracing = Tracing()
         self._stack = AsyncExitStack()
         self._tg: TaskGroup | None = None
         self._publisher: EventPublisher | None = None
@@ -125,7 +130,7 @@ class ExtensionService:
         group = cfg.nats.queue_group
         for endpoint in self.endpoints:
             cb = self._dispatcher.callback(endpoint)
-            self._subs.append(await nc.subscribe(endpoint.subject, queue=group, cb=cb))
+            self._subs.append(await nc.subscribe(endpoint.subject, queue=endpoint.stats.queue_group, cb=cb))
         for verb, subject in self.identity.subjects():
             cb = responder(nc, self.identity, verb, lambda: [e.stats for e in self.endpoints])
             self._subs.append(await nc.subscribe(subject, cb=cb))

@@ -40,29 +40,28 @@ def carried(headers: Mapping[str, str] | None) -> dict[str, str]:
 
 
 class Tracing:
-    def __init__(self, queue_group: str) -> None:
-        self.queue_group = queue_group
+    def __init__(self) -> None:
         # Decided once: asking OpenTelemetry for its provider reads the environment, on every request otherwise.
         self.enabled = not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
 
     def request_span(
-        self, subject: str, headers: Mapping[str, str] | None, body_size: int
+        self, subject: str, headers: Mapping[str, str] | None, body_size: int, queue_group: str
     ) -> AbstractContextManager[trace.Span]:
         """The request's SERVER span; none at all without a tracer provider, which saves a good part of a cached
-        answer's cost (events still carry the caller's trace headers, passed on as they came)."""
+        answer's cost (events still carry the caller's trace headers, passed on as they came). `queue_group`
+        is "" for a subject every instance answers (no consumer group)."""
         if not self.enabled:
             return nullcontext(trace.INVALID_SPAN)
+        attributes: dict[str, str | int] = {
+            "messaging.system": "nats",
+            "messaging.destination.name": subject,
+            "messaging.operation.type": "process",
+            "messaging.message.body.size": body_size,
+        }
+        if queue_group:
+            attributes["messaging.consumer.group.name"] = queue_group
         return tracer.start_as_current_span(
-            f"process {subject}",
-            context=extract(headers),
-            kind=trace.SpanKind.SERVER,
-            attributes={
-                "messaging.system": "nats",
-                "messaging.destination.name": subject,
-                "messaging.operation.type": "process",
-                "messaging.consumer.group.name": self.queue_group,
-                "messaging.message.body.size": body_size,
-            },
+            f"process {subject}", context=extract(headers), kind=trace.SpanKind.SERVER, attributes=attributes
         )
 
 

@@ -48,6 +48,7 @@ from service.contract.messages import (
     GraphNode,
     GraphRequest,
     GraphText,
+    InstanceReply,
     ListRequest,
     LoadRequest,
     LoadStats,
@@ -61,6 +62,7 @@ from service.contract.messages import (
 from service.core.manager import ExtensionManager
 from service.wire.codec import Codec, failure, success
 from service.wire.events import Event, EventPublisher
+from service.wire.handlers import FLEET
 from service.wire.service import ExtensionService
 
 CHECKED_IN = Path(__file__).resolve().parents[2] / "schemas"
@@ -75,6 +77,7 @@ SUBJECTS = [
     "extensions.stats",
     "extensions.graph",
 ]
+FLEET_SUBJECTS = ["extensions.all.list", "extensions.all.status", "extensions.all.cache.clear", "extensions.all.stats"]
 EVENT_SUBJECTS = ["extensions.loaded", "extensions.unloaded"]
 
 
@@ -135,6 +138,12 @@ def test_the_subject_table_agrees_with_the_server() -> None:
     service = ExtensionService(config, manager, version="0.0.0")
     served = {endpoint.subject: endpoint.request for endpoint in service.endpoints}
     assert served == {f"extensions.{route.suffix}": route.request for route in schemas.ROUTES}
+    queued = {endpoint.subject: endpoint.stats.queue_group for endpoint in service.endpoints}
+    assert queued == {
+        f"extensions.{route.suffix}": "extension-loader" if route.queue else "" for route in schemas.ROUTES
+    }
+    assert schemas.FLEET == FLEET
+    assert [s for s, group in queued.items() if not group] == FLEET_SUBJECTS
 
     publisher = EventPublisher(cast(Client, None), config.nats.subject_prefix)
     samples: tuple[Event, ...] = (LOADED, UNLOADED)
@@ -149,7 +158,7 @@ def test_the_subject_table_agrees_with_the_server() -> None:
 def test_the_files_are_the_contract_s_messages() -> None:
     requests = {f"{kind.__name__}.json" for kind in (LoadRequest, ReloadRequest, ListRequest, StatusRequest)}
     requests |= {f"{kind.__name__}.json" for kind in (DiscoverRequest, GraphRequest, EmptyRequest)}
-    replies = {f"{subject.removeprefix('extensions.')}.reply.json" for subject in SUBJECTS}
+    replies = {f"{subject.removeprefix('extensions.')}.reply.json" for subject in SUBJECTS + FLEET_SUBJECTS}
     events = {"ExtensionLoaded.json", "ExtensionUnloaded.json"}
     assert set(SCHEMAS) == requests | replies | events
 
@@ -182,6 +191,11 @@ def test_asyncapi_has_every_subject_and_its_operation() -> None:
         (message,) = reply["messages"].values()
         headers = _resolve(doc, message["$ref"])["headers"]["properties"]
         assert {"Content-Type", "Nats-Service-Error", "Nats-Service-Error-Code"} <= set(headers)
+    for subject in FLEET_SUBJECTS:
+        op = operations[by_address[subject]]
+        assert op["action"] == "receive" and "reply" in op
+        assert "bindings" not in op, "every instance answers: no queue group"
+        assert "every instance answers" in op["description"]
     for subject in EVENT_SUBJECTS:
         op = operations[by_address[subject]]
         assert op["action"] == "send"
@@ -297,6 +311,11 @@ REPLY_DATA: list[tuple[str, Any]] = [
     ("stats", STATS),
     ("graph", GRAPH),
     ("graph", GraphText(text="graph LR\n  n0 --> n1\n")),
+    ("all.list", InstanceReply(instance_id="A", data=[EXTENSION])),
+    ("all.list", InstanceReply(instance_id="B", data=[])),
+    ("all.status", InstanceReply(instance_id="A", data=Status(loaded=True, versions=("1.28.0",)))),
+    ("all.stats", InstanceReply(instance_id="ABC123", data=STATS)),
+    ("all.cache.clear", InstanceReply(instance_id="A", data=Cleared(cleared=3))),
 ]
 DEPENDENCY_ERROR = DependencyError(
     "taskserv kubernetes 1.28.0",
@@ -344,11 +363,26 @@ def test_a_msgpack_reply_carries_what_the_json_reply_carries(suffix: str, data: 
         ("stats", GraphText(text="x")),
         ("graph", Cleared(cleared=1)),
         ("cache.clear", STATS),
+        ("stats", InstanceReply(instance_id="A", data=STATS)),
+        ("all.stats", STATS),
+        ("all.status", InstanceReply(instance_id="A", data=STATS)),
+        ("all.cache.clear", InstanceReply(instance_id="A", data=Status(loaded=False, versions=()))),
+        ("all.list", InstanceReply(instance_id="A", data=EXTENSION)),
     ],
     ids=lambda value: value if isinstance(value, str) else None,
 )
 def test_a_reply_with_another_subject_s_data_is_rejected(suffix: str, data: Any) -> None:
     assert not validator(f"{suffix}.reply.json").is_valid(json.loads(success(data, Codec.JSON)))
+
+
+@pytest.mark.parametrize("subject", FLEET_SUBJECTS)
+def test_a_fleet_reply_names_its_instance_and_holds_the_single_subject_s_data(subject: str) -> None:
+    suffix = subject.removeprefix("extensions.")
+    single = dict(REPLY_DATA)[suffix.removeprefix("all.")]
+    check = validator(f"{suffix}.reply.json")
+    assert check.is_valid(json.loads(success(InstanceReply(instance_id="A", data=single), Codec.JSON)))
+    assert not check.is_valid({"success": True, "data": {"data": wire(single)}})
+    assert not check.is_valid({"success": True, "data": {"instance_id": "A"}})
 
 
 @pytest.mark.parametrize("error", ERRORS, ids=lambda e: e.code)

@@ -204,6 +204,13 @@ async def request(world: World, who: Conn) -> None:
     assert stats["instance_id"] == world.service.identity.id
 
 
+async def fleet_request(world: World, who: Conn) -> None:
+    """Ask every instance (extensions.all.stats) and get the service's reply."""
+    assert world.service is not None
+    gathered = await LoaderClient(who.nc, timeout=WAIT).gather("stats", replies=1)
+    assert [answer["instance_id"] for answer in gathered.answers] == [world.service.identity.id]
+
+
 async def _srv(verb: str, world: World, who: Conn) -> None:
     assert world.service is not None
     msg = await who.nc.request(f"$SRV.{verb}.{SERVICE_NAME}", b"", timeout=WAIT)
@@ -271,6 +278,18 @@ async def serve_in_another_group(world: World, who: Conn) -> None:
     await _serve_status(world, who, "rogue")
 
 
+async def serve_fleet(world: World, who: Conn) -> None:
+    """Subscribe to extensions.all.status without a queue group (as every instance does) and answer a request."""
+
+    async def answer(msg: Msg) -> None:
+        await msg.respond(b"answered")
+
+    await who.nc.subscribe("extensions.all.status", cb=answer)
+    await flush_subscriptions(who.nc)
+    reply = await world.helpers["orchestrator"].nc.request("extensions.all.status", b"{}", timeout=WAIT)
+    assert reply.data == b"answered"
+
+
 async def snoop_requests(world: World, who: Conn) -> None:
     """Subscribe to extensions.load outside the queue group, and see a request meant for the service."""
     orchestrator = world.helpers["orchestrator"]
@@ -308,6 +327,7 @@ async def delete_event_stream(world: World, who: Conn) -> None:
 # The service an action needs, started (as the loader user) before it: "core", or "jetstream" to have the stream.
 NEEDS = {
     "request": "core",
+    "fleet_request": "core",
     "srv_ping": "core",
     "srv_stats": "core",
     "replay_events": "jetstream",
@@ -316,12 +336,14 @@ NEEDS = {
 
 ACTIONS: dict[str, Action] = {
     "request": request,
+    "fleet_request": fleet_request,
     "srv_ping": srv_ping,
     "srv_stats": srv_stats,
     "publish_event": publish_event,
     "subscribe_event": subscribe_event,
     "serve_requests": serve_requests,
     "serve_in_another_group": serve_in_another_group,
+    "serve_fleet": serve_fleet,
     "snoop_requests": snoop_requests,
     "replay_events": replay_events,
     "create_event_stream": create_event_stream,
@@ -333,12 +355,14 @@ A, R = "allowed", "refused"
 #                         orchestrator anonymous loader observer
 MATRIX: dict[str, tuple[str, str, str, str]] = {
     "request": (A, A, R, R),
+    "fleet_request": (A, A, R, R),  # as the single-instance requests
     "srv_ping": (A, A, A, A),  # the loader: its container health check
     "srv_stats": (A, A, R, A),
     "publish_event": (R, R, A, R),
     "subscribe_event": (A, A, A, A),
     "serve_requests": (R, R, A, R),
     "serve_in_another_group": (R, R, R, R),
+    "serve_fleet": (R, R, A, R),
     "snoop_requests": (R, R, R, R),
     "replay_events": (R, R, R, A),
     "create_event_stream": (R, R, A, R),
@@ -445,6 +469,10 @@ async def test_the_service_works_as_the_loader_user(
             await client.graph("taskserv", "kubernetes", None, "json")
             assert (await client.clear())["cleared"] > 0
             assert (await client.stats())["instance_id"] == service.identity.id
+            for suffix, body in [("list", {}), ("status", {"extension_type": "taskserv", "name": "etcd"})]:
+                assert len((await client.gather(suffix, body, replies=1)).answers) == 1
+            assert len((await client.gather("stats", replies=1)).answers) == 1
+            assert (await client.gather("cache.clear", replies=1)).answers[0]["data"] == {"cleared": 0}
             await srv_stats(World(secured, {}, service), orchestrator)
         # Leaving the service waited for the events of every request it answered.
         published = service.publisher.published

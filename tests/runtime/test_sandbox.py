@@ -21,26 +21,19 @@ from service.app.natsserver import NatsServer
 from service.contract.config import Config
 from service.contract.messages import ExtensionType
 from service.core.store import tree_digest
-from service.runtime.runner import MODULE, Limits, NushellRunner, SandboxMissing
-from tests.conftest import EXAMPLES, NU, WAIT, make_config, running_service, service_process, write_extension
+from service.runtime.runner import Limits, NushellRunner, SandboxMissing
+from tests.conftest import (
+    EXAMPLES,
+    NU,
+    WAIT,
+    leftover_runs,
+    make_config,
+    running_service,
+    service_process,
+    write_extension,
+)
 
 pytestmark = pytest.mark.anyio
-
-
-def leftover_runs(cache_dir: Path) -> list[int]:
-    """Nushell processes still alive that were started for this cache folder."""
-    found = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            cmdline = (proc / "cmdline").read_bytes()
-            environ = (proc / "environ").read_bytes()
-        except OSError:
-            continue
-        if str(MODULE).encode() in cmdline and f"PROVISIONING_EXTENSION_CACHE={cache_dir}".encode() in environ:
-            found.append(int(proc.name))
-    return found
 
 
 def listing(folder: Path) -> list[Path]:

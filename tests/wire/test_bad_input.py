@@ -95,6 +95,11 @@ SUBJECTS = [
     Subject("cache.clear", "cache_clear", (), {}),
     Subject("stats", "stats", (), {}),
     Subject("graph", "graph", (*NAMED, "format"), KUBERNETES, ("extension_type", "name")),
+    # the fleet subjects, which every instance answers, decode as their single-instance twins do
+    Subject("all.list", "all_list", ("extension_type",), {"extension_type": "taskserv"}),
+    Subject("all.status", "all_status", NAMED, KUBERNETES, ("extension_type", "name")),
+    Subject("all.cache.clear", "all_cache_clear", (), {}),
+    Subject("all.stats", "all_stats", (), {}),
 ]
 
 BAD_NAMES = [
@@ -493,7 +498,7 @@ async def test_odd_headers_are_handled(
 
 
 def test_every_request_subject_is_covered() -> None:
-    assert sorted(s.suffix for s in SUBJECTS) == sorted(
-        ["load", "reload", "list", "status", "discover", "cache.clear", "stats", "graph"]
-    )
+    single = ["load", "reload", "list", "status", "discover", "cache.clear", "stats", "graph"]
+    fleet = ["all.list", "all.status", "all.cache.clear", "all.stats"]
+    assert sorted(s.suffix for s in SUBJECTS) == sorted(single + fleet)
     assert all(len(cases_for(s)) >= 25 for s in SUBJECTS)

@@ -167,9 +167,9 @@ async def test_reply_over_max_payload_is_an_error_cold_and_cached(tmp_path: Path
     """A reply the server would refuse is a load_failed error, whether the load ran Nushell or came from the
     cache (the cached answer takes its own, shorter path); the service keeps serving after it."""
     conf = tmp_path / "small.conf"
-    conf.write_text("max_payload: 2048\n")
+    conf.write_text("max_payload: 4096\n")  # still room for the $SRV.STATS reply of every endpoint
     root = tmp_path / "ext"
-    long = "x" * 3000
+    long = "x" * 5000
     write_extension(
         root,
         "taskserv",
@@ -187,7 +187,7 @@ async def test_reply_over_max_payload_is_an_error_cold_and_cached(tmp_path: Path
                 c = LoaderClient(nc, timeout=WAIT)
                 for _ in range(2):
                     err = await expect_error(c.load("taskserv", "wordy", "1.0.0"), "load_failed")
-                    assert "max_payload (2048 bytes)" in err.message
+                    assert "max_payload (4096 bytes)" in err.message
                 stats = await c.stats()
                 assert stats["cache"]["hits"] == 1 and stats["cache"]["misses"] == 1
                 assert (await c.load("taskserv", "terse", "1.0.0"))["metadata"]["name"] == "terse"

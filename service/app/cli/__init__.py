@@ -25,7 +25,10 @@ __all__ = ["main"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "replies", 0) and not args.fleet:
+        parser.error(f"{args.command}: --replies goes with --all")
     try:
         code: int = args.run(args)
     except KeyboardInterrupt:
@@ -55,7 +58,9 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--nats-config", default="nats.conf", metavar="FILE", help="(default: nats.conf)")
     d.set_defaults(run=run_dev)
 
-    def client(name: str, help: str, *, typed: str = "", versioned: bool = False) -> argparse.ArgumentParser:
+    def client(
+        name: str, help: str, *, typed: str = "", versioned: bool = False, fleet: bool = False
+    ) -> argparse.ArgumentParser:
         c = sub.add_parser(name, help=help)
         c.add_argument("--server", "-s", default=os.environ.get("NATS_URL", DEFAULT_URL), metavar="URL")
         # The nats CLI's variables: NATS_USER, NATS_PASSWORD, NATS_CA. Without a user, nats.conf's no_auth_user.
@@ -68,7 +73,9 @@ def _parser() -> argparse.ArgumentParser:
             help="CA file that signed the server's certificate; turns TLS on (default: $NATS_CA)",
         )
         c.add_argument("--prefix", default="extensions", help="subject prefix (default: extensions)")
-        c.add_argument("--timeout", type=float, default=40.0, help="seconds to wait for a reply")
+        c.add_argument(
+            "--timeout", type=float, metavar="SECONDS", help="seconds to wait for a reply (default: 40; with --all: 1)"
+        )
         c.add_argument("--json", action="store_true", help="print the reply's data as JSON")
         if typed == "required":
             c.add_argument("type", help="provider, taskserv or cluster")
@@ -77,26 +84,54 @@ def _parser() -> argparse.ArgumentParser:
             c.add_argument("type", nargs="?", help="provider, taskserv or cluster")
         if versioned:
             c.add_argument("--version", "-v", dest="ext_version", metavar="VERSION", help="version or constraint")
-        c.set_defaults(run=run_client, action=name)
+        if fleet:
+            # The reply of one instance describes that instance only; --all asks every instance.
+            c.add_argument(
+                "--all", action="store_true", dest="fleet", help="ask every instance and print each one's answer"
+            )
+            c.add_argument(
+                "--replies",
+                type=_count,
+                default=0,
+                metavar="N",
+                help="with --all: stop once N instances have answered (default 0: wait out --timeout)",
+            )
+        c.set_defaults(run=run_client, action=name, fleet=False, replies=0)
         return c
 
     load = client("load", "load an extension", typed="required", versioned=True)
     load.add_argument("--with-dependencies", "-d", action="store_true")
     client("reload", "drop an extension from the cache and load it again", typed="required", versioned=True)
-    client("list", "what is loaded now", typed="optional")
-    client("status", "whether an extension is loaded", typed="required", versioned=True)
+    client("list", "what is loaded now (on the instance that answers)", typed="optional", fleet=True)
+    client(
+        "status",
+        "whether an extension is loaded (on the instance that answers)",
+        typed="required",
+        versioned=True,
+        fleet=True,
+    )
     disc = client("discover", "what is available on disk", typed="optional")
     # SUPPRESS: a NAME left out must not overwrite a --name given before it.
     disc.add_argument(
         "name", nargs="?", default=argparse.SUPPRESS, action=_OneName, metavar="NAME", help="only this extension"
     )
     disc.add_argument("--name", action=_OneName, help="same as NAME")
-    client("stats", "cache and load statistics")
-    client("clear", "empty the cache (extensions.cache.clear)")
+    client("stats", "cache and load statistics (of the instance that answers)", fleet=True)
+    client("clear", "empty the cache of the instance that answers (extensions.cache.clear)", fleet=True)
     graph = client("graph", "an extension's dependency graph", typed="required", versioned=True)
     graph.add_argument("--format", "-f", choices=["json", "dot", "mermaid"], default="json")
     client("watch", "print extensions.loaded and extensions.unloaded events as they come")
     return p
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of 0 or more")
+    return value
 
 
 class _Subcommand(argparse.ArgumentParser):

@@ -1,7 +1,7 @@
 """The client subcommands (`load`, `reload`, `list`, `status`, `discover`, `stats`, `clear`, `graph`,
 `watch`): connect as the person asks, make the call through `LoaderClient`, print the result, and turn every
 failure into one line and an exit code (1: the service answered an error; 4: NATS or TLS refused or is not
-there)."""
+there). `list`, `status`, `stats` and `clear` with `--all` ask every instance and print each one's answer."""
 
 from __future__ import annotations
 
@@ -19,10 +19,12 @@ import nats
 from nats.aio.client import Client
 
 from ...wire.connection import flush_subscriptions
-from ..client import LoaderClient, RemoteError
-from .printing import event_line, readable
+from ..client import Gathered, LoaderClient, RemoteError
+from .printing import event_line, readable, readable_fleet
 
 DEFAULT_URL = "nats://127.0.0.1:4222"
+TIMEOUT_S = 40.0  # for one reply: longer than a cold load may run (nushell.timeout_s, 30 s by default)
+FLEET_TIMEOUT_S = 1.0  # for every instance's reply: --all always waits this long unless --replies says how many
 
 
 class _CaFileError(Exception):
@@ -99,13 +101,42 @@ async def _client_main(args: argparse.Namespace) -> int:
     try:
         if args.action == "watch":
             return await _watch(nc, args)
+        timeout = args.timeout if args.timeout is not None else FLEET_TIMEOUT_S if args.fleet else TIMEOUT_S
+        client = LoaderClient(nc, prefix=args.prefix, timeout=timeout)
+        if args.fleet:
+            return _print_fleet(args, await _unless_forbidden(_gather(client, args), args))
         started = time.perf_counter()
-        data = await _unless_forbidden(_call(LoaderClient(nc, prefix=args.prefix, timeout=args.timeout), args), args)
+        data = await _unless_forbidden(_call(client, args), args)
         elapsed_ms = (time.perf_counter() - started) * 1000
         print(json.dumps(data, indent=2) if args.json else readable(args, data, elapsed_ms))
         return 0
     finally:
         await nc.drain()
+
+
+async def _gather(c: LoaderClient, args: argparse.Namespace) -> Gathered:
+    version = getattr(args, "ext_version", None)
+    match args.action:
+        case "list":
+            return await c.gather("list", {"extension_type": args.type}, replies=args.replies)
+        case "status":
+            body = {"extension_type": args.type, "name": args.name, "version": version}
+            return await c.gather("status", body, replies=args.replies)
+        case "stats":
+            return await c.gather("stats", replies=args.replies)
+        case "clear":
+            return await c.gather("cache.clear", replies=args.replies)
+        case _:  # pragma: no cover - argparse offers --all on no other
+            raise AssertionError(args.action)
+
+
+def _print_fleet(args: argparse.Namespace, gathered: Gathered) -> int:
+    """Each instance's answer; error replies (which do not say whose they are) on standard error, exit 1."""
+    if gathered.answers:
+        print(json.dumps(gathered.answers, indent=2) if args.json else readable_fleet(args, gathered.answers))
+    for error in gathered.errors:
+        print(f"error from an instance: {error.code}: {error.message}", file=sys.stderr)
+    return 1 if gathered.errors else 0
 
 
 async def _call(c: LoaderClient, args: argparse.Namespace) -> Any:

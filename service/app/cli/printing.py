@@ -1,4 +1,5 @@
-"""How the client subcommands' results read in a terminal (`--json` prints the reply's data instead)."""
+"""How the client subcommands' results read in a terminal (`--json` prints the reply's data instead); with
+`--all`, one table of every instance's answer."""
 
 from __future__ import annotations
 
@@ -72,6 +73,42 @@ def readable(args: argparse.Namespace, data: Any, elapsed_ms: float) -> str:
             return str(data["text"]).rstrip("\n")
         return "install order:\n" + "\n".join(f"  {i + 1}. {node}" for i, node in enumerate(data["order"]))
     return json.dumps(data, indent=2)
+
+
+def readable_fleet(args: argparse.Namespace, answers: Sequence[dict[str, Any]]) -> str:
+    """Every instance's answer (`{"instance_id", "data"}`, sorted by instance id) as one table."""
+    action = args.action
+    n = f"{len(answers)} instance{'s' if len(answers) != 1 else ''}"
+    if action == "list":
+        rows: list[tuple[str, ...]] = []
+        for a in answers:
+            rows += [
+                (a["instance_id"], e["metadata"]["extension_type"], e["metadata"]["name"], e["metadata"]["version"])
+                for e in a["data"]
+            ] or [(a["instance_id"], "-", "nothing loaded", "")]
+        return f"{n} answered\n" + _table(("INSTANCE", "TYPE", "NAME", "VERSION"), rows)
+    if action == "status":
+        having = sum(1 for a in answers if a["data"]["loaded"])
+        rows = [
+            (a["instance_id"], f"loaded ({', '.join(a['data']['versions'])})" if a["data"]["loaded"] else "not loaded")
+            for a in answers
+        ]
+        title = f"{args.type} {args.name}: loaded on {having} of {n}"
+        return title + "\n" + _table(("INSTANCE", "STATUS"), rows)
+    if action == "stats":
+        rows = []
+        for a in answers:
+            d = a["data"]
+            c, loads = d["cache"], d["loads"]
+            counts = (c["hits"], c["misses"], loads["total"], loads["cold"], loads["failed"], d["in_flight"])
+            rows.append((a["instance_id"], f"{d['uptime_s']:.0f} s", f"{c['size']}/{c['capacity']}", *map(str, counts)))
+        header = ("INSTANCE", "UP", "CACHED", "HITS", "MISSES", "LOADS", "COLD", "FAILED", "IN FLIGHT")
+        return f"{n} answered\n" + _table(header, rows)
+    if action == "clear":
+        total = sum(a["data"]["cleared"] for a in answers)
+        rows = [(a["instance_id"], str(a["data"]["cleared"])) for a in answers]
+        return f"cleared {total} entries on {n}\n" + _table(("INSTANCE", "CLEARED"), rows)
+    return json.dumps(list(answers), indent=2)
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
