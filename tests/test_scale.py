@@ -212,26 +212,41 @@ async def test_peers_forget_what_another_instance_reloaded(nats_server: NatsServ
         running_service(make_config(nats_server.url, tmp_path / "b", roots=[root]), instance_id="B") as b,
     ):
         client = LoaderClient(nc, timeout=WAIT)
-        key = "taskserv:app:1.0.0"
-        # The queue group spreads requests; ask until both instances have the extension cached.
-        for _ in range(200):
-            first = await client.load("taskserv", "app", "1.0.0")
-            if all(
-                key in {f"taskserv:{e.metadata.name}:{e.metadata.version}" for e in s.manager.loaded()} for s in (a, b)
-            ):
-                break
-        else:
-            pytest.fail("the queue group never sent a request to both instances")
+
+        def digests() -> dict[str, list[str]]:
+            return {s.identity.id: [e.digest for e in s.manager.loaded()] for s in (a, b)}
+
+        async def fill_both() -> None:
+            # The queue group gives a request to one instance or the other; what each holds is set here through
+            # its own manager, so every answer below is known whichever instance gives it.
+            for s in (a, b):
+                await s.manager.load(ExtensionType.TASKSERV, "app", "1.0.0")
+
+        async def settled() -> None:
+            with anyio.fail_after(WAIT):  # each instance has heard every event the other one published
+                await a.wait_until(peer_events=b.publisher.published)
+                await b.wait_until(peer_events=a.publisher.published)
+
+        await fill_both()
+        (first,) = digests()["A"]
+        assert digests() == {"A": [first], "B": [first]}
 
         (folder / "mod.nu").write_text("export def check [] { {ok: true, changed: true} }\n")
         reloaded = await client.reload("taskserv", "app")
-        assert reloaded["digest"] != first["digest"]
-        with anyio.fail_after(WAIT):
-            await a.wait_until(peer_events=b.publisher.published)
-            await b.wait_until(peer_events=a.publisher.published)
+        assert reloaded["digest"] != first
+        await settled()
+        # The instance that reloaded holds the new copy; the other one forgot its old copy.
+        assert sorted(digests().values()) == [[], [reloaded["digest"]]]
         for _ in range(20):
             assert (await client.load("taskserv", "app", "1.0.0"))["digest"] == reloaded["digest"]
-        assert await client.clear() in ({"cleared": 1}, {"cleared": 0})
+
+        await settled()
+        await fill_both()
+        assert digests() == {"A": [reloaded["digest"]], "B": [reloaded["digest"]]}
+        assert await client.clear() == {"cleared": 1}
+        await settled()
+        assert digests() == {"A": [], "B": []}  # the other instance dropped its copy on the clear's event
+        assert await client.clear() == {"cleared": 0}
 
 
 def free_port() -> int:
