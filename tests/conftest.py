@@ -8,6 +8,7 @@ lets it wait for what arrives, with a bounded time-out, never a sleep.
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -280,3 +281,49 @@ def leftover_runs(cache_dir: Path) -> list[int]:
         if str(MODULE).encode() in cmdline and f"PROVISIONING_EXTENSION_CACHE={cache_dir}".encode() in environ:
             found.append(int(proc.name))
     return found
+
+
+class Gate:
+    """Holds each Nushell run that loads one extension at its start, until the test lets it go on.
+
+    A test that needs a load to stay in flight while it does other things waits on this, not on a module that
+    is slow to parse. The hold cannot be in the extension: Nushell evaluates only `const` commands while it
+    parses, and none of them waits on a file (`open` is not one; `use` refuses a FIFO). So it is in front of
+    Nushell: `nushell.path` = `gate.nu`, a shell script that, for a run whose arguments name the extension, reads
+    one line from a FIFO, then `exec`s the real `nu` with the same arguments. The FIFO stays open here for
+    reading and writing, so `release` never blocks and a line written before a run gets there waits for it.
+    """
+
+    def __init__(self, folder: Path, name: str) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        fifo = folder / "gate"
+        os.mkfifo(fifo)
+        self._fd: int | None = os.open(fifo, os.O_RDWR)
+        self.nu = folder / "nu"
+        self.nu.write_text(
+            "#!/bin/sh\n"
+            f'case " $* " in *" {name} "*) read -r _ < {shlex.quote(str(fifo))} ;; esac\n'
+            f'exec {shlex.quote(str(NU))} "$@"\n'
+        )
+        self.nu.chmod(0o755)
+
+    def release(self, runs: int = 1) -> None:
+        """Lets that many held runs (or runs still to come) go on."""
+        assert self._fd is not None, "the gate is closed"
+        os.write(self._fd, b"go\n" * runs)
+
+    def close(self) -> None:
+        """Lets every run still held go on (it reads the end of the FIFO)."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+@pytest.fixture
+def gate(tmp_path: Path) -> Iterator[Gate]:
+    """A gate on the runs that load the extension named `slow`."""
+    held = Gate(tmp_path / "gate", "slow")
+    try:
+        yield held
+    finally:
+        held.close()

@@ -1,6 +1,7 @@
 """Smoke test of the benchmark: every phase at tiny sizes against real nats-server, Nushell and the service.
 
-It checks that a run produces a result with every section and sane numbers. It asserts no timing target:
+It checks that a run produces a result with every section and sane numbers, and that the verdicts on the targets
+follow from the figures (checked on made-up figures on both sides of each goal). It asserts no timing target:
 timings belong to `make bench`, not to tests.
 """
 
@@ -10,7 +11,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from bench.load import percentile, summary_ms
+from bench.report import COLD_TARGET, P99_TARGET_US, RATIO_TARGET, RSS_TARGET_MB, judge, render
 from bench.run import QUICK, quick
 
 
@@ -73,7 +77,75 @@ def test_quick_run_writes_every_section(tmp_path: Path) -> None:
     assert discovery["cached_load_during_discover"]["n"] > 0
 
     assert {t["name"] for t in result["targets"]} >= {"cached p99, 1 in flight"}
-    assert all(isinstance(t["passed"], bool) for t in result["targets"])
+    # The verdicts written are the ones the figures written give, and the table shows each of them.
+    assert result["targets"] == [v.as_dict() for v in judge(result)]
     table = output.with_suffix(".md").read_text()
-    assert "| target |" in table
-    assert "PASS" in table or "MISS" in table
+    assert "| target | figure | goal | result |" in table
+    for t in result["targets"]:
+        assert verdict_row(t, t["passed"]) in table, t
+    flipped = [{**t, "passed": not t["passed"]} for t in result["targets"]]
+    assert all(verdict_row(t, t["passed"]) in render({**result, "targets": flipped}) for t in flipped)
+
+
+def verdict_row(target: dict[str, Any], passed: bool) -> str:
+    return f"| {target['name']} | {target['figure']} | {target['target']} | {'PASS' if passed else 'MISS'} |"
+
+
+def figures(
+    *,
+    ratio: float = RATIO_TARGET,
+    p99_us: float = P99_TARGET_US,
+    cold_ratio: float = COLD_TARGET,
+    rss_mb: float = RSS_TARGET_MB,
+    single_flight: bool = True,
+    all_succeeded: bool = True,
+) -> dict[str, Any]:
+    """The part of a result that `judge` reads; by default every figure exactly at its goal."""
+
+    def level(n: int) -> dict[str, Any]:
+        return {"in_flight": n, "ratio": ratio, "service": {"rps": 900.0, "p99_us": p99_us}, "echo": {"rps": 1000.0}}
+
+    return {
+        "cached": {"levels": [level(1), level(16)]},
+        "cold": {"ratio_to_bare_nu": cold_ratio, "service_reload": {"p50_ms": 45.0}, "bare_nu": {"p50_ms": 30.0}},
+        "rss": {"requests": 10_000, "after_requests_mb": rss_mb},
+        "simultaneous": {
+            "requests": 64,
+            "repetitions": [{"single_flight": single_flight, "cold_delta": 1, "coalesced_delta": 60, "hits_delta": 3}],
+            "wall_ms_p50": 50.0,
+            "single_flight": single_flight,
+            "all_succeeded": all_succeeded,
+        },
+    }
+
+
+THROUGHPUT_1 = "cached throughput, 1 in flight"
+THROUGHPUT_16 = "cached throughput, 16 in flight"
+P99 = "cached p99, 1 in flight"
+COLD = "cold load (reload p50) / bare `nu -n` start"
+RSS = "service RSS after 10,000 requests"
+SIMULTANEOUS = "64 simultaneous cold requests, one key"
+
+
+def test_figures_at_their_goals_pass() -> None:
+    verdicts = {v.name: v.passed for v in judge(figures())}
+    assert verdicts == dict.fromkeys([THROUGHPUT_1, P99, THROUGHPUT_16, COLD, RSS, SIMULTANEOUS], True)
+
+
+@pytest.mark.parametrize(
+    ("past_the_goal", "missed"),
+    [
+        ({"ratio": RATIO_TARGET - 0.01}, {THROUGHPUT_1, THROUGHPUT_16}),
+        ({"p99_us": P99_TARGET_US + 0.1}, {P99}),
+        ({"cold_ratio": COLD_TARGET + 0.01}, {COLD}),
+        ({"rss_mb": RSS_TARGET_MB + 0.1}, {RSS}),
+        ({"rss_mb": 0.0}, {RSS}),  # no figure is no pass
+        ({"single_flight": False}, {SIMULTANEOUS}),
+        ({"all_succeeded": False}, {SIMULTANEOUS}),
+    ],
+    ids=["throughput", "p99", "cold", "rss", "no rss figure", "not single-flight", "a request failed"],
+)
+def test_a_figure_past_its_goal_misses_that_target_alone(past_the_goal: dict[str, Any], missed: set[str]) -> None:
+    verdicts = judge(figures(**past_the_goal))
+    assert {v.name for v in verdicts if not v.passed} == missed
+    assert len(verdicts) == 6

@@ -7,7 +7,8 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +27,10 @@ from service.core.store import ExtensionStore
 from service.core.versions import Constraint
 from service.wire.service import flush_subscriptions
 from tests.conftest import (
-    NU,
     ROOT,
     WAIT,
     EventLog,
+    Gate,
     make_config,
     running_service,
     service_process,
@@ -39,18 +40,14 @@ from tests.conftest import (
 pytestmark = pytest.mark.anyio
 
 
-def slow_module(defs: int = 8000) -> str:
-    """A module that takes Nushell a good fraction of a second to parse: a cold load that is slow for real."""
-    return "\n".join(f"export def cmd{i} [x: int] {{ {{value: ($x * {i})}} }}" for i in range(defs)) + "\n"
-
-
 async def test_cached_answers_are_not_held_up_by_a_cold_load(
-    nats_server: NatsServer, nc: Client, tmp_path: Path
+    nats_server: NatsServer, nc: Client, tmp_path: Path, gate: Gate
 ) -> None:
     root = tmp_path / "ext"
-    write_extension(root, "taskserv", "slow", "1.0.0", module=slow_module())
+    write_extension(root, "taskserv", "slow", "1.0.0")
     write_extension(root, "taskserv", "quick", "1.0.0")
-    async with running_service(make_config(nats_server.url, tmp_path, roots=[root])):
+    config = make_config(nats_server.url, tmp_path, roots=[root], overrides={"nushell.path": str(gate.nu)})
+    async with running_service(config) as service:
         client = LoaderClient(nc, timeout=WAIT)
         await client.load("taskserv", "quick", "1.0.0")  # now cached
         finished: list[str] = []
@@ -65,26 +62,54 @@ async def test_cached_answers_are_not_held_up_by_a_cold_load(
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(cold)
-            await anyio.wait_all_tasks_blocked()  # the cold request is written ...
-            await flush_subscriptions(nc)  # ... and the server has routed it before any cached one
-            for _ in range(20):
-                tg.start_soon(cached)
+            with anyio.fail_after(WAIT):
+                await service.manager.wait_runs(2)  # the cold load runs (quick's was the first run), held at the gate
+            async with anyio.create_task_group() as answers:
+                for _ in range(20):
+                    answers.start_soon(cached)
+            assert finished == ["cached"] * 20  # all answered while the cold load is still held
+            gate.release()
         assert finished == ["cached"] * 20 + ["cold"]
 
 
+class LogLines(list[str]):
+    """A service's log lines as they come, with an event set when one contains `wanted`."""
+
+    def __init__(self, wanted: str) -> None:
+        super().__init__()
+        self.wanted = wanted
+        self.seen = threading.Event()
+
+    def append(self, line: str) -> None:
+        super().append(line)
+        if self.wanted in line:
+            self.seen.set()
+
+
+STOPPING = "SIGTERM received: stopping"
+
+
 @pytest.fixture
-def served_process(nats_server: NatsServer, tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """The service as a separate process (`extension-loader serve`), ready once it logs that it serves."""
+def served_lines() -> LogLines:
+    return LogLines(STOPPING)
+
+
+@pytest.fixture
+def served_process(
+    nats_server: NatsServer, tmp_path: Path, gate: Gate, served_lines: LogLines
+) -> Iterator[subprocess.Popen[bytes]]:
+    """The service as a separate process (`extension-loader serve`), ready once it logs that it serves; its
+    loads of `slow` wait at the gate."""
     root = tmp_path / "ext"
-    write_extension(root, "taskserv", "slow", "1.0.0", module=slow_module(4000))
-    for name in ("alpha", "beta", "gamma", "delta"):
+    for name in ("slow", "alpha", "beta", "gamma", "delta"):
         write_extension(root, "taskserv", name, "1.0.0")
-    with service_process(nats_server.url, tmp_path, roots=[root]) as proc:
+    overrides = {"nushell.path": str(gate.nu)}
+    with service_process(nats_server.url, tmp_path, roots=[root], overrides=overrides, lines=served_lines) as proc:
         yield proc
 
 
 async def test_sigterm_answers_every_request_already_received(
-    served_process: subprocess.Popen[bytes], nc: Client, events: EventLog
+    served_process: subprocess.Popen[bytes], served_lines: LogLines, gate: Gate, nc: Client, events: EventLog
 ) -> None:
     client = LoaderClient(nc, timeout=WAIT)
     replies: list[Any] = []
@@ -98,6 +123,8 @@ async def test_sigterm_answers_every_request_already_received(
         await anyio.wait_all_tasks_blocked()  # every request is written ...
         await flush_subscriptions(nc)  # ... and routed to the service by the server
         served_process.send_signal(signal.SIGTERM)
+        assert await anyio.to_thread.run_sync(served_lines.seen.wait, WAIT), "".join(served_lines)
+        gate.release()  # the stop has begun with the load of `slow` still held
     assert sorted(r["metadata"]["name"] for r in replies) == ["alpha", "beta", "delta", "gamma", "slow"]
     loaded = await events.wait_for(5, ".loaded")
     assert len(loaded) == 5
@@ -146,17 +173,17 @@ sys.exit(cli.main(sys.argv[1:]))
 
 
 async def test_a_stop_at_the_end_of_the_start_still_answers_what_was_received(
-    nats_server: NatsServer, nc: Client, tmp_path: Path
+    nats_server: NatsServer, nc: Client, tmp_path: Path, gate: Gate
 ) -> None:
     """SIGTERM after the service subscribed but before its start returned: a request received meanwhile is
     answered (drained), not cancelled as a stop during the connect is."""
     script = tmp_path / "held_start.py"
     script.write_text(HELD_START)
     root = tmp_path / "ext"
-    write_extension(root, "taskserv", "slow", "1.0.0", module=slow_module(4000))  # still running at the stop
+    write_extension(root, "taskserv", "slow", "1.0.0")  # its load is held at the gate until after the stop
     argv = [
         *(sys.executable, str(script), "serve", "--nats-url", nats_server.url),
-        *("--set", f'orchestrator.paths.data_dir="{tmp_path / "data"}"', "--set", f'nushell.path="{NU}"'),
+        *("--set", f'orchestrator.paths.data_dir="{tmp_path / "data"}"', "--set", f'nushell.path="{gate.nu}"'),
         *("--set", f'orchestrator.extensions.paths=["{root}"]', "--set", "orchestrator.extensions.auto_load=false"),
     ]
     async with await anyio.open_process(argv, cwd=ROOT, stdin=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
@@ -177,7 +204,11 @@ async def test_a_stop_at_the_end_of_the_start_still_answers_what_was_received(
             await anyio.wait_all_tasks_blocked()  # the request is written ...
             await flush_subscriptions(nc)  # ... and routed to the service by the server
             proc.send_signal(signal.SIGTERM)
+            with anyio.fail_after(WAIT):
+                while STOPPING.encode() not in said[-1]:  # the signal is handled while the start is held
+                    said.append(await stderr.receive_until(b"\n", 1 << 20))
             await proc.stdin.send(b"go on\n")
+            gate.release()
         assert [r["metadata"]["name"] for r in replies] == ["slow"]
         with anyio.fail_after(WAIT):
             assert await proc.wait() == 0
@@ -212,26 +243,41 @@ async def test_peers_forget_what_another_instance_reloaded(nats_server: NatsServ
         running_service(make_config(nats_server.url, tmp_path / "b", roots=[root]), instance_id="B") as b,
     ):
         client = LoaderClient(nc, timeout=WAIT)
-        key = "taskserv:app:1.0.0"
-        # The queue group spreads requests; ask until both instances have the extension cached.
-        for _ in range(200):
-            first = await client.load("taskserv", "app", "1.0.0")
-            if all(
-                key in {f"taskserv:{e.metadata.name}:{e.metadata.version}" for e in s.manager.loaded()} for s in (a, b)
-            ):
-                break
-        else:
-            pytest.fail("the queue group never sent a request to both instances")
+
+        def digests() -> dict[str, list[str]]:
+            return {s.identity.id: [e.digest for e in s.manager.loaded()] for s in (a, b)}
+
+        async def fill_both() -> None:
+            # The queue group gives a request to one instance or the other; what each holds is set here through
+            # its own manager, so every answer below is known whichever instance gives it.
+            for s in (a, b):
+                await s.manager.load(ExtensionType.TASKSERV, "app", "1.0.0")
+
+        async def settled() -> None:
+            with anyio.fail_after(WAIT):  # each instance has heard every event the other one published
+                await a.wait_until(peer_events=b.publisher.published)
+                await b.wait_until(peer_events=a.publisher.published)
+
+        await fill_both()
+        (first,) = digests()["A"]
+        assert digests() == {"A": [first], "B": [first]}
 
         (folder / "mod.nu").write_text("export def check [] { {ok: true, changed: true} }\n")
         reloaded = await client.reload("taskserv", "app")
-        assert reloaded["digest"] != first["digest"]
-        with anyio.fail_after(WAIT):
-            await a.wait_until(peer_events=b.publisher.published)
-            await b.wait_until(peer_events=a.publisher.published)
+        assert reloaded["digest"] != first
+        await settled()
+        # The instance that reloaded holds the new copy; the other one forgot its old copy.
+        assert sorted(digests().values()) == [[], [reloaded["digest"]]]
         for _ in range(20):
             assert (await client.load("taskserv", "app", "1.0.0"))["digest"] == reloaded["digest"]
-        assert await client.clear() in ({"cleared": 1}, {"cleared": 0})
+
+        await settled()
+        await fill_both()
+        assert digests() == {"A": [reloaded["digest"]], "B": [reloaded["digest"]]}
+        assert await client.clear() == {"cleared": 1}
+        await settled()
+        assert digests() == {"A": [], "B": []}  # the other instance dropped its copy on the clear's event
+        assert await client.clear() == {"cleared": 0}
 
 
 def free_port() -> int:
@@ -335,34 +381,48 @@ def test_the_documented_cluster_configuration_is_valid(node: int) -> None:
     assert all(f"nats-route://127.0.0.1:{port}" in text for port in (6222, 6223, 6224))
 
 
-async def test_a_load_during_a_reload_joins_it(nats_server: NatsServer, nc: Client, tmp_path: Path) -> None:
+async def stats_when(client: LoaderClient, holds: Callable[[Any], bool]) -> None:
+    """Asks `extensions.stats` again until it shows what `holds` looks for (each look a round trip, no sleep)."""
+    with anyio.fail_after(WAIT):
+        while not holds(await client.stats()):
+            pass
+
+
+async def test_a_load_during_a_reload_joins_it(nats_server: NatsServer, nc: Client, tmp_path: Path, gate: Gate) -> None:
     root = tmp_path / "ext"
-    write_extension(root, "taskserv", "slow", "1.0.0", module=slow_module())
-    async with running_service(make_config(nats_server.url, tmp_path, roots=[root])):
+    write_extension(root, "taskserv", "slow", "1.0.0")
+    config = make_config(nats_server.url, tmp_path, roots=[root], overrides={"nushell.path": str(gate.nu)})
+    async with running_service(config) as service:
         client = LoaderClient(nc, timeout=WAIT)
         replies: list[Any] = []
 
         async def reload() -> None:
             replies.append(await client.reload("taskserv", "slow"))
 
+        async def load() -> None:
+            replies.append(await client.load("taskserv", "slow", "1.0.0"))
+
         async with anyio.create_task_group() as tg:
             tg.start_soon(reload)
-            await anyio.wait_all_tasks_blocked()
-            await flush_subscriptions(nc)  # the reload is routed first ...
-            replies.append(await client.load("taskserv", "slow", "1.0.0"))  # ... and this load waits for it
+            with anyio.fail_after(WAIT):
+                await service.manager.wait_runs(1)  # the reload runs, held at the gate ...
+            tg.start_soon(load)
+            await stats_when(client, lambda s: s["loads"]["coalesced"] == 1)  # ... and the load waits for it
+            gate.release()
         assert replies[0] == replies[1]
         stats = await client.stats()
         assert stats["loads"]["cold"] == 1 and stats["loads"]["coalesced"] == 1
 
 
 async def test_stopping_answers_a_request_waiting_on_auto_load(
-    nats_server: NatsServer, nc: Client, tmp_path: Path
+    nats_server: NatsServer, nc: Client, tmp_path: Path, gate: Gate
 ) -> None:
     """Stop while auto_load runs a load that a request is waiting on: the request is answered, then the
     service stops (auto_load is stopped only after the drain)."""
     root = tmp_path / "ext"
-    write_extension(root, "taskserv", "slow", "1.0.0", module=slow_module())
-    config = make_config(nats_server.url, tmp_path, roots=[root], overrides={"orchestrator.extensions.auto_load": True})
+    write_extension(root, "taskserv", "slow", "1.0.0")
+    overrides = {"orchestrator.extensions.auto_load": True, "nushell.path": str(gate.nu)}
+    config = make_config(nats_server.url, tmp_path, roots=[root], overrides=overrides)
     stop = anyio.Event()
     replies: list[Any] = []
     client = LoaderClient(nc, timeout=WAIT)
@@ -373,10 +433,11 @@ async def test_stopping_answers_a_request_waiting_on_auto_load(
     async with running_service(config) as service, anyio.create_task_group() as tg:
         tg.start_soon(run, service, stop)
         with anyio.fail_after(WAIT):
-            await service.manager.wait_runs(1)  # auto_load's run of `slow` has begun
+            await service.manager.wait_runs(1)  # auto_load's run of `slow` has begun, held at the gate
         tg.start_soon(load)
-        await anyio.wait_all_tasks_blocked()
-        await flush_subscriptions(nc)  # the request is with the service, waiting on that run
+        await stats_when(client, lambda s: s["loads"]["coalesced"] == 1)  # the request waits on that run
         stop.set()
+        await anyio.wait_all_tasks_blocked()  # the stop has begun, with the run still held
+        gate.release()
     assert replies and replies[0]["metadata"]["name"] == "slow"
     assert service.manager.counters.coalesced == 1

@@ -18,7 +18,7 @@ from nats.aio.client import Client
 from service.app.client import LoaderClient, RemoteError
 from service.app.natsserver import NatsServer
 from service.wire.service import ExtensionService
-from tests.conftest import KUBERNETES_1_28, NU, WAIT, EventLog, make_config, running_service, write_extension
+from tests.conftest import KUBERNETES_1_28, NU, WAIT, EventLog, Gate, make_config, running_service, write_extension
 
 pytestmark = pytest.mark.anyio
 
@@ -315,25 +315,36 @@ async def test_unwritable_cache_gives_load_failed(nats_server: NatsServer, nc: C
         assert (await c.load("provider", "local"))["metadata"]["name"] == "local"
 
 
-async def test_overload_is_refused_at_once(nats_server: NatsServer, nc: Client, tmp_path: Path) -> None:
-    config = make_config(nats_server.url, tmp_path, overrides={"nushell.max_concurrent": 1, "nushell.max_pending": 0})
-    async with running_service(config):
+async def test_overload_is_refused_at_once(nats_server: NatsServer, nc: Client, tmp_path: Path, gate: Gate) -> None:
+    root = tmp_path / "ext"
+    others = ["redis", "cilium", "coredns", "containerd"]
+    for name in ["slow", *others]:
+        write_extension(root, "taskserv", name, "1.0.0")
+    overrides = {"nushell.max_concurrent": 1, "nushell.max_pending": 0, "nushell.path": str(gate.nu)}
+    config = make_config(nats_server.url, tmp_path, roots=[root], overrides=overrides)
+    async with running_service(config) as svc:
         c = LoaderClient(nc, timeout=WAIT)
-        outcomes: list[str] = []
+        outcomes: dict[str, str] = {}
 
         async def one(name: str) -> None:
             try:
                 await c.load("taskserv", name)
-                outcomes.append("ok")
+                outcomes[name] = "ok"
             except RemoteError as exc:
-                outcomes.append(exc.code)
+                outcomes[name] = exc.code
                 assert "overloaded" in exc.details["reason"]
 
         async with anyio.create_task_group() as tg:
-            for name in ("etcd", "redis", "cilium", "coredns", "containerd"):
-                tg.start_soon(one, name)
-        assert "ok" in outcomes and "unavailable" in outcomes
-        assert set(outcomes) == {"ok", "unavailable"}
+            tg.start_soon(one, "slow")
+            with anyio.fail_after(WAIT):
+                await svc.manager.wait_runs(1)
+            await anyio.wait_all_tasks_blocked()
+            assert svc.manager.runner.running == 1  # the one slot is taken, by a run held at the gate
+            async with anyio.create_task_group() as refused:
+                for name in others:
+                    refused.start_soon(one, name)
+            gate.release()  # every other load was answered while the slot was still taken
+        assert outcomes == {"slow": "ok", **dict.fromkeys(others, "unavailable")}
 
 
 async def test_missing_nushell_gives_unavailable(nats_server: NatsServer, nc: Client, tmp_path: Path) -> None:

@@ -7,7 +7,9 @@ import json
 import logging
 import signal
 import subprocess
+import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -16,17 +18,20 @@ import anyio.to_thread
 import pytest
 from nats.aio.client import Client
 from opentelemetry import metrics, trace
+from opentelemetry.metrics import _internal as metrics_internal
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.util._once import Once
 
 from service.app.client import LoaderClient
 from service.app.natsserver import NatsServer
 from service.app.telemetry import JsonFormatter
+from service.contract.config import Config
 from service.wire.service import ExtensionService
-from tests.conftest import WAIT, EventLog, service_process
+from tests.conftest import WAIT, EventLog, running_service, service_process
 
 pytestmark = pytest.mark.anyio
 
@@ -56,22 +61,54 @@ class Recorded:
         ]
 
 
-@pytest.fixture(scope="session")
-def installed() -> Recorded:
-    """The SDK's own in-memory exporter and reader, installed once: OpenTelemetry allows one provider per
-    process. Tests before this one ran with the API's no-op providers."""
+RECORDED: list[Recorded] = []  # every set of providers a test here installed, to show none records later
+
+
+def reset_global_providers() -> None:
+    """Forgets the global tracer and meter providers, as OpenTelemetry's own tests do between tests: it lets a
+    process set them once (`_TRACER_PROVIDER_SET_ONCE`, `_METER_PROVIDER_SET_ONCE`). The proxies the service's
+    modules took at import (`tracer = trace.get_tracer(__name__)`, the instruments of `service.core.metrics`) keep
+    the real tracer or instrument they were first given, so they are reset too, back to the API's no-op."""
+    trace._TRACER_PROVIDER_SET_ONCE = Once()
+    trace._TRACER_PROVIDER = None
+    for module in list(sys.modules.values()):
+        if module.__name__ == "service" or module.__name__.startswith("service."):
+            for value in vars(module).values():
+                if isinstance(value, trace.ProxyTracer):
+                    value._real_tracer = None
+    metrics_internal._METER_PROVIDER_SET_ONCE = Once()
+    metrics_internal._METER_PROVIDER = None
+    proxy = metrics_internal._PROXY_METER_PROVIDER
+    proxy._real_meter_provider = None
+    for meter in proxy._meters:
+        meter._real_meter = None
+        for instrument in meter._instruments:
+            instrument._real_instrument = None
+
+
+@contextmanager
+def installed_providers() -> Iterator[Recorded]:
+    """The SDK's own in-memory exporter and reader, installed as the global providers (as the service's
+    set-up installs its own) for as long as this lasts, then removed: the tests after these run without.
+    They are not shut down (nothing is buffered), so a span made through a provider left behind still shows."""
     recorded = Recorded()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(recorded.spans))
-    trace.set_tracer_provider(provider)
-    metrics.set_meter_provider(MeterProvider(metric_readers=[recorded.metrics]))
-    return recorded
+    tracer_provider = TracerProvider(shutdown_on_exit=False)
+    tracer_provider.add_span_processor(SimpleSpanProcessor(recorded.spans))
+    trace.set_tracer_provider(tracer_provider)
+    metrics.set_meter_provider(MeterProvider(metric_readers=[recorded.metrics], shutdown_on_exit=False))
+    RECORDED.append(recorded)
+    try:
+        yield recorded
+    finally:
+        reset_global_providers()
 
 
 @pytest.fixture
-def recorded(installed: Recorded) -> Recorded:
-    installed.spans.clear()
-    return installed
+def recorded() -> Iterator[Recorded]:
+    """Providers of the test's own; request it before the service, which looks for a tracer provider as it
+    is made."""
+    with installed_providers() as recorded:
+        yield recorded
 
 
 async def test_request_span_joins_the_callers_trace(
@@ -146,7 +183,7 @@ async def test_metrics_agree_with_stats(recorded: Recorded, client: LoaderClient
         for p in recorded.metric_points("extension_loader.requests")
         if dict(p.attributes) == {"messaging.destination.name": "extensions.load", "outcome": "ok"}
     ]
-    assert loads and loads[0].value >= 2
+    assert [p.value for p in loads] == [2]
 
 
 async def test_audit_lines_name_who_asked(
@@ -171,7 +208,7 @@ async def test_audit_lines_name_who_asked(
     assert line["requester"] == "orchestrator-7" and line["action"] == "load"
 
 
-def test_json_log_lines_carry_trace_ids(installed: Recorded) -> None:
+def test_json_log_lines_carry_trace_ids(recorded: Recorded) -> None:
     tracer = trace.get_tracer("test")
     record = logging.LogRecord("service.x", logging.INFO, __file__, 1, "hello %s", ("there",), None)
     with tracer.start_as_current_span("work") as span:
@@ -235,3 +272,31 @@ async def test_otlp_over_grpc_without_its_extra_names_the_extra(nats_server: Nat
     with service_process(nats_server.url, tmp_path, env=env, lines=lines):
         pass
     assert any("pip install 'extension-loader[otlp-grpc]'" in line for line in lines), lines
+
+
+async def test_after_the_tests_above_the_service_runs_without_tracing(
+    nc: Client, config: Config, events: EventLog
+) -> None:
+    """Last in this module, so it runs after every test above (pytest keeps a module's order), and it installs
+    and removes providers once more itself: afterwards no provider is left, the service makes no span (the
+    event carries the caller's `traceparent` as it came, not one of a span of its own) and no provider
+    installed before records anything. A provider left behind would trace every test that comes later."""
+    with installed_providers() as earlier:
+        async with running_service(config):
+            await nc.request("extensions.load", b'{"extension_type": "taskserv", "name": "etcd"}', timeout=WAIT)
+        assert earlier.finished("nushell module load") and earlier.finished("send extensions.loaded")
+    await events.wait_for(1, ".loaded")
+    spans_before = [len(r.spans.get_finished_spans()) for r in RECORDED]
+
+    assert isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
+    assert not isinstance(metrics.get_meter_provider(), MeterProvider)
+    async with running_service(config):
+        body = b'{"extension_type": "taskserv", "name": "redis"}'
+        for _ in range(2):  # cold, then from the cache
+            reply = await nc.request("extensions.load", body, timeout=WAIT, headers={"traceparent": TRACEPARENT})
+            assert json.loads(reply.data)["success"] is True
+    (_, event) = await events.wait_for(2, ".loaded")
+    assert event["extension"]["metadata"]["name"] == "redis"
+    msg = [m for m in events.messages if m.subject.endswith(".loaded")][1]
+    assert msg.headers is not None and msg.headers["traceparent"] == TRACEPARENT
+    assert [len(r.spans.get_finished_spans()) for r in RECORDED] == spans_before
