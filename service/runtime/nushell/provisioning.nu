@@ -2,6 +2,7 @@
 #
 #   nu -n provisioning.nu module discover [type] [--name N] [--output json|table]
 #   nu -n provisioning.nu module load <type> <name> [--version V] [--output json|table]
+#   nu -n --stdin provisioning.nu module serve-one    (then one request on standard input, see below)
 #
 # Configuration comes only from the environment (the service runs this with a clean one):
 #   PROVISIONING_EXTENSION_PATHS  extension roots separated by ":", searched in order (./examples/extensions)
@@ -25,6 +26,7 @@ def main [] {
     print "Usage:
   nu -n provisioning.nu module discover [type] [--name NAME] [--output json|table]
   nu -n provisioning.nu module load <type> <name> [--version VERSION] [--output json|table]
+  nu -n --stdin provisioning.nu module serve-one   (reads {\"type\", \"name\", \"version\"} as JSON on stdin)
 
   type: provider | taskserv | cluster (plural and any letter case accepted)
   VERSION: an exact version, or latest (the default): the highest stable version; a pre-release loads
@@ -68,6 +70,36 @@ def "main module load" [
     --output: string = "json"  # json or table
 ] {
     set-output $output
+    load-one $type $name $version
+}
+
+# Wait for one load request on standard input (run nu with --stdin), then do what `module load` does, with
+# JSON output. The request is one JSON object, read until standard input is closed:
+#   {"type": "taskserv", "name": "kubernetes", "version": "1.28.0"}   (version: absent or null for latest)
+# The service starts this ahead of time, so a request finds Nushell started and this module parsed; each
+# process serves one request and exits, as `module load` does.
+def "main module serve-one" [] {
+    let text = $in
+    set-output json
+    let parsed = try { $text | from json } catch { null }
+    let request = if (type-name $parsed) == "record" { $parsed } else { {} }
+    let type = $request.type? | default null
+    let name = $request.name? | default null
+    let version = $request.version? | default null
+    if (type-name $type) != "string" or (type-name $name) != "string" or (
+        $version != null and (type-name $version) != "string"
+    ) {
+        let reason = if $text == null { "a request on standard input: run nu with --stdin" } else {
+            "one JSON object {type, name, version} on standard input"
+        }
+        fail invalid_request $"serve-one expects ($reason)" {field: request, reason: $reason}
+    }
+    load-one $type $name $version
+}
+
+# What `module load` does once the output mode is set: check one extension version, copy it into the cache and
+# return its metadata, cache path and digest.
+def load-one [type: string, name: string, version: any] {
     let type = normalize-type $type
     check-name $name
     if $version != null and $version != "latest" and not ($version =~ $SEMVER_RE) {
