@@ -108,7 +108,7 @@ def _toml(value: Any) -> str:
 @asynccontextmanager
 async def running_service(config: Config, *, instance_id: str | None = None) -> AsyncIterator[ExtensionService]:
     manager = build_manager(config, instance_id=instance_id)
-    async with ExtensionService(config, manager, version=service_version()) as service:
+    async with manager.runner, ExtensionService(config, manager, version=service_version()) as service:
         yield service
 
 
