@@ -146,7 +146,7 @@ class NushellRunner:
         self._slots = anyio.CapacityLimiter(limits.max_concurrent)
         self._waiting = 0
         self.sandbox = Sandbox(limits, allow_unlimited=allow_unlimited, search_path=search_path)
-        self.spares = SparePool(self._start, self._fit, size=spares, max_age_s=spare_max_age_s)
+        self.spares = SparePool(self._start_ahead, self._fit, size=spares, max_age_s=spare_max_age_s)
         self.spare_runs = 0  # runs handed to a spare
         self.fresh_runs = 0  # runs that started their own process
 
@@ -181,7 +181,6 @@ class NushellRunner:
         request = msgspec.json.encode(_Request(extension_type.value, name, version)) + b"\n"
         with tracer.start_as_current_span("nushell module load", kind=trace.SpanKind.INTERNAL) as span:
             span.set_attribute("process.executable.path", str(self.nu))
-            span.set_attribute("process.command_args", self._command())
             stdout = await self._run(request, span)
             try:
                 return msgspec.json.decode(stdout, type=LoadResult)
@@ -202,6 +201,7 @@ class NushellRunner:
         try:
             process = await self._process(request)
             span.set_attribute("process.pid", process.pid)
+            span.set_attribute("process.command_args", process.command)
             done = await process.finish()
             return _outcome(done.returncode, done.stdout, done.stderr)
         finally:
@@ -223,17 +223,22 @@ class NushellRunner:
         await process.hand_over(request)
         return process
 
-    def _command(self) -> list[str]:
-        return [str(self.nu), "-n", "--no-std-lib", "--stdin", str(MODULE), "module", "serve-one"]
-
-    async def _start(self) -> SandboxedProcess:
+    async def _start(self, *, ahead: bool = False) -> SandboxedProcess:
+        """`module serve-one` started, waiting for its request on standard input; `ahead`: a spare, which warms
+        up meanwhile."""
+        command = [str(self.nu), "-n", "--no-std-lib", str(MODULE), "module", "serve-one"]
         env = {
             **base_env(self.workdir),
             "PROVISIONING_EXTENSION_PATHS": ":".join(str(r) for r in self.roots),
             "PROVISIONING_EXTENSION_CACHE": str(self.cache_dir),
         }
         self.prepare()
-        return await self.sandbox.start(self._command(), cwd=self.workdir, env=env, stdin=True)
+        return await self.sandbox.start(
+            [*command, "--ahead"] if ahead else command, cwd=self.workdir, env=env, stdin=True
+        )
+
+    async def _start_ahead(self) -> SandboxedProcess:
+        return await self._start(ahead=True)
 
     def _fit(self) -> tuple[object, ...]:
         """What a process started now would run with: the extension roots, the cache folder, the working

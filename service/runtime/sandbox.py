@@ -116,15 +116,16 @@ class Sandbox:
                 )
             except OSError as exc:
                 raise Unavailable(f"Nushell cannot be started: {exc}") from None
-        return SandboxedProcess(process, self.limits)
+        return SandboxedProcess(process, self.limits, command)
 
 
 class SandboxedProcess:
     """One process started in the sandbox, in a process group of its own (its id is the process's)."""
 
-    def __init__(self, process: Process, limits: Limits) -> None:
+    def __init__(self, process: Process, limits: Limits, command: Sequence[str]) -> None:
         self.process = process
         self.limits = limits
+        self.command = list(command)  # as given, without the limits put before it
         self.started = time.monotonic()
 
     @property

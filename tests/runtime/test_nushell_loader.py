@@ -133,14 +133,16 @@ class Loader:
         assert isinstance(error["message"], str) and error["message"]
         return error
 
-    def serve_one(self, request: bytes | None) -> subprocess.CompletedProcess[bytes]:
-        """`module serve-one` as the service's spare processes run it: `--stdin`, the request on standard input
-        (None: nu without `--stdin`)."""
-        argv = self.argv("module", "serve-one")
-        if request is not None:
-            argv.insert(1, "--stdin")
+    def serve_one(self, request: bytes, *args: str) -> subprocess.CompletedProcess[bytes]:
+        """`module serve-one` as the service runs it: the request on standard input."""
         return subprocess.run(
-            argv, input=request, env=self.env(), cwd=REPO, capture_output=True, timeout=30, check=False
+            self.argv("module", "serve-one", *args),
+            input=request,
+            env=self.env(),
+            cwd=REPO,
+            capture_output=True,
+            timeout=30,
+            check=False,
         )
 
     def load(self, ext_type: str, name: str, version: str | None = None) -> dict[str, Any]:
@@ -324,10 +326,12 @@ def test_defaults_are_relative_to_the_working_folder(tmp_path: Path, tree: Loade
 # --- serve-one: the entry the service's spare processes wait in ---------------------------------------------------
 
 
-def test_serve_one_does_what_load_does(examples: Loader) -> None:
+@pytest.mark.parametrize("ahead", [[], ["--ahead"]], ids=["on-demand", "ahead"])
+def test_serve_one_does_what_load_does(examples: Loader, ahead: list[str]) -> None:
+    """The same result, whether the process warmed up while it waited (`--ahead`, a spare) or not."""
     by_argv = examples.load("taskserv", "kubernetes", "1.28.0")
     request = json.dumps({"type": "taskservs", "name": "kubernetes", "version": "1.28.0"}).encode() + b"\n"
-    served = examples.serve_one(request)
+    served = examples.serve_one(request, *ahead)
 
     assert served.returncode == 0, served.stderr
     assert one_json(served.stdout.decode()) == by_argv
@@ -346,7 +350,6 @@ def test_serve_one_reports_errors_as_load_does(examples: Loader) -> None:
 @pytest.mark.parametrize(
     "request_bytes",
     [
-        None,
         b"",
         b"garbage",
         b"[1]",
@@ -355,9 +358,9 @@ def test_serve_one_reports_errors_as_load_does(examples: Loader) -> None:
         b'{"type": "taskserv", "name": 3}',
         b'{"type": "taskserv", "name": "etcd", "version": 3}',
     ],
-    ids=["no-stdin", "empty", "garbage", "list", "string", "no-name", "name-not-text", "version-not-text"],
+    ids=["empty", "garbage", "list", "string", "no-name", "name-not-text", "version-not-text"],
 )
-def test_serve_one_refuses_a_bad_request(examples: Loader, request_bytes: bytes | None) -> None:
+def test_serve_one_refuses_a_bad_request(examples: Loader, request_bytes: bytes) -> None:
     served = examples.serve_one(request_bytes)
     assert served.returncode == INVALID, served.stderr
     error = one_json(served.stdout.decode())["error"]

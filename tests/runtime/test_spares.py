@@ -54,7 +54,7 @@ async def test_spares_wait_in_the_sandbox(nats_server: NatsServer, tmp_path: Pat
         for pid in pids:
             # prlimit's command line until it has set the limits and started `nu` in its place: both name it.
             cmdline = proc_strings(pid, "cmdline")
-            assert str(NU).encode() in cmdline and cmdline[-3:] == [b"module", b"serve-one", b""]
+            assert str(NU).encode() in cmdline and cmdline[-4:] == [b"module", b"serve-one", b"--ahead", b""]
             assert os.getpgid(pid) == pid == os.getsid(pid)  # its own process group, which is killed whole
             environ = proc_strings(pid, "environ")
             assert {e.split(b"=", 1)[0] for e in environ if e} == {

@@ -2,7 +2,7 @@
 #
 #   nu -n provisioning.nu module discover [type] [--name N] [--output json|table]
 #   nu -n provisioning.nu module load <type> <name> [--version V] [--output json|table]
-#   nu -n --stdin provisioning.nu module serve-one    (then one request on standard input, see below)
+#   nu -n provisioning.nu module serve-one [--ahead]  (then one request on standard input, see below)
 #
 # Configuration comes only from the environment (the service runs this with a clean one):
 #   PROVISIONING_EXTENSION_PATHS  extension roots separated by ":", searched in order (./examples/extensions)
@@ -32,7 +32,7 @@ def main [] {
     print "Usage:
   nu -n provisioning.nu module discover [type] [--name NAME] [--output json|table]
   nu -n provisioning.nu module load <type> <name> [--version VERSION] [--output json|table]
-  nu -n --stdin provisioning.nu module serve-one   (reads {\"type\", \"name\", \"version\"} as JSON on stdin)
+  nu -n provisioning.nu module serve-one [--ahead]   (reads {\"type\", \"name\", \"version\"} as JSON on stdin)
 
   type: provider | taskserv | cluster (plural and any letter case accepted)
   VERSION: an exact version, or latest (the default): the highest stable version; a pre-release loads
@@ -79,13 +79,17 @@ def "main module load" [
     load-one $type $name $version
 }
 
-# Wait for one load request on standard input (run nu with --stdin), then do what `module load` does, with
-# JSON output. The request is one JSON object, read until standard input is closed:
+# Wait for one load request on standard input, then do what `module load` does, with JSON output. The request
+# is one JSON object, read until standard input is closed:
 #   {"type": "taskserv", "name": "kubernetes", "version": "1.28.0"}   (version: absent or null for latest)
-# The service starts this ahead of time, so a request finds Nushell started and this module parsed; each
-# process serves one request and exits, as `module load` does.
-def "main module serve-one" [] {
-    let text = $in
+# The service starts this ahead of time, so a request finds Nushell started and this module parsed; each process
+# serves one request and exits, as `module load` does.
+def "main module serve-one" [
+    --ahead                 # started ahead of its request: meanwhile, do the first uses of what every load needs
+] {
+    if $ahead { warm-up }
+    # Not `$in` (nu --stdin): Nushell reads that before the command's first line, so nothing could come first.
+    let text = try { open --raw /dev/stdin | decode utf-8 } catch { null }
     set-output json
     let parsed = try { $text | from json } catch { null }
     let request = if (type-name $parsed) == "record" { $parsed } else { {} }
@@ -95,12 +99,22 @@ def "main module serve-one" [] {
     if (type-name $type) != "string" or (type-name $name) != "string" or (
         $version != null and (type-name $version) != "string"
     ) {
-        let reason = if $text == null { "a request on standard input: run nu with --stdin" } else {
-            "one JSON object {type, name, version} on standard input"
-        }
+        let reason = "one JSON object {type, name, version} on standard input"
         fail invalid_request $"serve-one expects ($reason)" {field: request, reason: $reason}
     }
     load-one $type $name $version
+}
+
+# What a load does for the first time in a process costs more than the next time: Nushell compiles a regular
+# expression when it is first used (half a millisecond for SEMVER_RE), sets up its first listing of a folder, ...
+# Done on things that are always there, with no effect, while the process waits for its request (2-3 ms less
+# after the hand-over, as much more for a process that has no time to wait: that one does not warm up).
+def warm-up [] {
+    for re in [$NAME_RE $SEMVER_RE $DEPENDENCY_RE $CONTROL_RE $LEFTOVER_RE] { "x" =~ $re | ignore }
+    for e in (ls --all $env.PWD) { $e.name | path basename | str starts-with "." | ignore }
+    roots | ignore
+    cache-dir | path expand | path type | ignore
+    "name = \"x\"" | from toml | to json --raw | from json | ignore
 }
 
 # What `module load` does once the output mode is set: check one extension version, copy it into the cache and
