@@ -127,6 +127,7 @@ class SandboxedProcess:
         self.limits = limits
         self.command = list(command)  # as given, without the limits put before it
         self.started = time.monotonic()
+        self.ended = anyio.Event()  # set once it is reaped
 
     @property
     def pid(self) -> int:
@@ -183,6 +184,7 @@ class SandboxedProcess:
         """Kills the process group and reaps the process; safe to call again."""
         with anyio.CancelScope(shield=True):
             await _reap(self.process)
+        self.ended.set()
 
 
 async def _collect(
