@@ -208,10 +208,10 @@ class NushellRunner:
             self._slots.release()
 
     async def _process(self, request: bytes) -> SandboxedProcess:
-        """A process that has been handed `request`: a spare, or one started now."""
+        """A process that has been handed `request`: a spare, or one started now. Ours to finish."""
         key = self._fit()
         while (spare := self.spares.take(key)) is not None:
-            if await spare.hand_over(request):
+            if await _handed(spare, request):
                 self.spare_runs += 1
                 return spare
             # Killed while it waited, a moment before the pool could see it.
@@ -220,7 +220,7 @@ class NushellRunner:
         process = await self._start()
         self.fresh_runs += 1
         # One that cannot read it has already failed: `finish` tells how.
-        await process.hand_over(request)
+        await _handed(process, request)
         return process
 
     async def _start(self, *, ahead: bool = False) -> SandboxedProcess:
@@ -258,6 +258,15 @@ class NushellRunner:
             *((f.st_dev, f.st_ino, f.st_size, f.st_mtime_ns) for f in (nu, module)),
             (workdir.st_dev, workdir.st_ino),  # a folder's time changes with what is put in it
         )
+
+
+async def _handed(process: SandboxedProcess, request: bytes) -> bool:
+    """`hand_over`, and the process stopped if that is cut short: no one else would reap it."""
+    try:
+        return await process.hand_over(request)
+    except BaseException:
+        await process.stop()
+        raise
 
 
 def _outcome(returncode: int | None, stdout: bytes, stderr: bytes) -> bytes:

@@ -81,7 +81,10 @@ class Sandbox:
             log.warning("prlimit not found: Nushell runs without memory, CPU and file-size limits (allow_unlimited)")
 
     def argv(self, command: Sequence[str]) -> list[str]:
-        """The command, with the resource limits set before it starts."""
+        """The command, with the resource limits set before it starts. The CPU-time limit counts from the start:
+        a process started ahead of its input has spent some (Nushell's start and parse, about 50 ms) by the
+        hand-over, none while it waits; at least 0.9 s of it is left, and the wall-clock limit of `finish`,
+        counted from the hand-over, is what stops a run that takes too long."""
         if self.prlimit is None:
             return list(command)
         limits = self.limits
@@ -188,9 +191,11 @@ class SandboxedProcess:
 
     async def stop(self) -> None:
         """Kills the process group and reaps the process; safe to call again."""
-        with anyio.CancelScope(shield=True):
-            await _reap(self.process)
-        self.ended.set()
+        try:
+            with anyio.CancelScope(shield=True):
+                await _reap(self.process)
+        finally:
+            self.ended.set()
 
 
 async def _collect(
