@@ -56,6 +56,7 @@ async def test_spares_wait_in_the_sandbox(nats_server: NatsServer, tmp_path: Pat
     async with running_service(config) as service:
         pids = await spares_waiting(service)
         assert len(pids) == 2 == config.nushell.spares
+        assert service.manager.runner.running == 0  # waiting spares are not runs: max_concurrent is all the loads'
         assert ours(config) <= set(pids)  # (one that is becoming `nu` this very moment is not seen)
         for pid in pids:
             # prlimit's command line until it has set the limits and started `nu` in its place: both name it.
