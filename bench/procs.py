@@ -174,3 +174,11 @@ def shared_memory_kb(pid: int) -> dict[str, int]:
         if key in ("Rss", "Pss"):
             out[key] = int(value.split()[0])
     return out
+
+
+def reading_a_pipe(pid: int) -> bool:
+    """Whether the process sleeps in a read from a pipe (its wchan, e.g. `pipe_read` or `anon_pipe_read`)."""
+    try:
+        return "pipe_read" in Path(f"/proc/{pid}/wchan").read_text()
+    except OSError:
+        return False

@@ -50,7 +50,7 @@ from service.app.natsserver import NatsServer, nats_server_binary
 from service.contract.config import defaults
 
 from .load import RunStats, closed_loop, medians, summary_ms
-from .procs import Child, command_line, cpu_seconds, descendants, memory_kb, shared_memory_kb
+from .procs import Child, command_line, cpu_seconds, descendants, memory_kb, reading_a_pipe, shared_memory_kb
 from .report import judge, render
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -607,11 +607,12 @@ def expected_spares(options: Options) -> int:
 
 
 async def wait_for_spares(pid: int, count: int, within_s: float = SPARES_READY_WITHIN_S) -> list[int]:
-    """Polls /proc until the service `pid` has `count` spares waiting; their pids."""
+    """Polls /proc until the service `pid` has `count` spares started and blocked reading their request (done
+    with their start, parse and warm-up); their pids."""
     began = time.perf_counter()
     while True:
         spares = [p for p in descendants(pid) if SPARE_MARKER in command_line(p)]
-        if len(spares) >= count:
+        if len(spares) >= count and all(reading_a_pipe(p) for p in spares):
             return spares
         if time.perf_counter() - began > within_s:
             raise BenchError(f"the service (pid {pid}) has {len(spares)} spare processes, not {count}")
