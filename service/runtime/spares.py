@@ -89,10 +89,6 @@ class SparePool:
         await tg.__aexit__(None, None, None)
         return None
 
-    @property
-    def running(self) -> bool:
-        return self._tg is not None
-
     def take(self, key: Hashable) -> SandboxedProcess | None:
         """The oldest waiting spare that is alive and fits `key`, now the caller's to hand over and finish (or
         stop); None when there is none. Spares passed over are left to their slots to stop and replace."""
