@@ -154,3 +154,31 @@ def memory_kb(pid: int) -> dict[str, int]:
         if key in ("VmRSS", "VmHWM"):
             out[key] = int(value.split()[0])
     return out
+
+
+def command_line(pid: int) -> str:
+    """The process's arguments joined by spaces; "" once it is gone."""
+    return _cmdline(pid)
+
+
+def shared_memory_kb(pid: int) -> dict[str, int]:
+    """Rss and Pss (its shared pages divided among the processes that share them) in KiB, from
+    /proc/<pid>/smaps_rollup; Pss is what a process adds when several map the same binary."""
+    out: dict[str, int] = {}
+    try:
+        text = Path(f"/proc/{pid}/smaps_rollup").read_text()
+    except OSError:
+        return out
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key in ("Rss", "Pss"):
+            out[key] = int(value.split()[0])
+    return out
+
+
+def reading_a_pipe(pid: int) -> bool:
+    """Whether the process sleeps in a read from a pipe (its wchan, e.g. `pipe_read` or `anon_pipe_read`)."""
+    try:
+        return "pipe_read" in Path(f"/proc/{pid}/wchan").read_text()
+    except OSError:
+        return False

@@ -47,9 +47,10 @@ from nats.aio.msg import Msg
 
 import service
 from service.app.natsserver import NatsServer, nats_server_binary
+from service.contract.config import defaults
 
 from .load import RunStats, closed_loop, medians, summary_ms
-from .procs import Child, cpu_seconds, memory_kb
+from .procs import Child, command_line, cpu_seconds, descendants, memory_kb, reading_a_pipe, shared_memory_kb
 from .report import judge, render
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -89,6 +90,8 @@ class Sizes:
     tree_versions: int = 5
     discover_repeats: int = 10
     tree_cold_loads: int = 20
+    burst: int = 32  # different cold loads sent at once, to a service with spares and to one without
+    burst_repetitions: int = 5
 
 
 FULL = Sizes()
@@ -108,6 +111,8 @@ QUICK = Sizes(
     tree_versions=2,
     discover_repeats=2,
     tree_cold_loads=2,
+    burst=4,
+    burst_repetitions=1,
 )
 
 
@@ -223,9 +228,11 @@ async def _measure(options: Options, work: Path, logs: Path) -> dict[str, Any]:
             out["cached"] = await cached_phase(nc, sizes, pids)
             out["cold"] = await cold_phase(nc, options, work)
             out["simultaneous"] = await simultaneous_phase(nc, sizes)
+            out["spare_memory"] = await spare_memory_phase(pid, options)
             out["rss"]["end_kb"] = memory_kb(pid)
             svc.stop()
             out["discovery"] = await discovery_phase(nc, server.url, options, work, logs, children)
+            out["burst"] = await burst_phase(nc, server.url, options, work, logs, children)
         finally:
             await nc.close()
     finally:
@@ -581,6 +588,121 @@ async def discovery_phase(
         "cached_load_during_discover": summary_ms(probe_ns),
         "rss_kb": memory_kb(pid),
     }
+
+
+# --- spare Nushell processes ----------------------------------------------------------------------------------
+
+SPARE_MARKER = " module serve-one --ahead"  # in a waiting spare's command line (prlimit's, then nu's)
+SPARES_READY_WITHIN_S = 10.0
+
+
+def expected_spares(options: Options) -> int:
+    """How many spares the service keeps: the last `--set nushell.spares=N`, else the packaged default."""
+    count = int(defaults()["nushell"]["spares"])
+    for item in options.service_sets:
+        key, _, value = item.partition("=")
+        if key.strip() == "nushell.spares":
+            count = int(value)
+    return count
+
+
+async def wait_for_spares(pid: int, count: int, within_s: float = SPARES_READY_WITHIN_S) -> list[int]:
+    """Polls /proc until the service `pid` has `count` spares started and blocked reading their request (done
+    with their start, parse and warm-up); their pids."""
+    began = time.perf_counter()
+    while True:
+        spares = [p for p in descendants(pid) if SPARE_MARKER in command_line(p)]
+        if len(spares) >= count and all(reading_a_pipe(p) for p in spares):
+            return spares
+        if time.perf_counter() - began > within_s:
+            raise BenchError(f"the service (pid {pid}) has {len(spares)} spare processes, not {count}")
+        await asyncio.sleep(0.02)  # a poll interval: the service process cannot be asked
+
+
+async def spare_memory_phase(pid: int, options: Options) -> dict[str, Any]:
+    """The service's RSS with its spares waiting idle, and the spares' own beside it (Pss: their share of the
+    pages they map, most of them the `nu` binary's, which every Nushell process shares)."""
+    count = expected_spares(options)
+    spares = await wait_for_spares(pid, count) if count else []
+    service_kb = memory_kb(pid)
+    each = [{"pid": p, **memory_kb(p), **shared_memory_kb(p)} for p in spares]
+    return {
+        "spares": count,
+        "service_kb": service_kb,
+        "service_mb": round(service_kb.get("VmRSS", 0) / 1024, 1),
+        "spare_processes": each,
+        "spares_rss_mb": round(sum(s.get("VmRSS", 0) for s in each) / 1024, 1),
+        "spares_pss_mb": round(sum(s.get("Pss", 0) for s in each) / 1024, 1),
+    }
+
+
+async def burst_phase(
+    nc: Client, url: str, options: Options, work: Path, logs: Path, children: list[Child]
+) -> dict[str, Any]:
+    """`burst` different cold loads sent at once (after `extensions.cache.clear`), to a service with its spares
+    and to one with `nushell.spares=0` (what the runner did before spares), on one generated tree, interleaved:
+    the total time until the last reply."""
+    sizes = options.sizes
+    tree = work / "burst-tree"
+    generate_tree(tree, sizes.burst, 1)
+    # Two services on one NATS server: each under a subject prefix of its own.
+    prefixes = {"spares": "burst-spares", "no_spares": "burst-none"}
+    extra = {"spares": (), "no_spares": ("nushell.spares=0",)}
+    services = {
+        name: replace(options, service_sets=(*options.service_sets, f"nats.subject_prefix={prefix}", *extra[name]))
+        for name, prefix in prefixes.items()
+    }
+    started: dict[str, tuple[Child, int]] = {}
+    for name, opts in services.items():
+        child = _start_service(children, opts, url, work / f"data-burst-{name}", [tree], logs / f"burst-{name}.log")
+        await wait_ready(nc, f"{prefixes[name]}.stats", child)
+        started[name] = (child, child.main_pid(SERVICE_MARKER))
+    bodies = [
+        msgspec.json.encode({"extension_type": "taskserv", "name": f"ext-{i:04d}", "version": "1.0.0"})
+        for i in range(sizes.burst)
+    ]
+    walls: dict[str, list[float]] = {name: [] for name in services}
+    for rep in range(sizes.burst_repetitions):
+        for name in list(services) if rep % 2 == 0 else list(reversed(services)):
+            prefix = prefixes[name]
+            pid = started[name][1]
+            count = expected_spares(services[name])
+            if count:
+                await wait_for_spares(pid, count)  # the last burst's replacements are ready
+            await _burst_call(nc, prefix, "cache.clear")
+            before = await _burst_call(nc, prefix, "stats")
+            began = time.perf_counter_ns()
+            replies = await asyncio.gather(
+                *(nc.request(f"{prefix}.load", body, timeout=REQUEST_TIMEOUT_S, headers=HEADERS) for body in bodies)
+            )
+            wall_ms = (time.perf_counter_ns() - began) / 1e6
+            failed = [r.data[:200] for r in replies if msgspec.json.decode(r.data).get("success") is not True]
+            after = await _burst_call(nc, prefix, "stats")
+            cold = after["loads"]["cold"] - before["loads"]["cold"]
+            if failed or cold != sizes.burst:
+                raise BenchError(f"burst on {name}: {cold} cold loads of {sizes.burst}; failures {failed[:3]}")
+            walls[name].append(round(wall_ms, 3))
+    for child, _ in started.values():
+        child.stop()
+    p50 = {name: statistics.median(values) for name, values in walls.items()}
+    return {
+        "loads": sizes.burst,
+        "repetitions": sizes.burst_repetitions,
+        "spares": expected_spares(services["spares"]),
+        "spares_wall_ms": walls["spares"],
+        "no_spares_wall_ms": walls["no_spares"],
+        "spares_p50_ms": round(p50["spares"], 3),
+        "no_spares_p50_ms": round(p50["no_spares"], 3),
+        "ratio": round(p50["spares"] / p50["no_spares"], 3) if p50["no_spares"] else 0.0,
+    }
+
+
+async def _burst_call(nc: Client, prefix: str, suffix: str) -> Any:
+    reply = await nc.request(f"{prefix}.{suffix}", b"{}", timeout=REQUEST_TIMEOUT_S, headers=HEADERS)
+    envelope = msgspec.json.decode(reply.data)
+    if not envelope.get("success"):
+        raise BenchError(f"{prefix}.{suffix}: {envelope.get('error')}")
+    return envelope.get("data")
 
 
 # --- the machine ----------------------------------------------------------------------------------------------

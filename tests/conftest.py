@@ -120,7 +120,7 @@ def _toml(value: Any) -> str:
 @asynccontextmanager
 async def running_service(config: Config, *, instance_id: str | None = None) -> AsyncIterator[ExtensionService]:
     manager = build_manager(config, instance_id=instance_id)
-    async with ExtensionService(config, manager, version=service_version()) as service:
+    async with manager.runner, ExtensionService(config, manager, version=service_version()) as service:
         yield service
 
 
@@ -267,8 +267,8 @@ def write_extension(
     return folder
 
 
-def leftover_runs(cache_dir: Path) -> list[int]:
-    """Nushell processes still alive that were started for this cache folder."""
+def nushell_processes(cache_dir: Path) -> list[int]:
+    """Nushell processes alive that were started for this cache folder: runs and waiting spares."""
     found = []
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():

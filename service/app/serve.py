@@ -52,6 +52,8 @@ def build_manager(config: Config, *, instance_id: str | None = None) -> Extensio
             max_file_mb=n.max_file_mb,
         ),
         allow_unlimited=n.allow_unlimited,
+        spares=n.spares,
+        spare_max_age_s=n.spare_max_age_s,
     )
     runner.prepare()
     for root in config.extension_paths:
@@ -88,7 +90,8 @@ async def serve(config: Config, *, on_ready: Callable[[ExtensionService], None] 
 
             tg.start_soon(on_signal)
             try:
-                async with service:
+                # The runner's spare Nushell processes outlive the service's requests: it drains them first.
+                async with manager.runner, service:
                     # What starting made (modules, configuration, the connection) lives as long as the process:
                     # out of the collector's sight, a full collection walks a few objects, not ~40,000 (7 ms here).
                     gc.freeze()

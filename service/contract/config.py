@@ -57,6 +57,8 @@ class NushellConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
     max_output_kb: Positive
     max_file_mb: Positive
     allow_unlimited: bool
+    spares: Annotated[int, Meta(ge=0, le=64)]
+    spare_max_age_s: Annotated[float, Meta(gt=0, le=86_400)]
 
 
 class NatsConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -4,6 +4,11 @@ It finds `nu`, asks the loader module (`nushell/provisioning.nu`) for one load, 
 prints: a load result, or one of the contract's errors. At most `max_concurrent` runs at once; at most
 `max_pending` wait for a slot, and a load beyond that is refused at once with `Unavailable` rather than left
 to pile up. How a process is confined (limits, environment, process group, output cap) is `sandbox.py`'s.
+
+Each process serves one request and is gone, but it need not start when the request comes: while the runner's
+context is entered it keeps `spares` processes started, with the module parsed, waiting on standard input
+(`module serve-one`; `spares.py` keeps them). A load hands its request to one, or starts a process as before
+when none is waiting. Outside the context, or with `spares = 0`, every load starts its own process.
 """
 
 from __future__ import annotations
@@ -16,6 +21,8 @@ import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from types import TracebackType
+from typing import Self
 
 import anyio
 import msgspec
@@ -30,7 +37,8 @@ from ..contract.errors import (
     VersionNotFound,
 )
 from ..contract.messages import ExtensionMetadata, ExtensionType
-from .sandbox import Limits, Sandbox, SandboxMissing, base_env
+from .sandbox import Limits, Sandbox, SandboxedProcess, SandboxMissing, base_env
+from .spares import SparePool
 
 __all__ = [
     "MODULE",
@@ -107,6 +115,14 @@ def nu_version(nu: Path) -> str:
     return done.stdout.decode(errors="replace").strip()
 
 
+class _Request(msgspec.Struct, frozen=True):
+    """What `module serve-one` reads on its standard input."""
+
+    type: str
+    name: str
+    version: str
+
+
 class NushellRunner:
     def __init__(
         self,
@@ -117,8 +133,11 @@ class NushellRunner:
         limits: Limits,
         allow_unlimited: bool = False,
         search_path: str | None = None,
+        spares: int = 0,
+        spare_max_age_s: float = 300.0,
     ) -> None:
-        """`allow_unlimited`, `search_path`: see `Sandbox`."""
+        """`allow_unlimited`, `search_path`: see `Sandbox`. `spares`: processes kept waiting while the runner's
+        context is entered, each replaced once `spare_max_age_s` old."""
         self.nu = nu
         self.roots = tuple(roots)
         self.cache_dir = cache_dir
@@ -127,6 +146,21 @@ class NushellRunner:
         self._slots = anyio.CapacityLimiter(limits.max_concurrent)
         self._waiting = 0
         self.sandbox = Sandbox(limits, allow_unlimited=allow_unlimited, search_path=search_path)
+        self.spares = SparePool(self._start_ahead, self._fit, size=spares, max_age_s=spare_max_age_s)
+        self.spare_runs = 0  # runs handed to a spare
+        self.fresh_runs = 0  # runs that started their own process
+
+    async def __aenter__(self) -> Self:
+        """Starts keeping the spares; returns once each has been started (or has failed to start)."""
+        if self.spares.size:
+            await self.spares.__aenter__()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        """Kills and reaps the spares still waiting; runs in progress reap their own processes."""
+        await self.spares.__aexit__(exc_type, exc, tb)
 
     @property
     def running(self) -> int:
@@ -144,17 +178,16 @@ class NushellRunner:
             raise LoadFailed(f"cannot create the cache directory {self.cache_dir}: {exc.strerror}") from None
 
     async def load(self, extension_type: ExtensionType, name: str, version: str) -> LoadResult:
-        argv = ["module", "load", extension_type.value, name, "--version", version, "--output", "json"]
+        request = msgspec.json.encode(_Request(extension_type.value, name, version)) + b"\n"
         with tracer.start_as_current_span("nushell module load", kind=trace.SpanKind.INTERNAL) as span:
             span.set_attribute("process.executable.path", str(self.nu))
-            span.set_attribute("process.command_args", argv)
-            stdout = await self._run(argv)
+            stdout = await self._run(request, span)
             try:
                 return msgspec.json.decode(stdout, type=LoadResult)
             except msgspec.DecodeError as exc:
                 raise LoadFailed(f"the loader printed output that is not a load result: {exc}", exit_code=0) from None
 
-    async def _run(self, args: Sequence[str]) -> bytes:
+    async def _run(self, request: bytes, span: trace.Span) -> bytes:
         if self._slots.available_tokens == 0 and self._waiting >= self.limits.max_pending:
             raise Unavailable(
                 f"overloaded: {self.running} Nushell runs and {self._waiting} waiting "
@@ -166,22 +199,74 @@ class NushellRunner:
         finally:
             self._waiting -= 1
         try:
-            return await self._spawn(args)
+            process = await self._process(request)
+            span.set_attribute("process.pid", process.pid)
+            span.set_attribute("process.command_args", process.command)
+            done = await process.finish()
+            return _outcome(done.returncode, done.stdout, done.stderr)
         finally:
             self._slots.release()
 
-    async def _spawn(self, args: Sequence[str]) -> bytes:
-        if not os.access(self.nu, os.X_OK):
-            raise Unavailable(f"Nushell cannot be started: {self.nu} is missing or not executable")
+    async def _process(self, request: bytes) -> SandboxedProcess:
+        """A process that has been handed `request`: a spare, or one started now. Ours to finish."""
+        key = self._fit()
+        while (spare := self.spares.take(key)) is not None:
+            if await _handed(spare, request):
+                self.spare_runs += 1
+                return spare
+            # Killed while it waited, a moment before the pool could see it.
+            log.info("spare Nushell process %d was gone at hand-over; taking another", spare.pid)
+            await spare.stop()
+        process = await self._start()
+        self.fresh_runs += 1
+        # One that cannot read it has already failed: `finish` tells how.
+        await _handed(process, request)
+        return process
+
+    async def _start(self, *, ahead: bool = False) -> SandboxedProcess:
+        """`module serve-one` started, waiting for its request on standard input; `ahead`: a spare, which warms
+        up meanwhile."""
+        command = [str(self.nu), "-n", "--no-std-lib", str(MODULE), "module", "serve-one"]
         env = {
             **base_env(self.workdir),
             "PROVISIONING_EXTENSION_PATHS": ":".join(str(r) for r in self.roots),
             "PROVISIONING_EXTENSION_CACHE": str(self.cache_dir),
         }
         self.prepare()
-        command = [str(self.nu), "-n", "--no-std-lib", str(MODULE), *args]
-        done = await self.sandbox.run(command, cwd=self.workdir, env=env)
-        return _outcome(done.returncode, done.stdout, done.stderr)
+        return await self.sandbox.start(
+            [*command, "--ahead"] if ahead else command, cwd=self.workdir, env=env, stdin=True
+        )
+
+    async def _start_ahead(self) -> SandboxedProcess:
+        return await self._start(ahead=True)
+
+    def _fit(self) -> tuple[object, ...]:
+        """What a process started now would run with: the extension roots, the cache folder, the working
+        folder, and `nu` and the loader module as they are on disk. A spare started with anything else (`nu`
+        upgraded, the module edited, the working folder removed and made again) is not used. Raises
+        Unavailable when `nu` cannot be started."""
+        if not os.access(self.nu, os.X_OK):
+            raise Unavailable(f"Nushell cannot be started: {self.nu} is missing or not executable")
+        self.prepare()
+        try:
+            nu, module, workdir = os.stat(self.nu), os.stat(MODULE), os.stat(self.workdir)
+        except OSError as exc:
+            raise Unavailable(f"Nushell cannot be started: {exc}") from None
+        return (
+            self.roots,
+            self.cache_dir,
+            *((f.st_dev, f.st_ino, f.st_size, f.st_mtime_ns) for f in (nu, module)),
+            (workdir.st_dev, workdir.st_ino),  # a folder's time changes with what is put in it
+        )
+
+
+async def _handed(process: SandboxedProcess, request: bytes) -> bool:
+    """`hand_over`, and the process stopped if that is cut short: no one else would reap it."""
+    try:
+        return await process.hand_over(request)
+    except BaseException:
+        await process.stop()
+        raise
 
 
 def _outcome(returncode: int | None, stdout: bytes, stderr: bytes) -> bytes:

@@ -39,7 +39,8 @@ def test_quick_run_writes_every_section(tmp_path: Path) -> None:
     result = json.loads(output.read_text())
     assert result == json.loads(json.dumps(returned))
     assert result["mode"] == "quick"
-    for section in ("machine", "startup", "rss", "cached", "cold", "simultaneous", "discovery", "targets"):
+    sections = ("machine", "startup", "rss", "cached", "cold", "simultaneous", "discovery", "burst", "spare_memory")
+    for section in (*sections, "targets"):
         assert section in result, section
     assert result["machine"]["nproc"] > 0
     assert result["machine"]["nu"] and result["machine"]["nats_server"]
@@ -76,7 +77,18 @@ def test_quick_run_writes_every_section(tmp_path: Path) -> None:
     assert discovery["cold_load"]["n"] == QUICK.tree_cold_loads
     assert discovery["cached_load_during_discover"]["n"] > 0
 
-    assert {t["name"] for t in result["targets"]} >= {"cached p99, 1 in flight"}
+    burst = result["burst"]
+    assert burst["loads"] == QUICK.burst and burst["ratio"] > 0
+    assert len(burst["spares_wall_ms"]) == len(burst["no_spares_wall_ms"]) == QUICK.burst_repetitions
+    memory = result["spare_memory"]
+    assert memory["spares"] == 2 and len(memory["spare_processes"]) == 2
+    assert memory["service_mb"] > 0 and memory["spares_rss_mb"] > 0
+
+    assert {t["name"] for t in result["targets"]} >= {
+        "cached p99, 1 in flight",
+        "service RSS with 2 spares idle",
+        f"{QUICK.burst} different cold loads at once, total: spares / spares = 0",
+    }
     # The verdicts written are the ones the figures written give, and the table shows each of them.
     assert result["targets"] == [v.as_dict() for v in judge(result)]
     table = output.with_suffix(".md").read_text()

@@ -132,6 +132,18 @@ class Loader:
         assert isinstance(error["message"], str) and error["message"]
         return error
 
+    def serve_one(self, request: bytes, *args: str) -> subprocess.CompletedProcess[bytes]:
+        """`module serve-one` as the service runs it: the request on standard input."""
+        return subprocess.run(
+            self.argv("module", "serve-one", *args),
+            input=request,
+            env=self.env(),
+            cwd=ROOT,
+            capture_output=True,
+            timeout=30,
+            check=False,
+        )
+
     def load(self, ext_type: str, name: str, version: str | None = None) -> dict[str, Any]:
         args = ["module", "load", ext_type, name, "--output", "json"]
         loaded: dict[str, Any] = self.ok(*args, *(["--version", version] if version else []))
@@ -300,6 +312,51 @@ def test_defaults_are_relative_to_the_working_folder(tmp_path: Path, tree: Loade
 
     assert result.returncode == 0, result.stderr
     assert one_json(result.stdout)["path"] == str(tmp_path.resolve() / "data/extensions/provider/alpha/1.0.0")
+
+
+# --- serve-one: the entry the service's spare processes wait in ---------------------------------------------------
+
+
+@pytest.mark.parametrize("ahead", [[], ["--ahead"]], ids=["on-demand", "ahead"])
+def test_serve_one_does_what_load_does(examples: Loader, ahead: list[str]) -> None:
+    """The same result, whether the process warmed up while it waited (`--ahead`, a spare) or not."""
+    by_argv = examples.load("taskserv", "kubernetes", "1.28.0")
+    request = json.dumps({"type": "taskservs", "name": "kubernetes", "version": "1.28.0"}).encode() + b"\n"
+    served = examples.serve_one(request, *ahead)
+
+    assert served.returncode == 0, served.stderr
+    assert one_json(served.stdout.decode()) == by_argv
+    latest = examples.serve_one(b'{"type": "taskserv", "name": "kubernetes", "version": null}')
+    assert one_json(latest.stdout.decode())["metadata"]["version"] == "1.29.2"
+    assert one_json(examples.serve_one(b'{"type": "taskserv", "name": "etcd"}').stdout.decode())["digest"]
+
+
+def test_serve_one_reports_errors_as_load_does(examples: Loader) -> None:
+    served = examples.serve_one(b'{"type": "taskserv", "name": "kubernetes", "version": "9.9.9"}')
+    by_argv = examples.error("version_not_found", "module", "load", "taskserv", "kubernetes", "--version", "9.9.9")
+    assert served.returncode == INVALID
+    assert one_json(served.stdout.decode())["error"] == by_argv
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"",
+        b"garbage",
+        b"[1]",
+        b'"text"',
+        b'{"type": "taskserv"}',
+        b'{"type": "taskserv", "name": 3}',
+        b'{"type": "taskserv", "name": "etcd", "version": 3}',
+    ],
+    ids=["empty", "garbage", "list", "string", "no-name", "name-not-text", "version-not-text"],
+)
+def test_serve_one_refuses_a_bad_request(examples: Loader, request_bytes: bytes) -> None:
+    served = examples.serve_one(request_bytes)
+    assert served.returncode == INVALID, served.stderr
+    error = one_json(served.stdout.decode())["error"]
+    assert (error["code"], error["details"]["field"]) == ("invalid_request", "request")
+    assert not examples.cache.exists()
 
 
 # --- errors -------------------------------------------------------------------------------------------------

@@ -22,18 +22,28 @@ from service.contract.config import Config
 from service.contract.messages import ExtensionType
 from service.core.store import tree_digest
 from service.runtime.runner import Limits, NushellRunner, SandboxMissing
+from service.wire.service import ExtensionService
 from tests.conftest import (
     EXAMPLES,
     NU,
     WAIT,
-    leftover_runs,
     make_config,
+    nushell_processes,
     running_service,
     service_process,
     write_extension,
 )
 
 pytestmark = pytest.mark.anyio
+
+
+async def leftover_runs(service: ExtensionService) -> list[int]:
+    """Nushell processes of this service that are neither waiting spares nor runs in progress: none should be."""
+    spares = service.manager.runner.spares
+    with anyio.fail_after(WAIT):
+        waiting = await spares.wait_full()  # a spare taken a moment ago has its replacement started
+    assert service.manager.runner.running == 0
+    return [pid for pid in nushell_processes(service.config.cache_dir) if pid not in waiting]
 
 
 def listing(folder: Path) -> list[Path]:
@@ -58,9 +68,9 @@ def hostile_root(tmp_path: Path) -> Path:
     write_extension(
         root, "taskserv", "spin", "1.0.0", module="const n = (1..6000000 | math sum)\nexport def x [] { $n }\n"
     )
-    # 20,000 nested parentheses overflow the parser's stack (in about 1 s here: 100,000 took 4-5 s, which a busy
-    # machine pushed past the 5 s time limit, so the test saw a timeout instead of the crash).
-    write_extension(root, "taskserv", "crash", "1.0.0", module="export def x [] { " + "(" * 20_000 + "\n")
+    # 10,000 nested parentheses overflow the parser's stack (more only take longer to get there: 100,000 took 4-5 s
+    # of the 5 s limit on a busy machine).
+    write_extension(root, "taskserv", "crash", "1.0.0", module="export def x [] { " + "(" * 10_000 + "\n")
     # Hundreds of symlinks with long names: the loader's list of problems is far over the output cap.
     flood = write_extension(root, "taskserv", "flood", "1.0.0")
     for i in range(300):
@@ -86,67 +96,73 @@ def hostile_root(tmp_path: Path) -> Path:
     return root
 
 
+def sandboxed_config(url: str, tmp_path: Path, root: Path, **overrides: object) -> Config:
+    limits: dict[str, object] = {
+        "nushell.max_memory_mb": 256,
+        "nushell.timeout_s": 5,
+        "nushell.max_output_kb": 2,
+        "nushell.max_file_mb": 1,
+    }
+    return make_config(url, tmp_path, roots=[root], overrides={**limits, **overrides})
+
+
 @pytest.fixture
-async def sandboxed(nats_server: NatsServer, nc: Client, hostile_root: Path, tmp_path: Path) -> AsyncIterator[Config]:
-    config = make_config(
-        nats_server.url,
-        tmp_path,
-        roots=[hostile_root],
-        overrides={
-            "nushell.max_memory_mb": 256,
-            "nushell.timeout_s": 5,
-            "nushell.max_output_kb": 2,
-            "nushell.max_file_mb": 1,
-        },
-    )
-    async with running_service(config):
-        yield config
+async def sandboxed(
+    nats_server: NatsServer, nc: Client, hostile_root: Path, tmp_path: Path
+) -> AsyncIterator[ExtensionService]:
+    """The service with the default number of spare processes: every run below goes through a spare."""
+    async with running_service(sandboxed_config(nats_server.url, tmp_path, hostile_root)) as service:
+        yield service
 
 
-async def test_memory_limit(sandboxed: Config, nc: Client) -> None:
+async def test_memory_limit(sandboxed: ExtensionService, nc: Client) -> None:
     client = LoaderClient(nc, timeout=WAIT)
     err = await load_error(client, "hog")
     assert err.code == "load_failed"
     assert "SIGABRT" in err.message or "memory" in err.details.get("stderr", "")
     assert (await client.load("taskserv", "good"))["metadata"]["name"] == "good"
-    assert leftover_runs(sandboxed.cache_dir) == []
+    assert await leftover_runs(sandboxed) == []
 
 
+@pytest.mark.parametrize("spares", [2, 0])
 async def test_time_limit_kills_the_process_group(
-    nats_server: NatsServer, nc: Client, hostile_root: Path, tmp_path: Path
+    nats_server: NatsServer, nc: Client, hostile_root: Path, tmp_path: Path, spares: int
 ) -> None:
+    """With spares, the limit counts from the hand-over, not from the spare's start."""
     config = make_config(
         nats_server.url,
         tmp_path,
         roots=[hostile_root],
-        overrides={"nushell.max_memory_mb": 4096, "nushell.timeout_s": 0.5},
+        overrides={"nushell.max_memory_mb": 4096, "nushell.timeout_s": 0.5, "nushell.spares": spares},
     )
-    async with running_service(config):
+    async with running_service(config) as service:
         client = LoaderClient(nc, timeout=WAIT)
         err = await load_error(client, "spin")
         assert (err.code, err.details) == ("timeout", {"timeout_s": 0.5})
-        assert leftover_runs(config.cache_dir) == []
+        assert await leftover_runs(service) == []
         assert (await client.load("taskserv", "good"))["metadata"]["name"] == "good"
+        assert service.manager.runner.spare_runs == (2 if spares else 0)
+    assert nushell_processes(config.cache_dir) == []
 
 
-async def test_a_crashing_parser(sandboxed: Config, nc: Client) -> None:
+async def test_a_crashing_parser(sandboxed: ExtensionService, nc: Client) -> None:
     err = await load_error(LoaderClient(nc, timeout=WAIT), "crash")
     assert err.code == "load_failed" and "SIGSEGV" in err.message
 
 
-async def test_output_cap(sandboxed: Config, nc: Client) -> None:
+async def test_output_cap(sandboxed: ExtensionService, nc: Client) -> None:
     err = await load_error(LoaderClient(nc, timeout=WAIT), "flood")
     assert err.code == "load_failed" and "standard output passed the limit of 2 KB" in err.message
-    assert leftover_runs(sandboxed.cache_dir) == []
+    assert await leftover_runs(sandboxed) == []
 
 
-async def test_file_size_limit(sandboxed: Config, nc: Client) -> None:
+async def test_file_size_limit(sandboxed: ExtensionService, nc: Client) -> None:
     err = await load_error(LoaderClient(nc, timeout=WAIT), "bulky")
     assert err.code == "load_failed"
-    assert not (sandboxed.cache_dir / "taskserv" / "bulky" / "1.0.0").exists()
+    assert not (sandboxed.config.cache_dir / "taskserv" / "bulky" / "1.0.0").exists()
 
 
-async def test_symlinks_and_special_files_are_refused(sandboxed: Config, nc: Client) -> None:
+async def test_symlinks_and_special_files_are_refused(sandboxed: ExtensionService, nc: Client) -> None:
     client = LoaderClient(nc, timeout=WAIT)
     err = await load_error(client, "leak")
     assert err.code == "invalid_extension" and any("symlink" in p for p in err.details["problems"])
@@ -156,22 +172,33 @@ async def test_symlinks_and_special_files_are_refused(sandboxed: Config, nc: Cli
     assert err.code == "invalid_extension"
     problems = " ".join(err.details["problems"])
     assert "symlink not allowed: sneaky" in problems and "control character: new" in problems
-    copied = sandboxed.cache_dir / "taskserv"
+    copied = sandboxed.config.cache_dir / "taskserv"
     assert not (copied / "leak").exists() or not any((copied / "leak").rglob("secret"))
 
 
-async def test_odd_file_names_are_copied_exactly(sandboxed: Config, nc: Client, hostile_root: Path) -> None:
+async def test_odd_file_names_are_copied_exactly(sandboxed: ExtensionService, nc: Client, hostile_root: Path) -> None:
     ext = await LoaderClient(nc, timeout=WAIT).load("taskserv", "odd")
     source = hostile_root / "taskservs" / "odd" / "1.0.0"
     copy = Path(ext["path"])
     assert listing(copy) == listing(source)
     assert ext["digest"] == tree_digest(source) == tree_digest(copy)
     # `$(touch pwned)` is a name, never a command: nothing of that name appears anywhere the run could write.
-    assert not [p for p in listing(sandboxed.cache_dir.parent) if p.name == "pwned"]
+    assert not [p for p in listing(sandboxed.config.cache_dir.parent) if p.name == "pwned"]
 
 
-async def test_the_service_serves_on_after_all_of_them(sandboxed: Config, nc: Client) -> None:
-    client = LoaderClient(nc, timeout=WAIT)
+@pytest.mark.parametrize("spares", [2, 0])
+async def test_the_service_serves_on_after_all_of_them(
+    nats_server: NatsServer, nc: Client, hostile_root: Path, tmp_path: Path, spares: int
+) -> None:
+    """The same errors whether a run goes through a spare process or starts its own."""
+    config = sandboxed_config(nats_server.url, tmp_path, hostile_root, **{"nushell.spares": spares})
+    async with running_service(config) as service:
+        await served_on_after_all_of_them(service, LoaderClient(nc, timeout=WAIT))
+        assert service.manager.runner.spare_runs == (9 if spares else 0)
+    assert nushell_processes(config.cache_dir) == []
+
+
+async def served_on_after_all_of_them(service: ExtensionService, client: LoaderClient) -> None:
     outcomes = {}
     for name in ("hog", "crash", "flood", "bulky", "leak", "fifo", "ctrl", "odd", "good"):
         try:
@@ -192,7 +219,7 @@ async def test_the_service_serves_on_after_all_of_them(sandboxed: Config, nc: Cl
     }
     stats = await client.stats()
     assert stats["loads"]["failed"] == 7 and stats["in_flight"] == 0
-    assert leftover_runs(sandboxed.cache_dir) == []
+    assert await leftover_runs(service) == []
 
 
 # --- without prlimit ----------------------------------------------------------------------------------------------

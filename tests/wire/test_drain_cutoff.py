@@ -20,7 +20,7 @@ from service.app.client import LoaderClient, RemoteError
 from service.app.natsserver import NatsServer
 from service.contract.config import Config
 from service.wire.dispatcher import STOPPING
-from tests.conftest import WAIT, leftover_runs, make_config, running_service, service_process, write_extension
+from tests.conftest import WAIT, make_config, nushell_processes, running_service, service_process, write_extension
 
 pytestmark = pytest.mark.anyio
 
@@ -39,7 +39,7 @@ async def wait_for_run(client: LoaderClient, cache_dir: Path) -> None:
     """Returns once the service runs Nushell for a load: `in_flight` says so and its `nu` process is alive
     (each look is a round trip to the service, no sleep)."""
     with anyio.fail_after(WAIT):
-        while (await client.stats())["in_flight"] < 1 or not leftover_runs(cache_dir):
+        while (await client.stats())["in_flight"] < 1 or not nushell_processes(cache_dir):
             pass
 
 
@@ -82,7 +82,7 @@ async def test_sigterm_past_the_drain_time_answers_unavailable(
     assert code == 0, log
     assert "1 requests still running after the drain time" in log, log
     assert "Traceback" not in log, log
-    assert leftover_runs(cache_dir) == []
+    assert nushell_processes(cache_dir) == []
 
 
 async def test_stop_past_the_drain_time_answers_unavailable_in_process(
@@ -101,4 +101,4 @@ async def test_stop_past_the_drain_time_answers_unavailable_in_process(
             await service.stop()
     assert not waited.cancelled_caught, f"no reply within {PROMPTLY_S} s of the request"
     assert_unavailable_stopping(outcome)
-    assert leftover_runs(config.cache_dir) == []
+    assert nushell_processes(config.cache_dir) == []

@@ -2,6 +2,7 @@
 #
 #   nu -n provisioning.nu module discover [type] [--name N] [--output json|table]
 #   nu -n provisioning.nu module load <type> <name> [--version V] [--output json|table]
+#   nu -n provisioning.nu module serve-one [--ahead]  (then one request on standard input, see below)
 #
 # Configuration comes only from the environment (the service runs this with a clean one):
 #   PROVISIONING_EXTENSION_PATHS  extension roots separated by ":", searched in order (./examples/extensions)
@@ -10,12 +11,18 @@
 # stdout carries exactly one JSON document (json output): the result, or {"error": {code, message, details}}.
 # Exit codes: 0 success, 3 an error reported as JSON on stdout; anything else (1: Nushell itself failed, e.g. a
 # bad argument) leaves its message on stderr. Warnings (discovery skipping a broken extension) go to stderr.
+#
+# A load runs once per process, so what it does for the first time is what it costs. On the path of a load, lists
+# are filtered with `for` loops rather than closures (`where {|x| ...}`, `each`): a closure costs Nushell about a
+# third of a millisecond a call in a script of this size, a loop's turn a few microseconds.
 
 const TYPE_FOLDERS = {provider: "providers", taskserv: "taskservs", cluster: "clusters"}
 const METADATA_KEYS = [name version description type dependencies author repository]
 const NAME_RE = '^[a-z0-9][a-z0-9._-]{0,63}$'
 const SEMVER_RE = '^(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)(-((0|[1-9][0-9]*|[0-9]*[a-zA-Z-][0-9a-zA-Z-]*)(\.(0|[1-9][0-9]*|[0-9]*[a-zA-Z-][0-9a-zA-Z-]*))*))?(\+[0-9a-zA-Z-]+(\.[0-9a-zA-Z-]+)*)?$'
 const DEPENDENCY_RE = '^([a-z]+:)?[a-z0-9][a-z0-9._-]*(@.+)?$'
+const CONTROL_RE = '[\x00-\x1f\x7f]'
+const LEFTOVER_RE = '^\..+\.(tmp|old)-[A-Za-z0-9-]+$'
 # A killed load (time limit) leaves its ".<version>.tmp-*" folder behind; later loads remove such leftovers once
 # they are this old, which no live copy of a small extension ever is.
 const STALE_AFTER = 10min
@@ -25,6 +32,7 @@ def main [] {
     print "Usage:
   nu -n provisioning.nu module discover [type] [--name NAME] [--output json|table]
   nu -n provisioning.nu module load <type> <name> [--version VERSION] [--output json|table]
+  nu -n provisioning.nu module serve-one [--ahead]   (reads {\"type\", \"name\", \"version\"} as JSON on stdin)
 
   type: provider | taskserv | cluster (plural and any letter case accepted)
   VERSION: an exact version, or latest (the default): the highest stable version; a pre-release loads
@@ -56,7 +64,7 @@ def "main module discover" [
             latest: (if $e.latest == null { "none: pre-releases only" } else { $e.latest.version })
         }} | table
     } else {
-        $found | to json --raw
+        emit ($found | to json --raw)
     }
 }
 
@@ -68,6 +76,50 @@ def "main module load" [
     --output: string = "json"  # json or table
 ] {
     set-output $output
+    load-one $type $name $version
+}
+
+# Wait for one load request on standard input, then do what `module load` does, with JSON output. The request
+# is one JSON object, read until standard input is closed:
+#   {"type": "taskserv", "name": "kubernetes", "version": "1.28.0"}   (version: absent or null for latest)
+# The service starts this ahead of time, so a request finds Nushell started and this module parsed; each process
+# serves one request and exits, as `module load` does.
+def "main module serve-one" [
+    --ahead                 # started ahead of its request: meanwhile, do the first uses of what every load needs
+] {
+    if $ahead { warm-up }
+    # Not `$in` (nu --stdin): Nushell reads that before the command's first line, so nothing could come first.
+    let text = try { open --raw /dev/stdin | decode utf-8 } catch { null }
+    set-output json
+    let parsed = try { $text | from json } catch { null }
+    let request = if (type-name $parsed) == "record" { $parsed } else { {} }
+    let type = $request.type? | default null
+    let name = $request.name? | default null
+    let version = $request.version? | default null
+    if (type-name $type) != "string" or (type-name $name) != "string" or (
+        $version != null and (type-name $version) != "string"
+    ) {
+        let reason = "one JSON object {type, name, version} on standard input"
+        fail invalid_request $"serve-one expects ($reason)" {field: request, reason: $reason}
+    }
+    load-one $type $name $version
+}
+
+# What a load does for the first time in a process costs more than the next time: Nushell compiles a regular
+# expression when it is first used (half a millisecond for SEMVER_RE), sets up its first listing of a folder, ...
+# Done on things that are always there, with no effect, while the process waits for its request (2-3 ms less
+# after the hand-over, as much more for a process that has no time to wait: that one does not warm up).
+def warm-up [] {
+    for re in [$NAME_RE $SEMVER_RE $DEPENDENCY_RE $CONTROL_RE $LEFTOVER_RE] { "x" =~ $re | ignore }
+    for e in (ls --all $env.PWD) { $e.name | path basename | str starts-with "." | ignore }
+    roots | ignore
+    cache-dir | path expand | path type | ignore
+    "name = \"x\"" | from toml | to json --raw | from json | ignore
+}
+
+# What `module load` does once the output mode is set: check one extension version, copy it into the cache and
+# return its metadata, cache path and digest.
+def load-one [type: string, name: string, version: any] {
     let type = normalize-type $type
     check-name $name
     if $version != null and $version != "latest" and not ($version =~ $SEMVER_RE) {
@@ -75,7 +127,8 @@ def "main module load" [
             field: version, reason: "not a semantic version"
         }
     }
-    let ext = find-extension $type $name
+    let exact = if $version == null or $version == "latest" { null } else { $version }
+    let ext = find-extension $type $name $exact
     if $ext == null {
         fail not_found $"no ($type) named '($name)'" {
             extension_type: $type, name: $name, suggestions: (suggest $type $name)
@@ -89,17 +142,15 @@ def "main module load" [
     let meta = $checked.metadata
     let copied = install-copy $folder $type $name $meta.version
     let result = {metadata: $meta, path: $copied.path, digest: $copied.digest, source: $folder}
-    # The value a `main` command returns is printed as it is, in less time than `print` takes.
-    if (output-mode) == "table" { $result | table --expand } else { $result | to json --raw }
+    if (output-mode) == "table" { $result | table --expand } else { emit ($result | to json --raw) }
 }
 
 # --- output and errors ---------------------------------------------------------------------------------------
 
 def --env set-output [mode: string] {
     if $mode not-in [json table] {
-        print ({error: {code: invalid_request, message: $"--output must be json or table, not '($mode)'",
-            details: {field: output, reason: "must be json or table"}}} | to json --raw)
-        exit 3
+        emit ({error: {code: invalid_request, message: $"--output must be json or table, not '($mode)'",
+            details: {field: output, reason: "must be json or table"}}} | to json --raw) 3
     }
     $env.PROVISIONING_OUTPUT_MODE = $mode
 }
@@ -112,9 +163,17 @@ def fail [code: string, message: string, details: record] {
         print --stderr $"error[($code)]: ($message)"
         if ($details | is-not-empty) { print --stderr ($details | table --expand) }
     } else {
-        print ({error: {code: $code, message: $message, details: $details}} | to json --raw)
+        emit ({error: {code: $code, message: $message, details: $details}} | to json --raw) 3
     }
     exit 3
+}
+
+# Print the one JSON document on stdout and end with `status`. Without a terminal, Nushell asks `tput` for the
+# terminal's size (two processes started, each time) before it prints a command's value or a `print`'s text;
+# `print --raw` and an explicit exit ask nothing.
+def emit [json: string, status: int = 0] {
+    print --raw $json
+    exit $status
 }
 
 # "file", "dir", "symlink" (never followed), another kind, or "" when nothing is there.
@@ -156,8 +215,7 @@ def env-or [name: string, fallback: string] {
 }
 
 def roots [] {
-    env-or PROVISIONING_EXTENSION_PATHS "./examples/extensions"
-    | split row ":" | where {|p| $p != "" } | each {|p| $p | path expand }
+    env-or PROVISIONING_EXTENSION_PATHS "./examples/extensions" | split row ":" | compact --empty | path expand
 }
 
 def cache-dir [] { env-or PROVISIONING_EXTENSION_CACHE "./data/extensions" }
@@ -172,22 +230,27 @@ def names-in [root: string, type: string] {
 }
 
 # What a name folder holds: {dir, layout: "single"} when it has its own metadata.toml (one-version layout),
-# {dir, layout: "versioned", versions} when it has version folders, null when it is no extension.
-def extension-at [dir: string] {
+# {dir, layout: "versioned", versions} when it has version folders (newest first), null when it is no extension.
+# `wanted`: an exact version, or null. When that version's folder is there, `versions` holds only it: a load of
+# it needs neither a listing nor an order of the others.
+def extension-at [dir: string, wanted: any = null] {
     let kind = kind $dir
     if $kind == "symlink" { return {dir: $dir, layout: "symlink"} }
     if $kind != "dir" { return null }
     if (kind ($dir | path join metadata.toml)) != "" { return {dir: $dir, layout: "single"} }
+    if $wanted != null and (kind ($dir | path join $wanted)) in [dir symlink] {
+        return {dir: $dir, layout: "versioned", versions: [$wanted]}
+    }
     let versions = ls --all $dir | where type in [dir symlink] | get name | path basename
         | where {|v| $v =~ $SEMVER_RE }
     if ($versions | is-empty) { return null }
     {dir: $dir, layout: "versioned", versions: (sort-newest $versions)}
 }
 
-# The first root that has this type and name wins.
-def find-extension [type: string, name: string] {
+# The first root that has this type and name wins. `wanted`: as in extension-at.
+def find-extension [type: string, name: string, wanted: any] {
     for root in (roots) {
-        let found = extension-at ($root | path join ($TYPE_FOLDERS | get $type) $name)
+        let found = extension-at ($root | path join ($TYPE_FOLDERS | get $type) $name) $wanted
         if $found != null { return $found }
     }
     null
@@ -377,7 +440,7 @@ def walk [dir: string] {
         let prefix = $todo | first
         $todo = $todo | skip 1
         let here = if $prefix == "" { $base } else { $base | path join $prefix }
-        for e in (ls --all --long $here) {
+        for e in (ls --all $here) {
             let name = $e.name | path basename
             let rel = if $prefix == "" { $name } else { $"($prefix)/($name)" }
             $out ++= [{rel: $rel, type: $e.type}]
@@ -390,15 +453,17 @@ def walk [dir: string] {
 # Only regular files and folders: anything else (a symlink above all) is a problem. So is a name with a control
 # character (a newline, say): the digest is a list of lines, and such a name is never meant.
 def entry-problems [entries: list] {
-    let kinds = $entries | where type not-in [file dir] | each {|e|
+    mut kinds = []
+    mut names = []
+    for e in $entries {
         if $e.type == "symlink" {
-            $"symlink not allowed: ($e.rel)"
-        } else {
-            $"not a regular file or folder: ($e.rel)"
+            $kinds ++= [$"symlink not allowed: ($e.rel)"]
+        } else if $e.type not-in [file dir] {
+            $kinds ++= [$"not a regular file or folder: ($e.rel)"]
         }
-    }
-    let names = $entries | where {|e| $e.rel =~ '[\x00-\x1f\x7f]' or ($e.rel | str contains '\u{') } | each {|e|
-        $"file name with a control character: ($e.rel)"
+        if $e.rel =~ $CONTROL_RE or ($e.rel | str contains '\u{') {
+            $names ++= [$"file name with a control character: ($e.rel)"]
+        }
     }
     $kinds ++ $names
 }
@@ -477,8 +542,10 @@ def available [ext: record, type: string, name: string] {
 #   that path in byte order; text = concatenation of "<relpath>\t<sha256 hex of the file's bytes>\n";
 #   digest = "sha256:" + sha256 hex of text (UTF-8). Folders, modes and times do not count.
 def digest [dir: string, entries: list] {
-    let text = $entries | where type == file | get rel | sort
-        | each {|rel| $"($rel)\t(open --raw ($dir | path join $rel) | hash sha256)\n" } | str join
+    mut files = []
+    for e in $entries { if $e.type == "file" { $files ++= [$e.rel] } }
+    mut text = ""
+    for rel in ($files | sort) { $text += $"($rel)\t(open --raw ($dir | path join $rel) | hash sha256)\n" }
     $"sha256:($text | hash sha256)"
 }
 
@@ -487,7 +554,7 @@ def digest [dir: string, entries: list] {
 def install-copy [src: string, type: string, name: string, version: string] {
     let result = try {
         let parent = cache-dir | path join $type $name
-        mkdir $parent
+        if (kind $parent) != "dir" { mkdir $parent }
         let parent = $parent | path expand
         remove-stale $parent
         let tag = random chars --length 12
@@ -535,22 +602,30 @@ def swap-in [tmp: string, parent: string, version: string, tag: string] {
 # Remove folders that other processes may be removing too: best effort, tried up to three times.
 def remove-tree [...paths: string] {
     for attempt in 1..3 {
-        let left = $paths | where {|p| (kind $p) != "" }
-        if ($left | is-empty) { return }
-        for p in $left { try { rm --recursive --force --permanent $p } }
+        mut left = false
+        for p in $paths {
+            if (kind $p) != "" {
+                $left = true
+                try { rm --recursive --force --permanent $p }
+            }
+        }
+        if not $left { return }
     }
-    for p in ($paths | where {|p| (kind $p) != "" }) { warn $"could not remove ($p)" }
+    for p in $paths { if (kind $p) != "" { warn $"could not remove ($p)" } }
 }
 
 # Leftovers of killed loads: ".<version>.tmp-*" and ".<version>.old-*" folders older than STALE_AFTER.
 # Best effort: other loads may be renaming and removing entries here at the same time.
 def remove-stale [parent: string] {
-    let cutoff = (date now) - $STALE_AFTER
     try {
-        ls --all $parent
-        | where {|e| ($e.name | path basename) =~ '^\..+\.(tmp|old)-[A-Za-z0-9-]+$' }
-        | where {|e| $e.modified? != null and $e.modified < $cutoff }
-        | each {|e| rm --recursive --force --permanent $e.name }
-        | ignore
+        let cutoff = (date now) - $STALE_AFTER
+        for e in (ls --all $parent) {
+            let base = $e.name | path basename
+            if ($base | str starts-with ".") and $base =~ $LEFTOVER_RE and $e.modified? != null and (
+                $e.modified < $cutoff
+            ) {
+                rm --recursive --force --permanent $e.name
+            }
+        }
     }
 }
