@@ -289,9 +289,11 @@ class Gate:
     A test that needs a load to stay in flight while it does other things waits on this, not on a module that
     is slow to parse. The hold cannot be in the extension: Nushell evaluates only `const` commands while it
     parses, and none of them waits on a file (`open` is not one; `use` refuses a FIFO). So it is in front of
-    Nushell: `nushell.path` = `gate.nu`, a shell script that, for a run whose arguments name the extension, reads
-    one line from a FIFO, then `exec`s the real `nu` with the same arguments. The FIFO stays open here for
-    reading and writing, so `release` never blocks and a line written before a run gets there waits for it.
+    Nushell: `nushell.path` = `gate.nu`, a shell script. The runner hands a run its request (`module serve-one`)
+    on standard input; the script reads that line first and, when it names the extension, reads one line from a
+    FIFO before it starts the real `nu` with the same arguments and the request on its standard input. The FIFO
+    stays open here for reading and writing, so `release` never blocks and a line written before a run gets
+    there waits for it. Any other call (`--version`, say) goes straight to `nu`.
     """
 
     def __init__(self, folder: Path, name: str) -> None:
@@ -302,10 +304,19 @@ class Gate:
         self.nu = folder / "nu"
         self.nu.write_text(
             "#!/bin/sh\n"
-            f'case " $* " in *" {name} "*) read -r _ < {shlex.quote(str(fifo))} ;; esac\n'
-            f'exec {shlex.quote(str(NU))} "$@"\n'
+            f"nu={shlex.quote(str(NU))}\n"
+            'case " $* " in *" serve-one "*) ;; *) exec "$nu" "$@" ;; esac\n'
+            "IFS= read -r request\n"
+            f'case "$request" in *\'"name":"{name}"\'*) read -r _ < {shlex.quote(str(fifo))} ;; esac\n'
+            'printf \'%s\\n\' "$request" | "$nu" "$@"\n'
         )
         self.nu.chmod(0o755)
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """The configuration that puts the gate in front of Nushell. Without spares: a spare is started before it
+        knows which extension it will load, so only a run started for its load has the name in its arguments."""
+        return {"nushell.path": str(self.nu)}
 
     def release(self, runs: int = 1) -> None:
         """Lets that many held runs (or runs still to come) go on."""

@@ -46,7 +46,7 @@ async def test_cached_answers_are_not_held_up_by_a_cold_load(
     root = tmp_path / "ext"
     write_extension(root, "taskserv", "slow", "1.0.0")
     write_extension(root, "taskserv", "quick", "1.0.0")
-    config = make_config(nats_server.url, tmp_path, roots=[root], overrides={"nushell.path": str(gate.nu)})
+    config = make_config(nats_server.url, tmp_path, roots=[root], overrides={**gate.settings})
     async with running_service(config) as service:
         client = LoaderClient(nc, timeout=WAIT)
         await client.load("taskserv", "quick", "1.0.0")  # now cached
@@ -103,7 +103,7 @@ def served_process(
     root = tmp_path / "ext"
     for name in ("slow", "alpha", "beta", "gamma", "delta"):
         write_extension(root, "taskserv", name, "1.0.0")
-    overrides = {"nushell.path": str(gate.nu)}
+    overrides = {**gate.settings}
     with service_process(nats_server.url, tmp_path, roots=[root], overrides=overrides, lines=served_lines) as proc:
         yield proc
 
@@ -183,7 +183,14 @@ async def test_a_stop_at_the_end_of_the_start_still_answers_what_was_received(
     write_extension(root, "taskserv", "slow", "1.0.0")  # its load is held at the gate until after the stop
     argv = [
         *(sys.executable, str(script), "serve", "--nats-url", nats_server.url),
-        *("--set", f'orchestrator.paths.data_dir="{tmp_path / "data"}"', "--set", f'nushell.path="{gate.nu}"'),
+        *(
+            "--set",
+            f'orchestrator.paths.data_dir="{tmp_path / "data"}"',
+            "--set",
+            f'nushell.path="{gate.nu}"',
+            "--set",
+            "nushell.spares=0",
+        ),
         *("--set", f'orchestrator.extensions.paths=["{root}"]', "--set", "orchestrator.extensions.auto_load=false"),
     ]
     async with await anyio.open_process(argv, cwd=ROOT, stdin=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
@@ -391,7 +398,7 @@ async def stats_when(client: LoaderClient, holds: Callable[[Any], bool]) -> None
 async def test_a_load_during_a_reload_joins_it(nats_server: NatsServer, nc: Client, tmp_path: Path, gate: Gate) -> None:
     root = tmp_path / "ext"
     write_extension(root, "taskserv", "slow", "1.0.0")
-    config = make_config(nats_server.url, tmp_path, roots=[root], overrides={"nushell.path": str(gate.nu)})
+    config = make_config(nats_server.url, tmp_path, roots=[root], overrides={**gate.settings})
     async with running_service(config) as service:
         client = LoaderClient(nc, timeout=WAIT)
         replies: list[Any] = []
@@ -421,7 +428,7 @@ async def test_stopping_answers_a_request_waiting_on_auto_load(
     service stops (auto_load is stopped only after the drain)."""
     root = tmp_path / "ext"
     write_extension(root, "taskserv", "slow", "1.0.0")
-    overrides = {"orchestrator.extensions.auto_load": True, "nushell.path": str(gate.nu)}
+    overrides = {"orchestrator.extensions.auto_load": True, **gate.settings}
     config = make_config(nats_server.url, tmp_path, roots=[root], overrides=overrides)
     stop = anyio.Event()
     replies: list[Any] = []

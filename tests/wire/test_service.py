@@ -320,7 +320,7 @@ async def test_overload_is_refused_at_once(nats_server: NatsServer, nc: Client, 
     others = ["redis", "cilium", "coredns", "containerd"]
     for name in ["slow", *others]:
         write_extension(root, "taskserv", name, "1.0.0")
-    overrides = {"nushell.max_concurrent": 1, "nushell.max_pending": 0, "nushell.path": str(gate.nu)}
+    overrides = {"nushell.max_concurrent": 1, "nushell.max_pending": 0, **gate.settings}
     config = make_config(nats_server.url, tmp_path, roots=[root], overrides=overrides)
     async with running_service(config) as svc:
         c = LoaderClient(nc, timeout=WAIT)
