@@ -246,7 +246,8 @@ class ExtensionManager:
         ]
         return Status(loaded=bool(versions), versions=tuple(sort_newest_first(versions)))
 
-    def discover(self, extension_type: ExtensionType | None, name: str | None) -> list[Available]:
+    def discover(self, extension_type: ExtensionType | None, name: str | None) -> tuple[Available, ...]:
+        """What is on disk; reads the disk (run it in a worker thread). The same tuple while nothing changed."""
         return self.store.available(extension_type, name)
 
     def dependency_tree(self, extension_type: ExtensionType, name: str, version: str | None) -> DependencyTree:
