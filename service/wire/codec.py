@@ -8,6 +8,7 @@ string in MessagePack as in JSON.
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Mapping
 from enum import Enum
 from typing import Any, TypeVar
@@ -128,11 +129,32 @@ def _invalid(text: str) -> InvalidRequest:
 
 _replies: dict[tuple[int, Codec], tuple[Extension, bytes]] = {}
 _REPLIES_MAX = 1024
+# Listings (tuples: the store hands out the same one until something in it changes) are large and few: a
+# handful of their replies are kept, the oldest dropped first. They are encoded in worker threads, hence the lock.
+_listings: dict[tuple[int, Codec], tuple[tuple[Any, ...], bytes]] = {}
+_LISTINGS_MAX = 8
+_listings_lock = threading.Lock()
+HEAVY_ITEMS = 256  # a reply of at least this many items is encoded off the event loop
+
+
+def heavy(data: Any) -> bool:
+    """Whether encoding `data` takes long enough (about a millisecond and more) to keep it off the event loop."""
+    return isinstance(data, list | tuple) and len(data) >= HEAVY_ITEMS
+
+
+def encoded(data: Any, codec: Codec) -> bool:
+    """Whether `success` has this very object's reply at hand (and will not encode it)."""
+    table: dict[tuple[int, Codec], Any] = _replies if isinstance(data, Extension) else _listings
+    hit = table.get((id(data), codec))
+    return hit is not None and hit[0] is data
 
 
 def success(data: Any, codec: Codec) -> bytes:
-    """The success envelope. A cached extension is answered many times over: its reply is encoded once (the
-    table holds the extension itself, so an id is never reused while its entry is there)."""
+    """The success envelope. A cached extension is answered many times over, and an unchanged listing over
+    and over: the reply of each is encoded once (the tables hold the object itself, so an id is never reused
+    while its entry is there)."""
+    if isinstance(data, tuple):
+        return _listing(data, codec)
     if not isinstance(data, Extension):
         return codec.encode(Success(data=data))
     key = (id(data), codec)
@@ -143,6 +165,19 @@ def success(data: Any, codec: Codec) -> bytes:
     if len(_replies) >= _REPLIES_MAX:
         _replies.clear()
     _replies[key] = (data, body)
+    return body
+
+
+def _listing(data: tuple[Any, ...], codec: Codec) -> bytes:
+    key = (id(data), codec)
+    hit = _listings.get(key)
+    if hit is not None and hit[0] is data:
+        return hit[1]
+    body = codec.encode(Success(data=data))
+    with _listings_lock:
+        while len(_listings) >= _LISTINGS_MAX:
+            del _listings[next(iter(_listings))]
+        _listings[key] = (data, body)
     return body
 
 

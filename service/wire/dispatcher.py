@@ -4,7 +4,8 @@ becomes an error reply.
 nats-py awaits a subscription's callback before it hands over the next message, so the callback must never
 wait. A load the cache answers as it stands, and the subjects marked inline (list, stats, ...), are answered
 right in the callback, which costs a fraction of starting a task; everything that can wait (a cold load, a
-reload, a scan of the disk) gets a task of its own in the service's task group. The dispatcher counts what is
+reload, a scan of the disk) gets a task of its own in the service's task group, and a large reply (a discover
+of thousands) is encoded in a worker thread, so neither holds up the event loop. The dispatcher counts what is
 in flight, so a stop can wait for it, and answers what a stop cuts off with `unavailable` rather than nothing.
 
 It may use the connection to reply and the publisher to send the events a handler returns; it decodes and
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import anyio
+import anyio.to_thread
 from anyio.abc import TaskGroup
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -140,7 +142,7 @@ class Dispatcher:
                     else:
                         data = hit
                         describe_outcome(span, hit, cold=False)
-                    body, headers = replies.success(data, fmt, self._nc.max_payload), replies.OK_HEADERS[fmt]
+                    body, headers = await self._success(data, fmt), replies.OK_HEADERS[fmt]
                 except Exception as exc:
                     error, body, headers = replies.failure(exc, msg.subject, fmt)
                     span.set_status(trace.StatusCode.ERROR, error.message)
@@ -157,6 +159,13 @@ class Dispatcher:
             raise
         finally:
             self._done(endpoint, time.perf_counter_ns() - started, error)
+
+    async def _success(self, data: Any, fmt: codec.Codec) -> bytes:
+        """The success reply; a large one (a discover of thousands of extensions) is encoded in a worker
+        thread, unless it was already, so cached answers do not wait behind it."""
+        if codec.heavy(data) and not codec.encoded(data, fmt):
+            return await anyio.to_thread.run_sync(replies.success, data, fmt, self._nc.max_payload)
+        return replies.success(data, fmt, self._nc.max_payload)
 
     def _done(self, endpoint: Endpoint, elapsed_ns: int, error: LoaderError | None) -> None:
         endpoint.stats.record(elapsed_ns, None if error is None else error.message)

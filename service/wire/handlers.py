@@ -69,7 +69,8 @@ class RequestHandlers:
         return self.manager.status(req.type, req.name, req.version), []
 
     async def discover(self, req: DiscoverRequest, span: trace.Span) -> Reply:
-        # A scan of a large tree reads the disk: off the event loop, so cached answers do not wait for it.
+        # Even an unchanged tree is checked with a stat a name: off the event loop, so cached answers do not wait
+        # for it. The store hands back the same tuple while nothing changed, whose reply is then encoded once.
         return await anyio.to_thread.run_sync(self.manager.discover, req.type, req.name), []
 
     async def clear(self, req: EmptyRequest, span: trace.Span) -> Reply:

@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,11 +21,11 @@ from nats.aio.client import Client
 
 from service.app.client import LoaderClient
 from service.app.natsserver import NatsServer, nats_server_binary
-from service.app.serve import run
-from service.contract.messages import ExtensionType
+from service.app.serve import build_manager, run, service_version
+from service.contract.messages import Available, ExtensionType
 from service.core.store import ExtensionStore
 from service.core.versions import Constraint
-from service.wire.service import flush_subscriptions
+from service.wire.service import ExtensionService, flush_subscriptions
 from tests.conftest import (
     NU,
     ROOT,
@@ -70,6 +71,52 @@ async def test_cached_answers_are_not_held_up_by_a_cold_load(
             for _ in range(20):
                 tg.start_soon(cached)
         assert finished == ["cached"] * 20 + ["cold"]
+
+
+class HeldStore(ExtensionStore):
+    """The real store, whose listing (a discover) waits in its worker thread until the test lets it go."""
+
+    def __init__(self, roots: list[Path]) -> None:
+        super().__init__(roots)
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def available(self, extension_type: ExtensionType | None = None, name: str | None = None) -> tuple[Available, ...]:
+        if name is None:
+            self.entered.set()
+            assert self.release.wait(WAIT), "the test never let the discover go"
+        return super().available(extension_type, name)
+
+
+async def test_cached_answers_are_not_held_up_by_a_discover(
+    nats_server: NatsServer, nc: Client, tmp_path: Path
+) -> None:
+    root = tmp_path / "ext"
+    for i in range(3):
+        write_extension(root, "taskserv", f"ext-{i}", "1.0.0")
+    config = make_config(nats_server.url, tmp_path, roots=[root])
+    manager = build_manager(config)
+    store = manager.store = HeldStore([root])
+    async with ExtensionService(config, manager, version=service_version()):
+        client = LoaderClient(nc, timeout=WAIT)
+        await client.load("taskserv", "ext-1", "1.0.0")  # now cached
+        finished: list[str] = []
+
+        async def discover() -> None:
+            assert [a["name"] for a in await client.discover()] == ["ext-0", "ext-1", "ext-2"]
+            finished.append("discover")
+
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(discover)
+                assert await anyio.to_thread.run_sync(store.entered.wait, WAIT)  # the discover is in the store
+                assert (await client.load("taskserv", "ext-1", "1.0.0"))["metadata"]["name"] == "ext-1"
+                assert (await client.load("taskserv", "ext-1"))["metadata"]["version"] == "1.0.0"
+                finished.append("cached")
+                store.release.set()
+        finally:
+            store.release.set()
+        assert finished == ["cached", "discover"]
 
 
 @pytest.fixture

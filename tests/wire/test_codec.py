@@ -1,0 +1,46 @@
+"""Encoding replies: a listing that did not change is encoded once per encoding, and a large one is marked to
+be encoded off the event loop."""
+
+from __future__ import annotations
+
+import msgspec
+
+from service.contract.messages import Available, ExtensionType
+from service.wire import codec
+
+
+def listing(count: int, tag: str = "") -> tuple[Available, ...]:
+    return tuple(
+        Available(extension_type=ExtensionType.TASKSERV, name=f"ext-{i}{tag}", versions=("1.0.0",), latest=None)
+        for i in range(count)
+    )
+
+
+def test_an_unchanged_listing_is_encoded_once_per_encoding() -> None:
+    data = listing(3)
+    assert not codec.encoded(data, codec.Codec.JSON)
+    body = codec.success(data, codec.Codec.JSON)
+    assert codec.encoded(data, codec.Codec.JSON) and not codec.encoded(data, codec.Codec.MSGPACK)
+    assert codec.success(data, codec.Codec.JSON) is body
+    assert msgspec.json.decode(body)["data"][2]["name"] == "ext-2"
+    packed = codec.success(data, codec.Codec.MSGPACK)
+    assert msgspec.msgpack.decode(packed) == msgspec.json.decode(body)
+
+    # An equal listing that is another object (the store made a new one: something changed) is encoded anew.
+    again = listing(3)
+    assert again == data and not codec.encoded(again, codec.Codec.JSON)
+    assert codec.success(again, codec.Codec.JSON) == body
+
+
+def test_only_a_handful_of_listings_are_kept() -> None:
+    kept = [listing(1, f"-{n}") for n in range(20)]
+    for data in kept:
+        codec.success(data, codec.Codec.JSON)
+    assert codec.encoded(kept[-1], codec.Codec.JSON)
+    assert not codec.encoded(kept[0], codec.Codec.JSON)
+
+
+def test_large_replies_are_heavy() -> None:
+    assert codec.heavy(listing(codec.HEAVY_ITEMS))
+    assert codec.heavy(list(listing(codec.HEAVY_ITEMS)))
+    assert not codec.heavy(listing(3)) and not codec.heavy({"cleared": 3})
