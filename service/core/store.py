@@ -77,6 +77,9 @@ class VersionInfo:
 _RACY_NS = 1_000_000_000
 
 
+_Key = tuple[ExtensionType, str]
+
+
 @dataclass(slots=True)
 class _NameEntry:
     stamp: tuple[int, ...]  # _tree_stamp: the name folder's own time first
@@ -108,6 +111,8 @@ class ExtensionStore:
         self._entries: dict[tuple[ExtensionType, str], _NameEntry] = {}
         self._generations: dict[ExtensionType, int] = dict.fromkeys(ExtensionType, 0)
         self._listings: dict[ExtensionType | None, tuple[tuple[int, ...], tuple[Available, ...]]] = {}
+        # per type, for the names dict it was made from: (key, folder as a string, name, folder) of each name
+        self._prepared: dict[ExtensionType, tuple[dict[str, Path], list[tuple[_Key, str, str, Path]]]] = {}
 
     def invalidate(self, extension_type: ExtensionType, name: str | None = None) -> None:
         """Forgets what was read of one extension (or of a whole type), so the next read looks again."""
@@ -228,17 +233,21 @@ class ExtensionStore:
 
     def _look(self, extension_type: ExtensionType) -> dict[str, Path]:
         """The names of a type, every one of them read, and checked in full where the folder's time changed or
-        is too recent to tell. The one loop that runs over every name on every discover: plain os.stat, no
-        helpers."""
+        is too recent to tell. The one loop that runs over every name on every discover: prepared keys and
+        path strings, plain os.stat, no helpers."""
         known = self.names(extension_type)
+        prepared = self._prepared.get(extension_type)
+        if prepared is None or prepared[0] is not known:
+            prepared = (known, [((extension_type, n), os.fspath(f), n, f) for n, f in known.items()])
+            self._prepared[extension_type] = prepared
         entries, watched, stat = self._entries, self.watched, os.stat
-        for n, folder in known.items():
-            entry = entries.get((extension_type, n))
+        for key, path, n, folder in prepared[1]:
+            entry = entries.get(key)
             if entry is not None:
                 if watched:
                     continue
                 try:
-                    if entry.settled and stat(folder).st_mtime_ns == entry.stamp[0]:
+                    if entry.settled and stat(path).st_mtime_ns == entry.stamp[0]:
                         continue
                 except OSError:
                     pass
