@@ -35,7 +35,18 @@ def test_quick_run_writes_every_section(tmp_path: Path) -> None:
     result = json.loads(output.read_text())
     assert result == json.loads(json.dumps(returned))
     assert result["mode"] == "quick"
-    for section in ("machine", "startup", "rss", "cached", "cold", "simultaneous", "discovery", "targets"):
+    sections = (
+        "machine",
+        "startup",
+        "rss",
+        "cached",
+        "cold",
+        "simultaneous",
+        "dependencies",
+        "discovery",
+        "contention",
+    )
+    for section in (*sections, "targets"):
         assert section in result, section
     assert result["machine"]["nproc"] > 0
     assert result["machine"]["nu"] and result["machine"]["nats_server"]
@@ -72,7 +83,23 @@ def test_quick_run_writes_every_section(tmp_path: Path) -> None:
     assert discovery["cold_load"]["n"] == QUICK.tree_cold_loads
     assert discovery["cached_load_during_discover"]["n"] > 0
 
-    assert {t["name"] for t in result["targets"]} >= {"cached p99, 1 in flight"}
+    dependencies = result["dependencies"]
+    assert dependencies["n"] == QUICK.dependency_loads
+    assert dependencies["cold_loads"] == [9] * QUICK.dependency_loads  # ci-cd and its eight, from an empty cache
+    _positive(dependencies, "p50_ms", "ratio_to_cold_load")
+
+    contention = result["contention"]
+    for figures in (contention["cached_load"], contention["echo_under_churn"]):
+        assert figures["n"] > 0 and figures["errors"] == 0
+        _positive(figures, "p50_ms", "p99_ms")
+    # Each loop of the other client finishes the request it waits on when told to stop: one of each at least.
+    assert contention["other_client"]["discovers"] >= 1 and contention["other_client"]["reloads"] >= 1
+    assert contention["other_client"]["errors"] == 0
+
+    names = {t["name"] for t in result["targets"]}
+    assert "cached p99, 1 in flight" in names
+    assert "cached load p99 while discovers and cold loads run" in names
+    assert any(n.startswith("repeated discover") for n in names) and any("--with-dependencies" in n for n in names)
     assert all(isinstance(t["passed"], bool) for t in result["targets"])
     table = output.with_suffix(".md").read_text()
     assert "| target |" in table
