@@ -1,16 +1,19 @@
-"""The other client of the contention phase: discovers and cold reloads, each back to back, until told to stop.
+"""The other client of the contention phase: discovers and cold reloads, until told to stop.
 
-    python -m bench.churn NATS_URL PREFIX NAME [NAME ...]
+    python -m bench.churn NATS_URL PREFIX NAME [NAME ...] [--discover-every SECONDS]
 
-One loop sends `PREFIX.discover` (an empty body: every type), another `PREFIX.reload` of each taskserv NAME in
-turn. It publishes `bench.churn.ready` once it listens on `bench.churn.stop`; a request there ends both loops
+One loop sends `PREFIX.discover` (an empty body: every type) every SECONDS (back to back when one takes longer,
+or with 0), another `PREFIX.reload` of each taskserv NAME in turn, back to back: a cold load each, one at a
+time. It publishes `bench.churn.ready` once it listens on `bench.churn.stop`; a request there ends both loops
 (each finishes the request it is waiting on) and is answered with the counts as JSON. Replies are checked by
 their first bytes only: decoding a 500 KB discover here would be this process's work, not the service's.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import contextlib
 import json
 import sys
 import time
@@ -25,13 +28,13 @@ HEADERS = {"Content-Type": "application/json"}
 OK = b'{"success":true'
 
 
-async def churn(url: str, prefix: str, names: list[str]) -> None:
+async def churn(url: str, prefix: str, names: list[str], discover_every: float) -> None:
     nc = await nats.connect(url, name="bench-churn", max_reconnect_attempts=0, allow_reconnect=False)
     stopping = asyncio.Event()
     counts = {"discovers": 0, "reloads": 0, "errors": 0}
     took: dict[str, list[float]] = {"discover": [], "reload": []}
 
-    async def loop(kind: str, bodies: list[bytes]) -> None:
+    async def loop(kind: str, bodies: list[bytes], every: float) -> None:
         i = 0
         while not stopping.is_set():
             began = time.perf_counter()
@@ -45,6 +48,10 @@ async def churn(url: str, prefix: str, names: list[str]) -> None:
             if not reply.data.startswith(OK):
                 counts["errors"] += 1
             i += 1
+            rest = every - (time.perf_counter() - began)
+            if rest > 0:  # the pace of an open loop; a stop ends the pause at once
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stopping.wait(), rest)
 
     stop_msg: list[Msg] = []
 
@@ -56,7 +63,7 @@ async def churn(url: str, prefix: str, names: list[str]) -> None:
     await nc.flush()
     await nc.publish(READY, b"")
     reloads = [json.dumps({"extension_type": "taskserv", "name": n}).encode() for n in names]
-    await asyncio.gather(loop("discover", [b"{}"]), loop("reload", reloads))
+    await asyncio.gather(loop("discover", [b"{}"], discover_every), loop("reload", reloads, 0.0))
     result: dict[str, float] = dict(counts)
     for kind, values in took.items():
         values.sort()
@@ -66,10 +73,13 @@ async def churn(url: str, prefix: str, names: list[str]) -> None:
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) < 3:
-        print("usage: python -m bench.churn NATS_URL PREFIX NAME [NAME ...]", file=sys.stderr)
-        return 2
-    asyncio.run(churn(argv[0], argv[1], argv[2:]))
+    p = argparse.ArgumentParser(prog="python -m bench.churn", description=__doc__.split("\n\n")[0] if __doc__ else None)
+    p.add_argument("url")
+    p.add_argument("prefix")
+    p.add_argument("names", nargs="+", help="taskservs to reload in turn")
+    p.add_argument("--discover-every", type=float, default=0.0, help="seconds between discovers (0: back to back)")
+    args = p.parse_args(argv)
+    asyncio.run(churn(args.url, args.prefix, args.names, args.discover_every))
     return 0
 
 

@@ -255,13 +255,15 @@ def _render_issue_10(result: dict[str, Any]) -> list[str]:
     c = result.get("contention")
     if c:
         load, other = c["cached_load"], c["other_client"]
+        every = c.get("discover_every_s", 0)
+        pace = f"one every {every * 1000:g} ms" if every else "back to back"
         lines.append(
             f"Contention ({c['seconds']:g} s on the generated tree): {load['n']:,} cached loads, one in flight, p50 "
             f"{load['p50_ms']:.3f} ms, p99 {load['p99_ms']:.3f} ms, max {load['max_ms']:.1f} ms, while another "
-            f"client ran {other['discovers']} discovers (p50 {other['discover_p50_ms']:.1f} ms) and "
+            f"client ran {other['discovers']} discovers (p50 {other['discover_p50_ms']:.1f} ms; {pace}) and "
             f"{other['reloads']} reloads (p50 {other['reload_p50_ms']:.1f} ms) back to back; errors "
             f"{load['errors'] + other['errors']}. The echo responder under the same churn (the floor the machine "
-            f"sets: the churn keeps the CPUs busy): p50 {c['echo_under_churn']['p50_ms']:.3f} ms, p99 "
+            f"sets): p50 {c['echo_under_churn']['p50_ms']:.3f} ms, p99 "
             f"{c['echo_under_churn']['p99_ms']:.3f} ms, max {c['echo_under_churn']['max_ms']:.1f} ms."
         )
     return lines

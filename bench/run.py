@@ -96,6 +96,7 @@ class Sizes:
     tree_cold_loads: int = 20
     dependency_loads: int = 5
     contention_seconds: float = 5.0
+    contention_discover_every_s: float = 0.1  # the other client's pace of discovers; 0: back to back
 
 
 FULL = Sizes()
@@ -621,9 +622,10 @@ async def discovery_phase(
 
 async def contention_phase(nc: Client, url: str, sizes: Sizes, logs: Path, children: list[Child]) -> dict[str, Any]:
     """On the generated tree's service: cached loads of one extension, one in flight, for `contention_seconds`,
-    while `bench.churn` sends discovers of the whole tree and reloads of other names, each back to back; then,
-    under the same churn, the same loop against the echo responder: what the machine alone lets a bare responder
-    do while the service works (on two cores the churn keeps both busy)."""
+    while `bench.churn` sends a discover of the whole tree every `contention_discover_every_s` and reloads of
+    other names back to back; then, under the same churn, the same loop against the echo responder: what the
+    machine alone lets a bare responder do while the service works (Nushell keeps a CPU busy). The discovers
+    come at a set pace, so that a faster service is not given more of them to do."""
     last = f"1.{sizes.tree_versions - 1}.0"
     probe = {"extension_type": "taskserv", "name": f"ext-{3 % sizes.tree_names:04d}", "version": last}
     payload = msgspec.json.encode(probe)
@@ -655,7 +657,8 @@ async def contention_phase(nc: Client, url: str, sizes: Sizes, logs: Path, child
 
     sub = await nc.subscribe(churn.READY, cb=on_ready)
     await nc.flush()
-    child = _start(children, "churn", [sys.executable, "-m", "bench.churn", url, PREFIX, *reloaded], logs)
+    pace = ["--discover-every", str(sizes.contention_discover_every_s)]
+    child = _start(children, "churn", [sys.executable, "-m", "bench.churn", url, PREFIX, *reloaded, *pace], logs)
     try:
         began = time.perf_counter()
         while not ready.done():  # its readiness is a message; the child's exit, checked between waits, is not
@@ -676,6 +679,7 @@ async def contention_phase(nc: Client, url: str, sizes: Sizes, logs: Path, child
         "cached_request": probe,
         "reloaded": reloaded,
         "seconds": sizes.contention_seconds,
+        "discover_every_s": sizes.contention_discover_every_s,
         "cached_load": service_figures,
         "echo_under_churn": echo_figures,
         "other_client": other,
