@@ -205,12 +205,14 @@ class ExtensionStore:
             if name not in known:
                 continue
             entry = self._entry(t, name, known[name])
+            if not entry.versions:
+                continue  # a folder with no version in it offers nothing, as in the listing
             if entry.listed is None:
                 first = next(iter(entry.versions.values()))
                 raise InvalidExtension(str(first.path), first.problems)
             out.append(entry.listed)
         if not out:
-            everything = sorted({n for t in types for n in self.names(t)})
+            everything = sorted({n for t in types for n in self.names(t)} - {name})
             kind = extension_type.value if extension_type else "extension"
             raise NotFound(kind, name, _close(name, everything))
         return tuple(out)

@@ -210,3 +210,14 @@ def test_a_change_within_the_same_clock_tick_as_the_last_read_is_seen(tmp_path: 
     write_extension(root, "taskserv", "app", "1.1.0")
     os.utime(name_folder, ns=(tick, tick))
     assert store.available(T)[0].versions == ("1.1.0", "1.0.0")
+
+
+def test_discovering_a_folder_with_no_version_is_not_found(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    write_extension(root, "taskserv", "emptier", "1.0.0")
+    (root / "taskservs" / "empty").mkdir()
+    store = ExtensionStore([root])
+    assert [a.name for a in store.available(T)] == ["emptier"]
+    with pytest.raises(NotFound) as info:
+        store.available(T, "empty")
+    assert info.value.suggestions == ["emptier"]
