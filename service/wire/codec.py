@@ -129,8 +129,10 @@ def _invalid(text: str) -> InvalidRequest:
 
 _replies: dict[tuple[int, Codec], tuple[Extension, bytes]] = {}
 _REPLIES_MAX = 1024
-# Listings (tuples: the store hands out the same one until something in it changes) are large and few: a
-# handful of their replies are kept, the oldest dropped first. They are encoded in worker threads, hence the lock.
+# Large listings (tuples: the store hands out the same one until something in it changes) are few: a handful of
+# their replies are kept, the oldest dropped first (a small one is quick to encode, and kept none: a discover of
+# one name, a new tuple each time, must not push a large one out). They are encoded in worker threads, hence the
+# lock.
 _listings: dict[tuple[int, Codec], tuple[tuple[Any, ...], bytes]] = {}
 _LISTINGS_MAX = 8
 _listings_lock = threading.Lock()
@@ -153,7 +155,7 @@ def success(data: Any, codec: Codec) -> bytes:
     """The success envelope. A cached extension is answered many times over, and an unchanged listing over
     and over: the reply of each is encoded once (the tables hold the object itself, so an id is never reused
     while its entry is there)."""
-    if isinstance(data, tuple):
+    if isinstance(data, tuple) and len(data) >= HEAVY_ITEMS:
         return _listing(data, codec)
     if not isinstance(data, Extension):
         return codec.encode(Success(data=data))

@@ -17,7 +17,7 @@ def listing(count: int, tag: str = "") -> tuple[Available, ...]:
 
 
 def test_an_unchanged_listing_is_encoded_once_per_encoding() -> None:
-    data = listing(3)
+    data = listing(codec.HEAVY_ITEMS)
     assert not codec.encoded(data, codec.Codec.JSON)
     body = codec.success(data, codec.Codec.JSON)
     assert codec.encoded(data, codec.Codec.JSON) and not codec.encoded(data, codec.Codec.MSGPACK)
@@ -27,17 +27,23 @@ def test_an_unchanged_listing_is_encoded_once_per_encoding() -> None:
     assert msgspec.msgpack.decode(packed) == msgspec.json.decode(body)
 
     # An equal listing that is another object (the store made a new one: something changed) is encoded anew.
-    again = listing(3)
+    again = listing(codec.HEAVY_ITEMS)
     assert again == data and not codec.encoded(again, codec.Codec.JSON)
     assert codec.success(again, codec.Codec.JSON) == body
 
 
-def test_only_a_handful_of_listings_are_kept() -> None:
-    kept = [listing(1, f"-{n}") for n in range(20)]
+def test_only_a_handful_of_large_listings_are_kept() -> None:
+    kept = [listing(codec.HEAVY_ITEMS, f"-{n}") for n in range(20)]
     for data in kept:
         codec.success(data, codec.Codec.JSON)
     assert codec.encoded(kept[-1], codec.Codec.JSON)
     assert not codec.encoded(kept[0], codec.Codec.JSON)
+    # A small one (a discover of one name: a new tuple each time) is quick to encode, and pushes none out.
+    for _ in range(20):
+        small = listing(1)
+        codec.success(small, codec.Codec.JSON)
+        assert not codec.encoded(small, codec.Codec.JSON)
+    assert codec.encoded(kept[-1], codec.Codec.JSON)
 
 
 def test_large_replies_are_heavy() -> None:
