@@ -38,6 +38,7 @@ from ..runtime.runner import NushellRunner
 from . import audit
 from .dependencies import DependencyTree, dependency_tree
 from .metrics import load_duration
+from .slices import in_slices
 from .store import ExtensionStore, VersionInfo, cache_key
 from .versions import Constraint, parse_version, sort_newest_first
 
@@ -246,9 +247,13 @@ class ExtensionManager:
         ]
         return Status(loaded=bool(versions), versions=tuple(sort_newest_first(versions)))
 
-    def discover(self, extension_type: ExtensionType | None, name: str | None) -> tuple[Available, ...]:
-        """What is on disk; reads the disk (run it in a worker thread). The same tuple while nothing changed."""
-        return self.store.available(extension_type, name)
+    async def discover(self, extension_type: ExtensionType | None, name: str | None) -> tuple[Available, ...]:
+        """What is on disk: the same tuple while nothing in it changed. The whole listing is checked (and where
+        the disk changed, read) on the event loop a slice at a time; one name is read at once, as a load reads
+        it."""
+        if name is not None:
+            return self.store.available(extension_type, name)
+        return await in_slices(self.store.listing(extension_type))
 
     def dependency_tree(self, extension_type: ExtensionType, name: str, version: str | None) -> DependencyTree:
         return dependency_tree(self.store, self._resolve(extension_type, name, version))

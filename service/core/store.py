@@ -28,6 +28,7 @@ from msgspec import Meta, Struct
 
 from ..contract.errors import InvalidExtension, NotFound, VersionNotFound
 from ..contract.messages import NAME_PATTERN, Available, ExtensionMetadata, ExtensionType
+from .slices import Steps, deadline, drain
 from .versions import Constraint, parse_version, sort_newest_first
 
 METADATA = "metadata.toml"
@@ -99,9 +100,9 @@ class ExtensionStore:
     name that came or went); a `metadata.toml` edited in place shows there once a load, status or graph of that
     extension has read it again, or at once with a watcher.
 
-    The listing is built in a worker thread while the event loop may invalidate: every change is made first
-    and counted after, and a listing is kept under the generation read before it was built, so a listing
-    that overlapped a change is never served as current."""
+    `listing()` makes it a slice at a time (see `slices`), and the watcher may invalidate between two slices:
+    every change is made first and counted after, and a listing is kept under the generation read before it
+    was built, so a listing that overlapped a change is never served as current."""
 
     def __init__(self, roots: Sequence[Path]) -> None:
         self.roots = tuple(roots)
@@ -196,9 +197,9 @@ class ExtensionStore:
     def available(self, extension_type: ExtensionType | None = None, name: str | None = None) -> tuple[Available, ...]:
         """What can be loaded: broken extensions and versions are left out, so one does not hide the rest.
         Without a name, the listing: the same tuple for as long as nothing in it changed."""
-        types = [extension_type] if extension_type else list(ExtensionType)
         if name is None:
-            return self._listing(extension_type, types)
+            return drain(self.listing(extension_type))
+        types = [extension_type] if extension_type else list(ExtensionType)
         out: list[Available] = []
         for t in types:
             known = self.names(t)
@@ -217,23 +218,32 @@ class ExtensionStore:
             raise NotFound(kind, name, _close(name, everything))
         return tuple(out)
 
-    def _listing(self, extension_type: ExtensionType | None, types: list[ExtensionType]) -> tuple[Available, ...]:
-        known = {t: self._look(t) for t in types}
+    def listing(self, extension_type: ExtensionType | None = None) -> Steps[tuple[Available, ...]]:
+        """What `available()` without a name answers, as a step function (see `slices`): on a tree of
+        thousands, checking every name and building the listing is many slices of work."""
+        types = [extension_type] if extension_type else list(ExtensionType)
+        known: dict[ExtensionType, dict[str, Path]] = {}
+        for t in types:
+            known[t] = yield from self._look(t)
         generation = tuple(self._generations[t] for t in types)
         cached = self._listings.get(extension_type)
         if cached is not None and cached[0] == generation:
             return cached[1]
         out: list[Available] = []
+        until = deadline()
         for t in types:
             for n in sorted(known[t]):
                 entry = self._entries.get((t, n)) or self._entry(t, n, known[t][n])  # gone: invalidated since
                 if entry.listed is not None:
                     out.append(entry.listed)
+                if time.perf_counter() > until:
+                    yield
+                    until = deadline()
         listing = tuple(out)
         self._listings[extension_type] = (generation, listing)
         return listing
 
-    def _look(self, extension_type: ExtensionType) -> dict[str, Path]:
+    def _look(self, extension_type: ExtensionType) -> Steps[dict[str, Path]]:
         """The names of a type, every one of them read, and checked in full where the folder's time changed or
         is too recent to tell. The one loop that runs over every name on every discover: prepared keys and
         path strings, plain os.stat, no helpers."""
@@ -242,11 +252,15 @@ class ExtensionStore:
         if prepared is None or prepared[0] is not known:
             prepared = (known, [((extension_type, n), os.fspath(f), n, f) for n, f in known.items()])
             self._prepared[extension_type] = prepared
-        entries, watched, stat = self._entries, self.watched, os.stat
+        entries, stat, clock = self._entries, os.stat, time.perf_counter
+        until = deadline()
         for key, path, n, folder in prepared[1]:
+            if clock() > until:
+                yield
+                until = deadline()
             entry = entries.get(key)
             if entry is not None:
-                if watched:
+                if self.watched:
                     continue
                 try:
                     if entry.settled and stat(path).st_mtime_ns == entry.stamp[0]:

@@ -5,7 +5,7 @@ nats-py awaits a subscription's callback before it hands over the next message, 
 wait. A load the cache answers as it stands, and the subjects marked inline (list, stats, ...), are answered
 right in the callback, which costs a fraction of starting a task; everything that can wait (a cold load, a
 reload, a scan of the disk) gets a task of its own in the service's task group, and a large reply (a discover
-of thousands) is encoded in a worker thread, so neither holds up the event loop. The dispatcher counts what is
+of thousands) is encoded a slice at a time, so neither holds up the event loop. The dispatcher counts what is
 in flight, so a stop can wait for it, and answers what a stop cuts off with `unavailable` rather than nothing.
 
 It may use the connection to reply and the publisher to send the events a handler returns; it decodes and
@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import anyio
-import anyio.to_thread
 from anyio.abc import TaskGroup
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -33,6 +32,7 @@ from ..contract.errors import LoaderError, Unavailable
 from ..contract.messages import Extension, LoadRequest
 from ..core import audit, metrics
 from ..core.manager import Event, ExtensionManager
+from ..core.slices import in_slices
 from . import codec, replies
 from .events import EventPublisher
 from .handlers import Handler
@@ -51,7 +51,7 @@ class Endpoint:
     request: type[Any]
     handler: Handler
     stats: EndpointStats
-    inline: bool = False  # answered in the subscription's callback: waits on nothing (but a large reply's encoding)
+    inline: bool = False  # answered in the subscription's callback: never waits on anything
 
 
 class Dispatcher:
@@ -161,10 +161,10 @@ class Dispatcher:
             self._done(endpoint, time.perf_counter_ns() - started, error)
 
     async def _success(self, data: Any, fmt: codec.Codec) -> bytes:
-        """The success reply; a large one (a discover of thousands of extensions) is encoded in a worker
-        thread, unless it was already, so cached answers do not wait behind it."""
-        if codec.heavy(data) and not codec.encoded(data, fmt):
-            return await anyio.to_thread.run_sync(replies.success, data, fmt, self._nc.max_payload)
+        """The success reply; a large one (a discover of thousands of extensions), unless it was encoded before,
+        is encoded a slice at a time, so cached answers do not wait behind it."""
+        if codec.heavy(data):
+            return replies.sized(await in_slices(codec.success_steps(data, fmt)), self._nc.max_payload)
         return replies.success(data, fmt, self._nc.max_payload)
 
     def _done(self, endpoint: Endpoint, elapsed_ns: int, error: LoaderError | None) -> None:

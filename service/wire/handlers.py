@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import anyio.to_thread
 import msgspec
 from opentelemetry import trace
 
@@ -69,9 +68,8 @@ class RequestHandlers:
         return self.manager.status(req.type, req.name, req.version), []
 
     async def discover(self, req: DiscoverRequest, span: trace.Span) -> Reply:
-        # Even an unchanged tree is checked with a stat a name: off the event loop, so cached answers do not wait
-        # for it. The store hands back the same tuple while nothing changed, whose reply is then encoded once.
-        return await anyio.to_thread.run_sync(self.manager.discover, req.type, req.name), []
+        # The store hands back the same tuple while nothing changed, whose reply is then encoded once.
+        return await self.manager.discover(req.type, req.name), []
 
     async def clear(self, req: EmptyRequest, span: trace.Span) -> Reply:
         count, events = self.manager.clear()

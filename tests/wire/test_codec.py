@@ -1,19 +1,40 @@
-"""Encoding replies: a listing that did not change is encoded once per encoding, and a large one is marked to
-be encoded off the event loop."""
+"""Encoding replies: a listing that did not change is encoded once per encoding, and a large one is encoded a
+slice at a time into the very bytes that encoding it at once gives."""
 
 from __future__ import annotations
 
 import msgspec
+import pytest
 
-from service.contract.messages import Available, ExtensionType
+from service.contract.messages import Available, ExtensionMetadata, ExtensionType, Success
+from service.core.slices import drain
 from service.wire import codec
 
 
 def listing(count: int, tag: str = "") -> tuple[Available, ...]:
     return tuple(
-        Available(extension_type=ExtensionType.TASKSERV, name=f"ext-{i}{tag}", versions=("1.0.0",), latest=None)
+        Available(
+            extension_type=ExtensionType.TASKSERV,
+            name=f"ext-{i}{tag}",
+            versions=("1.1.0", "1.0.0"),
+            latest=ExtensionMetadata(
+                name=f"ext-{i}{tag}",
+                version="1.1.0",
+                description='an extension with a "quoted" word',
+                extension_type=ExtensionType.TASKSERV,
+                dependencies=("etcd",),
+            ),
+        )
         for i in range(count)
     )
+
+
+@pytest.mark.parametrize("fmt", list(codec.Codec))
+@pytest.mark.parametrize("count", [codec.HEAVY_ITEMS, codec.HEAVY_ITEMS + 1, 300, 1000, 70_000])
+def test_a_large_reply_made_a_slice_at_a_time_is_the_reply_made_at_once(fmt: codec.Codec, count: int) -> None:
+    data = listing(count)
+    steps = codec.success_steps(list(data), fmt)  # a list: not kept
+    assert drain(steps) == fmt.encode(Success(data=data))
 
 
 def test_an_unchanged_listing_is_encoded_once_per_encoding() -> None:

@@ -7,7 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ from service.app.client import LoaderClient
 from service.app.natsserver import NatsServer, nats_server_binary
 from service.app.serve import build_manager, run, service_version
 from service.contract.messages import Available, ExtensionType
+from service.core.slices import Steps
 from service.core.store import ExtensionStore
 from service.core.versions import Constraint
 from service.wire.service import ExtensionService, flush_subscriptions
@@ -74,18 +75,20 @@ async def test_cached_answers_are_not_held_up_by_a_cold_load(
 
 
 class HeldStore(ExtensionStore):
-    """The real store, whose listing (a discover) waits in its worker thread until the test lets it go."""
+    """The real store, whose listing (a discover) goes on yielding, slice after slice, until the test lets it go."""
 
     def __init__(self, roots: list[Path]) -> None:
         super().__init__(roots)
-        self.entered = threading.Event()
-        self.release = threading.Event()
+        self.entered = anyio.Event()
+        self.release = anyio.Event()
 
-    def available(self, extension_type: ExtensionType | None = None, name: str | None = None) -> tuple[Available, ...]:
-        if name is None:
-            self.entered.set()
-            assert self.release.wait(WAIT), "the test never let the discover go"
-        return super().available(extension_type, name)
+    def listing(self, extension_type: ExtensionType | None = None) -> Steps[tuple[Available, ...]]:
+        self.entered.set()
+        give_up = time.monotonic() + WAIT
+        while not self.release.is_set():
+            assert time.monotonic() < give_up, "the test never let the discover go"
+            yield
+        return (yield from super().listing(extension_type))
 
 
 async def test_cached_answers_are_not_held_up_by_a_discover(
@@ -106,15 +109,13 @@ async def test_cached_answers_are_not_held_up_by_a_discover(
             assert [a["name"] for a in await client.discover()] == ["ext-0", "ext-1", "ext-2"]
             finished.append("discover")
 
-        try:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(discover)
-                assert await anyio.to_thread.run_sync(store.entered.wait, WAIT)  # the discover is in the store
-                assert (await client.load("taskserv", "ext-1", "1.0.0"))["metadata"]["name"] == "ext-1"
-                assert (await client.load("taskserv", "ext-1"))["metadata"]["version"] == "1.0.0"
-                finished.append("cached")
-                store.release.set()
-        finally:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(discover)
+            with anyio.fail_after(WAIT):
+                await store.entered.wait()  # the discover is in the store, between two slices
+            assert (await client.load("taskserv", "ext-1", "1.0.0"))["metadata"]["name"] == "ext-1"
+            assert (await client.load("taskserv", "ext-1"))["metadata"]["version"] == "1.0.0"
+            finished.append("cached")
             store.release.set()
         assert finished == ["cached", "discover"]
 
