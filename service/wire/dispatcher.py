@@ -51,7 +51,7 @@ class Endpoint:
     request: type[Any]
     handler: Handler
     stats: EndpointStats
-    inline: bool = False  # answered in the subscription's callback: never waits on anything
+    inline: bool = False  # answered in the subscription's callback: waits on nothing (a large reply: its slices)
 
 
 class Dispatcher:
