@@ -11,6 +11,9 @@ COLD_TARGET = 1.0  # a cold load / one bare Nushell start
 RSS_TARGET_MB = 100.0  # after 10,000 requests
 BURST_TARGET = 0.6  # different cold loads at once, total time: with spares / with nushell.spares = 0
 SPARES_RSS_TARGET_MB = 60.0  # the service itself, its spares waiting
+DEPENDENCIES_TARGET = 2.0  # ci-cd with its dependencies from an empty cache / one cold load
+DISCOVER_TARGET_MS = 10.0  # a repeated discover of the generated tree, p50
+CONTENTION_P99_TARGET_MS = 2.0  # cached loads while discovers and cold loads run
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +83,52 @@ def judge(result: dict[str, Any]) -> list[Verdict]:
             sim["single_flight"] and sim["all_succeeded"],
         )
     )
+    out += _issue_10(result)
+    return out
+
+
+def _issue_10(result: dict[str, Any]) -> list[Verdict]:
+    """No request waits behind heavy work: dependencies in parallel, discovers answered from what is known."""
+    out: list[Verdict] = []
+    deps = result.get("dependencies")
+    if deps:
+        out.append(
+            Verdict(
+                "`load cluster ci-cd --with-dependencies`, empty cache / one cold load",
+                f"{deps['ratio_to_cold_load']:.2f}x ({deps['p50_ms']:.1f} ms vs {deps['one_cold_load_ms']:.1f} ms, "
+                f"{max(deps['cold_loads'], default=0)} cold loads)",
+                f"<= {DEPENDENCIES_TARGET:g}x",
+                0 < deps["ratio_to_cold_load"] <= DEPENDENCIES_TARGET,
+            )
+        )
+    d = result.get("discovery")
+    if d:
+        p50 = d["repeated"]["p50_ms"]
+        out.append(
+            Verdict(
+                f"repeated discover, {d['names']:,} x {d['versions']} unchanged",
+                f"{p50:.1f} ms p50 (first {d['first_ms']:.0f} ms)",
+                f"<= {DISCOVER_TARGET_MS:g} ms",
+                0 < p50 <= DISCOVER_TARGET_MS,
+            )
+        )
+    c = result.get("contention")
+    if c:
+        load, other = c["cached_load"], c["other_client"]
+        out.append(
+            Verdict(
+                "cached load p99 while discovers and cold loads run",
+                f"{load['p99_ms']:.3f} ms (p50 {load['p50_ms']:.3f}, max {load['max_ms']:.1f}; echo under the same "
+                f"churn p99 {c['echo_under_churn']['p99_ms']:.3f}; {other['discovers']} discovers, "
+                f"{other['reloads']} reloads)",
+                f"<= {CONTENTION_P99_TARGET_MS:g} ms",
+                load["p99_ms"] <= CONTENTION_P99_TARGET_MS
+                and load["errors"] == 0
+                and other["discovers"] > 0
+                and other["reloads"] > 0
+                and other["errors"] == 0,
+            )
+        )
     return out
 
 
@@ -223,6 +272,7 @@ def render(result: dict[str, Any]) -> str:
         f"{rss.get('end_kb', {}).get('VmRSS', 0) / 1024:.1f} MB at the end (peak "
         f"{rss.get('end_kb', {}).get('VmHWM', 0) / 1024:.1f} MB).",
     ]
+    parts += _render_issue_10(result)
     return "\n".join(parts)
 
 
@@ -248,4 +298,30 @@ def _spare_lines(result: dict[str, Any]) -> list[str]:
             f"With {memory['spares']} spares waiting: the service {memory['service_mb']:.1f} MB RSS; "
             f"each spare {each or 'none'}.",
         ]
+    return lines
+
+
+def _render_issue_10(result: dict[str, Any]) -> list[str]:
+    lines: list[str] = []
+    deps = result.get("dependencies")
+    if deps:
+        lines.append(
+            f"`load cluster ci-cd --with-dependencies` from an empty cache: p50 {deps['p50_ms']:.1f} ms "
+            f"(min {deps['min_ms']:.1f}, max {deps['max_ms']:.1f}, n {deps['n']}), "
+            f"{max(deps['cold_loads'], default=0)} cold loads each; one cold load {deps['one_cold_load_ms']:.1f} ms."
+        )
+    c = result.get("contention")
+    if c:
+        load, other = c["cached_load"], c["other_client"]
+        every = c.get("discover_every_s", 0)
+        pace = f"one every {every * 1000:g} ms" if every else "back to back"
+        lines.append(
+            f"Contention ({c['seconds']:g} s on the generated tree): {load['n']:,} cached loads, one in flight, p50 "
+            f"{load['p50_ms']:.3f} ms, p99 {load['p99_ms']:.3f} ms, max {load['max_ms']:.1f} ms, while another "
+            f"client ran {other['discovers']} discovers (p50 {other['discover_p50_ms']:.1f} ms; {pace}) and "
+            f"{other['reloads']} reloads (p50 {other['reload_p50_ms']:.1f} ms) back to back; errors "
+            f"{load['errors'] + other['errors']}. The echo responder under the same churn (the floor the machine "
+            f"sets): p50 {c['echo_under_churn']['p50_ms']:.3f} ms, p99 "
+            f"{c['echo_under_churn']['p99_ms']:.3f} ms, max {c['echo_under_churn']['max_ms']:.1f} ms."
+        )
     return lines

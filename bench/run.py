@@ -12,8 +12,12 @@ Phases, in this order, each bounded:
    work are told apart;
 5. simultaneous cold requests: `extensions.cache.clear`, then `simultaneous` loads of one key at once, with
    `extensions.stats` before and after (one cold load, the rest coalesced or hits);
-6. discovery: the first service stops; a second one serves a generated tree of `tree_names` x
-   `tree_versions`: the first `extensions.discover`, repeated ones, and cold loads of different names.
+6. dependencies: `extensions.cache.clear`, then `load cluster ci-cd --with-dependencies` (nine extensions from
+   an empty cache), against one cold load (the reload p50 of phase 4);
+7. discovery: the first service stops; a second one serves a generated tree of `tree_names` x
+   `tree_versions`: the first `extensions.discover`, repeated ones, and cold loads of different names;
+8. contention: on that tree, a closed loop of cached loads while another client (`bench.churn`, a process of
+   its own) sends discovers and cold reloads back to back.
 
 Timings are only reported here, never asserted in tests.
 """
@@ -49,6 +53,7 @@ import service
 from service.app.natsserver import NatsServer, nats_server_binary
 from service.contract.config import defaults
 
+from . import churn
 from .load import RunStats, closed_loop, medians, summary_ms
 from .procs import Child, command_line, cpu_seconds, descendants, memory_kb, reading_a_pipe, shared_memory_kb
 from .report import judge, render
@@ -92,6 +97,9 @@ class Sizes:
     tree_cold_loads: int = 20
     burst: int = 32  # different cold loads sent at once, to a service with spares and to one without
     burst_repetitions: int = 5
+    dependency_loads: int = 5
+    contention_seconds: float = 5.0
+    contention_discover_every_s: float = 0.1  # the other client's pace of discovers; 0: back to back
 
 
 FULL = Sizes()
@@ -113,6 +121,8 @@ QUICK = Sizes(
     tree_cold_loads=2,
     burst=4,
     burst_repetitions=1,
+    dependency_loads=1,
+    contention_seconds=0.5,
 )
 
 
@@ -229,9 +239,11 @@ async def _measure(options: Options, work: Path, logs: Path) -> dict[str, Any]:
             out["cold"] = await cold_phase(nc, options, work)
             out["simultaneous"] = await simultaneous_phase(nc, sizes)
             out["spare_memory"] = await spare_memory_phase(pid, options)
+            out["dependencies"] = await dependencies_phase(nc, sizes, out["cold"]["service_reload"]["p50_ms"])
             out["rss"]["end_kb"] = memory_kb(pid)
             svc.stop()
             out["discovery"] = await discovery_phase(nc, server.url, options, work, logs, children)
+            out["contention"] = await contention_phase(nc, server.url, sizes, logs, children)
             out["burst"] = await burst_phase(nc, server.url, options, work, logs, children)
         finally:
             await nc.close()
@@ -512,6 +524,28 @@ async def simultaneous_phase(nc: Client, sizes: Sizes) -> dict[str, Any]:
     }
 
 
+DEPENDENCIES = {"extension_type": "cluster", "name": "ci-cd", "with_dependencies": True}
+
+
+async def dependencies_phase(nc: Client, sizes: Sizes, one_cold_ms: float) -> dict[str, Any]:
+    """`load cluster ci-cd --with-dependencies` from an empty cache, `dependency_loads` times; `one_cold_ms` is
+    one cold load (the reload p50 of the cold phase), what the target compares it with."""
+    samples: list[int] = []
+    cold: list[int] = []
+    for _ in range(sizes.dependency_loads):
+        await call(nc, "cache.clear")
+        before = await call(nc, "stats")
+        began = time.perf_counter_ns()
+        await call(nc, "load", DEPENDENCIES)
+        samples.append(time.perf_counter_ns() - began)
+        after = await call(nc, "stats")
+        cold.append(after["loads"]["cold"] - before["loads"]["cold"])
+    out: dict[str, Any] = {"request": DEPENDENCIES, "cold_loads": cold, **summary_ms(samples)}
+    out["one_cold_load_ms"] = one_cold_ms
+    out["ratio_to_cold_load"] = round(out["p50_ms"] / one_cold_ms, 2) if one_cold_ms else 0.0
+    return out
+
+
 def generate_tree(root: Path, names: int, versions: int) -> None:
     """`taskservs/ext-0000 .. ext-<names-1>`, each with versions 1.0.0 .. 1.<versions-1>.0."""
     module = "export def check [] { {ok: true} }\n"
@@ -557,7 +591,8 @@ async def discovery_phase(
         began_ns = time.perf_counter_ns()
         await call(nc, "load", {"extension_type": "taskserv", "name": name})
         loads.append(time.perf_counter_ns() - began_ns)
-    # A discover runs on the event loop: how long does a cached load wait behind one?
+    # How long does a cached load wait while a discover runs? The discovers' replies are not decoded here:
+    # decoding 500 KB on this client's own event loop would hold up the probe's replies, not the service.
     probe = {"extension_type": "taskserv", "name": names[0]}
     probe_ns: list[int] = []
     discovering = True
@@ -571,7 +606,9 @@ async def discovery_phase(
     prober = asyncio.create_task(probe_loads())
     try:
         for _ in range(max(1, min(3, sizes.discover_repeats))):
-            await discover()
+            reply = await nc.request(f"{PREFIX}.discover", b"{}", timeout=120.0, headers=HEADERS)
+            if not reply.data.startswith(b'{"success":true'):
+                raise BenchError(f"{PREFIX}.discover on the generated tree: {reply.data[:300]!r}")
     finally:
         discovering = False
         await prober
@@ -703,6 +740,72 @@ async def _burst_call(nc: Client, prefix: str, suffix: str) -> Any:
     if not envelope.get("success"):
         raise BenchError(f"{prefix}.{suffix}: {envelope.get('error')}")
     return envelope.get("data")
+
+
+async def contention_phase(nc: Client, url: str, sizes: Sizes, logs: Path, children: list[Child]) -> dict[str, Any]:
+    """On the generated tree's service: cached loads of one extension, one in flight, for `contention_seconds`,
+    while `bench.churn` sends a discover of the whole tree every `contention_discover_every_s` and reloads of
+    other names back to back; then, under the same churn, the same loop against the echo responder: what the
+    machine alone lets a bare responder do while the service works (Nushell keeps a CPU busy). The discovers
+    come at a set pace, so that a faster service is not given more of them to do."""
+    last = f"1.{sizes.tree_versions - 1}.0"
+    probe = {"extension_type": "taskserv", "name": f"ext-{3 % sizes.tree_names:04d}", "version": last}
+    payload = msgspec.json.encode(probe)
+    await call(nc, "load", probe)  # the one cold load: from here on a cache hit
+    reloaded = sorted({f"ext-{(sizes.tree_names * k) // 4 % sizes.tree_names:04d}" for k in range(4)} - {probe["name"]})
+    ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    async def on_ready(msg: Msg) -> None:
+        if not ready.done():
+            ready.set_result(None)
+
+    async def cached(subject: str) -> dict[str, float]:
+        run = await closed_loop(
+            nc,
+            subject,
+            payload,
+            headers=HEADERS,
+            in_flight=1,
+            max_requests=10_000_000,
+            duration_s=sizes.contention_seconds,
+        )
+        return {
+            "n": run.completed,
+            "errors": run.errors,
+            "p50_ms": round(run.p50_us / 1000, 3),
+            "p99_ms": round(run.p99_us / 1000, 3),
+            "max_ms": round(run.max_us / 1000, 3),
+        }
+
+    sub = await nc.subscribe(churn.READY, cb=on_ready)
+    await nc.flush()
+    pace = ["--discover-every", str(sizes.contention_discover_every_s)]
+    child = _start(children, "churn", [sys.executable, "-m", "bench.churn", url, PREFIX, *reloaded, *pace], logs)
+    try:
+        began = time.perf_counter()
+        while not ready.done():  # its readiness is a message; the child's exit, checked between waits, is not
+            code = child.exited()
+            if code is not None:
+                raise BenchError(f"bench.churn exited with status {code}:\n{child.log_tail()}")
+            if time.perf_counter() - began > READY_WITHIN_S:
+                raise BenchError(f"bench.churn was not ready within {READY_WITHIN_S} s:\n{child.log_tail()}")
+            await asyncio.wait({ready}, timeout=0.1)
+        service_figures = await cached(f"{PREFIX}.load")
+        echo_figures = await cached(ECHO_SUBJECT)
+        reply = await nc.request(churn.STOP, b"", timeout=120.0)
+        other = json.loads(reply.data)
+    finally:
+        await sub.unsubscribe()
+        child.stop()
+    return {
+        "cached_request": probe,
+        "reloaded": reloaded,
+        "seconds": sizes.contention_seconds,
+        "discover_every_s": sizes.contention_discover_every_s,
+        "cached_load": service_figures,
+        "echo_under_churn": echo_figures,
+        "other_client": other,
+    }
 
 
 # --- the machine ----------------------------------------------------------------------------------------------

@@ -2,8 +2,9 @@
 
 A load resolves the request to one version on disk, checks its dependencies, and answers from the cache
 (key `{type}:{name}:{version}`) or runs the loader once: any number of simultaneous requests for the same
-uncached key share one Nushell run. The manager publishes nothing itself; each operation returns the events
-it caused, in order, and the caller sends them once it has replied.
+uncached key share one Nushell run, and a load with dependencies runs independent ones at the same time. The
+manager publishes nothing itself; each operation returns the events it caused, in order, and the caller sends
+them once it has replied.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from ..runtime.runner import NushellRunner
 from . import audit
 from .dependencies import DependencyTree, dependency_tree
 from .metrics import load_duration
+from .slices import in_slices
 from .store import ExtensionStore, VersionInfo, cache_key
 from .versions import Constraint, parse_version, sort_newest_first
 
@@ -137,13 +139,7 @@ class ExtensionManager:
             tree = dependency_tree(self.store, info)
             if not with_dependencies:
                 return await self._load_one(info, reason)
-            events: list[Event] = []
-            outcome: Outcome | None = None
-            for node in tree.order:
-                outcome = await self._load_one(node, reason)
-                events.extend(outcome.events)
-            assert outcome is not None
-            return Outcome(outcome.extension, outcome.cold, events)
+            return await self._load_tree(tree, reason)
         except LoaderError:
             self.counters.failed += 1
             raise
@@ -251,8 +247,13 @@ class ExtensionManager:
         ]
         return Status(loaded=bool(versions), versions=tuple(sort_newest_first(versions)))
 
-    def discover(self, extension_type: ExtensionType | None, name: str | None) -> list[Available]:
-        return self.store.available(extension_type, name)
+    async def discover(self, extension_type: ExtensionType | None, name: str | None) -> tuple[Available, ...]:
+        """What is on disk: the same tuple while nothing in it changed. The whole listing is checked (and where
+        the disk changed, read) on the event loop a slice at a time; one name is read at once, as a load reads
+        it."""
+        if name is not None:
+            return self.store.available(extension_type, name)
+        return await in_slices(self.store.listing(extension_type))
 
     def dependency_tree(self, extension_type: ExtensionType, name: str, version: str | None) -> DependencyTree:
         return dependency_tree(self.store, self._resolve(extension_type, name, version))
@@ -288,6 +289,54 @@ class ExtensionManager:
         info = self.store.resolve(extension_type, name, constraint)
         info.require_metadata()
         return info
+
+    async def _load_tree(self, tree: DependencyTree, reason: LoadReason) -> Outcome:
+        """Loads every node of the tree, each as soon as all of its own dependencies are loaded, so independent
+        ones load at the same time (at most `max_concurrent` of this tree at once). The events come in `order`
+        whichever finished first; the outcome is the root's.
+
+        A failure fails the whole with the error a load in `order`, one at a time, would meet first: no node
+        after the earliest failure in `order` is started, none before it is held back (its dependencies all
+        come before it), and what is already running finishes (another request may share its run)."""
+        order = tree.order
+        index = {node.key: i for i, node in enumerate(order)}
+        waiting_on: list[set[int]] = [set() for _ in order]
+        dependents: list[list[int]] = [[] for _ in order]
+        for source, target in tree.edges:
+            if source in index and target in index:
+                waiting_on[index[source]].add(index[target])
+                dependents[index[target]].append(index[source])
+        outcomes: list[Outcome | None] = [None] * len(order)
+        errors: dict[int, Exception] = {}
+        started = [False] * len(order)
+        slots = anyio.CapacityLimiter(self.runner.limits.max_concurrent)
+
+        async def load(i: int) -> None:
+            try:
+                async with slots:
+                    outcomes[i] = await self._load_one(order[i], reason)
+            except Exception as exc:  # a LoaderError, or a defect: raised below if it is the earliest
+                errors[i] = exc
+            else:
+                for j in dependents[i]:
+                    waiting_on[j].discard(i)
+            start_ready()
+
+        def start_ready() -> None:
+            earliest_failure = min(errors, default=len(order))
+            for i in range(earliest_failure):
+                if not started[i] and not waiting_on[i]:
+                    started[i] = True
+                    tg.start_soon(load, i)
+
+        async with anyio.create_task_group() as tg:
+            start_ready()
+        if errors:
+            raise errors[min(errors)]
+        events = [event for outcome in outcomes if outcome is not None for event in outcome.events]
+        root = outcomes[-1]
+        assert root is not None
+        return Outcome(root.extension, root.cold, events)
 
     async def _load_one(self, info: VersionInfo, reason: LoadReason, *, force: bool = False) -> Outcome:
         if not force:

@@ -4,8 +4,9 @@ Extension roots are searched in order; the first root that has a type and name w
 `<root>/taskservs/kubernetes/1.28.0/metadata.toml` (a folder per version) and
 `<root>/taskservs/containerd/metadata.toml` (one version, named in the file). The store reads only
 `metadata.toml` files; checking and copying an extension is the Nushell loader's work, and what an extension
-depends on is `dependencies.py`'s. Reads are cached by
-the folders' and files' modification times, so repeated requests do not rescan a tree that did not change.
+depends on is `dependencies.py`'s. Reads are cached by the folders' and files' modification times, so repeated
+requests do not rescan a tree that did not change, and the whole listing that `discover` answers with is kept
+until something in it changes.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import hashlib
 import os
 import re
 import stat
+import time
 import tomllib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -26,6 +28,7 @@ from msgspec import Meta, Struct
 
 from ..contract.errors import InvalidExtension, NotFound, VersionNotFound
 from ..contract.messages import NAME_PATTERN, Available, ExtensionMetadata, ExtensionType
+from .slices import Steps, deadline, drain
 from .versions import Constraint, parse_version, sort_newest_first
 
 METADATA = "metadata.toml"
@@ -70,16 +73,36 @@ class VersionInfo:
         return self.metadata
 
 
+# A folder time this close to when it was read may be shared by a change made just after the read (a file
+# system's clock ticks coarsely): until it is older than this, the folder's time alone is not trusted.
+_RACY_NS = 1_000_000_000
+
+
+_Key = tuple[ExtensionType, str]
+
+
 @dataclass(slots=True)
 class _NameEntry:
-    stamp: tuple[int, ...]
+    stamp: tuple[int, ...]  # _tree_stamp: the name folder's own time first
     versions: dict[str, VersionInfo]
+    listed: Available | None  # what discover lists for it; None when no version is loadable
+    settled: bool  # the name folder's time is old enough to tell every later change (_RACY_NS)
 
 
 class ExtensionStore:
-    """What the extension roots hold. Unwatched, every read checks modification times (a few `stat` calls an
-    extension); while a watcher is attached (`watched`), reads trust what they read last until the watcher
-    says what changed (`invalidate`), so a large tree is not stat'ed on every discover."""
+    """What the extension roots hold. Unwatched, a read of one extension checks its modification times (a few
+    `stat` calls); while a watcher is attached (`watched`), reads trust what they read last until the watcher
+    says what changed (`invalidate`), so a large tree is not stat'ed on every discover.
+
+    The listing (`available()` without a name) is kept per type with the type's generation, which grows
+    whenever what the store knows of that type changes: a discover of a tree that did not change gets the very
+    same tuple back. Unwatched, it looks for changes by folder times only (one `stat` a name: a version or a
+    name that came or went); a `metadata.toml` edited in place shows there once a load, status or graph of that
+    extension has read it again, or at once with a watcher.
+
+    `listing()` makes it a slice at a time (see `slices`), and the watcher may invalidate between two slices:
+    every change is made first and counted after, and a listing is kept under the generation read before it
+    was built, so a listing that overlapped a change is never served as current."""
 
     def __init__(self, roots: Sequence[Path]) -> None:
         self.roots = tuple(roots)
@@ -87,6 +110,10 @@ class ExtensionStore:
         self._epoch = 0  # grows with every invalidation: a scan that overlapped one does not keep its result
         self._names: dict[ExtensionType, tuple[tuple[int, ...], dict[str, Path]]] = {}
         self._entries: dict[tuple[ExtensionType, str], _NameEntry] = {}
+        self._generations: dict[ExtensionType, int] = dict.fromkeys(ExtensionType, 0)
+        self._listings: dict[ExtensionType | None, tuple[tuple[int, ...], tuple[Available, ...]]] = {}
+        # per type, for the names dict it was made from: (key, folder as a string, name, folder) of each name
+        self._prepared: dict[ExtensionType, tuple[dict[str, Path], list[tuple[_Key, str, str, Path]]]] = {}
 
     def invalidate(self, extension_type: ExtensionType, name: str | None = None) -> None:
         """Forgets what was read of one extension (or of a whole type), so the next read looks again."""
@@ -97,6 +124,7 @@ class ExtensionStore:
                 del self._entries[key]
         else:
             self._entries.pop((extension_type, name), None)
+        self._changed(extension_type)
 
     # --- what is there ---
 
@@ -119,6 +147,8 @@ class ExtensionStore:
                     found[entry.name] = Path(entry.path)
         if self._epoch == epoch:
             self._names[extension_type] = (stamp, found)
+            if cached is None or cached[1] != found:
+                self._changed(extension_type)
         return found
 
     def versions(
@@ -127,17 +157,29 @@ class ExtensionStore:
         folder = (names if names is not None else self.names(extension_type)).get(name)
         if folder is None:
             raise NotFound(extension_type.value, name, self.suggest(extension_type, name))
+        return self._entry(extension_type, name, folder).versions
+
+    def _entry(self, extension_type: ExtensionType, name: str, folder: Path) -> _NameEntry:
         key = (extension_type, name)
         cached = self._entries.get(key)
         if cached is not None and self.watched:
-            return cached.versions
+            return cached
         epoch = self._epoch
+        now = time.time_ns()
         stamp = _tree_stamp(folder)
         if cached is None or cached.stamp != stamp:
-            cached = _NameEntry(stamp, _read_versions(extension_type, name, folder))
+            versions = _read_versions(extension_type, name, folder)
+            listed = _listed(extension_type, name, versions)
+            cached = _NameEntry(stamp, versions, listed, settled=now - stamp[0] > _RACY_NS)
             if self._epoch == epoch:
                 self._entries[key] = cached
-        return cached.versions
+                self._changed(extension_type)
+        elif not cached.settled:
+            cached.settled = now - stamp[0] > _RACY_NS
+        return cached
+
+    def _changed(self, extension_type: ExtensionType) -> None:
+        self._generations[extension_type] += 1
 
     def suggest(self, extension_type: ExtensionType, name: str) -> list[str]:
         return _close(name, self.names(extension_type))
@@ -152,30 +194,81 @@ class ExtensionStore:
             raise InvalidExtension(str(unreadable[0].path), unreadable[0].problems)
         raise VersionNotFound(extension_type.value, name, constraint.text, sort_newest_first(versions))
 
-    def available(self, extension_type: ExtensionType | None = None, name: str | None = None) -> list[Available]:
-        """What can be loaded: broken extensions and versions are left out, so one does not hide the rest."""
+    def available(self, extension_type: ExtensionType | None = None, name: str | None = None) -> tuple[Available, ...]:
+        """What can be loaded: broken extensions and versions are left out, so one does not hide the rest.
+        Without a name, the listing: the same tuple for as long as nothing in it changed."""
+        if name is None:
+            return drain(self.listing(extension_type))
         types = [extension_type] if extension_type else list(ExtensionType)
         out: list[Available] = []
         for t in types:
             known = self.names(t)
-            names = sorted(known) if name is None else [name] if name in known else []
-            for n in names:
-                versions = self.versions(t, n, names=known)
-                good = sort_newest_first(v for v, info in versions.items() if info.metadata is not None)
-                if not good:
-                    if name is not None:
-                        first = next(iter(versions.values()))
-                        raise InvalidExtension(str(first.path), first.problems)
-                    continue
-                # Only pre-releases: none of them is latest (a load must name one), but each stays listed.
-                latest = Constraint.parse(None).best(good)
-                latest_meta = versions[latest].require_metadata() if latest is not None else None
-                out.append(Available(extension_type=t, name=n, versions=tuple(good), latest=latest_meta))
-        if name is not None and not out:
-            everything = sorted({n for t in types for n in self.names(t)})
+            if name not in known:
+                continue
+            entry = self._entry(t, name, known[name])
+            if not entry.versions:
+                continue  # a folder with no version in it offers nothing, as in the listing
+            if entry.listed is None:
+                first = next(iter(entry.versions.values()))
+                raise InvalidExtension(str(first.path), first.problems)
+            out.append(entry.listed)
+        if not out:
+            everything = sorted({n for t in types for n in self.names(t)} - {name})
             kind = extension_type.value if extension_type else "extension"
             raise NotFound(kind, name, _close(name, everything))
-        return out
+        return tuple(out)
+
+    def listing(self, extension_type: ExtensionType | None = None) -> Steps[tuple[Available, ...]]:
+        """What `available()` without a name answers, as a step function (see `slices`): on a tree of
+        thousands, checking every name and building the listing is many slices of work."""
+        types = [extension_type] if extension_type else list(ExtensionType)
+        known: dict[ExtensionType, dict[str, Path]] = {}
+        for t in types:
+            known[t] = yield from self._look(t)
+        generation = tuple(self._generations[t] for t in types)
+        cached = self._listings.get(extension_type)
+        if cached is not None and cached[0] == generation:
+            return cached[1]
+        out: list[Available] = []
+        until = deadline()
+        for t in types:
+            for n in sorted(known[t]):
+                entry = self._entries.get((t, n)) or self._entry(t, n, known[t][n])  # gone: invalidated since
+                if entry.listed is not None:
+                    out.append(entry.listed)
+                if time.perf_counter() > until:
+                    yield
+                    until = deadline()
+        listing = tuple(out)
+        self._listings[extension_type] = (generation, listing)
+        return listing
+
+    def _look(self, extension_type: ExtensionType) -> Steps[dict[str, Path]]:
+        """The names of a type, every one of them read, and checked in full where the folder's time changed or
+        is too recent to tell. The one loop that runs over every name on every discover: prepared keys and
+        path strings, plain os.stat, no helpers."""
+        known = self.names(extension_type)
+        prepared = self._prepared.get(extension_type)
+        if prepared is None or prepared[0] is not known:
+            prepared = (known, [((extension_type, n), os.fspath(f), n, f) for n, f in known.items()])
+            self._prepared[extension_type] = prepared
+        entries, stat, clock = self._entries, os.stat, time.perf_counter
+        until = deadline()
+        for key, path, n, folder in prepared[1]:
+            if clock() > until:
+                yield
+                until = deadline()
+            entry = entries.get(key)
+            if entry is not None:
+                if self.watched:
+                    continue
+                try:
+                    if entry.settled and stat(path).st_mtime_ns == entry.stamp[0]:
+                        continue
+                except OSError:
+                    pass
+            self._entry(extension_type, n, folder)
+        return known
 
 
 def tree_digest(folder: Path) -> str:
@@ -197,6 +290,16 @@ def _close(name: str, names: Iterable[str]) -> list[str]:
     first keeps this quick on a tree of thousands."""
     reach = max(3, len(name) // 2)
     return difflib.get_close_matches(name, [n for n in names if abs(len(n) - len(name)) <= reach], n=3, cutoff=0.6)
+
+
+def _listed(extension_type: ExtensionType, name: str, versions: dict[str, VersionInfo]) -> Available | None:
+    good = sort_newest_first(v for v, info in versions.items() if info.metadata is not None)
+    if not good:
+        return None
+    # Only pre-releases: none of them is latest (a load must name one), but each stays listed.
+    latest = Constraint.parse(None).best(good)
+    latest_meta = versions[latest].require_metadata() if latest is not None else None
+    return Available(extension_type=extension_type, name=name, versions=tuple(good), latest=latest_meta)
 
 
 def _read_versions(extension_type: ExtensionType, name: str, folder: Path) -> dict[str, VersionInfo]:

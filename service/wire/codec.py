@@ -8,6 +8,7 @@ string in MessagePack as in JSON.
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Mapping
 from enum import Enum
 from typing import Any, TypeVar
@@ -17,6 +18,7 @@ import msgspec
 from ..contract.errors import InvalidRequest, LoaderError
 from ..contract.headers import CONTENT_TYPE, JSON, MSGPACK, MSGPACK_NAMES, header
 from ..contract.messages import ErrorBody, Extension, Failure, Success
+from ..core.slices import Steps, deadline, drain
 
 R = TypeVar("R")
 
@@ -128,11 +130,33 @@ def _invalid(text: str) -> InvalidRequest:
 
 _replies: dict[tuple[int, Codec], tuple[Extension, bytes]] = {}
 _REPLIES_MAX = 1024
+# Large listings (tuples: the store hands out the same one until something in it changes) are few: a handful of
+# their replies are kept, the oldest dropped first (a small one is quick to encode, and kept none: a discover of
+# one name, a new tuple each time, must not push a large one out).
+_listings: dict[tuple[int, Codec], tuple[tuple[Any, ...], bytes]] = {}
+_LISTINGS_MAX = 8
+HEAVY_ITEMS = 256  # a reply of at least this many items is encoded a slice at a time
+_CHUNK = 64  # items encoded at once in such a reply: a small fraction of a millisecond
+
+
+def heavy(data: Any) -> bool:
+    """Whether encoding `data` takes long enough (about a millisecond and more) to be done a slice at a time."""
+    return isinstance(data, list | tuple) and len(data) >= HEAVY_ITEMS
+
+
+def encoded(data: Any, codec: Codec) -> bool:
+    """Whether `success` has this very object's reply at hand (and will not encode it)."""
+    table: dict[tuple[int, Codec], Any] = _replies if isinstance(data, Extension) else _listings
+    hit = table.get((id(data), codec))
+    return hit is not None and hit[0] is data
 
 
 def success(data: Any, codec: Codec) -> bytes:
-    """The success envelope. A cached extension is answered many times over: its reply is encoded once (the
-    table holds the extension itself, so an id is never reused while its entry is there)."""
+    """The success envelope. A cached extension is answered many times over, and an unchanged listing over
+    and over: the reply of each is encoded once (the tables hold the object itself, so an id is never reused
+    while its entry is there)."""
+    if heavy(data):
+        return drain(success_steps(data, codec))
     if not isinstance(data, Extension):
         return codec.encode(Success(data=data))
     key = (id(data), codec)
@@ -144,6 +168,63 @@ def success(data: Any, codec: Codec) -> bytes:
         _replies.clear()
     _replies[key] = (data, body)
     return body
+
+
+def success_steps(data: list[Any] | tuple[Any, ...], codec: Codec) -> Steps[bytes]:
+    """The success envelope of a large list, as a step function (see `core.slices`): the items are encoded a
+    chunk at a time and joined into the very bytes that encoding them at once gives (a test holds it to that).
+    A tuple's reply is kept."""
+    key = (id(data), codec)
+    hit = _listings.get(key)
+    if hit is not None and hit[0] is data:
+        return hit[1]
+    head, tail = _envelope(codec, len(data))
+    parts = [head]
+    until = deadline()
+    for start in range(0, len(data), _CHUNK):
+        chunk = data[start : start + _CHUNK]
+        # Each chunk is encoded as an array of its own, whose brackets (or header) are cut off.
+        items = codec.encode(chunk)[_array_header_size(codec, len(chunk)) :]
+        if codec is Codec.JSON:
+            items = items[:-1]
+            if start:
+                parts.append(b",")
+        parts.append(items)
+        if time.perf_counter() > until:
+            yield
+            until = deadline()
+    parts.append(tail)
+    body = b"".join(parts)
+    if isinstance(data, tuple):
+        while len(_listings) >= _LISTINGS_MAX:
+            del _listings[next(iter(_listings))]
+        _listings[key] = (data, body)
+    return body
+
+
+def _envelope(codec: Codec, count: int) -> tuple[bytes, bytes]:
+    """What comes before the items of a success envelope of `count` items, and what comes after them."""
+    empty = codec.encode(Success(data=()))
+    if codec is Codec.JSON:  # {"success":true,"data":[]}
+        cut = empty.rindex(b"[]")
+        return empty[: cut + 1], empty[cut + 1 :]
+    # MessagePack: `data` is the map's last value, an empty array (0x90); the header for `count` items instead.
+    assert empty.endswith(b"\x90")
+    return empty[:-1] + _msgpack_array_header(count), b""
+
+
+def _array_header_size(codec: Codec, count: int) -> int:
+    if codec is Codec.JSON:
+        return 1  # "["
+    return len(_msgpack_array_header(count))
+
+
+def _msgpack_array_header(count: int) -> bytes:
+    if count < 16:
+        return bytes([0x90 | count])
+    if count < 1 << 16:
+        return b"\xdc" + count.to_bytes(2, "big")
+    return b"\xdd" + count.to_bytes(4, "big")
 
 
 def failure(error: LoaderError, codec: Codec) -> bytes:

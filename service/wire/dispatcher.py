@@ -4,7 +4,8 @@ becomes an error reply.
 nats-py awaits a subscription's callback before it hands over the next message, so the callback must never
 wait. A load the cache answers as it stands, and the subjects marked inline (list, stats, ...), are answered
 right in the callback, which costs a fraction of starting a task; everything that can wait (a cold load, a
-reload, a scan of the disk) gets a task of its own in the service's task group. The dispatcher counts what is
+reload, a scan of the disk) gets a task of its own in the service's task group, and a large reply (a discover
+of thousands) is encoded a slice at a time, so neither holds up the event loop. The dispatcher counts what is
 in flight, so a stop can wait for it, and answers what a stop cuts off with `unavailable` rather than nothing.
 
 It may use the connection to reply and the publisher to send the events a handler returns; it decodes and
@@ -31,6 +32,7 @@ from ..contract.errors import LoaderError, Unavailable
 from ..contract.messages import Extension, LoadRequest
 from ..core import audit, metrics
 from ..core.manager import Event, ExtensionManager
+from ..core.slices import in_slices
 from . import codec, replies
 from .events import EventPublisher
 from .handlers import Handler
@@ -49,7 +51,7 @@ class Endpoint:
     request: type[Any]
     handler: Handler
     stats: EndpointStats
-    inline: bool = False  # answered in the subscription's callback: never waits on anything
+    inline: bool = False  # answered in the subscription's callback: waits on nothing (a large reply: its slices)
 
 
 class Dispatcher:
@@ -141,7 +143,7 @@ class Dispatcher:
                     else:
                         data = hit
                         describe_outcome(span, hit, cold=False)
-                    body, headers = replies.success(data, fmt, self._nc.max_payload), replies.OK_HEADERS[fmt]
+                    body, headers = await self._success(data, fmt), replies.OK_HEADERS[fmt]
                 except Exception as exc:
                     error, body, headers = replies.failure(exc, msg.subject, fmt)
                     span.set_status(trace.StatusCode.ERROR, error.message)
@@ -158,6 +160,13 @@ class Dispatcher:
             raise
         finally:
             self._done(endpoint, time.perf_counter_ns() - started, error)
+
+    async def _success(self, data: Any, fmt: codec.Codec) -> bytes:
+        """The success reply; a large one (a discover of thousands of extensions), unless it was encoded before,
+        is encoded a slice at a time, so cached answers do not wait behind it."""
+        if codec.heavy(data):
+            return replies.sized(await in_slices(codec.success_steps(data, fmt)), self._nc.max_payload)
+        return replies.success(data, fmt, self._nc.max_payload)
 
     def _done(self, endpoint: Endpoint, elapsed_ns: int, error: LoaderError | None) -> None:
         endpoint.stats.record(elapsed_ns, None if error is None else error.message)

@@ -21,7 +21,11 @@ OK_HEADERS = {fmt: {CONTENT_TYPE: fmt.value} for fmt in codec.Codec}
 
 def success(data: Any, fmt: codec.Codec, max_payload: int) -> bytes:
     """The success envelope; LoadFailed when it is larger than the server would take."""
-    body = codec.success(data, fmt)
+    return sized(codec.success(data, fmt), max_payload)
+
+
+def sized(body: bytes, max_payload: int) -> bytes:
+    """The body, or LoadFailed when it is larger than the server would take."""
     if len(body) > max_payload:
         raise LoadFailed(
             f"the reply ({len(body)} bytes) is larger than the NATS server's max_payload "

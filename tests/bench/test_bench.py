@@ -39,7 +39,19 @@ def test_quick_run_writes_every_section(tmp_path: Path) -> None:
     result = json.loads(output.read_text())
     assert result == json.loads(json.dumps(returned))
     assert result["mode"] == "quick"
-    sections = ("machine", "startup", "rss", "cached", "cold", "simultaneous", "discovery", "burst", "spare_memory")
+    sections = (
+        "machine",
+        "startup",
+        "rss",
+        "cached",
+        "cold",
+        "simultaneous",
+        "dependencies",
+        "discovery",
+        "contention",
+        "burst",
+        "spare_memory",
+    )
     for section in (*sections, "targets"):
         assert section in result, section
     assert result["machine"]["nproc"] > 0
@@ -84,11 +96,28 @@ def test_quick_run_writes_every_section(tmp_path: Path) -> None:
     assert memory["spares"] == 2 and len(memory["spare_processes"]) == 2
     assert memory["service_mb"] > 0 and memory["spares_rss_mb"] > 0
 
-    assert {t["name"] for t in result["targets"]} >= {
+    names = {t["name"] for t in result["targets"]}
+    assert names >= {
         "cached p99, 1 in flight",
         "service RSS with 2 spares idle",
         f"{QUICK.burst} different cold loads at once, total: spares / spares = 0",
     }
+
+    dependencies = result["dependencies"]
+    assert dependencies["n"] == QUICK.dependency_loads
+    assert dependencies["cold_loads"] == [9] * QUICK.dependency_loads  # ci-cd and its eight, from an empty cache
+    _positive(dependencies, "p50_ms", "ratio_to_cold_load")
+
+    contention = result["contention"]
+    for figures in (contention["cached_load"], contention["echo_under_churn"]):
+        assert figures["n"] > 0 and figures["errors"] == 0
+        _positive(figures, "p50_ms", "p99_ms")
+    # Each loop of the other client finishes the request it waits on when told to stop: one of each at least.
+    assert contention["other_client"]["discovers"] >= 1 and contention["other_client"]["reloads"] >= 1
+    assert contention["other_client"]["errors"] == 0
+
+    assert "cached load p99 while discovers and cold loads run" in names
+    assert any(n.startswith("repeated discover") for n in names) and any("--with-dependencies" in n for n in names)
     # The verdicts written are the ones the figures written give, and the table shows each of them.
     assert result["targets"] == [v.as_dict() for v in judge(result)]
     table = output.with_suffix(".md").read_text()

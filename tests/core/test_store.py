@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -144,3 +147,77 @@ def test_a_missing_dependency_names_what_no_version_meets(tmp_path: Path) -> Non
     with pytest.raises(DependencyError) as info:
         dependency_tree(store, store.resolve(ExtensionType.CLUSTER, "lonely", Constraint.parse(None)))
     assert info.value.missing == [MissingDependency(dependency="provider:nowhere", constraint="~1.2", available=())]
+
+
+def test_an_unchanged_tree_lists_the_very_same_tuple(tmp_path: Path) -> None:
+    """discover's listing is kept while nothing in it changes (its reply is then encoded once); a version or a
+    name that comes or goes makes a new one, seen by the folders' times without a watcher."""
+    root = tmp_path / "root"
+    write_extension(root, "taskserv", "app", "1.0.0")
+    write_extension(root, "taskserv", "db", "2.0.0")
+    write_extension(root, "provider", "cloud", "1.0.0")
+    store = ExtensionStore([root])
+    everything, taskservs = store.available(), store.available(T)
+    assert [a.name for a in everything] == ["cloud", "app", "db"]
+    assert store.available() is everything and store.available(T) is taskservs
+    store.resolve(T, "app", Constraint.parse(None))  # a load reads one extension: nothing changed
+    assert store.available() is everything
+
+    write_extension(root, "taskserv", "app", "1.1.0")
+    changed = store.available(T)
+    assert changed is not taskservs and changed[0].versions == ("1.1.0", "1.0.0")
+    write_extension(root, "taskserv", "cache", "0.1.0")
+    assert [a.name for a in store.available(T)] == ["app", "cache", "db"]
+    shutil.rmtree(root / "taskservs" / "app" / "1.1.0")
+    assert store.available(T)[0].versions == ("1.0.0",)
+    assert [a.name for a in store.available()] == ["cloud", "app", "cache", "db"]
+
+
+def test_a_metadata_file_edited_in_place_is_listed_once_read_again(tmp_path: Path) -> None:
+    """Without a watcher the listing looks at folder times only, which an edit inside a file leaves alone; a load
+    (or status, or graph) of that extension reads it again, and the listing follows. With a watcher, the watch
+    says what changed."""
+    root = tmp_path / "root"
+    folder = write_extension(root, "taskserv", "app", "1.0.0")
+    store = ExtensionStore([root])
+    before = store.available(T)
+    metadata = folder / "metadata.toml"
+    metadata.write_text(metadata.read_text().replace("test extension app", "edited in place"))
+    later = os.stat(metadata).st_mtime_ns + 5_000_000_000  # a time no coarse clock tick could share
+    os.utime(metadata, ns=(later, later))
+    store.resolve(T, "app", Constraint.parse(None))
+    after = store.available(T)
+    assert after is not before
+    assert after[0].latest is not None and after[0].latest.description == "edited in place"
+
+    store.watched = True
+    metadata.write_text(metadata.read_text().replace("edited in place", "seen by the watch"))
+    store.invalidate(T, "app")
+    (listed,) = store.available(T)
+    assert listed.latest is not None and listed.latest.description == "seen by the watch"
+
+
+def test_a_change_within_the_same_clock_tick_as_the_last_read_is_seen(tmp_path: Path) -> None:
+    """A file system whose clock ticks coarsely can give a folder the same time for a change made just after a
+    read: a folder time that recent is not trusted alone (here the change keeps the folder's time exactly)."""
+    root = tmp_path / "root"
+    write_extension(root, "taskserv", "app", "1.0.0")
+    name_folder = root / "taskservs" / "app"
+    tick = time.time_ns() + 5_000_000_000  # recent (here: ahead) as a read can be
+    os.utime(name_folder, ns=(tick, tick))
+    store = ExtensionStore([root])
+    assert store.available(T)[0].versions == ("1.0.0",)
+    write_extension(root, "taskserv", "app", "1.1.0")
+    os.utime(name_folder, ns=(tick, tick))
+    assert store.available(T)[0].versions == ("1.1.0", "1.0.0")
+
+
+def test_discovering_a_folder_with_no_version_is_not_found(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    write_extension(root, "taskserv", "emptier", "1.0.0")
+    (root / "taskservs" / "empty").mkdir()
+    store = ExtensionStore([root])
+    assert [a.name for a in store.available(T)] == ["emptier"]
+    with pytest.raises(NotFound) as info:
+        store.available(T, "empty")
+    assert info.value.suggestions == ["emptier"]

@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -21,11 +22,12 @@ from nats.aio.client import Client
 
 from service.app.client import LoaderClient
 from service.app.natsserver import NatsServer, nats_server_binary
-from service.app.serve import run
-from service.contract.messages import ExtensionType
+from service.app.serve import build_manager, run, service_version
+from service.contract.messages import Available, ExtensionType
+from service.core.slices import Steps
 from service.core.store import ExtensionStore
 from service.core.versions import Constraint
-from service.wire.service import flush_subscriptions
+from service.wire.service import ExtensionService, flush_subscriptions
 from tests.conftest import (
     ROOT,
     WAIT,
@@ -87,6 +89,52 @@ class LogLines(list[str]):
 
 
 STOPPING = "SIGTERM received: stopping"
+
+
+class HeldStore(ExtensionStore):
+    """The real store, whose listing (a discover) goes on yielding, slice after slice, until the test lets it go."""
+
+    def __init__(self, roots: list[Path]) -> None:
+        super().__init__(roots)
+        self.entered = anyio.Event()
+        self.release = anyio.Event()
+
+    def listing(self, extension_type: ExtensionType | None = None) -> Steps[tuple[Available, ...]]:
+        self.entered.set()
+        give_up = time.monotonic() + WAIT
+        while not self.release.is_set():
+            assert time.monotonic() < give_up, "the test never let the discover go"
+            yield
+        return (yield from super().listing(extension_type))
+
+
+async def test_cached_answers_are_not_held_up_by_a_discover(
+    nats_server: NatsServer, nc: Client, tmp_path: Path
+) -> None:
+    root = tmp_path / "ext"
+    for i in range(3):
+        write_extension(root, "taskserv", f"ext-{i}", "1.0.0")
+    config = make_config(nats_server.url, tmp_path, roots=[root])
+    manager = build_manager(config)
+    store = manager.store = HeldStore([root])
+    async with ExtensionService(config, manager, version=service_version()):
+        client = LoaderClient(nc, timeout=WAIT)
+        await client.load("taskserv", "ext-1", "1.0.0")  # now cached
+        finished: list[str] = []
+
+        async def discover() -> None:
+            assert [a["name"] for a in await client.discover()] == ["ext-0", "ext-1", "ext-2"]
+            finished.append("discover")
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(discover)
+            with anyio.fail_after(WAIT):
+                await store.entered.wait()  # the discover is in the store, between two slices
+            assert (await client.load("taskserv", "ext-1", "1.0.0"))["metadata"]["name"] == "ext-1"
+            assert (await client.load("taskserv", "ext-1"))["metadata"]["version"] == "1.0.0"
+            finished.append("cached")
+            store.release.set()
+        assert finished == ["cached", "discover"]
 
 
 @pytest.fixture
