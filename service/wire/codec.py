@@ -37,14 +37,20 @@ class Codec(Enum):
     @classmethod
     def of(cls, headers: Mapping[str, str] | None) -> Codec:
         value = header(headers, CONTENT_TYPE)
-        if value and value.split(";")[0].strip().lower() in MSGPACK_NAMES:
-            return cls.MSGPACK
-        return cls.JSON
+        if not value:
+            return cls.JSON
+        known = _by_content_type.get(value)  # callers send the same few values: parse each once
+        if known is None:
+            known = cls.MSGPACK if value.split(";")[0].strip().lower() in MSGPACK_NAMES else cls.JSON
+            if len(_by_content_type) < 64:
+                _by_content_type[value] = known
+        return known
 
     def encode(self, obj: Any) -> bytes:
         return _encoders[self](obj)
 
 
+_by_content_type: dict[str, Codec] = {}
 _json_encoder = msgspec.json.Encoder()
 _msgpack_encoder = msgspec.msgpack.Encoder()
 

@@ -35,6 +35,7 @@ from ..core.manager import Event, ExtensionManager
 from ..core.slices import in_slices
 from . import codec, replies
 from .events import EventPublisher
+from .frames import FrameWriter
 from .handlers import Handler
 from .micro import EndpointStats
 from .tracing import Tracing, carried, describe, describe_outcome
@@ -69,6 +70,7 @@ class Dispatcher:
         self._manager = manager
         self._publisher = publisher
         self._tracing = tracing
+        self._frames = FrameWriter(nc)
         self._metrics = isinstance(metrics_api.get_meter_provider(), MeterProvider)
         self.active = 0
         self._idle: anyio.Event | None = None  # made only while a stop waits (one a request cost 5% of a hit)
@@ -91,12 +93,14 @@ class Dispatcher:
                 # The answer orchestrators ask for most, at the least cost: no task, no span (tracing is off),
                 # no audit (nothing changes), a reply encoded once per cache entry.
                 error: LoaderError | None = None
+                block: bytes | None = replies.OK_BLOCKS[fmt]
                 try:
                     body, headers = replies.success(hit, fmt, self._nc.max_payload), replies.OK_HEADERS[fmt]
                 except Exception as exc:
                     error, body, headers = replies.failure(exc, msg.subject, fmt)
+                    block = None
                 try:
-                    await self._reply(msg, body, headers)
+                    await self._reply(msg, body, headers, block)
                 finally:
                     self._done(endpoint, time.perf_counter_ns() - started, error)
             elif hit is not None or endpoint.inline:
@@ -149,7 +153,7 @@ class Dispatcher:
                     span.set_status(trace.StatusCode.ERROR, error.message)
                     span.set_attribute("error.type", error.code)
                 replied = True
-                await self._reply(msg, body, headers)
+                await self._reply(msg, body, headers, None if error else replies.OK_BLOCKS[fmt])
                 if events:
                     await self._publisher.publish(events, carry=carried(msg.headers))
         except anyio.get_cancelled_exc_class():
@@ -177,10 +181,14 @@ class Dispatcher:
         if not self.active and self._idle is not None:
             self._idle.set()
 
-    async def _reply(self, msg: Msg, body: bytes, headers: dict[str, str]) -> None:
+    async def _reply(self, msg: Msg, body: bytes, headers: dict[str, str], block: bytes | None = None) -> None:
+        """`block`: the headers as a ready-made header block, for a reply whose headers never change."""
         if not msg.reply:
             return
         try:
-            await self._nc.publish(msg.reply, body, headers=headers)
+            if block is not None and self._frames.usable:
+                await self._frames.reply(msg.reply, block, body)
+            else:
+                await self._nc.publish(msg.reply, body, headers=headers)
         except Exception as exc:
             log.error("could not reply on %s: %s", msg.subject, exc)

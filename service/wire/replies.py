@@ -13,10 +13,12 @@ from typing import Any
 from ..contract.errors import LoaderError, LoadFailed
 from ..contract.headers import CONTENT_TYPE, SERVICE_ERROR, SERVICE_ERROR_CODE
 from . import codec
+from .frames import header_block
 
 log = logging.getLogger(__name__)
 
 OK_HEADERS = {fmt: {CONTENT_TYPE: fmt.value} for fmt in codec.Codec}
+OK_BLOCKS = {fmt: header_block(headers) for fmt, headers in OK_HEADERS.items()}  # the same, as sent
 
 
 def success(data: Any, fmt: codec.Codec, max_payload: int) -> bytes:
