@@ -5,6 +5,7 @@
     dispatcher.py  a message -> decoded request -> handler -> reply; inline or in a task; the one place where
                    an exception becomes an error reply (built by replies.py)
     codec.py       JSON and MessagePack bodies, the envelope
+    frames.py      successful replies as ready-made protocol frames (for the nats-py release pinned)
     handlers.py    one plain method per subject, calling the core (they know nothing of NATS)
     events.py      publishing extensions.loaded / extensions.unloaded (JetStream when configured)
     peers.py       other instances' events; micro.py: the $SRV replies; tracing.py: trace context
