@@ -159,7 +159,7 @@ async def auto_load(service: ExtensionService) -> None:
             await service.publisher.publish(outcome.events)
 
     async with anyio.create_task_group() as tg:
-        for available in manager.store.available():
+        for available in await manager.discover(None, None):  # a slice at a time: requests are served meanwhile
             if available.latest is None:
                 results["skipped"] += 1
                 log.info(
