@@ -30,19 +30,24 @@ def deadline() -> float:
 async def in_slices(steps: Steps[T]) -> T:
     """Runs a step function to its end on the event loop, letting other tasks run between its slices."""
     while True:
-        try:
-            next(steps)
-        except StopIteration as done:
-            result: T = done.value
-            return result
+        finished = _advance(steps)
+        if finished:
+            return finished[0]
         await anyio.lowlevel.checkpoint()
 
 
 def drain(steps: Steps[T]) -> T:
     """Runs a step function to its end at once (for callers that are not on the event loop, or do not mind)."""
     while True:
-        try:
-            next(steps)
-        except StopIteration as done:
-            result: T = done.value
-            return result
+        finished = _advance(steps)
+        if finished:
+            return finished[0]
+
+
+def _advance(steps: Steps[T]) -> list[T]:
+    """One slice: `[result]` once the step function has returned, `[]` while it has more to do."""
+    try:
+        next(steps)
+    except StopIteration as stop:
+        return [stop.value]
+    return []
