@@ -128,7 +128,10 @@ class ExtensionManager:
         *,
         with_dependencies: bool = False,
         reason: LoadReason = "load",
+        failed_events: list[Event] | None = None,
     ) -> Outcome:
+        """`failed_events`: where the events of the loads that did happen go when the whole fails (a dependency
+        loaded before another one failed): the caller still owes them to its subscribers."""
         if not with_dependencies:
             hit = self.hit(extension_type, name, version)
             if hit is not None:
@@ -139,7 +142,7 @@ class ExtensionManager:
             tree = dependency_tree(self.store, info)
             if not with_dependencies:
                 return await self._load_one(info, reason)
-            return await self._load_tree(tree, reason)
+            return await self._load_tree(tree, reason, failed_events)
         except LoaderError:
             self.counters.failed += 1
             raise
@@ -290,7 +293,9 @@ class ExtensionManager:
         info.require_metadata()
         return info
 
-    async def _load_tree(self, tree: DependencyTree, reason: LoadReason) -> Outcome:
+    async def _load_tree(
+        self, tree: DependencyTree, reason: LoadReason, failed_events: list[Event] | None = None
+    ) -> Outcome:
         """Loads every node of the tree, each as soon as all of its own dependencies are loaded, so independent
         ones load at the same time (at most `max_concurrent` of this tree at once). The events come in `order`
         whichever finished first; the outcome is the root's.
@@ -331,9 +336,11 @@ class ExtensionManager:
 
         async with anyio.create_task_group() as tg:
             start_ready()
-        if errors:
-            raise errors[min(errors)]
         events = [event for outcome in outcomes if outcome is not None for event in outcome.events]
+        if errors:
+            if failed_events is not None:
+                failed_events.extend(events)
+            raise errors[min(errors)]
         root = outcomes[-1]
         assert root is not None
         return Outcome(root.extension, root.cold, events)

@@ -36,7 +36,7 @@ from ..core.slices import in_slices
 from . import codec, replies
 from .events import EventPublisher
 from .frames import FrameWriter
-from .handlers import Handler
+from .handlers import FailedAfterEvents, Handler
 from .micro import EndpointStats
 from .tracing import Tracing, carried, describe, describe_outcome
 
@@ -149,7 +149,11 @@ class Dispatcher:
                         describe_outcome(span, hit, cold=False)
                     body, headers = await self._success(data, fmt), replies.OK_HEADERS[fmt]
                 except Exception as exc:
-                    error, body, headers = replies.failure(exc, msg.subject, fmt)
+                    if isinstance(exc, FailedAfterEvents):  # answered as the error, announced all the same
+                        events = exc.events
+                    error, body, headers = replies.failure(
+                        exc.error if isinstance(exc, FailedAfterEvents) else exc, msg.subject, fmt
+                    )
                     span.set_status(trace.StatusCode.ERROR, error.message)
                     span.set_attribute("error.type", error.code)
                 replied = True

@@ -15,6 +15,7 @@ from typing import Any
 import msgspec
 from opentelemetry import trace
 
+from ..contract.errors import LoaderError
 from ..contract.messages import (
     Cleared,
     DiscoverRequest,
@@ -32,6 +33,18 @@ from ..core.manager import Event, ExtensionManager
 from .tracing import describe_outcome
 
 Reply = tuple[Any, list[Event]]
+
+
+class FailedAfterEvents(Exception):
+    """A request that failed after it had changed something: the error to answer with, and the events of what
+    did change (dependencies loaded before another one failed), to publish after the error reply."""
+
+    def __init__(self, error: LoaderError, events: list[Event]) -> None:
+        super().__init__(error.message)
+        self.error = error
+        self.events = events
+
+
 Handler = Callable[[Any, trace.Span], Awaitable[Reply]]
 
 # The subjects whose answer describes the one instance that gives it; each has a fleet twin under `all.`.
@@ -73,7 +86,15 @@ class RequestHandlers:
         return answer
 
     async def load(self, req: LoadRequest, span: trace.Span) -> Reply:
-        outcome = await self.manager.load(req.type, req.name, req.version, with_dependencies=req.with_dependencies)
+        loaded: list[Event] = []
+        try:
+            outcome = await self.manager.load(
+                req.type, req.name, req.version, with_dependencies=req.with_dependencies, failed_events=loaded
+            )
+        except LoaderError as exc:
+            if loaded:
+                raise FailedAfterEvents(exc, loaded) from exc
+            raise
         describe_outcome(span, outcome.extension, outcome.cold)
         return outcome.extension, outcome.events
 

@@ -98,3 +98,21 @@ async def test_a_failed_dependency_fails_the_load_with_the_first_error_in_order(
         assert not (await client.status("cluster", "mixed"))["loaded"]
         stats = await client.stats()
         assert stats["loads"]["failed"] == 2
+
+
+async def test_what_loaded_before_a_dependency_failed_is_announced(
+    nats_server: NatsServer, nc: Client, events: EventLog, tmp_path: Path
+) -> None:
+    """The contract announces every load that was not answered from the cache: a dependency that loaded is in
+    the cache (a later load of it is a hit), so its `extensions.loaded` goes out although the request failed."""
+    root = tmp_path / "ext"
+    write_extension(root, "taskserv", "fine", "1.0.0")
+    write_extension(root, "taskserv", "broken", "1.0.0", module="export def x [] {\n")  # does not parse
+    write_extension(root, "cluster", "stack", "1.0.0", dependencies=["taskserv:fine", "taskserv:broken"])
+    async with running_service(make_config(nats_server.url, tmp_path, roots=[root])) as service:
+        client = LoaderClient(nc, timeout=WAIT)
+        with pytest.raises(RemoteError) as failed:
+            await client.load("cluster", "stack", with_dependencies=True)
+        assert failed.value.code == "invalid_extension"
+        assert loaded_keys(await events.wait_for(1, ".loaded")) == ["taskserv:fine:1.0.0"]
+        assert [e.metadata.name for e in service.manager.loaded()] == ["fine"]
