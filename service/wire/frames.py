@@ -3,9 +3,9 @@ for every request a cached extension answers, so only the reply subject changes.
 
 nats-py's `publish(headers=...)` validates and encodes the header block on every call, which costs a cached
 answer as much as all of the service's own work (profiled at 128 in flight: ~2.9 us of ~16 us a request). Here
-the frame's tail (`<header block><body>\\r\\n`) is built once per body and the frame handed to the client's
-own outgoing buffer, exactly as `publish` would hand it, with the same checks (closed, draining, payload
-size, the buffer limit while reconnecting) and the same statistics.
+the header block is built once (`header_block`) and each frame (`HPUB <subject> <lengths>`, the block, the
+body) handed to the client's own outgoing buffer, exactly as `publish` would hand it, with the same checks
+(closed, draining, payload size, the buffer limit while reconnecting) and the same statistics.
 
 That buffer is nats-py's private API, so this is used only with the nats-py release the project pins and
 tests (`PINNED`); with any other, `FrameWriter.usable` is False and the dispatcher uses `publish`. A test
@@ -42,19 +42,6 @@ class FrameWriter:
         self.usable = (version or nats_py_version()) == PINNED and all(
             hasattr(nc, name) for name in ("_send_command", "_flush_queue", "_flush_pending", "stats")
         )
-        self._tails: dict[tuple[bytes, bytes], tuple[bytes, bytes]] = {}
-
-    def tail(self, header: bytes, body: bytes) -> tuple[bytes, bytes]:
-        """(`<header length> <total length>\\r\\n`, `<header><body>\\r\\n`) for one header block and body; kept
-        for the bodies that repeat (a cached extension's reply is one object, encoded once)."""
-        key = (header, body)
-        found = self._tails.get(key)
-        if found is None:
-            if len(self._tails) >= 1024:
-                self._tails.clear()
-            found = (f"{len(header)} {len(header) + len(body)}".encode() + _CRLF, header + body + _CRLF)
-            self._tails[key] = found
-        return found
 
     async def reply(self, subject: str, header: bytes, body: bytes) -> None:
         """What `nc.publish(subject, body, headers=...)` does, for a header block built once."""
@@ -68,9 +55,9 @@ class FrameWriter:
             raise nats.errors.OutboundBufferLimitError
         if size > nc.max_payload:
             raise nats.errors.MaxPayloadError
-        lengths, tail = self.tail(header, body)
         nc.stats["out_msgs"] += 1
         nc.stats["out_bytes"] += size
-        await nc._send_command(b"HPUB " + subject.encode() + b" " + lengths + tail)
+        lengths = f" {len(header)} {len(header) + size}\r\n".encode()
+        await nc._send_command(b"".join((b"HPUB ", subject.encode(), lengths, header, body, _CRLF)))
         if nc._flush_queue is not None and nc._flush_queue.empty():
             await nc._flush_pending()
