@@ -166,10 +166,6 @@ class NushellRunner:
     def running(self) -> int:
         return int(self._slots.borrowed_tokens)
 
-    @property
-    def waiting(self) -> int:
-        return self._waiting
-
     def prepare(self) -> None:
         """Creates the working folder; an unwritable cache directory fails here, with its path."""
         try:

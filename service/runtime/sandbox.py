@@ -99,12 +99,6 @@ class Sandbox:
             *command,
         ]
 
-    async def run(self, command: Sequence[str], *, cwd: Path, env: Mapping[str, str]) -> Finished:
-        """Runs the command to its end within the limits. Raises LoadTimeout past the time limit, LoadFailed
-        past the output cap, Unavailable when it cannot be started."""
-        process = await self.start(command, cwd=cwd, env=env)
-        return await process.finish()
-
     async def start(
         self, command: Sequence[str], *, cwd: Path, env: Mapping[str, str], stdin: bool = False
     ) -> SandboxedProcess:
