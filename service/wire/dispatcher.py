@@ -93,14 +93,12 @@ class Dispatcher:
                 # The answer orchestrators ask for most, at the least cost: no task, no span (tracing is off),
                 # no audit (nothing changes), a reply encoded once per cache entry.
                 error: LoaderError | None = None
-                block: bytes | None = replies.OK_BLOCKS[fmt]
                 try:
                     body, headers = replies.success(hit, fmt, self._nc.max_payload), replies.OK_HEADERS[fmt]
                 except Exception as exc:
                     error, body, headers = replies.failure(exc, msg.subject, fmt)
-                    block = None
                 try:
-                    await self._reply(msg, body, headers, block)
+                    await self._reply(msg, body, headers)
                 finally:
                     self._done(endpoint, time.perf_counter_ns() - started, error)
             elif hit is not None or endpoint.inline:
@@ -157,7 +155,7 @@ class Dispatcher:
                     span.set_status(trace.StatusCode.ERROR, error.message)
                     span.set_attribute("error.type", error.code)
                 replied = True
-                await self._reply(msg, body, headers, None if error else replies.OK_BLOCKS[fmt])
+                await self._reply(msg, body, headers)
                 if events:
                     await self._publisher.publish(events, carry=carried(msg.headers))
         except anyio.get_cancelled_exc_class():
@@ -185,12 +183,12 @@ class Dispatcher:
         if not self.active and self._idle is not None:
             self._idle.set()
 
-    async def _reply(self, msg: Msg, body: bytes, headers: dict[str, str], block: bytes | None = None) -> None:
-        """`block`: the headers as a ready-made header block, for a reply whose headers never change."""
+    async def _reply(self, msg: Msg, body: bytes, headers: dict[str, str]) -> None:
         if not msg.reply:
             return
+        block = replies.ok_block(headers) if self._frames.usable else None
         try:
-            if block is not None and self._frames.usable:
+            if block is not None:
                 await self._frames.reply(msg.reply, block, body)
             else:
                 await self._nc.publish(msg.reply, body, headers=headers)

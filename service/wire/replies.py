@@ -18,7 +18,16 @@ from .frames import header_block
 log = logging.getLogger(__name__)
 
 OK_HEADERS = {fmt: {CONTENT_TYPE: fmt.value} for fmt in codec.Codec}
-OK_BLOCKS = {fmt: header_block(headers) for fmt, headers in OK_HEADERS.items()}  # the same, as sent
+_OK_BLOCKS = [(headers, header_block(headers)) for headers in OK_HEADERS.values()]  # the same, as sent
+
+
+def ok_block(headers: dict[str, str]) -> bytes | None:
+    """The ready-made header block when `headers` are a success reply's (these very dicts: they never change);
+    None for any other, an error reply's, whose headers differ each time."""
+    for ok, block in _OK_BLOCKS:
+        if headers is ok:
+            return block
+    return None
 
 
 def success(data: Any, fmt: codec.Codec, max_payload: int) -> bytes:
