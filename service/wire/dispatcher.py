@@ -147,11 +147,10 @@ class Dispatcher:
                         describe_outcome(span, hit, cold=False)
                     body, headers = await self._success(data, fmt), replies.OK_HEADERS[fmt]
                 except Exception as exc:
+                    failed: Exception = exc
                     if isinstance(exc, FailedAfterEvents):  # answered as the error, announced all the same
-                        events = exc.events
-                    error, body, headers = replies.failure(
-                        exc.error if isinstance(exc, FailedAfterEvents) else exc, msg.subject, fmt
-                    )
+                        failed, events = exc.error, exc.events
+                    error, body, headers = replies.failure(failed, msg.subject, fmt)
                     span.set_status(trace.StatusCode.ERROR, error.message)
                     span.set_attribute("error.type", error.code)
                 replied = True
