@@ -1,6 +1,7 @@
 """The layout's rules, read from the code's own imports (ast, nothing is imported):
 
-- imports run one way: app -> wire -> core -> runtime, with contract below them all; a module may import its
+- imports run one way: app -> wire -> core -> runtime and registry (side by side, neither importing the
+  other), with contract below them all; a module may import its
   own layer and those below it, never one above;
 - no import cycle between modules, whether the import runs at start or only for type checking;
 - every module opens with a docstring saying what it is for.
@@ -16,7 +17,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "service"
 # Higher may import lower. The package's own __init__ and __main__ are the public surface, above everything.
-RANK = {"contract": 0, "runtime": 1, "core": 2, "wire": 3, "app": 4}
+RANK = {"contract": 0, "runtime": 1, "registry": 1, "core": 2, "wire": 3, "app": 4}
 SURFACE = 5
 
 
@@ -81,6 +82,19 @@ def test_no_layer_imports_one_above_it() -> None:
     assert upward == []
 
 
+def test_layers_side_by_side_do_not_import_each_other() -> None:
+    """runtime and registry share a rank: the core uses both, and neither knows of the other."""
+    mods = modules()
+    known = set(mods)
+    sideways = [
+        f"{path.relative_to(PACKAGE.parent)}:{line}: {module} imports {target}"
+        for module, path in mods.items()
+        for target, line in imports(module, path, known)
+        if layer(target) == layer(module) < SURFACE and _package(target) != _package(module)
+    ]
+    assert sideways == []
+
+
 def test_no_import_cycle() -> None:
     edges = graph()
     cycles: list[list[str]] = []
@@ -120,6 +134,10 @@ def test_the_rules_catch_an_upward_import(tmp_path: Path) -> None:
     found = list(imports("service.runtime.bad", bad, {"service.wire.service"}))
     assert found == [("service.wire.service", 2)]
     assert layer(found[0][0]) > layer("service.runtime.bad")
+
+
+def _package(module: str) -> str:
+    return module.split(".")[1] if "." in module else module
 
 
 def _name(rank: int) -> str:
