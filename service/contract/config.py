@@ -17,7 +17,7 @@ import tomllib
 from collections.abc import Mapping, Sequence
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, cast
+from typing import Annotated, Any, Literal, cast
 
 import msgspec
 import msgspec.inspect
@@ -105,11 +105,40 @@ class EventsConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True
     stream: Token
 
 
+Bucket = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]+$", max_length=64)]
+PublicKey = Annotated[str, Meta(pattern=r"^U[A-Z2-7]{55}$", description="an nkey user public key, U...")]
+
+
+class TrustedKey(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A publisher key this loader trusts, optionally for some types or names only (empty: any)."""
+
+    key: PublicKey
+    types: tuple[Literal["provider", "taskserv", "cluster"], ...] = ()
+    names: tuple[Annotated[str, Meta(min_length=1)], ...] = ()
+    comment: str = ""
+
+    def allows(self, extension_type: str, name: str) -> bool:
+        return (not self.types or extension_type in self.types) and (not self.names or name in self.names)
+
+
+class RegistryConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    enabled: bool
+    index_bucket: Bucket
+    archive_bucket: Bucket
+    auto_update: bool
+    trusted: tuple[TrustedKey, ...]
+    timeout_s: Annotated[float, Meta(gt=0, le=600)]
+    max_archive_mb: Annotated[int, Meta(ge=1, le=4096)]
+    max_unpacked_mb: Annotated[int, Meta(ge=1, le=16384)]
+    max_files: Annotated[int, Meta(ge=1, le=1_000_000)]
+
+
 class Config(Struct, frozen=True, kw_only=True):
     orchestrator: OrchestratorConfig
     nushell: NushellConfig
     nats: NatsConfig
     events: EventsConfig
+    registry: RegistryConfig
 
     @property
     def extension_paths(self) -> tuple[Path, ...]:
@@ -157,7 +186,18 @@ def validate(data: Mapping[str, Any]) -> Config:
     except msgspec.ValidationError as exc:
         raise _config_error(exc) from None
     _check_tls(config.nats)
+    _check_registry(config.registry)
     return config
+
+
+def _check_registry(registry: RegistryConfig) -> None:
+    """Each pinned key's checksum is checked where the registry is set up (a typo would trust nobody)."""
+    if registry.enabled and not registry.trusted:
+        raise ConfigError(
+            "registry.trusted",
+            "the registry is enabled but no publisher key is trusted: add [[registry.trusted]] key = \"U...\" "
+            "(`extension-loader keygen` prints a key)",
+        )
 
 
 def _check_tls(nats: NatsConfig) -> None:

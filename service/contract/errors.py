@@ -8,7 +8,8 @@
     +-- InvalidExtension        422  the extension on disk is broken
     +-- LoadFailed              500  Nushell failed in any other way
     +-- LoadTimeout             504  the load ran past its time limit
-    +-- Unavailable             503  overloaded, or Nushell cannot be started
+    +-- Unavailable             503  overloaded, Nushell cannot be started, or the registry cannot be reached
+    +-- UntrustedExtension      403  a registry version whose signer, signature or bytes do not check out
 
 Each error carries typed fields and builds its own message; `details()` gives the contract's `details` object.
 The NATS wiring is the one place where any exception becomes an error reply.
@@ -171,6 +172,33 @@ class Unavailable(LoaderError):
         return {"reason": self.reason}
 
 
+class UntrustedExtension(LoaderError):
+    """A registry version that is not loaded: its signer is not trusted (for this extension), its signature
+    does not verify, or its bytes do not match the digest that was signed. Nothing of it was unpacked."""
+
+    code = "untrusted_extension"
+    status = 403
+
+    def __init__(self, extension_type: str, name: str, version: str, reason: str, *, signer: str | None = None) -> None:
+        self.extension_type = extension_type
+        self.name = name
+        self.version = version
+        self.reason = reason
+        self.signer = signer
+        super().__init__(f"{extension_type} {name} {version} from the registry is not trusted: {reason}")
+
+    def details(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "extension_type": self.extension_type,
+            "name": self.name,
+            "version": self.version,
+            "reason": self.reason,
+        }
+        if self.signer is not None:
+            out["signer"] = self.signer
+        return out
+
+
 class ConfigError(Exception):
     """A bad configuration file or value; raised at start, names the key."""
 
@@ -191,5 +219,6 @@ ERROR_CODES: dict[str, int] = {
         LoadFailed,
         LoadTimeout,
         Unavailable,
+        UntrustedExtension,
     )
 }

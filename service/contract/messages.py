@@ -176,13 +176,39 @@ class Extension(Struct, frozen=True, kw_only=True):
     digest: Annotated[str, Meta(pattern=r"^sha256:[0-9a-f]{64}$")]
 
 
+Source = Literal["disk", "registry"]
+
+
+class VersionSource(Struct, frozen=True, kw_only=True):
+    """Where one version of an extension comes from."""
+
+    version: str
+    source: Annotated[
+        Source, Meta(description="disk: an extension root of this instance; registry: the JetStream registry")
+    ]
+    yanked: Annotated[
+        bool, Meta(description="a yanked registry version: never chosen by a constraint, still loaded when pinned")
+    ] = False
+    trusted: Annotated[
+        bool,
+        Meta(description="false: a registry version whose signer or signature this instance does not trust; "
+             "a load of it is refused with untrusted_extension"),
+    ] = True
+
+
 class Available(Struct, frozen=True, kw_only=True):
     extension_type: ExtensionType
     name: str
-    versions: Annotated[tuple[str, ...], Meta(description="newest first")]
+    versions: Annotated[
+        tuple[str, ...], Meta(description="the versions a constraint may choose, newest first (yanked ones left out)")
+    ]
     latest: Annotated[
         ExtensionMetadata | None, Meta(description="the highest stable version; null when there are only pre-releases")
     ]
+    sources: Annotated[
+        tuple[VersionSource, ...],
+        Meta(description="every version, yanked ones included, newest first, with where it comes from"),
+    ] = ()
 
 
 class Status(Struct, frozen=True, kw_only=True):
@@ -222,6 +248,16 @@ class EventStats(Struct, frozen=True, kw_only=True):
     ]
 
 
+class RegistryStats(Struct, frozen=True, kw_only=True):
+    reachable: Annotated[bool, Meta(description="false: JetStream cannot be reached; what was fetched is served")]
+    extensions: Annotated[int, Meta(description="extensions in the index as this instance last read it")]
+    versions: int
+    fetched: Annotated[int, Meta(description="archives fetched and verified since start")]
+    refused: Annotated[int, Meta(description="versions refused as untrusted since start")]
+    auto_update: bool
+    last_error: str | None = None
+
+
 class Stats(Struct, frozen=True, kw_only=True):
     cache: CacheStats
     loads: LoadStats
@@ -230,6 +266,7 @@ class Stats(Struct, frozen=True, kw_only=True):
     instance_id: str
     uptime_s: float
     events: EventStats | None = None
+    registry: Annotated[RegistryStats | None, Meta(description="null: no [registry] configured")] = None
 
 
 class GraphNode(Struct, frozen=True, kw_only=True):
@@ -296,6 +333,7 @@ class ErrorBody(Struct, frozen=True, kw_only=True):
         "load_failed",
         "timeout",
         "unavailable",
+        "untrusted_extension",
     ]
     message: str
     details: dict[str, Any] = {}
@@ -323,8 +361,8 @@ class InstanceReply(Struct, Generic[T], frozen=True, kw_only=True):
 
 # --- events ---
 
-LoadReason = Literal["load", "reload", "auto_load", "hot_reload"]
-UnloadReason = Literal["evicted", "cleared", "reload", "removed"]
+LoadReason = Literal["load", "reload", "auto_load", "hot_reload", "published"]
+UnloadReason = Literal["evicted", "cleared", "reload", "removed", "yanked"]
 
 
 class ExtensionLoaded(Struct, frozen=True, kw_only=True):

@@ -55,7 +55,7 @@ def parse_dependency(store: ExtensionStore, owner: VersionInfo, entry: str) -> D
             raise InvalidExtension(
                 str(owner.path), [f"dependency {entry!r}: the type is provider, taskserv or cluster"]
             ) from None
-    elif match["name"] in store.names(owner.extension_type):
+    elif store.has(owner.extension_type, match["name"]):
         dep_type = owner.extension_type
     else:
         dep_type = ExtensionType.TASKSERV
@@ -132,9 +132,12 @@ def _joined(constraints: Iterable[Constraint]) -> str | None:
 
 
 def _best_for_all(constraints: Iterable[Constraint], versions: dict[str, VersionInfo]) -> str | None:
+    """The highest version every constraint allows; a yanked or untrusted registry version only where a
+    constraint names it exactly (as a pinned load takes it)."""
     wanted = list(constraints)
+    pinned = {c.text for c in wanted}
     for version in sort_newest_first(versions):
-        if all(c.matches(version) for c in wanted):
+        if (versions[version].choosable or version in pinned) and all(c.matches(version) for c in wanted):
             return version
     return None
 

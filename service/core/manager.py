@@ -153,7 +153,7 @@ class ExtensionManager:
         if version is not None and parse_version(version) is not None:
             # The hot path: an exact version that is cached needs neither the disk nor a dependency check.
             hit = self._cache.get(cache_key(extension_type, name, version))
-        elif name not in self.store.names(extension_type):
+        elif not self.store.has(extension_type, name):
             return None  # an error reply, made in a task: suggesting close names takes a while on a big tree
         else:
             try:
@@ -291,6 +291,7 @@ class ExtensionManager:
         constraint = Constraint.parse(version)
         info = self.store.resolve(extension_type, name, constraint)
         info.require_metadata()
+        info.require_trusted()
         return info
 
     async def _load_tree(

@@ -4,7 +4,9 @@ Extension roots are searched in order; the first root that has a type and name w
 `<root>/taskservs/kubernetes/1.28.0/metadata.toml` (a folder per version) and
 `<root>/taskservs/containerd/metadata.toml` (one version, named in the file). The store reads only
 `metadata.toml` files; checking and copying an extension is the Nushell loader's work, and what an extension
-depends on is `dependencies.py`'s. Reads are cached by the folders' and files' modification times, so repeated
+depends on is `dependencies.py`'s. With a registry (`registry`, a `RegistryView`), its versions are merged in:
+a name's versions are those of the disk and of the registry together, and where both have one version the
+disk's wins (the operator's own copy, there without a network; see the README, "Registry"). Reads are cached by the folders' and files' modification times, so repeated
 requests do not rescan a tree that did not change, and the whole listing that `discover` answers with is kept
 until something in it changes.
 """
@@ -18,16 +20,16 @@ import re
 import stat
 import time
 import tomllib
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Protocol
 
 import msgspec
 from msgspec import Meta, Struct
 
-from ..contract.errors import InvalidExtension, NotFound, VersionNotFound
-from ..contract.messages import NAME_PATTERN, Available, ExtensionMetadata, ExtensionType
+from ..contract.errors import InvalidExtension, NotFound, UntrustedExtension, VersionNotFound
+from ..contract.messages import NAME_PATTERN, Available, ExtensionMetadata, ExtensionType, Source, VersionSource
 from .slices import Steps, deadline, drain
 from .versions import Constraint, parse_version, sort_newest_first
 
@@ -54,7 +56,11 @@ def cache_key(extension_type: ExtensionType, name: str, version: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class VersionInfo:
-    """One version of one extension on disk; `metadata` is None where the file is broken."""
+    """One version of one extension, on disk or in the registry; `metadata` is None where the file is broken.
+
+    A registry version's `path` is where it is unpacked once fetched; it is `yanked` as its publisher said, and
+    `untrusted` (the reason) when this instance does not trust its signer or signature. Only a version that is
+    neither is `choosable` by a constraint; an exact pin still loads a yanked one."""
 
     extension_type: ExtensionType
     name: str
@@ -62,15 +68,42 @@ class VersionInfo:
     path: Path
     metadata: ExtensionMetadata | None
     problems: tuple[str, ...] = ()
+    source: Source = "disk"
+    yanked: bool = False
+    untrusted: str | None = None
+    signer: str | None = None
 
     @property
     def key(self) -> str:
         return cache_key(self.extension_type, self.name, self.version)
 
+    @property
+    def choosable(self) -> bool:
+        return not self.yanked and self.untrusted is None
+
     def require_metadata(self) -> ExtensionMetadata:
         if self.metadata is None:
             raise InvalidExtension(str(self.path), self.problems)
         return self.metadata
+
+    def require_trusted(self) -> None:
+        if self.untrusted is not None:
+            raise UntrustedExtension(
+                self.extension_type.value, self.name, self.version, self.untrusted, signer=self.signer
+            )
+
+
+class RegistryView(Protocol):
+    """The registry's versions as the store merges them with the disk's (see `releases.py`)."""
+
+    @property
+    def generation(self) -> int:
+        """Grows whenever what the view holds changes."""
+        ...
+
+    def names(self, extension_type: ExtensionType) -> Collection[str]: ...
+
+    def versions(self, extension_type: ExtensionType, name: str) -> dict[str, VersionInfo]: ...
 
 
 # A folder time this close to when it was read may be shared by a change made just after the read (a file
@@ -106,6 +139,7 @@ class ExtensionStore:
 
     def __init__(self, roots: Sequence[Path]) -> None:
         self.roots = tuple(roots)
+        self.registry: RegistryView | None = None
         self.watched = False
         self._epoch = 0  # grows with every invalidation: a scan that overlapped one does not keep its result
         self._names: dict[ExtensionType, tuple[tuple[int, ...], dict[str, Path]]] = {}
@@ -155,9 +189,19 @@ class ExtensionStore:
         self, extension_type: ExtensionType, name: str, *, names: dict[str, Path] | None = None
     ) -> dict[str, VersionInfo]:
         folder = (names if names is not None else self.names(extension_type)).get(name)
+        published = self.registry.versions(extension_type, name) if self.registry is not None else {}
         if folder is None:
-            raise NotFound(extension_type.value, name, self.suggest(extension_type, name))
-        return self._entry(extension_type, name, folder).versions
+            if not published:
+                raise NotFound(extension_type.value, name, self.suggest(extension_type, name))
+            return published
+        on_disk = self._entry(extension_type, name, folder).versions
+        return {**published, **on_disk} if published else on_disk
+
+    def has(self, extension_type: ExtensionType, name: str) -> bool:
+        """Whether an extension of that type and name is on disk or in the registry."""
+        return name in self.names(extension_type) or (
+            self.registry is not None and name in self.registry.names(extension_type)
+        )
 
     def _entry(self, extension_type: ExtensionType, name: str, folder: Path) -> _NameEntry:
         key = (extension_type, name)
@@ -182,17 +226,32 @@ class ExtensionStore:
         self._generations[extension_type] += 1
 
     def suggest(self, extension_type: ExtensionType, name: str) -> list[str]:
-        return _close(name, self.names(extension_type))
+        return _close(name, self._all_names(extension_type))
+
+    def _all_names(self, extension_type: ExtensionType) -> set[str]:
+        names = set(self.names(extension_type))
+        if self.registry is not None:
+            names.update(self.registry.names(extension_type))
+        return names
 
     def resolve(self, extension_type: ExtensionType, name: str, constraint: Constraint) -> VersionInfo:
+        """The version a request means: the best that a constraint may choose; an exact version as asked, even
+        yanked; an untrusted registry version only to say why it is refused (`require_trusted`)."""
         versions = self.versions(extension_type, name)
-        best = constraint.best(versions)
+        best = constraint.best(v for v, info in versions.items() if info.choosable)
         if best is not None:
             return versions[best]
+        exact = versions.get(constraint.text)
+        if exact is not None and constraint.matches(exact.version):
+            return exact
+        refused = constraint.best(v for v, info in versions.items() if info.untrusted is not None)
+        if refused is not None:
+            return versions[refused]
         unreadable = [v for v in versions.values() if parse_version(v.version) is None]
         if unreadable and len(unreadable) == len(versions):
             raise InvalidExtension(str(unreadable[0].path), unreadable[0].problems)
-        raise VersionNotFound(extension_type.value, name, constraint.text, sort_newest_first(versions))
+        choosable = sort_newest_first(v for v, info in versions.items() if info.choosable)
+        raise VersionNotFound(extension_type.value, name, constraint.text, choosable)
 
     def available(self, extension_type: ExtensionType | None = None, name: str | None = None) -> tuple[Available, ...]:
         """What can be loaded: broken extensions and versions are left out, so one does not hide the rest.
@@ -203,17 +262,21 @@ class ExtensionStore:
         out: list[Available] = []
         for t in types:
             known = self.names(t)
+            published = self.registry.versions(t, name) if self.registry is not None else {}
             if name not in known:
+                if published:
+                    out.append(_listed(t, name, published) or _nothing(t, name))
                 continue
             entry = self._entry(t, name, known[name])
-            if not entry.versions:
+            if not entry.versions and not published:
                 continue  # a folder with no version in it offers nothing, as in the listing
-            if entry.listed is None:
+            listed = _listed(t, name, {**published, **entry.versions}) if published else entry.listed
+            if listed is None:
                 first = next(iter(entry.versions.values()))
                 raise InvalidExtension(str(first.path), first.problems)
-            out.append(entry.listed)
+            out.append(listed)
         if not out:
-            everything = sorted({n for t in types for n in self.names(t)} - {name})
+            everything = sorted({n for t in types for n in self._all_names(t)} - {name})
             kind = extension_type.value if extension_type else "extension"
             raise NotFound(kind, name, _close(name, everything))
         return tuple(out)
@@ -225,17 +288,26 @@ class ExtensionStore:
         known: dict[ExtensionType, dict[str, Path]] = {}
         for t in types:
             known[t] = yield from self._look(t)
-        generation = tuple(self._generations[t] for t in types)
+        registry = self.registry
+        generation = (*(self._generations[t] for t in types), registry.generation if registry is not None else 0)
         cached = self._listings.get(extension_type)
         if cached is not None and cached[0] == generation:
             return cached[1]
         out: list[Available] = []
         until = deadline()
         for t in types:
-            for n in sorted(known[t]):
-                entry = self._entries.get((t, n)) or self._entry(t, n, known[t][n])  # gone: invalidated since
-                if entry.listed is not None:
-                    out.append(entry.listed)
+            published = set(registry.names(t)) if registry is not None else set()
+            for n in sorted(published.union(known[t]) if published else known[t]):
+                listed: Available | None
+                if n in published:
+                    assert registry is not None
+                    on_disk = self._entry(t, n, known[t][n]).versions if n in known[t] else {}
+                    listed = _listed(t, n, {**registry.versions(t, n), **on_disk})
+                else:
+                    entry = self._entries.get((t, n)) or self._entry(t, n, known[t][n])  # gone: invalidated since
+                    listed = entry.listed
+                if listed is not None:
+                    out.append(listed)
                 if time.perf_counter() > until:
                     yield
                     until = deadline()
@@ -293,13 +365,27 @@ def _close(name: str, names: Iterable[str]) -> list[str]:
 
 
 def _listed(extension_type: ExtensionType, name: str, versions: dict[str, VersionInfo]) -> Available | None:
-    good = sort_newest_first(v for v, info in versions.items() if info.metadata is not None)
-    if not good:
+    readable = sort_newest_first(v for v, info in versions.items() if info.metadata is not None)
+    if not readable:
         return None
+    good = [v for v in readable if versions[v].choosable]
     # Only pre-releases: none of them is latest (a load must name one), but each stays listed.
     latest = Constraint.parse(None).best(good)
     latest_meta = versions[latest].require_metadata() if latest is not None else None
-    return Available(extension_type=extension_type, name=name, versions=tuple(good), latest=latest_meta)
+    sources = tuple(
+        VersionSource(
+            version=v,
+            source=versions[v].source,
+            yanked=versions[v].yanked,
+            trusted=versions[v].untrusted is None,
+        )
+        for v in readable
+    )
+    return Available(extension_type=extension_type, name=name, versions=tuple(good), latest=latest_meta, sources=sources)
+
+
+def _nothing(extension_type: ExtensionType, name: str) -> Available:
+    return Available(extension_type=extension_type, name=name, versions=(), latest=None)
 
 
 def _read_versions(extension_type: ExtensionType, name: str, folder: Path) -> dict[str, VersionInfo]:

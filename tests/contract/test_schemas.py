@@ -30,6 +30,7 @@ from service.contract.errors import (
     LoadTimeout,
     NotFound,
     Unavailable,
+    UntrustedExtension,
     VersionNotFound,
 )
 from service.contract.messages import (
@@ -332,6 +333,7 @@ ERRORS: list[LoaderError] = [
     LoadFailed("nu exited with 1", exit_code=1, stderr="Error: boom"),
     LoadTimeout(30.0),
     Unavailable("too many loads waiting"),
+    UntrustedExtension("taskserv", "kubernetes", "1.29.0", "signer is not trusted", signer="U" + "A" * 55),
 ]
 
 
