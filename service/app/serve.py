@@ -13,13 +13,15 @@ import anyio
 from anyio.abc import TaskGroup
 
 from ..contract.config import Config
-from ..contract.errors import LoaderError
+from ..contract.errors import ConfigError, LoaderError
 from ..contract.messages import NushellInfo
 from ..core import audit
 from ..core.manager import ExtensionManager
 from ..core.reconcile import Reconciler
+from ..core.releases import Releases
 from ..core.store import ExtensionStore, VersionInfo
 from ..runtime.runner import Limits, NushellRunner, find_nu, nu_version
+from ..registry.signing import SigningKeyError, public_key_bytes
 from ..runtime.watcher import DiskWatcher
 from ..wire.service import ExtensionService
 
@@ -65,7 +67,24 @@ def build_manager(config: Config, *, instance_id: str | None = None) -> Extensio
         capacity=config.orchestrator.extensions.cache_size,
         instance_id=instance_id or uuid.uuid4().hex[:22].upper(),
         nushell=NushellInfo(path=str(nu), version=version),
+        releases=build_releases(config),
     )
+
+
+def build_releases(config: Config) -> Releases | None:
+    """The registry's side of the store, when `[registry] enabled`: its saved index read back, each pinned key
+    checked (a typo would trust no one, silently). Raises ConfigError naming a bad key."""
+    registry = config.registry
+    if not registry.enabled:
+        return None
+    for i, trusted in enumerate(registry.trusted):
+        try:
+            public_key_bytes(trusted.key)
+        except SigningKeyError as exc:
+            raise ConfigError(f"registry.trusted.{i}.key", str(exc)) from None
+    releases = Releases(registry, config.cache_dir / ".registry")
+    releases.restore()
+    return releases
 
 
 async def serve(config: Config, *, on_ready: Callable[[ExtensionService], None] | None = None) -> None:

@@ -1,13 +1,16 @@
 """The core: what the service knows about extensions, with no NATS in sight.
 
     manager.py    the LRU cache in front of the runner: single-flight, statistics, the events each change causes
-    store.py      the extension roots on disk: names, versions, metadata, dependency trees
+    store.py      the extension roots on disk, with the registry's versions merged in: names, versions, metadata
+    releases.py   the registry's index as this loader sees it: trust, yanks, fetching and unpacking archives
+    dependencies.py  which version of each dependency a load needs
     versions.py   versions and constraints (semantic versions, the contract's pre-release rule)
     graph.py      a dependency tree as the graph reply (JSON, DOT, Mermaid)
     reconcile.py  bringing the cache in step with the disk after a change (hot reload, removal, new version)
     slices.py     long work (a discover of a large tree) done on the event loop a slice at a time
     audit.py      one audit line per change of state; metrics.py: the OpenTelemetry instruments
 
-It may use the runtime and the contract. It returns events; sending them, and everything else on the wire,
+It may use the runtime, the registry and the contract. The registry's buckets are handed to it once they are
+open; what goes over the wire otherwise is not its business. It returns events; sending them, and everything else on the wire,
 is the wire's job.
 """

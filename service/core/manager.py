@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 import anyio
 from cachetools import LRUCache
 
-from ..contract.errors import LoaderError, LoadFailed, Unavailable
+from ..contract.errors import LoaderError, LoadFailed, Unavailable, UntrustedExtension
 from ..contract.messages import (
     Available,
     CacheStats,
@@ -38,6 +38,7 @@ from ..runtime.runner import NushellRunner
 from . import audit
 from .dependencies import DependencyTree, dependency_tree
 from .metrics import load_duration
+from .releases import Releases
 from .slices import in_slices
 from .store import ExtensionStore, VersionInfo, cache_key
 from .versions import Constraint, parse_version, sort_newest_first
@@ -101,9 +102,14 @@ class ExtensionManager:
         capacity: int,
         instance_id: str,
         nushell: NushellInfo,
+        releases: Releases | None = None,
         clock: Clock = utc_now,
     ) -> None:
+        """`releases`: the registry's versions, merged into the store's and fetched before their first load."""
         self.store = store
+        self.releases = releases
+        if releases is not None:
+            store.registry = releases
         self.runner = runner
         self.instance_id = instance_id
         self.nushell = nushell
@@ -157,7 +163,9 @@ class ExtensionManager:
             return None  # an error reply, made in a task: suggesting close names takes a while on a big tree
         else:
             try:
-                hit = self._cache.get(self._resolve(extension_type, name, version).key)
+                # The cache holds only what loaded, so a version refused as untrusted is a miss here, and is
+                # refused (and its refusal recorded) once, by the load that follows.
+                hit = self._cache.get(self.store.resolve(extension_type, name, Constraint.parse(version)).key)
             except LoaderError:
                 return None
         if hit is not None:
@@ -203,6 +211,17 @@ class ExtensionManager:
             return []
         audit.record("removed", _key(entry))
         return [self._unloaded(entry, "removed")]
+
+    def yanked(self, info: VersionInfo, *, announce: bool) -> list[Event]:
+        """A registry version was yanked: it leaves the cache (a pinned load fetches it again), and the
+        `unloaded` event says so; `announce`: say so even where it was not cached (a loader that follows the
+        registry for its fleet)."""
+        self._bump(info.extension_type, info.name)
+        entry = self._cache.pop(info.key, None)
+        if entry is None and not announce:
+            return []
+        audit.record("yanked", info.key, message="dropped from the cache" if entry is not None else "")
+        return [self._event_unloaded(info.extension_type, info.name, info.version, "yanked")]
 
     def cached(self, extension_type: ExtensionType, name: str) -> list[Extension]:
         return [e for e in self.loaded(extension_type) if e.metadata.name == name]
@@ -283,6 +302,7 @@ class ExtensionManager:
             nushell=self.nushell,
             instance_id=self.instance_id,
             uptime_s=round(time.monotonic() - self._started, 3),
+            registry=self.releases.stats() if self.releases is not None else None,
         )
 
     # --- inside ---
@@ -291,7 +311,13 @@ class ExtensionManager:
         constraint = Constraint.parse(version)
         info = self.store.resolve(extension_type, name, constraint)
         info.require_metadata()
-        info.require_trusted()
+        try:
+            info.require_trusted()
+        except UntrustedExtension as exc:
+            if self.releases is not None:
+                self.releases.refused += 1
+            audit.record("refused", info.key, exc.code, exc.reason, signer=exc.signer)
+            raise
         return info
 
     async def _load_tree(
@@ -381,7 +407,8 @@ class ExtensionManager:
         self._run_started.set()
         self._run_started = anyio.Event()
         try:
-            result = await self.runner.load(info.extension_type, info.name, info.version)
+            root = await self.releases.fetch(info) if info.source == "registry" and self.releases else None
+            result = await self.runner.load(info.extension_type, info.name, info.version, root=root)
         except LoaderError as exc:
             flight.error = exc
             audit.record(reason, info.key, exc.code, exc.message)
@@ -436,12 +463,17 @@ class ExtensionManager:
 
     def _unloaded(self, extension: Extension, reason: UnloadReason) -> ExtensionUnloaded:
         meta = extension.metadata
+        return self._event_unloaded(meta.extension_type, meta.name, meta.version, reason)
+
+    def _event_unloaded(
+        self, extension_type: ExtensionType, name: str, version: str, reason: UnloadReason
+    ) -> ExtensionUnloaded:
         return ExtensionUnloaded(
             event_id=new_id(),
             reason=reason,
-            extension_type=meta.extension_type,
-            name=meta.name,
-            version=meta.version,
+            extension_type=extension_type,
+            name=name,
+            version=version,
             instance_id=self.instance_id,
             timestamp=self._clock(),
         )

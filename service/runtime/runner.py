@@ -115,12 +115,13 @@ def nu_version(nu: Path) -> str:
     return done.stdout.decode(errors="replace").strip()
 
 
-class _Request(msgspec.Struct, frozen=True):
-    """What `module serve-one` reads on its standard input."""
+class _Request(msgspec.Struct, frozen=True, omit_defaults=True):
+    """What `module serve-one` reads on its standard input; `root`: the one extension root to search."""
 
     type: str
     name: str
     version: str
+    root: str | None = None
 
 
 class NushellRunner:
@@ -173,11 +174,16 @@ class NushellRunner:
         except OSError as exc:
             raise LoadFailed(f"cannot create the cache directory {self.cache_dir}: {exc.strerror}") from None
 
-    async def load(self, extension_type: ExtensionType, name: str, version: str) -> LoadResult:
-        request = msgspec.json.encode(_Request(extension_type.value, name, version)) + b"\n"
+    async def load(
+        self, extension_type: ExtensionType, name: str, version: str, *, root: Path | None = None
+    ) -> LoadResult:
+        """Loads one version; `root`: search that extension root only, not the configured ones (a registry
+        version, unpacked)."""
+        request = _Request(extension_type.value, name, version, str(root) if root is not None else None)
+        request_bytes = msgspec.json.encode(request) + b"\n"
         with tracer.start_as_current_span("nushell module load", kind=trace.SpanKind.INTERNAL) as span:
             span.set_attribute("process.executable.path", str(self.nu))
-            stdout = await self._run(request, span)
+            stdout = await self._run(request_bytes, span)
             try:
                 return msgspec.json.decode(stdout, type=LoadResult)
             except msgspec.DecodeError as exc:

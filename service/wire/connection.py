@@ -39,12 +39,14 @@ async def flush_subscriptions(nc: Client) -> None:
 
 
 class NatsConnection:
-    def __init__(self, config: NatsConfig, *, on_reconnect: Callable[[], None] = lambda: None) -> None:
+    def __init__(self, config: NatsConfig, *, on_change: Callable[[], None] = lambda: None) -> None:
+        """`on_change`: called after each disconnect and each reconnect."""
         self.config = config
         self._client: Client | None = None
-        self._on_reconnect = on_reconnect
+        self._on_change = on_change
         self.closing = False  # a disconnect from here on is ours, not a lost connection
         self.reconnects = 0
+        self.disconnects = 0
         self._sub_refusals: list[str] | None = []  # subscriptions refused while starting; None once started
 
     @property
@@ -148,12 +150,14 @@ class NatsConnection:
             log.info("disconnected from NATS")
         else:
             log.warning("disconnected from NATS; reconnecting (events are buffered meanwhile)")
+        self.disconnects += 1
+        self._on_change()
 
     async def _on_reconnected(self) -> None:
         url = self.client.connected_url
         log.info("reconnected to NATS at %s", url.netloc if url else "?")
         self.reconnects += 1
-        self._on_reconnect()
+        self._on_change()
 
 
 def _is_refusal(exc: Exception) -> bool:

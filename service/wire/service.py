@@ -4,7 +4,8 @@
 (`connection`), sets up the event publisher (`events`), subscribes every request subject in the queue group,
 and the fleet subjects (`<prefix>.all.list`, `.status`, `.stats`, `.cache.clear`, which every instance
 answers) outside it, through the `dispatcher` (which calls the `handlers`), the `$SRV` subjects (`micro`) and
-the peers' events (`peers`), and returns once the server has them all. Leaving drains the subscriptions (no
+the peers' events (`peers`), and returns once the server has them all. With a registry configured it first
+reads the registry's index and then follows it (`registry`). Leaving drains the subscriptions (no
 request already received is dropped), waits for the requests in flight and their events, answers whatever
 the drain time cuts off with `unavailable`, then flushes and closes the connection.
 """
@@ -18,7 +19,7 @@ from types import TracebackType
 from typing import Self
 
 import anyio
-from anyio.abc import TaskGroup
+from anyio.abc import TaskGroup, TaskStatus
 from nats.aio.client import Client
 from nats.aio.subscription import Subscription
 
@@ -32,6 +33,7 @@ from .events import EventPublisher
 from .handlers import RequestHandlers
 from .micro import EndpointStats, ServiceIdentity, responder
 from .peers import PeerListener
+from .registry import RegistryFollower
 from .tracing import Tracing
 
 __all__ = ["ConnectRefused", "ExtensionService", "flush_subscriptions"]
@@ -62,7 +64,19 @@ class ExtensionService:
             )
             for (name, suffix, kind, handler), queue in routes
         ]
-        self.connection = NatsConnection(config.nats, on_reconnect=self._notify)
+        self.connection = NatsConnection(config.nats, on_change=self._notify)
+        self.registry: RegistryFollower | None = None
+        if manager.releases is not None:
+            self.registry = RegistryFollower(
+                config.registry,
+                manager,
+                manager.releases,
+                client=lambda: self.nc,
+                publisher=lambda: self.publisher,
+                connection_changes=lambda: self.connection.reconnects + self.connection.disconnects,
+                changed=lambda: self._changed,
+            )
+        self._following = anyio.CancelScope()
         self.tracing = Tracing()
         self._stack = AsyncExitStack()
         self._tg: TaskGroup | None = None
@@ -124,6 +138,9 @@ class ExtensionService:
             deadline_s=cfg.nats.drain_timeout_s,
         )
         await self._publisher.setup([e.subject for e in self.endpoints])
+        if self.registry is not None:
+            # The index is read before the first request is taken (or found unreachable, within its bound).
+            await self._tg.start(self._follow_registry)
         self._dispatcher = Dispatcher(
             nc, self._tg, manager=self.manager, publisher=self._publisher, tracing=self.tracing
         )
@@ -147,6 +164,11 @@ class ExtensionService:
             extra={"servers": nc.connected_url.netloc if nc.connected_url else None},
         )
 
+    async def _follow_registry(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        assert self.registry is not None
+        with self._following:
+            await self.registry.run(task_status=task_status)
+
     async def drain(self) -> None:
         """Stops taking requests and waits (up to the drain time) for those already received and their events;
         what is still running then is cancelled and answered `unavailable`.
@@ -156,6 +178,7 @@ class ExtensionService:
         if self._drained:
             return
         self._drained = True
+        self._following.cancel()  # no new work from the registry's index while draining
         with anyio.move_on_after(self.config.nats.drain_timeout_s) as scope:
             for sub in self._subs:
                 if not self.nc.is_connected:
@@ -180,6 +203,7 @@ class ExtensionService:
             if self._subs:
                 await self.drain()
         finally:
+            self._following.cancel()
             await self._stack.aclose()
 
     async def wait_until(self, *, reconnects: int = 0, peer_events: int = 0) -> None:

@@ -82,6 +82,8 @@ def "main module load" [
 # Wait for one load request on standard input, then do what `module load` does, with JSON output. The request
 # is one JSON object, read until standard input is closed:
 #   {"type": "taskserv", "name": "kubernetes", "version": "1.28.0"}   (version: absent or null for latest)
+# and optionally "root": one extension root to search instead of PROVISIONING_EXTENSION_PATHS (the service
+# gives the folder a registry archive was unpacked into).
 # The service starts this ahead of time, so a request finds Nushell started and this module parsed; each process
 # serves one request and exits, as `module load` does.
 def "main module serve-one" [
@@ -96,12 +98,14 @@ def "main module serve-one" [
     let type = $request.type? | default null
     let name = $request.name? | default null
     let version = $request.version? | default null
+    let root = $request.root? | default null
     if (type-name $type) != "string" or (type-name $name) != "string" or (
         $version != null and (type-name $version) != "string"
-    ) {
-        let reason = "one JSON object {type, name, version} on standard input"
+    ) or ($root != null and ((type-name $root) != "string" or not ($root | str starts-with "/"))) {
+        let reason = "one JSON object {type, name, version, root?} on standard input (root: an absolute path)"
         fail invalid_request $"serve-one expects ($reason)" {field: request, reason: $reason}
     }
+    if $root != null { $env.PROVISIONING_EXTENSION_PATHS = $root }
     load-one $type $name $version
 }
 

@@ -1,0 +1,174 @@
+"""Following the registry's index on JetStream, and bringing the cache in step with it.
+
+`RegistryFollower` opens the two buckets once connected, reads the whole index, then watches it. Each change
+goes to the core's `Releases` (which judges trust) and from there to the cache: a yanked version leaves it
+(`extensions.unloaded`, reason `yanked`); with `auto_update`, a newly published version that is now the
+latest is fetched and loaded ahead of any request (`extensions.loaded`, reason `published`).
+
+The watch is started anew after every reconnect: nats-py's ordered consumer would otherwise resume about 12 s
+late (its heartbeats have to notice first). While JetStream cannot be reached the follower says so (stats, log),
+keeps serving what was fetched, and tries again at each reconnect and every `_RETRY_S` seconds.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+
+import anyio
+from anyio.abc import TaskStatus
+from nats.aio.client import Client
+
+from ..contract.config import RegistryConfig
+from ..contract.errors import LoaderError
+from ..core.manager import Event, ExtensionManager
+from ..core.releases import Changes, Releases
+from ..core.store import VersionInfo
+from ..core.versions import Constraint
+from ..registry.jetstream import BucketNames, RegistryBuckets, RegistryUnavailable, Update
+from .events import EventPublisher
+
+log = logging.getLogger(__name__)
+
+_RETRY_S = 5.0  # between attempts while the buckets cannot be opened
+_INDEX_TIMEOUT_S = 5.0  # a call on the index: the bound that keeps an offline loader from stalling
+
+
+class RegistryFollower:
+    def __init__(
+        self,
+        config: RegistryConfig,
+        manager: ExtensionManager,
+        releases: Releases,
+        *,
+        client: Callable[[], Client],
+        publisher: Callable[[], EventPublisher],
+        connection_changes: Callable[[], int],
+        changed: Callable[[], anyio.Event],
+    ) -> None:
+        """`connection_changes`: how many disconnects and reconnects there have been; `changed`: an event set at
+        the next one."""
+        self.config = config
+        self.manager = manager
+        self.releases = releases
+        self._client = client
+        self._publisher = publisher
+        self._connection_changes = connection_changes
+        self._changed = changed
+        self.updates = 0  # index updates applied (for tests and tools)
+        self._updated = anyio.Event()
+        self._unreachable_said = False
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Follows the index until cancelled. Reports started once the index was read, or could not be."""
+        started = False
+        while True:
+            seen = self._connection_changes()
+            try:
+                await self._follow(seen, task_status if not started else None)
+            except RegistryUnavailable as exc:
+                self._unreachable(str(exc))
+            if not started:
+                started = True
+                task_status.started()
+            with anyio.move_on_after(_RETRY_S):
+                while self._connection_changes() == seen:
+                    await self._changed().wait()
+
+    async def wait_updates(self, count: int) -> None:
+        """Returns once that many index updates have been applied (for tests and tools)."""
+        while self.updates < count:
+            await self._updated.wait()
+
+    async def _follow(self, seen: int, task_status: TaskStatus[None] | None) -> None:
+        nc = self._client()
+        if not nc.is_connected:
+            raise RegistryUnavailable("not connected to NATS")
+        names = BucketNames(index=self.config.index_bucket, archives=self.config.archive_bucket)
+        buckets = RegistryBuckets(nc, names, timeout_s=min(_INDEX_TIMEOUT_S, self.config.timeout_s))
+        await buckets.open()
+        self.releases.buckets = buckets
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._stop_on_change, seen, tg.cancel_scope)
+            current: list[tuple[str, bytes | None]] = []
+            caught_up = False
+            async for item in buckets.watch():
+                if not isinstance(item, Update):  # caught up: the whole index has been read
+                    caught_up = True
+                    await self._apply(self.releases.replace(current), initial=True)
+                    self._reachable()
+                    if task_status is not None:
+                        task_status.started()
+                        task_status = None
+                elif caught_up:
+                    await self._apply(self.releases.apply(item.key, item.value), initial=False)
+                else:
+                    current.append((item.key, item.value))
+            raise RegistryUnavailable("the index watch ended")
+
+    async def _stop_on_change(self, seen: int, scope: anyio.CancelScope) -> None:
+        """A disconnect or reconnect ends this watch: the loop starts a fresh one once connected."""
+        while self._connection_changes() == seen:
+            await self._changed().wait()
+        if not self._client().is_connected:
+            self._unreachable("disconnected from NATS")
+        scope.cancel()
+
+    def _reachable(self) -> None:
+        if not self.releases.reachable:
+            extensions, versions = self.releases.counts()
+            log.info("registry: following the index (%d extensions, %d versions)", extensions, versions)
+        self.releases.reachable = True
+        self.releases.last_error = None
+        self._unreachable_said = False
+
+    def _unreachable(self, why: str) -> None:
+        self.releases.reachable = False
+        self.releases.last_error = why
+        if not self._unreachable_said:
+            self._unreachable_said = True
+            log.warning("registry unreachable (%s): serving what was fetched; loads of anything else fail", why)
+
+    async def _apply(self, changes: Changes, *, initial: bool) -> None:
+        if changes:
+            self.releases.save()
+        events = await self.events_for(changes, initial=initial)
+        self.updates += 1
+        self._updated.set()
+        self._updated = anyio.Event()
+        if events:
+            await self._publisher().publish(events)
+
+    async def events_for(self, changes: Changes, *, initial: bool) -> list[Event]:
+        """What a change of the index means for this cache: yanked and withdrawn versions leave it; with
+        auto_update, what became the latest is loaded. At the first reading of the index by a loader that
+        never read it before, nothing counts as newly published."""
+        manager, auto_update = self.manager, self.config.auto_update
+        events: list[Event] = []
+        for info in changes.yanked:
+            events += manager.yanked(info, announce=auto_update)
+        for info in changes.withdrawn:
+            events += manager.remove(info.extension_type, info.name, info.version)
+        if auto_update and not (initial and self.releases.first_reading):
+            events += await self._load_latest(changes.published + changes.restored)
+        self.releases.first_reading = False
+        return events
+
+    async def _load_latest(self, candidates: Sequence[VersionInfo]) -> list[Event]:
+        events: list[Event] = []
+        names = {(info.extension_type, info.name) for info in candidates}
+        new = {info.key for info in candidates}
+        for extension_type, name in sorted(names):
+            try:
+                latest = self.manager.store.resolve(extension_type, name, Constraint.parse(None))
+            except LoaderError:
+                continue
+            if latest.key not in new or latest.source != "registry":
+                continue  # what is newly published is not the latest (or the disk's copy wins)
+            try:
+                outcome = await self.manager.load(extension_type, name, latest.version, reason="published")
+            except LoaderError as exc:
+                log.warning("auto_update: %s was published but does not load (%s): %s", latest.key, exc.code, exc)
+                continue
+            events += outcome.events
+        return events
