@@ -8,6 +8,7 @@ import signal
 import uuid
 from collections.abc import Callable
 from importlib import metadata
+from pathlib import Path
 
 import anyio
 from anyio.abc import TaskGroup
@@ -38,13 +39,27 @@ def service_version() -> str:
 def build_manager(config: Config, *, instance_id: str | None = None) -> ExtensionManager:
     """Everything below the NATS wiring; raises NushellMissing when `nu` is not there, SandboxMissing when
     `prlimit` is not there and the configuration does not allow Nushell to run without limits."""
-    nu = find_nu(config.nushell.path)
-    version = nu_version(nu)
+    runner = build_runner(config)
+    for root in config.extension_paths:
+        if not root.is_dir():
+            log.warning("extension root %s does not exist", root)
+    return ExtensionManager(
+        ExtensionStore(config.extension_paths),
+        runner,
+        capacity=config.orchestrator.extensions.cache_size,
+        instance_id=instance_id or uuid.uuid4().hex[:22].upper(),
+        nushell=NushellInfo(path=str(runner.nu), version=nu_version(runner.nu)),
+        releases=build_releases(config),
+    )
+
+
+def build_runner(config: Config, *, cache_dir: Path | None = None, spares: int | None = None) -> NushellRunner:
+    """The Nushell runner as configured (`cache_dir`, `spares`: instead of the configured ones)."""
     n = config.nushell
     runner = NushellRunner(
-        nu,
+        find_nu(n.path),
         roots=config.extension_paths,
-        cache_dir=config.cache_dir,
+        cache_dir=cache_dir or config.cache_dir,
         limits=Limits(
             timeout_s=n.timeout_s,
             max_concurrent=n.max_concurrent,
@@ -54,21 +69,11 @@ def build_manager(config: Config, *, instance_id: str | None = None) -> Extensio
             max_file_mb=n.max_file_mb,
         ),
         allow_unlimited=n.allow_unlimited,
-        spares=n.spares,
+        spares=n.spares if spares is None else spares,
         spare_max_age_s=n.spare_max_age_s,
     )
     runner.prepare()
-    for root in config.extension_paths:
-        if not root.is_dir():
-            log.warning("extension root %s does not exist", root)
-    return ExtensionManager(
-        ExtensionStore(config.extension_paths),
-        runner,
-        capacity=config.orchestrator.extensions.cache_size,
-        instance_id=instance_id or uuid.uuid4().hex[:22].upper(),
-        nushell=NushellInfo(path=str(nu), version=version),
-        releases=build_releases(config),
-    )
+    return runner
 
 
 def build_releases(config: Config) -> Releases | None:

@@ -27,7 +27,7 @@ import anyio.to_thread
 import msgspec
 
 from ..contract.config import RegistryConfig
-from ..contract.errors import Unavailable, UntrustedExtension
+from ..contract.errors import InvalidExtension, Unavailable, UntrustedExtension
 from ..contract.messages import ExtensionMetadata, ExtensionType, RegistryStats
 from ..registry import signing
 from ..registry.archive import ArchiveRefused, UnpackLimits, digest_file, unpack
@@ -60,6 +60,15 @@ class Changes:
         self.withdrawn += other.withdrawn
 
 
+def unpack_limits(config: RegistryConfig) -> UnpackLimits:
+    """The bounds of one archive, as configured: a publisher checks its archive against the same."""
+    return UnpackLimits(
+        max_archive_bytes=config.max_archive_mb * 2**20,
+        max_unpacked_bytes=config.max_unpacked_mb * 2**20,
+        max_files=config.max_files,
+    )
+
+
 class _Snapshot(msgspec.Struct, frozen=True):
     records: tuple[IndexRecord, ...]
 
@@ -81,11 +90,7 @@ class Releases:
         self._names: dict[ExtensionType, set[str]] = {t: set() for t in ExtensionType}
         self._generation = 0
         self._trust: dict[tuple[str, str, str, str, str, str], str | None] = {}
-        self.limits = UnpackLimits(
-            max_archive_bytes=config.max_archive_mb * 2**20,
-            max_unpacked_bytes=config.max_unpacked_mb * 2**20,
-            max_files=config.max_files,
-        )
+        self.limits = unpack_limits(config)
 
     # --- what the store reads ---
 
@@ -272,7 +277,7 @@ class Releases:
         try:
             await anyio.to_thread.run_sync(self._unpack, archive, tree)
         except ArchiveRefused as exc:
-            raise self._refuse(info, release, f"its archive is refused: {exc.reason}") from None
+            raise self._broken(info, release, exc.reason) from None
         return tree
 
     def _unpack(self, archive: Path, tree: Path) -> None:
@@ -294,7 +299,7 @@ class Releases:
                 raise self._refuse(info, release, f"its bytes are {digest}, not the signed {release.digest}")
             temporary.replace(archive)
         except ArchiveTooLarge as exc:
-            raise self._refuse(info, release, f"its archive is too large: {exc}") from None
+            raise self._broken(info, release, str(exc)) from None
         except RegistryUnavailable as exc:
             raise Unavailable(f"fetching {info.key} from the registry failed: {exc}") from None
         finally:
@@ -305,6 +310,13 @@ class Releases:
     def _refuse(self, info: VersionInfo, release: Release, reason: str) -> UntrustedExtension:
         self.refused += 1
         error = UntrustedExtension(info.extension_type.value, info.name, info.version, reason, signer=release.signer)
+        audit.record("refused", info.key, error.code, reason, digest=release.digest, signer=release.signer)
+        return error
+
+    def _broken(self, info: VersionInfo, release: Release, reason: str) -> InvalidExtension:
+        """A signed archive that is not a safe extension (a bomb, a path out of its folder, a link): the
+        signature says who made it, not that it may be unpacked."""
+        error = InvalidExtension(f"registry:{info.key}", [f"archive {release.digest}: {reason}"])
         audit.record("refused", info.key, error.code, reason, digest=release.digest, signer=release.signer)
         return error
 

@@ -3,6 +3,7 @@
     serving.py   `serve` and `dev`: the service itself (exit codes 2 for bad configuration, 3 for a refused
                  start, 4 when NATS cannot be reached)
     calls.py     `load`, `list`, `watch`, ...: a client for people, through `LoaderClient`
+    registry.py  `keygen`, `publish`, `yank`, `search`: the JetStream registry, through `app/publishing.py`
     printing.py  how their results read in a terminal
 
 This package is the command line's edge: it parses arguments and prints; what it runs lives in the layers
@@ -19,6 +20,7 @@ from typing import Any
 
 from ..serve import service_version
 from .calls import DEFAULT_URL, run_client
+from .registry import run_keygen, run_registry
 from .serving import run_dev, run_serve
 
 __all__ = ["main"]
@@ -121,6 +123,31 @@ def _parser() -> argparse.ArgumentParser:
     graph = client("graph", "an extension's dependency graph", typed="required", versioned=True)
     graph.add_argument("--format", "-f", choices=["json", "dot", "mermaid"], default="json")
     client("watch", "print extensions.loaded and extensions.unloaded events as they come")
+
+    k = sub.add_parser("keygen", help="write a new signing key (an nkey seed, mode 0600); print its public key")
+    k.add_argument("file", metavar="FILE", help="where to write the seed; an existing file is never overwritten")
+    k.set_defaults(run=run_keygen)
+
+    def registry(name: str, help: str) -> argparse.ArgumentParser:
+        r = client(name, help)
+        r.add_argument("--config", "-c", metavar="FILE", help="TOML file over the packaged defaults ([registry])")
+        r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one key")
+        r.set_defaults(run=run_registry)
+        return r
+
+    pub = registry("publish", "check, pack, sign and publish one extension version to the registry")
+    pub.add_argument("folder", metavar="DIR", help="the folder of one version (it holds metadata.toml)")
+    pub.add_argument("--key", "-k", required=True, metavar="FILE", help="the signing key (`keygen` writes one)")
+    pub.add_argument(
+        "--replicas", type=int, default=1, choices=range(1, 6), metavar="N", help="copies of the buckets when this creates them (1-5)"
+    )
+    y = registry("yank", "mark a published version yanked: never chosen by a constraint, still loaded when pinned")
+    y.add_argument("type", help="provider, taskserv or cluster")
+    y.add_argument("name")
+    y.add_argument("ext_version", metavar="VERSION")
+    y.add_argument("--undo", action="store_true", help="restore a yanked version")
+    se = registry("search", "find extensions in the registry by name and description")
+    se.add_argument("words", nargs="+", metavar="WORD")
     return p
 
 

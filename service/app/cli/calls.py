@@ -27,7 +27,7 @@ TIMEOUT_S = 40.0  # for one reply: longer than a cold load may run (nushell.time
 FLEET_TIMEOUT_S = 1.0  # for every instance's reply: --all always waits this long unless --replies says how many
 
 
-class _CaFileError(Exception):
+class CaFileError(Exception):
     """--tls-ca names a file that cannot be read as a CA file; ssl's own errors do not name it."""
 
     def __init__(self, path: str, exc: OSError) -> None:
@@ -46,7 +46,7 @@ def run_client(args: argparse.Namespace) -> int:
         if exc.details:
             print(json.dumps(exc.details, indent=2), file=sys.stderr)
         return 1
-    except (_CaFileError, _Forbidden) as exc:
+    except (CaFileError, _Forbidden) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 4
     except nats.errors.NoRespondersError as exc:
@@ -81,7 +81,8 @@ class _Forbidden(Exception):
     """The NATS server refused the request (or the inbox for its reply) to this user."""
 
 
-async def _client_main(args: argparse.Namespace) -> int:
+async def connect(args: argparse.Namespace) -> Client:
+    """A connection as the person asked (--server, --user, --password, --tls-ca): one attempt, no reconnects."""
     options: dict[str, Any] = {
         "servers": [args.server],
         "name": "extension-loader-cli",
@@ -96,8 +97,12 @@ async def _client_main(args: argparse.Namespace) -> int:
         try:
             options["tls"] = ssl.create_default_context(cafile=args.tls_ca)
         except OSError as exc:
-            raise _CaFileError(args.tls_ca, exc) from exc
-    nc = await nats.connect(**options)
+            raise CaFileError(args.tls_ca, exc) from exc
+    return await nats.connect(**options)
+
+
+async def _client_main(args: argparse.Namespace) -> int:
+    nc = await connect(args)
     try:
         if args.action == "watch":
             return await _watch(nc, args)

@@ -44,17 +44,16 @@ def readable(args: argparse.Namespace, data: Any, elapsed_ms: float) -> str:
             (e["metadata"]["extension_type"], e["metadata"]["name"], e["metadata"]["version"], e["loaded_at"])
             for e in data
         ]
-        return _table(("TYPE", "NAME", "VERSION", "LOADED AT"), rows) if rows else "nothing is loaded"
+        return table(("TYPE", "NAME", "VERSION", "LOADED AT"), rows) if rows else "nothing is loaded"
     if action == "status":
         where = f"{args.type} {args.name}"
         return f"{where}: loaded ({', '.join(data['versions'])})" if data["loaded"] else f"{where}: not loaded"
     if action == "discover":
         none = {"description": "(pre-releases only: name a version to load one)"}  # no latest without a stable one
         rows = [
-            (a["extension_type"], a["name"], ", ".join(a["versions"]), (a["latest"] or none)["description"])
-            for a in data
+            (a["extension_type"], a["name"], _versions(a), (a["latest"] or none)["description"]) for a in data
         ]
-        return _table(("TYPE", "NAME", "VERSIONS", "DESCRIPTION"), rows) if rows else "no extensions found"
+        return table(("TYPE", "NAME", "VERSIONS", "DESCRIPTION"), rows) if rows else "no extensions found"
     if action == "stats":
         c, loads = data["cache"], data["loads"]
         return "\n".join(
@@ -64,6 +63,7 @@ def readable(args: argparse.Namespace, data: Any, elapsed_ms: float) -> str:
                 f"(hit ratio {c['hit_ratio']:.2f}), {c['evictions']} evictions",
                 f"loads: {loads['total']} total, {loads['cold']} cold, {loads['failed']} failed, "
                 f"{loads['coalesced']} coalesced; {data['in_flight']} in flight",
+                *_registry_line(data.get("registry")),
             ]
         )
     if action == "clear":
@@ -86,7 +86,7 @@ def readable_fleet(args: argparse.Namespace, answers: Sequence[dict[str, Any]]) 
                 (a["instance_id"], e["metadata"]["extension_type"], e["metadata"]["name"], e["metadata"]["version"])
                 for e in a["data"]
             ] or [(a["instance_id"], "-", "nothing loaded", "")]
-        return f"{n} answered\n" + _table(("INSTANCE", "TYPE", "NAME", "VERSION"), rows)
+        return f"{n} answered\n" + table(("INSTANCE", "TYPE", "NAME", "VERSION"), rows)
     if action == "status":
         having = sum(1 for a in answers if a["data"]["loaded"])
         rows = [
@@ -94,7 +94,7 @@ def readable_fleet(args: argparse.Namespace, answers: Sequence[dict[str, Any]]) 
             for a in answers
         ]
         title = f"{args.type} {args.name}: loaded on {having} of {n}"
-        return title + "\n" + _table(("INSTANCE", "STATUS"), rows)
+        return title + "\n" + table(("INSTANCE", "STATUS"), rows)
     if action == "stats":
         rows = []
         for a in answers:
@@ -103,15 +103,38 @@ def readable_fleet(args: argparse.Namespace, answers: Sequence[dict[str, Any]]) 
             counts = (c["hits"], c["misses"], loads["total"], loads["cold"], loads["failed"], d["in_flight"])
             rows.append((a["instance_id"], f"{d['uptime_s']:.0f} s", f"{c['size']}/{c['capacity']}", *map(str, counts)))
         header = ("INSTANCE", "UP", "CACHED", "HITS", "MISSES", "LOADS", "COLD", "FAILED", "IN FLIGHT")
-        return f"{n} answered\n" + _table(header, rows)
+        return f"{n} answered\n" + table(header, rows)
     if action == "clear":
         total = sum(a["data"]["cleared"] for a in answers)
         rows = [(a["instance_id"], str(a["data"]["cleared"])) for a in answers]
-        return f"cleared {total} entries on {n}\n" + _table(("INSTANCE", "CLEARED"), rows)
+        return f"cleared {total} entries on {n}\n" + table(("INSTANCE", "CLEARED"), rows)
     return json.dumps(list(answers), indent=2)
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+def _versions(available: dict[str, Any]) -> str:
+    """Newest first, each marked where it is not a plain version on this instance's disk:
+    `1.29.0 (registry)`, `1.28.1 (registry, yanked)`, `2.0.0 (registry, untrusted)`."""
+    sources = available.get("sources") or [{"version": v, "source": "disk"} for v in available["versions"]]
+    out = []
+    for s in sources:
+        marks = [s["source"]] if s["source"] != "disk" else []
+        marks += ["yanked"] * bool(s.get("yanked")) + ["untrusted"] * (not s.get("trusted", True))
+        out.append(f"{s['version']} ({', '.join(marks)})" if marks else s["version"])
+    return ", ".join(out)
+
+
+def _registry_line(registry: dict[str, Any] | None) -> list[str]:
+    if registry is None:
+        return []
+    state = "reachable" if registry["reachable"] else f"UNREACHABLE ({registry.get('last_error') or '?'})"
+    return [
+        f"registry: {state}; {registry['extensions']} extensions, {registry['versions']} versions in the index; "
+        f"{registry['fetched']} fetched, {registry['refused']} refused; auto_update "
+        f"{'on' if registry['auto_update'] else 'off'}"
+    ]
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     lines = ["  ".join(str(v).ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in [header, *rows]]
     return "\n".join(lines)

@@ -1,0 +1,140 @@
+"""The registry subcommands: `keygen`, `publish`, `yank` and `search` (what they do is `app/publishing.py`'s).
+
+Exit codes: 0 done; 1 refused (the folder does not load, the version is already published, no such version);
+2 a bad key file or configuration; 4 NATS or the registry cannot be reached, or refuses this user.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+import msgspec
+import nats
+
+from ...contract.config import Config, load_config
+from ...contract.errors import ConfigError
+from ...contract.messages import ExtensionType
+from ...registry.index import Release
+from ...registry.jetstream import BucketNames, RegistryBuckets, RegistryUnavailable
+from ...registry.signing import SigningKeyError, read_seed, write_seed
+from ...runtime.runner import NushellMissing
+from ..publishing import PublishRefused, prepare, publish, search, yank
+from .calls import CaFileError, connect
+from .printing import table
+
+
+def run_keygen(args: argparse.Namespace) -> int:
+    try:
+        public = write_seed(Path(args.file))
+    except (SigningKeyError, OSError) as exc:
+        print(f"error: {args.file}: {getattr(exc, 'strerror', None) or exc}", file=sys.stderr)
+        return 2
+    print(public)
+    print(
+        f"wrote the signing key (seed) to {args.file}, readable by you only: keep it secret, publish with\n"
+        f"  extension-loader publish DIR --key {args.file}\n"
+        "and let loaders trust it in their configuration:\n"
+        f'  [[registry.trusted]]\n  key = "{public}"',
+        file=sys.stderr,
+    )
+    return 0
+
+
+def run_registry(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(args.config, overrides=args.set)
+        return anyio.run(_main, args, config)
+    except (ConfigError, SigningKeyError, CaFileError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except NushellMissing as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except PublishRefused as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except (RegistryUnavailable, OSError, nats.errors.Error) as exc:
+        print(f"error: {args.server}: {exc}", file=sys.stderr)
+        return 4
+
+
+async def _main(args: argparse.Namespace, config: Config) -> int:
+    if args.action == "publish":
+        signer = read_seed(Path(args.key))  # before any work: a bad key is found at once
+        prepared = await prepare(Path(args.folder), signer, config)
+        async with _buckets(args, config) as buckets:
+            await buckets.create(replicas=args.replicas)
+            outcome = await publish(buckets, prepared)
+        r = outcome.release
+        _print(
+            args,
+            {"key": outcome.key, "revision": outcome.revision, **_release(r)},
+            f"published {prepared.extension_type.value} {prepared.name} {r.version}: {r.size} bytes, {r.digest}, "
+            f"signed by {r.signer}",
+        )
+        return 0
+    if args.action == "yank":
+        async with _buckets(args, config) as buckets:
+            await buckets.open()
+            outcome = await yank(buckets, ExtensionType.parse(args.type), args.name, args.ext_version, undo=args.undo)
+        what = "restored" if args.undo else "yanked"
+        _print(args, {"key": outcome.key, "revision": outcome.revision, **_release(outcome.release)}, f"{what} "
+               f"{args.type} {args.name} {args.ext_version}")
+        return 0
+    async with _buckets(args, config) as buckets:
+        await buckets.open()
+        found = await search(buckets, args.words)
+    if args.json:
+        out = [
+            {
+                "extension_type": f.record.extension_type.value,
+                "name": f.record.name,
+                "latest": f.latest.version if f.latest else None,
+                "versions": sorted(f.record.releases),
+                "description": f.latest.description if f.latest else "",
+            }
+            for f in found
+        ]
+        print(json.dumps(out, indent=2))
+    elif not found:
+        print("nothing in the registry matches " + " ".join(args.words))
+    else:
+        rows = [
+            (
+                f.record.extension_type.value,
+                f.record.name,
+                f.latest.version if f.latest else "-",
+                str(len(f.record.releases)),
+                f.latest.description if f.latest else "(every version yanked)",
+            )
+            for f in found
+        ]
+        print(table(("TYPE", "NAME", "LATEST", "VERSIONS", "DESCRIPTION"), rows))
+    return 0
+
+
+def _release(release: Release) -> dict[str, Any]:
+    out: dict[str, Any] = msgspec.to_builtins(release)
+    return out
+
+
+def _print(args: argparse.Namespace, data: dict[str, Any], line: str) -> None:
+    print(json.dumps(data, indent=2) if args.json else line)
+
+
+@asynccontextmanager
+async def _buckets(args: argparse.Namespace, config: Config) -> AsyncIterator[RegistryBuckets]:
+    """A connection as the person asked, and the registry's buckets on it."""
+    names = BucketNames(index=config.registry.index_bucket, archives=config.registry.archive_bucket)
+    nc = await connect(args)
+    try:
+        yield RegistryBuckets(nc, names, timeout_s=config.registry.timeout_s)
+    finally:
+        await nc.drain()
