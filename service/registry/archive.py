@@ -243,7 +243,8 @@ def _extract(stream: gzip.GzipFile, into: Path, limits: UnpackLimits) -> None:
                         f"{name}: the files add up to more than the limit of {limits.max_unpacked_bytes} bytes"
                     )
                 try:
-                    tarfile.data_filter(member, str(into))  # a second opinion on everything checked above
+                    # A second opinion on the checks above; what it would change (modes) `_write` decides anyway.
+                    tarfile.data_filter(member, str(into))
                 except tarfile.FilterError as exc:
                     raise ArchiveRefused(f"{name}: {exc}") from None
                 for end in range(1, len(parts) + is_folder):
@@ -302,7 +303,7 @@ def _write(source: IO[bytes], path: Path, name: str, member: tarfile.TarInfo, al
             if count > member.size:
                 raise ArchiveRefused(f"{name}: more data than its header says ({member.size} bytes)")
             if count > allowed:
-                raise ArchiveRefused(f"{name}: the files add up to more than the limit of bytes unpacked")
+                raise ArchiveRefused(f"{name}: more than the {allowed} bytes the limit leaves for it")
             out.write(block)
         if count != member.size:
             raise ArchiveRefused(f"{name}: {count} bytes where its header says {member.size}")
