@@ -1,0 +1,323 @@
+"""An extension folder as a reproducible archive, its digest, and the safe unpacking of one.
+
+`pack` makes a tar.gz whose bytes depend on the folder's names, contents and execute bits only (not on times,
+owners or the umask), so a publisher can make the same archive twice. `unpack` trusts nothing in an archive:
+only regular files and folders, no name that leaves the destination, bounded in size and count, written into a
+hidden sibling folder that becomes the destination only when everything was written.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import os
+import shutil
+import stat
+import tarfile
+import tempfile
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+MiB = 1024 * 1024
+_BLOCK = MiB  # what is read or written at once
+_TAR_BLOCK = tarfile.BLOCKSIZE
+# After the last member a tar holds zero blocks up to the end of its record (10 KiB by default): allow a large
+# record, but not an endless run of zeros that would only cost time to decompress.
+_MAX_TRAILER = MiB
+_MAX_PART_BYTES = 255  # the longest file name most file systems take
+
+_KINDS = {
+    tarfile.SYMTYPE: "a symbolic link",
+    tarfile.LNKTYPE: "a hard link",
+    tarfile.CHRTYPE: "a character device",
+    tarfile.BLKTYPE: "a block device",
+    tarfile.FIFOTYPE: "a FIFO",
+    tarfile.CONTTYPE: "a contiguous file",
+    tarfile.GNUTYPE_SPARSE: "a sparse file",
+}
+
+
+class ArchiveRefused(Exception):
+    """An archive, or a folder to pack, that is not taken; `reason` says what was wrong and where."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class UnpackLimits:
+    """What one archive may cost: its own size, the sum of its files' sizes, and its number of members."""
+
+    max_archive_bytes: int = 64 * MiB
+    max_unpacked_bytes: int = 256 * MiB
+    max_files: int = 10_000
+
+
+# --- packing ---
+
+
+def pack(folder: Path) -> bytes:
+    """The folder's contents as a reproducible tar.gz (names relative to the folder, sorted, folders included).
+    Refuses anything but regular files and folders: a symlink, device, FIFO or socket."""
+    if not stat.S_ISDIR(folder.lstat().st_mode):
+        raise ArchiveRefused(f"{folder}: not a folder")
+    buffer = io.BytesIO()
+    with (
+        gzip.GzipFile(fileobj=buffer, mode="wb", filename="", mtime=0) as compressed,
+        tarfile.open(fileobj=compressed, mode="w", format=tarfile.PAX_FORMAT) as tar,
+    ):
+        for name, path, is_folder in sorted(_walk(folder, "")):
+            if is_folder:
+                tar.addfile(_info(name, tarfile.DIRTYPE, 0o755, 0))
+            else:
+                _add_file(tar, name, path)
+    return buffer.getvalue()
+
+
+def _walk(folder: Path, prefix: str) -> list[tuple[str, Path, bool]]:
+    """(relative name, path, is a folder) of everything under the folder; refuses what is neither."""
+    found: list[tuple[str, Path, bool]] = []
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            name = prefix + entry.name
+            _check_utf8(name)
+            mode = entry.stat(follow_symlinks=False).st_mode
+            if stat.S_ISDIR(mode):
+                found.append((name, Path(entry.path), True))
+                found.extend(_walk(Path(entry.path), name + "/"))
+            elif stat.S_ISREG(mode):
+                found.append((name, Path(entry.path), False))
+            else:
+                raise ArchiveRefused(f"{name}: {_kind(mode)} (only regular files and folders are packed)")
+    return found
+
+
+def _add_file(tar: tarfile.TarFile, name: str, path: Path) -> None:
+    # Opened without following a link and checked again on the open file: what is read is what was checked.
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as file:
+        status = os.fstat(fd)
+        if not stat.S_ISREG(status.st_mode):
+            raise ArchiveRefused(f"{name}: {_kind(status.st_mode)} (only regular files and folders are packed)")
+        mode = 0o755 if status.st_mode & 0o111 else 0o644
+        tar.addfile(_info(name, tarfile.REGTYPE, mode, status.st_size), file)
+
+
+def _info(name: str, kind: bytes, mode: int, size: int) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    info.mode = mode
+    info.size = size
+    info.mtime = 0
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    return info
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISLNK(mode):
+        return "a symbolic link"
+    if stat.S_ISCHR(mode):
+        return "a character device"
+    if stat.S_ISBLK(mode):
+        return "a block device"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return f"a file of mode {mode:o}"
+
+
+def _check_utf8(name: str) -> None:
+    # A name that is not UTF-8 arrives here with surrogates; neither the tree digest nor another system could
+    # spell it.
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ArchiveRefused(f"{name.encode('utf-8', 'replace').decode()}: the name is not UTF-8") from None
+
+
+# --- digests ---
+
+
+def digest_bytes(data: bytes) -> str:
+    """`sha256:<hex>` of the bytes."""
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def digest_file(path: Path) -> str:
+    """`sha256:<hex>` of a file's bytes, read a block at a time."""
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        while block := file.read(_BLOCK):
+            digest.update(block)
+    return "sha256:" + digest.hexdigest()
+
+
+# --- unpacking ---
+
+
+def unpack(archive: Path, dest: Path, limits: UnpackLimits) -> None:
+    """Unpacks a tar.gz into `dest`, which must not exist (FileExistsError); its parent is created. The files
+    are written into a hidden sibling folder renamed to `dest` at the end, so `dest` appears complete or not at
+    all. Raises ArchiveRefused for an archive that is unsafe, over the limits, corrupt or truncated."""
+    if os.path.lexists(dest):
+        raise FileExistsError(f"{dest} already exists")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with archive.open("rb") as raw:
+        size = os.fstat(raw.fileno()).st_size
+        if size > limits.max_archive_bytes:
+            raise ArchiveRefused(f"the archive has {size} bytes, more than the limit of {limits.max_archive_bytes}")
+        temporary = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+        try:
+            with gzip.GzipFile(fileobj=raw, mode="rb") as stream:
+                _extract(stream, temporary, limits)
+            temporary.chmod(0o755)
+            temporary.rename(dest)
+        except BaseException:
+            shutil.rmtree(temporary, ignore_errors=True)
+            raise
+
+
+class _Reader:
+    """The decompressed stream as tarfile reads it. It keeps what the last read returned: tarfile ends its walk
+    quietly at a header it cannot read, and only that tells a proper end (a zero block) from a broken one."""
+
+    def __init__(self, stream: gzip.GzipFile) -> None:
+        self._stream = stream
+        self.last = b""
+
+    def read(self, size: int = -1, /) -> bytes:
+        # tarfile reads an extended header (PAX, GNU long name) whole, before any member is seen: bound it here.
+        # Its other reads are a block or a piece of a member's data, which `_write` asks for a block at a time.
+        if not 0 <= size <= _BLOCK:
+            raise ArchiveRefused(f"a header of {size} bytes (more than {_BLOCK})")
+        self.last = self._stream.read(size)
+        return self.last
+
+    def write(self, b: bytes, /) -> object:
+        raise io.UnsupportedOperation("write")
+
+    def tell(self) -> int:
+        return self._stream.tell()
+
+    def seek(self, pos: int, /) -> object:
+        return self._stream.seek(pos)
+
+    def close(self) -> object:
+        return None
+
+
+def _extract(stream: gzip.GzipFile, into: Path, limits: UnpackLimits) -> None:
+    reader = _Reader(stream)
+    kinds: dict[str, bool] = {}  # every name written, explicit or implied: is it a folder?
+    members: set[str] = set()
+    declared = written = 0  # the sum of the headers' sizes, and of what was really written
+    try:
+        with tarfile.TarFile(fileobj=reader, mode="r") as tar:
+            for count, member in enumerate(tar, start=1):
+                if count > limits.max_files:
+                    raise ArchiveRefused(f"{member.name}: more than {limits.max_files} members")
+                parts = _parts(member.name)
+                is_folder = _is_folder(member)
+                if not parts:
+                    if is_folder:
+                        continue  # "./", as tar writes the folder it was given: the destination itself
+                    raise ArchiveRefused(f"{member.name!r}: a file without a name")
+                name = "/".join(parts)
+                if name in members:
+                    raise ArchiveRefused(f"{name}: a duplicate name")
+                members.add(name)
+                for end in range(1, len(parts)):
+                    if kinds.get(parent := "/".join(parts[:end])) is False:
+                        raise ArchiveRefused(f"{name}: its folder {parent} is a file")
+                if kinds.get(name) and not is_folder:
+                    raise ArchiveRefused(f"{name}: a file where the archive already has a folder")
+                declared += 0 if is_folder else member.size
+                if declared > limits.max_unpacked_bytes:
+                    raise ArchiveRefused(
+                        f"{name}: the files add up to more than the limit of {limits.max_unpacked_bytes} bytes"
+                    )
+                try:
+                    # A second opinion on the checks above; what it would change (modes) `_write` decides anyway.
+                    tarfile.data_filter(member, str(into))
+                except tarfile.FilterError as exc:
+                    raise ArchiveRefused(f"{name}: {exc}") from None
+                for end in range(1, len(parts) + is_folder):
+                    if (folder := "/".join(parts[:end])) not in kinds:
+                        kinds[folder] = True
+                        _folder(into.joinpath(*parts[:end]))
+                if not is_folder:
+                    kinds[name] = False
+                    source = tar.extractfile(member)
+                    assert source is not None  # a regular file always has its data
+                    allowed = limits.max_unpacked_bytes - written
+                    written += _write(source, into.joinpath(*parts), name, member, allowed)
+        _check_end(reader, stream)
+    except (tarfile.TarError, zlib.error, EOFError, gzip.BadGzipFile) as exc:
+        raise ArchiveRefused(f"corrupt or truncated archive: {exc}") from None
+
+
+def _parts(name: str) -> list[str]:
+    """The member name's parts, "." parts (as in "./x") dropped; a name that could leave the folder is refused.
+    No parts at all: the folder itself."""
+    _check_utf8(name)
+    if name.startswith("/"):
+        raise ArchiveRefused(f"{name}: an absolute name")
+    parts = [part for part in name.split("/") if part not in ("", ".")]
+    if ".." in parts:
+        raise ArchiveRefused(f"{name}: a name with a '..' part")
+    if "\0" in name or any(len(part.encode()) > _MAX_PART_BYTES for part in parts):
+        raise ArchiveRefused(f"{name}: a name no file system takes")
+    return parts
+
+
+def _is_folder(member: tarfile.TarInfo) -> bool:
+    if member.type == tarfile.DIRTYPE:
+        return True
+    if member.type in (tarfile.REGTYPE, tarfile.AREGTYPE) and member.sparse is None:
+        return False
+    kind = _KINDS.get(member.type, f"a member of type {member.type!r}")
+    raise ArchiveRefused(f"{member.name}: {kind} (only regular files and folders are unpacked)")
+
+
+def _folder(path: Path) -> None:
+    """A folder not yet written; parents come first, so its own parent is there."""
+    path.mkdir(mode=0o755)
+    path.chmod(0o755)  # whatever the umask
+
+
+def _write(source: IO[bytes], path: Path, name: str, member: tarfile.TarInfo, allowed: int) -> int:
+    """Copies one member's data, counting what is really written: neither its header's size nor the total bound
+    is trusted to the reader."""
+    mode = 0o755 if member.mode & 0o111 else 0o644
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    count = 0
+    with os.fdopen(fd, "wb") as out:
+        while block := source.read(_BLOCK):
+            count += len(block)
+            if count > member.size:
+                raise ArchiveRefused(f"{name}: more data than its header says ({member.size} bytes)")
+            if count > allowed:
+                raise ArchiveRefused(f"{name}: more than the {allowed} bytes the limit leaves for it")
+            out.write(block)
+        if count != member.size:
+            raise ArchiveRefused(f"{name}: {count} bytes where its header says {member.size}")
+        os.fchmod(out.fileno(), mode)
+    return count
+
+
+def _check_end(reader: _Reader, stream: gzip.GzipFile) -> None:
+    """The walk ended at a zero block, and only zeros follow to the end of the gzip stream (whose length and
+    checksum gzip checks there)."""
+    if reader.last != bytes(_TAR_BLOCK):
+        raise ArchiveRefused("corrupt or truncated archive: it ends without a proper end-of-archive block")
+    trailer = 0
+    while block := stream.read(_BLOCK):
+        trailer += len(block)
+        if block.strip(b"\0") or trailer > _MAX_TRAILER:
+            raise ArchiveRefused("corrupt archive: data after its end-of-archive block")

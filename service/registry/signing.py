@@ -1,0 +1,173 @@
+"""Signing releases with NATS nkeys (ed25519): seed files, public keys, the signed statement, verification.
+
+A publisher keeps a user seed (`SU...`) in a file only its owner may read; a loader pins the public keys
+(`U...`) it trusts in its configuration. What is signed is `statement(...)`: the release's identity and the
+sha256 of its archive, so a signature can not be carried over to another name, version or archive. nkeys 0.2.1
+cannot make seeds nor verify from a public key alone: both are done here, on PyNaCl.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+import re
+import stat
+from pathlib import Path
+
+import nacl.exceptions
+import nacl.signing
+import nkeys
+
+_SEED_LENGTH = 58  # "SU" + base32 of 2 prefix bytes, 32 key bytes and a CRC16, unpadded
+_PUBLIC_KEY_LENGTH = 56  # base32 of a prefix byte, 32 key bytes and a CRC16
+_SIGNATURE = re.compile(r"[A-Za-z0-9_-]{86}")  # 64 bytes in unpadded base64url
+
+
+class SigningKeyError(Exception):
+    """A seed file or a public key that cannot be used; the message says why and, where it can, what to do."""
+
+
+class Signer:
+    """Signs with one user seed. `public_key` is the `U...` key a loader pins to trust what it signs."""
+
+    __slots__ = ("_keys", "public_key")
+
+    def __init__(self, keys: nkeys.KeyPair) -> None:
+        self._keys = keys
+        self.public_key: str = bytes(keys.public_key).decode()
+
+    @classmethod
+    def from_seed(cls, seed: bytes) -> Signer:
+        """A signer from a `SU...` seed; SigningKeyError for anything else (the message never quotes it)."""
+        _check_seed(seed)
+        return cls(nkeys.from_seed(seed))
+
+    def sign(self, message: bytes) -> str:
+        """The ed25519 signature of the message, in unpadded base64url."""
+        signature = bytes(self._keys.sign(message))
+        return base64.urlsafe_b64encode(signature).rstrip(b"=").decode()
+
+    def __repr__(self) -> str:
+        return f"Signer({self.public_key})"
+
+
+def new_seed() -> bytes:
+    """A new random user seed, `SU...`."""
+    return bytes(nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_USER))
+
+
+def write_seed(path: Path) -> str:
+    """Writes a new seed (and a newline) to a new file only its owner may read, and returns its public key. An
+    existing file is never overwritten: it may be the only copy of a key."""
+    seed = new_seed()
+    public_key = Signer.from_seed(seed).public_key
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except FileExistsError:
+        raise SigningKeyError(f"{path} already exists; a key file is never overwritten") from None
+    except OSError as exc:
+        raise SigningKeyError(f"{path}: cannot be written ({exc.strerror})") from None
+    try:
+        with os.fdopen(fd, "wb") as file:
+            os.fchmod(fd, 0o600)  # whatever the umask left
+            file.write(seed + b"\n")
+            file.flush()
+            os.fsync(fd)
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+    return public_key
+
+
+def read_seed(path: Path) -> Signer:
+    """The signer of a seed file. Refuses a file that others may read or write, as ssh does with its keys."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # a FIFO would block the open
+    except FileNotFoundError:
+        raise SigningKeyError(f"{path}: no such seed file") from None
+    except OSError as exc:
+        raise SigningKeyError(f"{path}: cannot be read ({exc.strerror})") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise SigningKeyError(f"{path}: not a regular file")
+        if mode & 0o077:
+            raise SigningKeyError(
+                f"{path} may be used by others (mode {stat.S_IMODE(mode):04o}); a seed must be private: "
+                f"chmod 600 {path}"
+            )
+        seed = os.read(fd, _SEED_LENGTH * 2).strip()
+    finally:
+        os.close(fd)
+    try:
+        return Signer.from_seed(seed)
+    except SigningKeyError as exc:
+        raise SigningKeyError(f"{path}: {exc}") from None
+
+
+def public_key_bytes(text: str) -> bytes:
+    """The 32 raw bytes of a `U...` public key, after checking its length, encoding, kind and checksum."""
+    if len(text) != _PUBLIC_KEY_LENGTH:
+        raise SigningKeyError(
+            f"public key {text!r}: {len(text)} characters, where a public key has {_PUBLIC_KEY_LENGTH}"
+        )
+    if not text.startswith("U"):
+        raise SigningKeyError(f"public key {text!r}: not a user key (a user key starts with U)")
+    try:
+        raw = base64.b32decode(text)
+    except (binascii.Error, ValueError):
+        raw = b""
+    if len(raw) != 35:
+        raise SigningKeyError(f"public key {text!r}: not base32 (A-Z and 2-7)")
+    if raw[0] != nkeys.PREFIX_BYTE_USER:
+        raise SigningKeyError(f"public key {text!r}: not a user key (wrong prefix byte)")
+    if not _crc_matches(raw):
+        raise SigningKeyError(f"public key {text!r}: the checksum does not match (a typing error?)")
+    return raw[1:33]
+
+
+def verify(public_key: str, message: bytes, signature: str) -> bool:
+    """Whether `signature` is the key's signature of `message`. False for any bad signature, bad encoding or
+    length (what the index holds is not trusted); SigningKeyError only for a malformed public key."""
+    key = nacl.signing.VerifyKey(public_key_bytes(public_key))
+    if not _SIGNATURE.fullmatch(signature):
+        return False
+    raw = base64.urlsafe_b64decode(signature + "==")
+    if base64.urlsafe_b64encode(raw).rstrip(b"=").decode() != signature:
+        return False  # unused bits set: another spelling of the same bytes
+    try:
+        key.verify(message, raw)
+    except (nacl.exceptions.CryptoError, ValueError):
+        return False
+    return True
+
+
+def statement(extension_type: str, name: str, version: str, digest: str) -> bytes:
+    """What a publisher signs for one release. No part may hold a line break, which would let two releases
+    share one statement."""
+    parts = (str(extension_type), name, version, digest)
+    if any("\n" in part or "\r" in part for part in parts):
+        raise ValueError(f"a line break in a release's identity: {parts!r}")
+    return "extension-loader release v1\n{}\n{}\n{}\n{}\n".format(*parts).encode()
+
+
+def _check_seed(seed: bytes) -> None:
+    """nkeys checks neither a seed's length nor its checksum: a damaged seed would load as another key."""
+    if len(seed) != _SEED_LENGTH or not seed.startswith(b"SU"):
+        raise SigningKeyError(f"not a user seed (one line of {_SEED_LENGTH} characters starting with SU)")
+    try:
+        raw = base64.b32decode(seed + b"======")
+    except (binascii.Error, ValueError):
+        raw = b""
+    if len(raw) != 36:
+        raise SigningKeyError("not a user seed (not base32)")
+    if not _crc_matches(raw):
+        raise SigningKeyError("a damaged user seed (the checksum does not match)")
+    prefix = (raw[0] & 0b111) << 5 | raw[1] >> 3
+    if raw[0] & 0b11111000 != nkeys.PREFIX_BYTE_SEED or prefix != nkeys.PREFIX_BYTE_USER:
+        raise SigningKeyError("not a user seed (wrong prefix bytes)")
+
+
+def _crc_matches(raw: bytes) -> bool:
+    return int(nkeys.crc16(raw[:-2])) == int.from_bytes(raw[-2:], "little")

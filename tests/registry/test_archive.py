@@ -1,0 +1,386 @@
+"""Archives: the same folder gives the same bytes, and unpacking refuses whatever could harm the loader."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import os
+import shutil
+import socket
+import stat
+import tarfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from service.core.store import tree_digest
+from service.registry.archive import ArchiveRefused, UnpackLimits, digest_bytes, digest_file, pack, unpack
+
+MiB = 1024 * 1024
+
+
+def make_folder(root: Path) -> Path:
+    """A small extension: nested folders, an empty one, an executable, a non-ASCII and a long name."""
+    (root / "nulib" / "lib").mkdir(parents=True)
+    (root / "empty").mkdir()
+    (root / "metadata.toml").write_text('name = "demo"\n')
+    (root / "nulib" / "mod.nu").write_text("export def main [] { 1 }\n")
+    (root / "nulib" / "lib" / "ünïcode.txt").write_bytes(b"\x00\x01binary")
+    (root / ("long-" * 30 + ".txt")).write_text("a name longer than a tar header holds\n")
+    (root / "install.sh").write_text("#!/bin/sh\n")
+    (root / "install.sh").chmod(0o700)
+    (root / "nulib" / "lib" / "ünïcode.txt").chmod(0o600)
+    return root
+
+
+def contents(folder: Path) -> dict[str, tuple[str, bytes, int]]:
+    """Every entry under the folder: (kind, bytes, permission bits)."""
+    out: dict[str, tuple[str, bytes, int]] = {}
+    for path in sorted(folder.rglob("*")):
+        mode = path.lstat().st_mode
+        data = path.read_bytes() if stat.S_ISREG(mode) else b""
+        out[path.relative_to(folder).as_posix()] = ("dir" if stat.S_ISDIR(mode) else "file", data, stat.S_IMODE(mode))
+    return out
+
+
+@contextmanager
+def umask(mask: int) -> Iterator[None]:
+    old = os.umask(mask)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+# --- pack ---
+
+
+def test_the_same_folder_gives_the_same_bytes(tmp_path: Path) -> None:
+    folder = make_folder(tmp_path / "src")
+    first = pack(folder)
+    for path in folder.rglob("*"):
+        os.utime(path, (1_000_000, 2_000_000), follow_symlinks=False)
+    (folder / "metadata.toml").chmod(0o600)  # no execute bit either way
+    (folder / "install.sh").chmod(0o711)  # still executable
+    assert pack(folder) == first
+    with umask(0o077):
+        copy = shutil.copytree(folder, tmp_path / "elsewhere" / "copy")
+    (copy / "nulib").chmod(0o700)
+    assert pack(copy) == first
+    assert pack(copy) == pack(copy)
+
+
+def test_entries_are_sorted_relative_and_normalised(tmp_path: Path) -> None:
+    folder = make_folder(tmp_path / "src")
+    data = pack(folder)
+    assert data[:4] == b"\x1f\x8b\x08\x00"  # gzip, deflate, no flags: no file name
+    assert data[4:8] == bytes(4)  # gzip mtime 0
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
+        members = tar.getmembers()
+    names = [m.name for m in members]
+    assert names == sorted(contents(folder))
+    assert "empty" in names and "nulib/lib" in names
+    for member in members:
+        assert not member.name.startswith(("/", "./"))
+        assert (member.mtime, member.uid, member.gid, member.uname, member.gname) == (0, 0, 0, "", "")
+        assert member.isdir() or member.isreg()
+        executable = member.isdir() or member.name == "install.sh"
+        assert member.mode == (0o755 if executable else 0o644), member.name
+
+
+def test_an_empty_folder_packs_and_unpacks(tmp_path: Path) -> None:
+    (tmp_path / "src").mkdir()
+    archive = tmp_path / "a.tar.gz"
+    archive.write_bytes(pack(tmp_path / "src"))
+    unpack(archive, tmp_path / "out", UnpackLimits())
+    assert contents(tmp_path / "out") == {}
+
+
+def _symlink(folder: Path) -> None:
+    (folder / "nulib" / "link").symlink_to("/etc/passwd")
+
+
+def _folder_symlink(folder: Path) -> None:
+    (folder / "outside").symlink_to(folder.parent, target_is_directory=True)
+
+
+def _fifo(folder: Path) -> None:
+    os.mkfifo(folder / "nulib" / "lib" / "pipe")
+
+
+def _socket(folder: Path) -> None:
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(str(folder / "sock"))
+
+
+@pytest.mark.parametrize(
+    ("plant", "name", "kind"),
+    [
+        (_symlink, "nulib/link", "symbolic link"),
+        (_folder_symlink, "outside", "symbolic link"),
+        (_fifo, "nulib/lib/pipe", "FIFO"),
+        (_socket, "sock", "socket"),
+    ],
+)
+def test_pack_refuses_what_is_not_a_file_or_folder(
+    tmp_path: Path, plant: Callable[[Path], None], name: str, kind: str
+) -> None:
+    folder = make_folder(tmp_path / "src")
+    plant(folder)
+    with pytest.raises(ArchiveRefused) as info:
+        pack(folder)
+    assert info.value.reason.startswith(f"{name}: a {kind}")
+
+
+def test_pack_refuses_what_is_not_a_folder(tmp_path: Path) -> None:
+    folder = make_folder(tmp_path / "src")
+    (tmp_path / "link").symlink_to(folder)
+    for path in (folder / "metadata.toml", tmp_path / "link"):
+        with pytest.raises(ArchiveRefused, match="not a folder"):
+            pack(path)
+    with pytest.raises(FileNotFoundError):
+        pack(tmp_path / "missing")
+
+
+# --- digests ---
+
+
+def test_digests_are_sha256_of_the_bytes(tmp_path: Path) -> None:
+    data = os.urandom(2 * MiB + 123)  # more than one block
+    (tmp_path / "f").write_bytes(data)
+    expected = "sha256:" + hashlib.sha256(data).hexdigest()
+    assert digest_bytes(data) == digest_file(tmp_path / "f") == expected
+    assert digest_bytes(b"") == "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+
+
+# --- unpack ---
+
+
+def test_round_trip(tmp_path: Path) -> None:
+    folder = make_folder(tmp_path / "src")
+    archive = tmp_path / "a.tar.gz"
+    archive.write_bytes(pack(folder))
+    dest = tmp_path / "cache" / "taskserv" / "demo" / "1.0.0"
+    with umask(0o077):  # the modes come from the archive, not from the umask
+        unpack(archive, dest, UnpackLimits())
+    assert {k: v[:2] for k, v in contents(dest).items()} == {k: v[:2] for k, v in contents(folder).items()}
+    modes = {name: mode for name, (_, _, mode) in contents(dest).items()}
+    assert modes["install.sh"] == modes["nulib"] == modes["empty"] == 0o755
+    assert modes["metadata.toml"] == modes["nulib/lib/ünïcode.txt"] == 0o644
+    assert stat.S_IMODE(dest.stat().st_mode) == 0o755
+    assert tree_digest(dest) == tree_digest(folder)
+    assert os.listdir(dest.parent) == ["1.0.0"]  # no temporary folder left
+
+
+def test_unpack_never_replaces_what_is_there(tmp_path: Path) -> None:
+    archive = tmp_path / "a.tar.gz"
+    archive.write_bytes(pack(make_folder(tmp_path / "src")))
+    (tmp_path / "dest").mkdir()
+    (tmp_path / "dest" / "keep").write_text("mine")
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    for dest in (tmp_path / "dest", tmp_path / "dangling"):
+        with pytest.raises(FileExistsError):
+            unpack(archive, dest, UnpackLimits())
+    assert os.listdir(tmp_path / "dest") == ["keep"]
+    assert not (tmp_path / "nowhere").exists()
+
+
+def tar_gz(*members: tuple[tarfile.TarInfo, bytes], pax: bool = True) -> bytes:
+    """A hand-made archive: each member as given, whatever it claims."""
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT if pax else tarfile.GNU_FORMAT) as tar:
+        for info, data in members:
+            tar.addfile(info, io.BytesIO(data) if info.isreg() else None)
+    return gzip.compress(raw.getvalue())
+
+
+def member(
+    name: str, kind: bytes = tarfile.REGTYPE, data: bytes = b"x", **attrs: object
+) -> tuple[tarfile.TarInfo, bytes]:
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    info.size = len(data) if info.isreg() else 0
+    for key, value in attrs.items():
+        setattr(info, key, value)
+    return info, data
+
+
+OK = member("ok.txt")  # written before the bad member, so there is something to clean up
+
+
+def _huge_pax_header() -> tuple[tarfile.TarInfo, bytes]:
+    info, data = member("big-header")
+    info.pax_headers = {"comment": "x" * (2 * MiB)}
+    return info, data
+
+
+def _not_gzip() -> bytes:
+    return b"this is not a gzip file at all\n" * 10
+
+
+def _gzip_not_tar() -> bytes:
+    return gzip.compress(os.urandom(4096))
+
+
+def _truncated() -> bytes:
+    good = tar_gz(OK, member("second.txt", data=os.urandom(50_000)))
+    return good[: len(good) // 2]
+
+
+def _without_end_blocks() -> bytes:
+    raw = gzip.decompress(tar_gz(OK, member("second.txt")))
+    return gzip.compress(raw[: 4 * tarfile.BLOCKSIZE])  # the members, and not the zero blocks that end a tar
+
+
+def _corrupt_header() -> bytes:
+    raw = bytearray(gzip.decompress(tar_gz(OK, member("second.txt"), member("third.txt"))))
+    raw[2 * tarfile.BLOCKSIZE + 10] ^= 0xFF  # in the second member's name: its checksum no longer matches
+    return gzip.compress(bytes(raw))
+
+
+def _data_after_the_end() -> bytes:
+    raw = gzip.decompress(tar_gz(OK))
+    return gzip.compress(raw + b"hidden" + bytes(tarfile.BLOCKSIZE))
+
+
+def _bad_crc() -> bytes:
+    data = bytearray(tar_gz(OK))
+    data[-8] ^= 0xFF
+    return bytes(data)
+
+
+@pytest.mark.parametrize(
+    ("archive", "reason"),
+    [
+        (lambda: tar_gz(OK, member("../x")), "../x: a name with a '..' part"),
+        (lambda: tar_gz(OK, member("a/../../x")), "a/../../x: a name with a '..' part"),
+        (lambda: tar_gz(OK, member("/etc/abs")), "/etc/abs: an absolute name"),
+        (lambda: tar_gz(OK, member("link", tarfile.SYMTYPE, linkname="/etc/passwd")), "link: a symbolic link"),
+        (lambda: tar_gz(OK, member("inside", tarfile.SYMTYPE, linkname="ok.txt")), "inside: a symbolic link"),
+        (lambda: tar_gz(OK, member("hard", tarfile.LNKTYPE, linkname="ok.txt")), "hard: a hard link"),
+        (lambda: tar_gz(OK, member("tty", tarfile.CHRTYPE, devmajor=5, devminor=0)), "tty: a character device"),
+        (lambda: tar_gz(OK, member("sda", tarfile.BLKTYPE, devmajor=8, devminor=0)), "sda: a block device"),
+        (lambda: tar_gz(OK, member("pipe", tarfile.FIFOTYPE)), "pipe: a FIFO"),
+        (lambda: tar_gz(OK, member("contiguous", tarfile.CONTTYPE)), "contiguous: a contiguous file"),
+        (lambda: tar_gz(OK, member("ok.txt")), "ok.txt: a duplicate name"),
+        (lambda: tar_gz(OK, member("./ok.txt")), "ok.txt: a duplicate name"),
+        (lambda: tar_gz(OK, member("d", tarfile.DIRTYPE), member("d", tarfile.DIRTYPE)), "d: a duplicate name"),
+        (lambda: tar_gz(OK, member("ok.txt/inner")), "ok.txt/inner: its folder ok.txt is a file"),
+        (lambda: tar_gz(OK, member("d/f"), member("d")), "d: a file where the archive already has a folder"),
+        (lambda: tar_gz(OK, member(".")), "'.': a file without a name"),
+        (lambda: tar_gz(OK, member("x" * 256)), "x" * 256 + ": a name no file system takes"),
+        (lambda: tar_gz(OK, member("bad-\udcff-name")), "bad-?-name: the name is not UTF-8"),
+        (lambda: tar_gz(OK, _huge_pax_header()), f"a header of {2 * MiB + 512} bytes"),
+        (_not_gzip, "corrupt or truncated archive: Not a gzipped file"),
+        (_gzip_not_tar, "corrupt or truncated archive"),
+        (lambda: b"", "corrupt or truncated archive: empty file"),
+        (_truncated, "corrupt or truncated archive: Compressed file ended before the end-of-stream marker"),
+        (_without_end_blocks, "it ends without a proper end-of-archive block"),
+        (_corrupt_header, "it ends without a proper end-of-archive block"),
+        (_data_after_the_end, "corrupt archive: data after its end-of-archive block"),
+        (_bad_crc, "corrupt or truncated archive: CRC check failed"),
+    ],
+)
+def test_unpack_refuses_a_hostile_or_broken_archive(tmp_path: Path, archive: Callable[[], bytes], reason: str) -> None:
+    path = tmp_path / "in" / "a.tar.gz"
+    path.parent.mkdir()
+    path.write_bytes(archive())
+    with pytest.raises(ArchiveRefused) as info:
+        unpack(path, tmp_path / "out" / "dest", UnpackLimits())
+    assert reason in info.value.reason
+    assert os.listdir(tmp_path / "out") == []  # neither the destination nor a temporary folder
+    assert sorted(os.listdir(tmp_path)) == ["in", "out"]  # nothing written beside it either
+
+
+def _zeros(size: int) -> io.RawIOBase:
+    """`size` zero bytes, read without holding them."""
+
+    class Zeros(io.RawIOBase):
+        left = size
+
+        def readable(self) -> bool:
+            return True
+
+        def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+            count = min(len(buffer), self.left)
+            buffer[:count] = bytes(count)
+            self.left -= count
+            return count
+
+    return Zeros()
+
+
+def test_a_gzip_bomb_is_refused_from_its_header(tmp_path: Path) -> None:
+    """300 MiB of zeros compress to a few hundred KiB: the size in the header is what is refused, before any of
+    it is written."""
+    raw = tmp_path / "bomb.tar.gz"
+    with (
+        gzip.GzipFile(raw, mode="wb", compresslevel=1) as compressed,
+        tarfile.open(fileobj=compressed, mode="w") as tar,
+    ):
+        tar.addfile(OK[0], io.BytesIO(OK[1]))
+        info = tarfile.TarInfo("zeros")
+        info.size = 300 * MiB
+        tar.addfile(info, _zeros(info.size))
+    assert raw.stat().st_size < 2 * MiB
+    with pytest.raises(ArchiveRefused) as info_:
+        unpack(raw, tmp_path / "out" / "dest", UnpackLimits())
+    assert info_.value.reason == f"zeros: the files add up to more than the limit of {256 * MiB} bytes"
+    assert os.listdir(tmp_path / "out") == []
+
+
+@pytest.mark.parametrize(
+    ("limits", "reason"),
+    [
+        (UnpackLimits(max_files=3), "d/3: more than 3 members"),
+        (UnpackLimits(max_unpacked_bytes=25_000), "d/2: the files add up to more than the limit of 25000 bytes"),
+        (UnpackLimits(max_archive_bytes=1000), "more than the limit of 1000"),
+    ],
+)
+def test_unpack_keeps_to_its_limits(tmp_path: Path, limits: UnpackLimits, reason: str) -> None:
+    files = [member(f"d/{i}", data=os.urandom(10_000)) for i in range(4)]
+    path = tmp_path / "a.tar.gz"
+    path.write_bytes(tar_gz(*files))
+    with pytest.raises(ArchiveRefused) as info:
+        unpack(path, tmp_path / "out" / "dest", limits)
+    assert reason in info.value.reason
+    assert os.listdir(tmp_path / "out") == []
+    unpack(path, tmp_path / "out" / "dest", UnpackLimits(max_files=4, max_unpacked_bytes=40_000))
+    assert sorted(os.listdir(tmp_path / "out" / "dest" / "d")) == ["0", "1", "2", "3"]
+
+
+def test_unpack_counts_what_it_writes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Should a member's data ever be longer than its header says, the copy stops at the header's size."""
+    path = tmp_path / "a.tar.gz"
+    path.write_bytes(tar_gz(OK))
+    monkeypatch.setattr(tarfile.TarFile, "extractfile", lambda self, member: io.BytesIO(b"x" * 5000))
+    with pytest.raises(ArchiveRefused) as info:
+        unpack(path, tmp_path / "out" / "dest", UnpackLimits())
+    assert info.value.reason == "ok.txt: more data than its header says (1 bytes)"
+    assert os.listdir(tmp_path / "out") == []
+
+
+def test_unpack_takes_what_other_tars_write(tmp_path: Path) -> None:
+    """GNU tar's "./" entries, folders only implied by their files, a GNU long name, modes of any kind."""
+    path = tmp_path / "a.tar.gz"
+    path.write_bytes(
+        tar_gz(
+            member("./", tarfile.DIRTYPE, mode=0o700),
+            member("./run", data=b"#!/bin/sh\n", mode=0o4751),
+            member("./deep/er/file", data=b"data", mode=0o666),
+            member("./" + "n" * 150, data=b"long"),
+            pax=False,
+        )
+    )
+    dest = tmp_path / "out"
+    unpack(path, dest, UnpackLimits())
+    assert contents(dest) == {
+        "deep": ("dir", b"", 0o755),
+        "deep/er": ("dir", b"", 0o755),
+        "deep/er/file": ("file", b"data", 0o644),
+        "n" * 150: ("file", b"long", 0o644),
+        "run": ("file", b"#!/bin/sh\n", 0o755),
+    }
