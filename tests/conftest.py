@@ -29,9 +29,13 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from service.app.client import LoaderClient
+from service.app.publishing import prepare, publish
 from service.app.natsserver import NatsServer
 from service.app.serve import build_manager, service_version
 from service.contract.config import Config, load_config
+from service.registry.index import Release
+from service.registry.jetstream import RegistryBuckets
+from service.registry.signing import Signer, read_seed, write_seed
 from service.runtime.runner import MODULE
 from service.wire.service import ExtensionService, flush_subscriptions
 
@@ -114,6 +118,8 @@ def _toml(value: Any) -> str:
         return str(value)
     if isinstance(value, list):
         return "[" + ", ".join(_toml(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k} = {_toml(v)}" for k, v in value.items()) + "}"
     return msgspec.json.encode(str(value)).decode()
 
 
@@ -338,3 +344,31 @@ def gate(tmp_path: Path) -> Iterator[Gate]:
         yield held
     finally:
         held.close()
+
+
+# --- the registry ---
+
+
+@pytest.fixture
+def signer(tmp_path: Path) -> Signer:
+    """A publisher's signing key, written as `extension-loader keygen` writes one."""
+    write_seed(tmp_path / "publisher.nk")
+    return read_seed(tmp_path / "publisher.nk")
+
+
+def registry_settings(*keys: str, auto_update: bool = False, **more: Any) -> dict[str, Any]:
+    """The `[registry]` keys of a loader that trusts `keys`."""
+    return {
+        "registry.enabled": True,
+        "registry.trusted": [{"key": key} for key in keys],
+        "registry.auto_update": auto_update,
+        **{f"registry.{k}": v for k, v in more.items()},
+    }
+
+
+async def publish_folder(nc: Client, folder: Path, signer: Signer, config: Config) -> Release:
+    """Publishes one extension folder as `extension-loader publish` does; returns its index entry."""
+    buckets = RegistryBuckets(nc)
+    await buckets.create()
+    outcome = await publish(buckets, await prepare(folder, signer, config))
+    return outcome.release

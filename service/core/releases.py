@@ -265,7 +265,7 @@ class Releases:
         info.require_trusted()
         release = self.release(info)
         tree = self._tree(release)
-        if tree.is_dir():
+        if info.path.is_dir():
             return tree
         archive = self._archive(release)
         if not archive.is_file():
@@ -275,16 +275,16 @@ class Releases:
             archive.unlink(missing_ok=True)
             raise self._refuse(info, release, f"the kept archive's bytes are {digest}, not the signed {release.digest}")
         try:
-            await anyio.to_thread.run_sync(self._unpack, archive, tree)
+            await anyio.to_thread.run_sync(self._unpack, archive, info.path)
         except ArchiveRefused as exc:
             raise self._broken(info, release, exc.reason) from None
         return tree
 
-    def _unpack(self, archive: Path, tree: Path) -> None:
-        if tree.is_dir():  # another load unpacked it meanwhile
+    def _unpack(self, archive: Path, folder: Path) -> None:
+        if folder.is_dir():  # another load unpacked it meanwhile
             return
         with contextlib.suppress(FileExistsError):
-            unpack(archive, tree, self.limits)
+            unpack(archive, folder, self.limits)
 
     async def _download(self, info: VersionInfo, release: Release, archive: Path) -> None:
         buckets = self.buckets

@@ -76,7 +76,7 @@ class ExtensionService:
                 connection_changes=lambda: self.connection.reconnects + self.connection.disconnects,
                 changed=lambda: self._changed,
             )
-        self._following = anyio.CancelScope()
+        self._following: anyio.CancelScope | None = None  # the registry follower's, while it runs
         self.tracing = Tracing()
         self._stack = AsyncExitStack()
         self._tg: TaskGroup | None = None
@@ -166,7 +166,7 @@ class ExtensionService:
 
     async def _follow_registry(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         assert self.registry is not None
-        with self._following:
+        with anyio.CancelScope() as self._following:
             await self.registry.run(task_status=task_status)
 
     async def drain(self) -> None:
@@ -178,7 +178,8 @@ class ExtensionService:
         if self._drained:
             return
         self._drained = True
-        self._following.cancel()  # no new work from the registry's index while draining
+        if self._following is not None:
+            self._following.cancel()  # no new work from the registry's index while draining
         with anyio.move_on_after(self.config.nats.drain_timeout_s) as scope:
             for sub in self._subs:
                 if not self.nc.is_connected:
@@ -203,7 +204,8 @@ class ExtensionService:
             if self._subs:
                 await self.drain()
         finally:
-            self._following.cancel()
+            if self._following is not None:
+                self._following.cancel()
             await self._stack.aclose()
 
     async def wait_until(self, *, reconnects: int = 0, peer_events: int = 0) -> None:

@@ -135,7 +135,7 @@ def test_generation_is_deterministic_and_check_mode_finds_drift(
 
 def test_the_subject_table_agrees_with_the_server() -> None:
     config = load_config(environ={})
-    manager = cast(ExtensionManager, SimpleNamespace(instance_id="SCHEMA-TEST"))
+    manager = cast(ExtensionManager, SimpleNamespace(instance_id="SCHEMA-TEST", releases=None))
     service = ExtensionService(config, manager, version="0.0.0")
     served = {endpoint.subject: endpoint.request for endpoint in service.endpoints}
     assert served == {f"extensions.{route.suffix}": route.request for route in schemas.ROUTES}
