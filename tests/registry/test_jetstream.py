@@ -1,0 +1,477 @@
+"""The registry's buckets against a real JetStream nats-server: buckets made and bound, compare-and-set on the
+index, the watch (and its restart after the server restarts), archives stored and fetched, and every way a
+call can fail (server gone, server stalled, no JetStream, permission refused, an object that is not whole)
+ending in one of the module's errors within the time given, with no file and no consumer left behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import json
+import random
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from contextlib import aclosing
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+
+from service.app.natsserver import NatsServer
+from service.registry.jetstream import (
+    CAUGHT_UP,
+    CHUNK_SIZE,
+    ArchiveTooLarge,
+    BucketNames,
+    CaughtUp,
+    Conflict,
+    RegistryBuckets,
+    RegistryUnavailable,
+    Update,
+)
+from service.wire.service import flush_subscriptions
+from tests.conftest import WAIT
+
+from .conftest import Connect, JetStreamServer
+
+pytestmark = pytest.mark.anyio
+
+MiB = 1024 * 1024
+INDEX = "KV_extension-index"
+ARCHIVES = "OBJ_extension-archives"
+KEY = "taskserv.kubernetes"
+
+
+@pytest.fixture
+async def buckets(js_nc: Client) -> RegistryBuckets:
+    made = RegistryBuckets(js_nc)
+    await made.create()
+    return made
+
+
+def archive(size: int, seed: int = 0) -> tuple[str, bytes, str]:
+    """(object name, bytes, digest) of `size` random bytes."""
+    data = random.Random(seed).randbytes(size)
+    hexdigest = hashlib.sha256(data).hexdigest()
+    return f"sha256/{hexdigest}", data, f"sha256:{hexdigest}"
+
+
+async def consumers(nc: Client, stream: str = ARCHIVES) -> int:
+    info = await nc.jetstream().stream_info(stream)
+    return int(info.state.consumer_count)
+
+
+async def first(updates: AsyncGenerator[Update | CaughtUp, None], count: int) -> list[Update | CaughtUp]:
+    with anyio.fail_after(WAIT):
+        return [await anext(updates) for _ in range(count)]
+
+
+# --- buckets ------------------------------------------------------------------------------------------------
+
+
+async def test_create_makes_both_buckets_to_keep_history_and_never_expire(js_nc: Client) -> None:
+    await RegistryBuckets(js_nc).create()
+    js = js_nc.jetstream()
+    index, archives = await js.stream_info(INDEX), await js.stream_info(ARCHIVES)
+    assert index.config.max_msgs_per_subject == 16
+    for stream in (index, archives):
+        assert not stream.config.max_age, "a ttl would delete records and archives"
+        assert stream.config.storage == "file"
+    await RegistryBuckets(js_nc).create()  # a second publisher binds to them
+    loader = RegistryBuckets(js_nc)
+    await loader.open()
+    assert await loader.get(KEY) == (None, 0)
+
+
+async def test_open_names_every_bucket_that_is_missing(js_nc: Client) -> None:
+    with pytest.raises(RegistryUnavailable) as both:
+        await RegistryBuckets(js_nc).open()
+    assert "'extension-index'" in str(both.value) and "'extension-archives'" in str(both.value)
+
+    await RegistryBuckets(js_nc, BucketNames(index="other-index")).create()
+    with pytest.raises(RegistryUnavailable) as one:
+        await RegistryBuckets(js_nc).open()
+    assert "'extension-index'" in str(one.value) and "extension-archives" not in str(one.value)
+
+
+async def test_a_server_without_jetstream_is_named(tmp_path: Path, connect: Connect) -> None:
+    with NatsServer(["-a", "127.0.0.1", "-p", "-1"]) as plain:
+        client = await connect(plain.url)
+        with anyio.fail_after(WAIT), pytest.raises(RegistryUnavailable, match="without JetStream"):
+            await RegistryBuckets(client.nc).open()
+
+
+# --- the index ----------------------------------------------------------------------------------------------
+
+
+async def test_put_writes_only_over_the_revision_read(buckets: RegistryBuckets) -> None:
+    first_revision = await buckets.put(KEY, b"one", 0)
+    assert await buckets.get(KEY) == (b"one", first_revision)
+    second = await buckets.put(KEY, b"two", first_revision)
+    assert second > first_revision
+    with pytest.raises(Conflict) as stale:
+        await buckets.put(KEY, b"late", first_revision)
+    assert stale.value.key == KEY and stale.value.revision == first_revision
+    with pytest.raises(Conflict):
+        await buckets.put(KEY, b"again", 0)  # 0: "there is no record", which is no longer true
+    assert await buckets.get(KEY) == (b"two", second)
+
+
+async def test_of_two_writers_of_one_revision_exactly_one_wins(js_server: JetStreamServer, connect: Connect) -> None:
+    one = RegistryBuckets((await connect(js_server.url)).nc)
+    await one.create()
+    other = RegistryBuckets((await connect(js_server.url)).nc)
+    await other.open()
+    revision = 0
+    for attempt in range(5):
+        values = {one: f"one {attempt}".encode(), other: f"other {attempt}".encode()}
+        results = await asyncio.gather(*(b.put(KEY, v, revision) for b, v in values.items()), return_exceptions=True)
+        won = [r for r in results if isinstance(r, int)]
+        lost = [r for r in results if isinstance(r, Conflict)]
+        assert len(won) == 1 and len(lost) == 1, results
+        value, revision = await one.get(KEY)
+        assert revision == won[0]
+        assert value == list(values.values())[results.index(won[0])]
+
+
+async def test_a_deleted_key_reads_as_absent_and_can_be_written_anew(buckets: RegistryBuckets, js_nc: Client) -> None:
+    written = await buckets.put(KEY, b"one", 0)
+    await (await js_nc.jetstream().key_value("extension-index")).delete(KEY)
+    assert await buckets.get(KEY) == (None, 0)
+    assert await buckets.put(KEY, b"two", 0) > written
+
+
+@pytest.mark.parametrize("key", ["", "a..b", ".a", "a.", "a b", "a.*", "a.>", "ä"])
+async def test_a_key_nats_py_would_let_time_out_is_refused_before_any_request(
+    buckets: RegistryBuckets, key: str
+) -> None:
+    with anyio.fail_after(1), pytest.raises(ValueError, match="invalid index key"):
+        await buckets.get(key)
+
+
+async def test_entries_are_the_current_values(buckets: RegistryBuckets, js_nc: Client) -> None:
+    assert await buckets.entries() == []
+    a = await buckets.put("taskserv.a", b"a1", 0)
+    await buckets.put("taskserv.b", b"b1", 0)
+    a = await buckets.put("taskserv.a", b"a2", a)
+    await (await js_nc.jetstream().key_value("extension-index")).delete("taskserv.b")
+    assert await buckets.entries() == [Update("taskserv.a", b"a2", a)]
+
+
+async def test_watch_gives_the_current_values_then_caught_up_then_each_change(
+    buckets: RegistryBuckets, js_nc: Client
+) -> None:
+    a = await buckets.put("taskserv.a", b"a1", 0)
+    b = await buckets.put("taskserv.b", b"b1", 0)
+    async with aclosing(buckets.watch()) as updates:
+        assert await first(updates, 3) == [Update("taskserv.a", b"a1", a), Update("taskserv.b", b"b1", b), CAUGHT_UP]
+        c = await buckets.put("cluster.c", b"c1", 0)
+        a = await buckets.put("taskserv.a", b"a2", a)
+        await (await js_nc.jetstream().key_value("extension-index")).delete("taskserv.b")
+        live = await first(updates, 3)
+    assert live[:2] == [Update("cluster.c", b"c1", c), Update("taskserv.a", b"a2", a)]
+    deleted = live[2]
+    assert isinstance(deleted, Update) and deleted.key == "taskserv.b" and deleted.value is None
+    assert deleted.revision > a
+
+
+async def test_watch_of_an_empty_index_is_caught_up_at_once(buckets: RegistryBuckets) -> None:
+    async with aclosing(buckets.watch()) as updates:
+        assert await first(updates, 1) == [CAUGHT_UP]
+
+
+async def test_a_watch_restarted_after_a_server_restart_sees_what_changed_meanwhile(
+    js_server: JetStreamServer, connect: Connect
+) -> None:
+    client = await connect(js_server.url)
+    buckets = RegistryBuckets(client.nc)
+    await buckets.create()
+    a = await buckets.put("taskserv.a", b"a1", 0)
+    async with aclosing(buckets.watch()) as updates:
+        assert await first(updates, 2) == [Update("taskserv.a", b"a1", a), CAUGHT_UP]
+        js_server.stop()
+        await client.wait_disconnected()
+        with anyio.fail_after(2), pytest.raises(RegistryUnavailable, match="connection to NATS was lost"):
+            await anext(updates)
+
+    js_server.start()  # the same port and store
+    await client.wait_reconnected()
+    b = await buckets.put("taskserv.b", b"b1", 0)  # while no watch runs
+    a = await buckets.put("taskserv.a", b"a2", a)
+    # nats-py's own watch, left running across the restart, would resume only ~12 s after the reconnect.
+    with anyio.fail_after(3):
+        async with aclosing(buckets.watch()) as updates:
+            assert [await anext(updates) for _ in range(3)] == [
+                Update("taskserv.b", b"b1", b),
+                Update("taskserv.a", b"a2", a),
+                CAUGHT_UP,
+            ]
+            c = await buckets.put("taskserv.c", b"c1", 0)
+            assert await anext(updates) == Update("taskserv.c", b"c1", c)
+
+
+# --- archives -----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", [0, 1, CHUNK_SIZE, 10 * 1000 * 1000], ids=["empty", "1 byte", "one chunk", "10 MB"])
+async def test_an_archive_comes_back_as_it_was_put(
+    buckets: RegistryBuckets, js_nc: Client, tmp_path: Path, size: int
+) -> None:
+    name, data, digest = archive(size)
+    assert await buckets.archive_info(name) is None
+    await buckets.put_archive(name, data)
+    assert await buckets.archive_info(name) == (size, digest)
+    into = tmp_path / "archive.tar.gz"
+    assert await buckets.fetch_archive(name, into, max_bytes=size) == digest
+    assert into.read_bytes() == data
+    assert await consumers(js_nc) == 0
+
+
+async def test_the_same_archive_put_again_is_not_written_again(buckets: RegistryBuckets, js_nc: Client) -> None:
+    name, data, _ = archive(3 * CHUNK_SIZE // 2)
+    await buckets.put_archive(name, data)
+    written = (await js_nc.jetstream().stream_info(ARCHIVES)).state.last_seq
+    await buckets.put_archive(name, data)
+    assert (await js_nc.jetstream().stream_info(ARCHIVES)).state.last_seq == written
+
+
+async def test_a_deleted_archive_is_gone(buckets: RegistryBuckets, tmp_path: Path) -> None:
+    name, data, _ = archive(1000)
+    await buckets.put_archive(name, data)
+    await buckets.delete_archive(name)
+    await buckets.delete_archive(name)  # already gone: nothing to do
+    assert await buckets.archive_info(name) is None
+    into = tmp_path / "archive.tar.gz"
+    with pytest.raises(RegistryUnavailable, match="not in bucket 'extension-archives'"):
+        await buckets.fetch_archive(name, into, max_bytes=MiB)
+    assert not into.exists()
+
+
+async def test_an_archive_above_the_limit_is_refused_before_it_is_read(
+    buckets: RegistryBuckets, js_nc: Client, tmp_path: Path
+) -> None:
+    name, data, _ = archive(2 * MiB)
+    await buckets.put_archive(name, data)
+    consumer_requests: list[str] = []
+
+    async def seen(msg: Msg) -> None:
+        consumer_requests.append(msg.subject)
+
+    await js_nc.subscribe("$JS.API.CONSUMER.>", cb=seen)
+    await flush_subscriptions(js_nc)
+    into = tmp_path / "archive.tar.gz"
+    with pytest.raises(ArchiveTooLarge) as refused:
+        await buckets.fetch_archive(name, into, max_bytes=2 * MiB - 1)
+    assert (refused.value.size, refused.value.limit, refused.value.announced) == (2 * MiB, 2 * MiB - 1, False)
+    await js_nc.flush()  # a request this client sent would have come back to the subscription before the PONG
+    assert consumer_requests == []
+    assert not into.exists()
+
+
+async def publish_meta(nc: Client, name: str, **fields: Any) -> None:
+    """Writes an object's metadata by hand, as a careless or hostile writer of the bucket could."""
+    subject = "$O.extension-archives.M." + base64.urlsafe_b64encode(name.encode()).decode()
+    body = json.dumps({"name": name, "bucket": "extension-archives", **fields}).encode()
+    await nc.jetstream().publish(subject, body, headers={"Nats-Rollup": "sub"})
+
+
+@pytest.fixture
+async def real_chunks(buckets: RegistryBuckets, js_nc: Client) -> dict[str, Any]:
+    """The metadata of a stored object of three chunks (1.5 MiB), whose chunks other metadata can point at."""
+    name, data, _ = archive(3 * CHUNK_SIZE)
+    await buckets.put_archive(name, data)
+    msg = await js_nc.jetstream().get_last_msg(
+        ARCHIVES, "$O.extension-archives.M." + base64.urlsafe_b64encode(name.encode()).decode()
+    )
+    meta: dict[str, Any] = json.loads(msg.data or b"")
+    return meta
+
+
+@pytest.mark.parametrize(
+    ("announced", "error", "match"),
+    [
+        ({"size": MiB, "chunks": 3}, ArchiveTooLarge, "more than the 1048576 its metadata announces"),
+        ({"size": 4 * CHUNK_SIZE, "chunks": 4}, RegistryUnavailable, "3 of its 4 chunks"),
+        ({"size": 4 * CHUNK_SIZE, "chunks": 3}, RegistryUnavailable, f"{3 * CHUNK_SIZE} of its {4 * CHUNK_SIZE} bytes"),
+    ],
+    ids=["more bytes than announced", "fewer chunks", "fewer bytes"],
+)
+async def test_an_object_unlike_its_metadata_is_refused_and_leaves_nothing(
+    buckets: RegistryBuckets,
+    js_nc: Client,
+    tmp_path: Path,
+    real_chunks: dict[str, Any],
+    announced: dict[str, int],
+    error: type[Exception],
+    match: str,
+) -> None:
+    await publish_meta(js_nc, "sha256/forged", nuid=real_chunks["nuid"], digest=real_chunks["digest"], **announced)
+    into = tmp_path / "archive.tar.gz"
+    with pytest.raises(error, match=match):
+        await buckets.fetch_archive("sha256/forged", into, max_bytes=10 * MiB)
+    assert not into.exists()
+    assert await consumers(js_nc) == 0
+
+
+async def test_a_file_that_is_there_already_is_left_alone(buckets: RegistryBuckets, tmp_path: Path) -> None:
+    name, data, _ = archive(10)
+    await buckets.put_archive(name, data)
+    into = tmp_path / "archive.tar.gz"
+    into.write_bytes(b"someone else's")
+    with pytest.raises(FileExistsError):
+        await buckets.fetch_archive(name, into, max_bytes=MiB)
+    assert into.read_bytes() == b"someone else's"
+
+
+# --- failures, bounded --------------------------------------------------------------------------------------
+
+
+async def test_every_call_fails_at_once_while_the_server_is_down(
+    js_server: JetStreamServer, connect: Connect, tmp_path: Path
+) -> None:
+    client = await connect(js_server.url)
+    buckets = RegistryBuckets(client.nc, timeout_s=10.0)
+    await buckets.create()
+    await buckets.put(KEY, b"one", 0)
+    name, data, _ = archive(1000)
+    await buckets.put_archive(name, data)
+    js_server.stop()
+    await client.wait_disconnected()
+
+    async def watch() -> None:
+        async with aclosing(buckets.watch()) as updates:
+            await anext(updates)
+
+    calls: dict[str, Callable[[], Awaitable[object]]] = {
+        "create": lambda: buckets.create(),
+        "open": lambda: buckets.open(),
+        "get": lambda: buckets.get(KEY),
+        "put": lambda: buckets.put(KEY, b"two", 1),
+        "entries": lambda: buckets.entries(),
+        "watch": watch,
+        "archive_info": lambda: buckets.archive_info(name),
+        "put_archive": lambda: buckets.put_archive(name, data),
+        "fetch_archive": lambda: buckets.fetch_archive(name, tmp_path / "a.tar.gz", max_bytes=MiB),
+        "delete_archive": lambda: buckets.delete_archive(name),
+    }
+    for call in calls.values():
+        # A tenth of the time-out the buckets were given: no call waits it out.
+        with anyio.fail_after(buckets.timeout_s / 10), pytest.raises(RegistryUnavailable, match="not connected"):
+            await call()
+    assert not (tmp_path / "a.tar.gz").exists()
+
+
+async def test_a_server_that_does_not_answer_is_given_up_after_the_time_out(
+    js_server: JetStreamServer, connect: Connect
+) -> None:
+    client = await connect(js_server.url)
+    buckets = RegistryBuckets(client.nc, timeout_s=0.5)
+    await buckets.create()
+    js_server.pause()
+    calls: list[Callable[[], Awaitable[object]]] = [
+        lambda: buckets.get(KEY),
+        lambda: buckets.put(KEY, b"one", 0),
+        lambda: buckets.archive_info("sha256/x"),
+    ]
+    for call in calls:
+        with anyio.fail_after(buckets.timeout_s + 1), pytest.raises(RegistryUnavailable, match="did not answer within"):
+            await call()
+    assert client.nc.is_connected
+
+
+async def test_a_fetch_cut_off_by_the_server_going_away_fails_and_leaves_no_file(
+    js_server: JetStreamServer, connect: Connect, tmp_path: Path
+) -> None:
+    client = await connect(js_server.url)
+    buckets = RegistryBuckets(client.nc)
+    await buckets.create()
+    name, data, _ = archive(48 * MiB)
+    await buckets.put_archive(name, data)
+    # Another client sees the fetch's pull requests (8 MiB each); the server dies after the second.
+    observer = await connect(js_server.url)
+    pulls = 0
+    second_pull = anyio.Event()
+
+    async def pulled(msg: Msg) -> None:
+        nonlocal pulls
+        pulls += 1
+        if pulls == 2:
+            second_pull.set()
+
+    await observer.nc.subscribe(f"$JS.API.CONSUMER.MSG.NEXT.{ARCHIVES}.*", cb=pulled)
+    await flush_subscriptions(observer.nc)
+
+    async def kill_after_second_pull() -> None:
+        await second_pull.wait()
+        js_server.kill()
+
+    into = tmp_path / "archive.tar.gz"
+    with anyio.fail_after(WAIT):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(kill_after_second_pull)
+            with pytest.raises(RegistryUnavailable, match="connection to NATS was lost"):
+                await buckets.fetch_archive(name, into, max_bytes=len(data))
+    assert not into.exists()
+
+
+PERMISSIONS = """
+jetstream {{ store_dir: "{store}" }}
+authorization {{
+  users = [
+    {{user: publisher, password: publisher1}}
+    {{user: loader, password: loader1, permissions: {{
+      publish: {{allow: [{allowed}]}}
+      subscribe: {{allow: ["_INBOX.>"]}}
+    }}}}
+  ]
+}}
+"""
+
+
+def loader_subjects(stream: str) -> list[str]:
+    """What a read-only loader needs of one bucket's stream (REGISTRY-NOTES, plus deleting its consumer)."""
+    return [
+        f"$JS.API.STREAM.INFO.{stream}",
+        f"$JS.API.STREAM.MSG.GET.{stream}",
+        f"$JS.API.DIRECT.GET.{stream}.>",
+        f"$JS.API.CONSUMER.CREATE.{stream}",
+        f"$JS.API.CONSUMER.CREATE.{stream}.>",
+        f"$JS.API.CONSUMER.MSG.NEXT.{stream}.*",
+        f"$JS.API.CONSUMER.INFO.{stream}.*",
+        f"$JS.API.CONSUMER.DELETE.{stream}.*",
+        f"$JS.FC.{stream}.>",
+    ]
+
+
+async def test_a_read_only_loader_reads_and_is_told_that_writing_is_refused(tmp_path: Path, connect: Connect) -> None:
+    allowed = ", ".join(json.dumps(s) for s in [*loader_subjects(INDEX), *loader_subjects(ARCHIVES)])
+    conf = tmp_path / "nats.conf"
+    conf.write_text(PERMISSIONS.format(store=tmp_path / "jetstream", allowed=allowed))
+    with NatsServer(["-c", str(conf), "-a", "127.0.0.1", "-p", "-1"]) as server:
+        publisher_nc = (await connect(server.url, user="publisher", password="publisher1")).nc
+        publisher = RegistryBuckets(publisher_nc)
+        await publisher.create()
+        revision = await publisher.put(KEY, b"record", 0)
+        name, data, digest = archive(CHUNK_SIZE + 1)
+        await publisher.put_archive(name, data)
+
+        loader_nc = (await connect(server.url, user="loader", password="loader1")).nc
+        loader = RegistryBuckets(loader_nc, timeout_s=1.0)
+        await loader.open()
+        assert await loader.get(KEY) == (b"record", revision)
+        assert await loader.entries() == [Update(KEY, b"record", revision)]
+        assert await loader.archive_info(name) == (len(data), digest)
+        assert await loader.fetch_archive(name, tmp_path / "a.tar.gz", max_bytes=MiB) == digest
+        assert await consumers(publisher_nc) == 0
+
+        writes: list[Callable[[], Awaitable[object]]] = [
+            lambda: loader.put(KEY, b"forged", revision),
+            lambda: loader.put_archive("sha256/forged", b"forged"),
+        ]
+        for write in writes:
+            with anyio.fail_after(loader.timeout_s + 2), pytest.raises(RegistryUnavailable, match="refused permission"):
+                await write()
