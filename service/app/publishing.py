@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+import anyio
 import anyio.to_thread
 import msgspec
 
@@ -63,8 +64,8 @@ class Prepared:
 async def prepare(folder: Path, signer: Signer, config: Config) -> Prepared:
     """Reads the folder's metadata, runs the Nushell loader on the packed and unpacked folder exactly as a load
     of it would run, and signs the archive's digest. Raises PublishRefused."""
-    folder = folder.resolve()
-    metadata = _metadata(folder)
+    folder = Path(await anyio.Path(folder).resolve())
+    metadata = await anyio.to_thread.run_sync(_metadata, folder)
     extension_type = metadata.type
     try:
         archive = await anyio.to_thread.run_sync(pack, folder)
@@ -75,7 +76,7 @@ async def prepare(folder: Path, signer: Signer, config: Config) -> Prepared:
     release = Release(
         version=metadata.version,
         description=metadata.description,
-        dependencies=list(metadata.dependencies),
+        dependencies=metadata.dependencies,
         author=metadata.author,
         repository=metadata.repository,
         digest=digest,
@@ -104,7 +105,7 @@ async def _check(archive: bytes, extension_type: ExtensionType, name: str, versi
     with tempfile.TemporaryDirectory(prefix="extension-publish-") as scratch:
         root = Path(scratch, "root")
         packed = Path(scratch, "archive.tar.gz")
-        packed.write_bytes(archive)
+        await anyio.Path(packed).write_bytes(archive)
         target = root / extension_type.folder / name / version
         try:
             await anyio.to_thread.run_sync(unpack, packed, target, unpack_limits(config.registry))
