@@ -17,7 +17,7 @@ from ...runtime.runner import NushellMissing, SandboxMissing
 from ...wire.events import EventStreamError
 from ...wire.service import ConnectRefused
 from ..natsserver import NatsServer, nats_server_binary
-from ..serve import serve, service_version
+from ..serve import check_trusted_keys, serve, service_version
 from ..telemetry import setup_logging, setup_telemetry
 
 
@@ -32,6 +32,7 @@ def _start(args: argparse.Namespace) -> Config | None:
     setup_logging(args.log_level, json_lines=not sys.stderr.isatty())
     try:
         config = _config(args)
+        check_trusted_keys(config)
     except ConfigError as exc:
         print(f"extension-loader: {exc}", file=sys.stderr)
         return None
