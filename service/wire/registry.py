@@ -61,16 +61,23 @@ class RegistryFollower:
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Follows the index until cancelled. Reports started once the index was read, or could not be."""
-        started = False
+        started: list[bool] = []
+
+        def ready() -> None:
+            if not started:
+                started.append(True)
+                task_status.started()
+
         while True:
             seen = self._connection_changes()
             try:
-                await self._follow(seen, task_status if not started else None)
+                await self._follow(seen, ready)
             except RegistryUnavailable as exc:
                 self._unreachable(str(exc))
-            if not started:
-                started = True
-                task_status.started()
+            except Exception as exc:  # a defect here must not take the requests down with it
+                log.exception("registry: following the index failed; starting again")
+                self._unreachable(f"internal error ({type(exc).__name__}); see the service log")
+            ready()
             with anyio.move_on_after(_RETRY_S):
                 while self._connection_changes() == seen:
                     await self._changed().wait()
@@ -80,7 +87,7 @@ class RegistryFollower:
         while self.updates < count:
             await self._updated.wait()
 
-    async def _follow(self, seen: int, task_status: TaskStatus[None] | None) -> None:
+    async def _follow(self, seen: int, ready: Callable[[], None]) -> None:
         nc = self._client()
         if not nc.is_connected:
             raise RegistryUnavailable("not connected to NATS")
@@ -97,9 +104,7 @@ class RegistryFollower:
                     caught_up = True
                     await self._apply(self.releases.replace(current), initial=True)
                     self._reachable()
-                    if task_status is not None:
-                        task_status.started()
-                        task_status = None
+                    ready()
                 elif caught_up:
                     await self._apply(self.releases.apply(item.key, item.value), initial=False)
                 else:
