@@ -17,7 +17,9 @@ Phases, in this order, each bounded:
 7. discovery: the first service stops; a second one serves a generated tree of `tree_names` x
    `tree_versions`: the first `extensions.discover`, repeated ones, and cold loads of different names;
 8. contention: on that tree, a closed loop of cached loads while another client (`bench.churn`, a process of
-   its own) sends discovers and cold reloads back to back.
+   its own) sends discovers and cold reloads back to back;
+9. registry fetch (`bench.registry_fetch`, on a JetStream server of its own): one archive read by a bare pull
+   consumer, by `fetch_archive` and by nats-py's `ObjectStore.get`.
 
 Timings are only reported here, never asserted in tests.
 """
@@ -53,7 +55,7 @@ import service
 from service.app.natsserver import NatsServer, nats_server_binary
 from service.contract.config import defaults
 
-from . import churn
+from . import churn, registry_fetch
 from .load import RunStats, closed_loop, medians, summary_ms
 from .procs import Child, command_line, cpu_seconds, descendants, memory_kb, reading_a_pipe, shared_memory_kb
 from .report import judge, render
@@ -100,6 +102,8 @@ class Sizes:
     dependency_loads: int = 5
     contention_seconds: float = 5.0
     contention_discover_every_s: float = 0.1  # the other client's pace of discovers; 0: back to back
+    registry_bytes: int = registry_fetch.SIZE  # the archive the registry phase reads
+    registry_runs: int = registry_fetch.RUNS
 
 
 FULL = Sizes()
@@ -123,6 +127,8 @@ QUICK = Sizes(
     burst_repetitions=1,
     dependency_loads=1,
     contention_seconds=0.5,
+    registry_bytes=600_000,
+    registry_runs=1,
 )
 
 
@@ -171,7 +177,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"bench: {exc}\n(the children's logs: {options.log_dir or options.output.parent / 'logs'})", file=sys.stderr
         )
         return 1
-    print(render(result))
+    print(report(result))
     print(f"\nJSON: {options.output}")
     return 0
 
@@ -198,8 +204,16 @@ def run(options: Options) -> dict[str, Any]:
     result["targets"] = [v.as_dict() for v in judge(result)]
     options.output.parent.mkdir(parents=True, exist_ok=True)
     options.output.write_text(json.dumps(result, indent=2) + "\n")
-    options.output.with_suffix(".md").write_text(render(result) + "\n")
+    options.output.with_suffix(".md").write_text(report(result) + "\n")
     return result
+
+
+def report(result: dict[str, Any]) -> str:
+    """The table and figures of `report.render`, then the registry fetch's."""
+    parts = [render(result)]
+    if "registry_fetch" in result:
+        parts.append(registry_fetch.render(result["registry_fetch"]))
+    return "\n\n".join(parts)
 
 
 # --- the run --------------------------------------------------------------------------------------------------
@@ -251,6 +265,9 @@ async def _measure(options: Options, work: Path, logs: Path) -> dict[str, Any]:
         for child in reversed(children):
             child.stop()
         server.stop()
+    out["registry_fetch"] = await registry_fetch.on_own_server(
+        work, size=sizes.registry_bytes, runs=sizes.registry_runs
+    )
     return out
 
 

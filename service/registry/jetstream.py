@@ -15,7 +15,8 @@ Archives are read with a pull consumer of our own, straight into a file, hashing
 digest returned is of the bytes written; the caller checks it against the signed one.
 
 A read-only loader needs, beyond what REGISTRY-NOTES lists, `$JS.API.CONSUMER.DELETE.OBJ_<archives>.*` to
-remove its fetch consumer at once; without it the consumer goes away after `_consumer_idle_s`.
+remove its fetch consumer at once; without it the server removes the consumer once it has been idle for 10 s
+(or twice `timeout_s`).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import hashlib
 import json
 import re
 import secrets
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, ClassVar, Final
@@ -50,7 +51,6 @@ _WINDOW_BYTES: Final = 8 * 1024 * 1024  # chunks asked for at once while fetchin
 _SLOWEST_BYTES_PER_S: Final = 1024 * 1024  # an archive moving slower than this counts as a link that is down
 _KEY = re.compile(r"[-/_=a-zA-Z0-9]+(\.[-/_=a-zA-Z0-9]+)*")  # nats-py lets "a..b" through, then times out
 _DIGEST_PREFIX: Final = "SHA-256="
-_WRONG_LAST_SEQUENCE: Final = frozenset({10071, 10164})
 _STREAM_NOT_FOUND: Final = 10059
 _STREAM_NAME_IN_USE: Final = 10058
 
@@ -273,7 +273,12 @@ class RegistryBuckets:
         self._archives()
         async with self._call(f"read the metadata of archive {name!r}"):
             meta = await self._object_meta(name)
-        return None if meta is None else (meta.size or 0, self._sha256(name, meta))
+        if meta is None:
+            return None
+        digest = _sha256(meta)
+        if digest is None:
+            raise RegistryUnavailable(f"archive {name!r} has no SHA-256 digest in its metadata ({meta.digest!r})")
+        return meta.size or 0, digest
 
     async def put_archive(self, name: str, data: bytes) -> None:
         """Stores `data` as the object `name` in 512 KiB chunks, unless an object of that name with the same
@@ -282,7 +287,7 @@ class RegistryBuckets:
         digest = "sha256:" + hashlib.sha256(data).hexdigest()
         async with self._call(f"store archive {name!r}", self._limit(len(data))):
             meta = await self._object_meta(name)
-            if meta is not None and meta.size == len(data) and self._sha256(name, meta) == digest:
+            if meta is not None and meta.size == len(data) and _sha256(meta) == digest:
                 return
             chunk = min(CHUNK_SIZE, int(self._nc.max_payload))
             options = api.ObjectMetaOptions(max_chunk_size=chunk)  # without it nats-py's put raises TypeError
@@ -329,63 +334,72 @@ class RegistryBuckets:
     async def _read_chunks(self, name: str, meta: _ObjectMeta, sink: IO[bytes], limit: float) -> str:
         hasher = hashlib.sha256()
         size, chunks = meta.size or 0, meta.chunks or 0
-        if chunks == 0 and size == 0:
-            return "sha256:" + hasher.hexdigest()
-        doing = f"read archive {name!r}"
-        stream = f"OBJ_{self.names.archives}"
-        consumer = f"fetch-{secrets.token_hex(8)}"
-        per_chunk = (meta.options.max_chunk_size if meta.options else None) or -(-size // max(chunks, 1))
-        window = max(1, _WINDOW_BYTES // max(per_chunk, 1))
         received = total = 0
-        async with self._call(doing, limit):
+        if chunks:
+            doing = f"read archive {name!r}"
+            per_chunk = (meta.options.max_chunk_size if meta.options else None) or -(-size // chunks)
+            window = max(1, _WINDOW_BYTES // max(per_chunk, 1))
             reconnects = self._reconnects()
-            inbox = self._nc.new_inbox()
-            sub = await self._nc.subscribe(inbox)
-            try:
-                await self._js.add_consumer(
-                    stream,
-                    api.ConsumerConfig(
-                        name=consumer,
-                        filter_subject=f"$O.{self.names.archives}.C.{meta.nuid}",
-                        deliver_policy=api.DeliverPolicy.ALL,
-                        ack_policy=api.AckPolicy.NONE,
-                        mem_storage=True,
-                        num_replicas=1,
-                        inactive_threshold=self._consumer_idle_s,
-                    ),
-                )
-                try:
-                    while received < chunks:
-                        batch = min(window, chunks - received)
-                        request = json.dumps({"batch": batch, "no_wait": True}).encode()
-                        await self._nc.publish(f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}", request, reply=inbox)
-                        for _ in range(batch):
-                            msg = await self._next(sub, doing, reconnects)
-                            if msg.headers and "Status" in msg.headers:  # 404: fewer chunks than announced
-                                raise RegistryUnavailable(
-                                    f"archive {name!r} is not whole: {received} of its {chunks} chunks are in the "
-                                    f"bucket (status {msg.headers.get('Status')}); "
-                                    "publish it again"
-                                )
-                            total += len(msg.data)
-                            if total > size:
-                                raise ArchiveTooLarge(name, total, size, announced=True)
-                            # A 512 KiB write into the page cache takes well under a millisecond: through a
-                            # thread it would cost more than it saves.
-                            sink.write(msg.data)
-                            hasher.update(msg.data)
-                            received += 1
-                finally:
-                    await self._forget_consumer(stream, consumer)
-            finally:
-                if not self._nc.is_closed:
-                    with contextlib.suppress(nats.errors.Error):
-                        await sub.unsubscribe()
+            async with self._call(doing, limit), self._chunk_consumer(meta.nuid) as (sub, pull):
+                while received < chunks:
+                    batch = min(window, chunks - received)
+                    await pull(batch)
+                    for _ in range(batch):
+                        msg = await self._next(sub, doing, reconnects)
+                        if msg.headers and "Status" in msg.headers:  # 404: no more chunks
+                            raise RegistryUnavailable(
+                                f"archive {name!r} is not whole: {received} of its {chunks} chunks are in the bucket "
+                                f"(status {msg.headers.get('Status')}); publish it again"
+                            )
+                        total += len(msg.data)
+                        if total > size:  # and size is at most max_bytes
+                            raise ArchiveTooLarge(name, total, size, announced=True)
+                        # A 512 KiB write into the page cache takes well under a millisecond; handing it and the
+                        # hashing to a thread was measured no faster.
+                        sink.write(msg.data)
+                        hasher.update(msg.data)
+                        received += 1
         if total != size:
             raise RegistryUnavailable(
                 f"archive {name!r} is not whole: {total} of its {size} bytes are in the bucket; publish it again"
             )
         return "sha256:" + hasher.hexdigest()
+
+    @contextlib.asynccontextmanager
+    async def _chunk_consumer(self, nuid: str) -> AsyncIterator[tuple[Subscription, Callable[[int], Awaitable[None]]]]:
+        """An ephemeral pull consumer of the chunks on `$O.<bucket>.C.<nuid>`: the subscription its messages
+        come on, and `pull(n)` that asks for the next n (without waiting: what is not there is answered by a
+        404 status at once). The subscription and the consumer go at the end."""
+        stream = f"OBJ_{self.names.archives}"
+        consumer = f"fetch-{secrets.token_hex(8)}"
+        inbox = self._nc.new_inbox()
+        next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}"
+
+        async def pull(batch: int) -> None:
+            await self._nc.publish(next_subject, json.dumps({"batch": batch, "no_wait": True}).encode(), reply=inbox)
+
+        sub = await self._nc.subscribe(inbox)
+        try:
+            await self._js.add_consumer(
+                stream,
+                api.ConsumerConfig(
+                    name=consumer,
+                    filter_subject=f"$O.{self.names.archives}.C.{nuid}",
+                    deliver_policy=api.DeliverPolicy.ALL,
+                    ack_policy=api.AckPolicy.NONE,
+                    mem_storage=True,
+                    num_replicas=1,
+                    inactive_threshold=self._consumer_idle_s,
+                ),
+            )
+            try:
+                yield sub, pull
+            finally:
+                await self._forget_consumer(stream, consumer)
+        finally:
+            if not self._nc.is_closed:
+                with contextlib.suppress(nats.errors.Error):
+                    await sub.unsubscribe()
 
     async def _next(self, sub: Subscription, doing: str, reconnects: int) -> Msg:
         """The subscription's next message; RegistryUnavailable when the connection goes or nothing comes for
@@ -422,16 +436,6 @@ class RegistryBuckets:
         except msgspec.ValidationError as exc:
             raise RegistryUnavailable(f"the metadata of archive {name!r} is not an object's: {exc}") from exc
         return None if meta.deleted else meta
-
-    def _sha256(self, name: str, meta: _ObjectMeta) -> str:
-        digest = meta.digest or ""
-        try:
-            raw = base64.urlsafe_b64decode(digest.removeprefix(_DIGEST_PREFIX))
-        except ValueError:
-            raw = b""
-        if not digest.startswith(_DIGEST_PREFIX) or len(raw) != hashlib.sha256().digest_size:
-            raise RegistryUnavailable(f"archive {name!r} has no SHA-256 digest in its metadata ({digest!r})")
-        return "sha256:" + raw.hex()
 
     # --- the connection and nats-py's errors ------------------------------------------------------------
 
@@ -547,6 +551,18 @@ class RegistryBuckets:
         if self._obs is None:
             raise RuntimeError("call open() or create() before using the archives")
         return self._obs
+
+
+def _sha256(meta: _ObjectMeta) -> str | None:
+    """The object's digest as "sha256:<hex>", from the store's "SHA-256=<base64url>"; None when it has none."""
+    digest = meta.digest or ""
+    if not digest.startswith(_DIGEST_PREFIX):
+        return None
+    try:
+        raw = base64.urlsafe_b64decode(digest.removeprefix(_DIGEST_PREFIX))
+    except ValueError:
+        return None
+    return "sha256:" + raw.hex() if len(raw) == hashlib.sha256().digest_size else None
 
 
 def _check_key(key: str) -> None:
