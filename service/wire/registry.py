@@ -12,6 +12,7 @@ keeps serving what was fetched, and tries again at each reconnect and every `_RE
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable, Sequence
 
@@ -99,16 +100,18 @@ class RegistryFollower:
             tg.start_soon(self._stop_on_change, seen, tg.cancel_scope)
             current: list[tuple[str, bytes | None]] = []
             caught_up = False
-            async for item in buckets.watch():
-                if not isinstance(item, Update):  # caught up: the whole index has been read
-                    caught_up = True
-                    await self._apply(self.releases.replace(current), initial=True)
-                    self._reachable()
-                    ready()
-                elif caught_up:
-                    await self._apply(self.releases.apply(item.key, item.value), initial=False)
-                else:
-                    current.append((item.key, item.value))
+            async with contextlib.aclosing(buckets.watch()) as updates:
+                async for item in updates:
+                    if not isinstance(item, Update):  # caught up: the whole index has been read
+                        caught_up = True
+                        changes = self.releases.replace(current)
+                        self._reachable()
+                        ready()  # the service takes requests from here on; what changed is loaded meanwhile
+                        await self._apply(changes, initial=True)
+                    elif caught_up:
+                        await self._apply(self.releases.apply(item.key, item.value), initial=False)
+                    else:
+                        current.append((item.key, item.value))
             raise RegistryUnavailable("the index watch ended")
 
     async def _stop_on_change(self, seen: int, scope: anyio.CancelScope) -> None:
