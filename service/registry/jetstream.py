@@ -26,8 +26,10 @@ import base64
 import contextlib
 import hashlib
 import json
+import queue
 import re
 import secrets
+import threading
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -332,7 +334,17 @@ class RegistryBuckets:
             raise
 
     async def _read_chunks(self, name: str, meta: _ObjectMeta, sink: IO[bytes], limit: float) -> str:
-        hasher = hashlib.sha256()
+        """Chunks are received on the event loop and written and hashed in one worker thread meanwhile (hashlib
+        and file writes release the interpreter lock, so the two overlap on two cores)."""
+        writer = _Writer(sink)
+        try:
+            await self._receive_chunks(name, meta, writer.put, limit)
+        except BaseException:
+            writer.abandon()  # the caller removes the file; the thread ends after what it holds
+            raise
+        return await asyncio.get_running_loop().run_in_executor(None, writer.close)
+
+    async def _receive_chunks(self, name: str, meta: _ObjectMeta, put: Callable[[bytes], None], limit: float) -> None:
         size, chunks = meta.size or 0, meta.chunks or 0
         received = total = 0
         if chunks:
@@ -354,16 +366,12 @@ class RegistryBuckets:
                         total += len(msg.data)
                         if total > size:  # and size is at most max_bytes
                             raise ArchiveTooLarge(name, total, size, announced=True)
-                        # A 512 KiB write into the page cache takes well under a millisecond; handing it and the
-                        # hashing to a thread was measured no faster.
-                        sink.write(msg.data)
-                        hasher.update(msg.data)
+                        put(msg.data)
                         received += 1
         if total != size:
             raise RegistryUnavailable(
                 f"archive {name!r} is not whole: {total} of its {size} bytes are in the bucket; publish it again"
             )
-        return "sha256:" + hasher.hexdigest()
 
     @contextlib.asynccontextmanager
     async def _chunk_consumer(self, nuid: str) -> AsyncIterator[tuple[Subscription, Callable[[int], Awaitable[None]]]]:
@@ -568,6 +576,44 @@ def _sha256(meta: _ObjectMeta) -> str | None:
 def _check_key(key: str) -> None:
     if not _KEY.fullmatch(key):
         raise ValueError(f"invalid index key {key!r}: dot-separated non-empty tokens of letters, digits and -/_=")
+
+
+class _Writer:
+    """Writes and hashes chunks in a thread of its own, in the order they are put; `close` (in a thread: it
+    waits for the last write) returns the digest, or raises what a write raised."""
+
+    def __init__(self, sink: IO[bytes]) -> None:
+        self._sink = sink
+        self._hasher = hashlib.sha256()
+        self._queue: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="archive-writer", daemon=True)
+        self._thread.start()
+
+    def put(self, data: bytes) -> None:
+        if self._error is not None:
+            raise self._error
+        self._queue.put(data)
+
+    def abandon(self) -> None:
+        self._error = self._error or RuntimeError("abandoned")
+        self._queue.put(None)
+
+    def close(self) -> str:
+        self._queue.put(None)
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return "sha256:" + self._hasher.hexdigest()
+
+    def _run(self) -> None:
+        while (data := self._queue.get()) is not None:
+            if self._error is None:
+                try:
+                    self._sink.write(data)
+                    self._hasher.update(data)
+                except BaseException as exc:
+                    self._error = exc
 
 
 def _create(path: Path) -> IO[bytes]:
