@@ -29,8 +29,8 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from service.app.client import LoaderClient
-from service.app.publishing import prepare, publish
 from service.app.natsserver import NatsServer
+from service.app.publishing import prepare, publish
 from service.app.serve import build_manager, service_version
 from service.contract.config import Config, load_config
 from service.registry.index import Release

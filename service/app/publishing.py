@@ -63,7 +63,7 @@ class Prepared:
 async def prepare(folder: Path, signer: Signer, config: Config) -> Prepared:
     """Reads the folder's metadata, runs the Nushell loader on the packed and unpacked folder exactly as a load
     of it would run, and signs the archive's digest. Raises PublishRefused."""
-    folder = folder.resolve()
+    folder = await anyio.to_thread.run_sync(folder.resolve)
     metadata = _metadata(folder)
     extension_type = metadata.type
     try:
@@ -75,7 +75,7 @@ async def prepare(folder: Path, signer: Signer, config: Config) -> Prepared:
     release = Release(
         version=metadata.version,
         description=metadata.description,
-        dependencies=list(metadata.dependencies),
+        dependencies=metadata.dependencies,
         author=metadata.author,
         repository=metadata.repository,
         digest=digest,
@@ -104,7 +104,7 @@ async def _check(archive: bytes, extension_type: ExtensionType, name: str, versi
     with tempfile.TemporaryDirectory(prefix="extension-publish-") as scratch:
         root = Path(scratch, "root")
         packed = Path(scratch, "archive.tar.gz")
-        packed.write_bytes(archive)
+        await anyio.to_thread.run_sync(packed.write_bytes, archive)
         target = root / extension_type.folder / name / version
         try:
             await anyio.to_thread.run_sync(unpack, packed, target, unpack_limits(config.registry))

@@ -21,8 +21,8 @@ from ..core.manager import ExtensionManager
 from ..core.reconcile import Reconciler
 from ..core.releases import Releases
 from ..core.store import ExtensionStore, VersionInfo
-from ..runtime.runner import Limits, NushellRunner, find_nu, nu_version
 from ..registry.signing import SigningKeyError, public_key_bytes
+from ..runtime.runner import Limits, NushellRunner, find_nu, nu_version
 from ..runtime.watcher import DiskWatcher
 from ..wire.service import ExtensionService
 

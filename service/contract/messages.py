@@ -191,8 +191,10 @@ class VersionSource(Struct, frozen=True, kw_only=True):
     ] = False
     trusted: Annotated[
         bool,
-        Meta(description="false: a registry version whose signer or signature this instance does not trust; "
-             "a load of it is refused with untrusted_extension"),
+        Meta(
+            description="false: a registry version whose signer or signature this instance does not trust; "
+            "a load of it is refused with untrusted_extension"
+        ),
     ] = True
 
 

@@ -11,6 +11,6 @@
     audit.py      one audit line per change of state; metrics.py: the OpenTelemetry instruments
 
 It may use the runtime, the registry and the contract. The registry's buckets are handed to it once they are
-open; what goes over the wire otherwise is not its business. It returns events; sending them, and everything else on the wire,
-is the wire's job.
+open; what goes over the wire otherwise is not its business. It returns events; sending them, and everything
+else on the wire, is the wire's job.
 """

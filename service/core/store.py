@@ -6,9 +6,9 @@ Extension roots are searched in order; the first root that has a type and name w
 `metadata.toml` files; checking and copying an extension is the Nushell loader's work, and what an extension
 depends on is `dependencies.py`'s. With a registry (`registry`, a `RegistryView`), its versions are merged in:
 a name's versions are those of the disk and of the registry together, and where both have one version the
-disk's wins (the operator's own copy, there without a network; see the README, "Registry"). Reads are cached by the folders' and files' modification times, so repeated
-requests do not rescan a tree that did not change, and the whole listing that `discover` answers with is kept
-until something in it changes.
+disk's wins (the operator's own copy, there without a network; see the README, "Registry"). Reads are cached by
+the folders' and files' modification times, so repeated requests do not rescan a tree that did not change, and
+the whole listing that `discover` answers with is kept until something in it changes.
 """
 
 from __future__ import annotations
@@ -381,7 +381,9 @@ def _listed(extension_type: ExtensionType, name: str, versions: dict[str, Versio
         )
         for v in readable
     )
-    return Available(extension_type=extension_type, name=name, versions=tuple(good), latest=latest_meta, sources=sources)
+    return Available(
+        extension_type=extension_type, name=name, versions=tuple(good), latest=latest_meta, sources=sources
+    )
 
 
 def _nothing(extension_type: ExtensionType, name: str) -> Available:

@@ -52,10 +52,12 @@ async def test_a_published_version_loads_on_a_loader_with_no_tree_on_disk(
         loaded = await client.load("taskserv", "kubernetes", with_dependencies=True)
         assert loaded["metadata"]["version"] == "1.28.0"
         assert loaded["digest"] == release.tree_digest  # what Nushell loaded is what was published
-        assert Path(loaded["path"]).is_dir()
+        assert await anyio.Path(loaded["path"]).is_dir()
         done = await events.wait_for(2, ".loaded")
         assert [e["extension"]["metadata"]["name"] for e in done] == ["containerd", "kubernetes"]
-        kept = service.config.cache_dir / ".registry" / "archives" / (release.digest.removeprefix("sha256:") + ".tar.gz")
+        kept = (
+            service.config.cache_dir / ".registry" / "archives" / (release.digest.removeprefix("sha256:") + ".tar.gz")
+        )
         assert kept.is_file()
         stats = await client.stats()
         assert stats["registry"]["reachable"] is True
@@ -117,7 +119,10 @@ async def test_yank_skips_a_version_for_latest_keeps_a_pin_and_is_announced(
     nats_server: NatsServer, nc: Client, tmp_path: Path, signer: Signer, events: EventLog
 ) -> None:
     config = make_config(
-        nats_server.url, tmp_path, roots=[tmp_path / "none"], overrides=registry_settings(signer.public_key, auto_update=True)
+        nats_server.url,
+        tmp_path,
+        roots=[tmp_path / "none"],
+        overrides=registry_settings(signer.public_key, auto_update=True),
     )
     await publish_folder(nc, source(tmp_path / "1", "vault", "1.0.0"), signer, config)
     await publish_folder(nc, source(tmp_path / "2", "vault", "1.1.0"), signer, config)
@@ -150,7 +155,10 @@ async def test_auto_update_loads_a_newly_published_latest_before_any_request(
     nats_server: NatsServer, nc: Client, tmp_path: Path, signer: Signer, events: EventLog
 ) -> None:
     config = make_config(
-        nats_server.url, tmp_path, roots=[tmp_path / "none"], overrides=registry_settings(signer.public_key, auto_update=True)
+        nats_server.url,
+        tmp_path,
+        roots=[tmp_path / "none"],
+        overrides=registry_settings(signer.public_key, auto_update=True),
     )
     await publish_folder(nc, source(tmp_path / "1", "etcd", "3.5.0"), signer, config)
     async with running_service(config):

@@ -37,12 +37,22 @@ class View:
         dependencies: tuple[str, ...] = (),
     ) -> VersionInfo:
         meta = ExtensionMetadata(
-            name=name, version=version, description=f"{name} from the registry", extension_type=T,
+            name=name,
+            version=version,
+            description=f"{name} from the registry",
+            extension_type=T,
             dependencies=dependencies,
         )
         info = VersionInfo(
-            T, name, version, Path("/registry") / name / version, meta,
-            source="registry", yanked=yanked, untrusted=untrusted, signer="U" + "A" * 55,
+            T,
+            name,
+            version,
+            Path("/registry") / name / version,
+            meta,
+            source="registry",
+            yanked=yanked,
+            untrusted=untrusted,
+            signer="U" + "A" * 55,
         )
         self.infos.setdefault((T, name), {})[version] = info
         self.generation += 1

@@ -50,9 +50,7 @@ def readable(args: argparse.Namespace, data: Any, elapsed_ms: float) -> str:
         return f"{where}: loaded ({', '.join(data['versions'])})" if data["loaded"] else f"{where}: not loaded"
     if action == "discover":
         none = {"description": "(pre-releases only: name a version to load one)"}  # no latest without a stable one
-        rows = [
-            (a["extension_type"], a["name"], _versions(a), (a["latest"] or none)["description"]) for a in data
-        ]
+        rows = [(a["extension_type"], a["name"], _versions(a), (a["latest"] or none)["description"]) for a in data]
         return table(("TYPE", "NAME", "VERSIONS", "DESCRIPTION"), rows) if rows else "no extensions found"
     if action == "stats":
         c, loads = data["cache"], data["loads"]

@@ -85,8 +85,11 @@ async def _main(args: argparse.Namespace, config: Config) -> int:
             await buckets.open()
             outcome = await yank(buckets, ExtensionType.parse(args.type), args.name, args.ext_version, undo=args.undo)
         what = "restored" if args.undo else "yanked"
-        _print(args, {"key": outcome.key, "revision": outcome.revision, **_release(outcome.release)}, f"{what} "
-               f"{args.type} {args.name} {args.ext_version}")
+        _print(
+            args,
+            {"key": outcome.key, "revision": outcome.revision, **_release(outcome.release)},
+            f"{what} {args.type} {args.name} {args.ext_version}",
+        )
         return 0
     async with _buckets(args, config) as buckets:
         await buckets.open()
