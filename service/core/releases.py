@@ -26,7 +26,7 @@ import anyio
 import anyio.to_thread
 import msgspec
 
-from ..contract.config import RegistryConfig
+from ..contract.config import RegistryConfig, TrustedKey
 from ..contract.errors import InvalidExtension, Unavailable, UntrustedExtension
 from ..contract.messages import ExtensionMetadata, ExtensionType, RegistryStats
 from ..registry import signing
@@ -210,7 +210,10 @@ class Releases:
         if not pinned:
             return f"its signer {release.signer or '(none)'} is not one of the keys this loader trusts"
         if not any(t.allows(extension_type.value, name) for t in pinned):
-            return f"its signer {release.signer} is not trusted for {extension_type.value} {name}"
+            limits = " or ".join(_limits(t) for t in pinned)
+            return (
+                f"its signer {release.signer} is trusted here only for {limits}, not for {extension_type.value} {name}"
+            )
         statement = signing.statement(extension_type.value, name, release.version, release.digest)
         if not release.signature or not signing.verify(release.signer, statement, release.signature):
             return "its signature does not verify"
@@ -323,3 +326,9 @@ class Releases:
     def forget_trees(self) -> None:
         """Removes the unpacked trees (the archives stay): for tests and tools."""
         shutil.rmtree(self.folder / "trees", ignore_errors=True)
+
+
+def _limits(trusted: TrustedKey) -> str:
+    """What one pinned key is limited to, as its `[[registry.trusted]]` entry says: "types a and names b, c"."""
+    kinds = (("types", trusted.types), ("names", trusted.names))
+    return " and ".join(f"{kind} {', '.join(values)}" for kind, values in kinds if values)

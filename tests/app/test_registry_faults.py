@@ -1,0 +1,224 @@
+"""The registry's faults end to end, on a real nats-server with JetStream and real Nushell: bytes replaced in the
+archive bucket, signatures swapped or removed in the index, keys trusted for other extensions, hostile archives
+signed by a trusted key, a publish cut off half way, NATS lost in the middle of a fetch, buckets that do not
+exist yet when a loader starts, and a publish right after the server restarts. In each the loader refuses what
+it must, leaves nothing half done on disk, and serves on.
+
+Every wait is on an event or a condition, bounded; nothing sleeps.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.lowlevel
+import msgspec
+import nats
+import pytest
+from nats.aio.client import Client
+
+from service.app.client import LoaderClient, RemoteError
+from service.app.natsserver import NatsServer
+from service.contract.messages import ExtensionType
+from service.registry.archive import digest_bytes, pack
+from service.registry.index import Release, decode_record, encode_record, index_key
+from service.registry.jetstream import RegistryBuckets
+from service.registry.signing import Signer
+from service.wire.service import ExtensionService
+from tests.conftest import (
+    WAIT,
+    make_config,
+    publish_folder,
+    registry_settings,
+    running_service,
+    write_extension,
+)
+
+pytestmark = pytest.mark.anyio
+T = ExtensionType.TASKSERV
+MiB = 1024 * 1024
+
+
+def source(root: Path, name: str, version: str, *, kind: str = "taskserv", module: str | None = None) -> Path:
+    """An extension folder outside any loader's roots: what a publisher has in its checkout."""
+    if module is None:
+        return write_extension(root / "checkout", kind, name, version)
+    return write_extension(root / "checkout", kind, name, version, module=module)
+
+
+def loader_config(url: str, tmp_path: Path, **registry: Any) -> Any:
+    """A loader with no extension tree of its own: everything it loads comes from the registry."""
+    return make_config(url, tmp_path, roots=[tmp_path / "no-tree"], overrides=registry_settings(**registry))
+
+
+def contents(folder: Path) -> list[str]:
+    """Everything under a folder (files, folders, links), relative to it; [] when it does not exist."""
+    if not folder.is_dir():
+        return []
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+
+
+def left_of(service: ExtensionService, release: Release) -> list[str]:
+    """What the loader's registry folder holds of one release: its tree, its kept archive, a partial download."""
+    registry = service.config.cache_dir / ".registry"
+    hexdigest = release.digest.removeprefix("sha256:")
+    trees = [f"trees/{p}" for p in contents(registry / "trees") if p.split("/")[0] == hexdigest]
+    archives = [f"archives/{p}" for p in contents(registry / "archives") if hexdigest in p or p.endswith(".part")]
+    return trees + archives
+
+
+def refusals(caplog: pytest.LogCaptureFixture) -> list[tuple[str, str]]:
+    """(extension, outcome) of each audit line that says something was refused."""
+    lines = [r.__dict__ for r in caplog.records if r.name == "service.audit"]
+    return [(line["extension"], line["outcome"]) for line in lines if line.get("action") == "refused"]
+
+
+async def dangling(buckets: RegistryBuckets) -> list[str]:
+    """Every release of every index record whose archive is not in the archive bucket."""
+    missing = []
+    for entry in await buckets.entries():
+        assert entry.value is not None
+        record = decode_record(entry.value)
+        for release in record.releases.values():
+            if await buckets.archive_info(release.object) is None:
+                missing.append(f"{entry.key} {release.version} -> {release.object}")
+    return missing
+
+
+async def wait_until_known(service: ExtensionService, name: str, version: str) -> None:
+    """Until the loader's follower has read `version` of `name` from the index."""
+    follower, releases = service.registry, service.manager.releases
+    assert follower is not None and releases is not None
+    with anyio.fail_after(WAIT):
+        while version not in releases.versions(T, name):
+            await follower.wait_updates(follower.updates + 1)
+
+
+async def wait_until_reachable(service: ExtensionService) -> None:
+    follower, releases = service.registry, service.manager.releases
+    assert follower is not None and releases is not None
+    with anyio.fail_after(WAIT):
+        while not releases.reachable:
+            await follower.wait_updates(follower.updates + 1)
+
+
+@asynccontextmanager
+async def connected(url: str, **options: Any) -> AsyncIterator[Client]:
+    nc = await nats.connect(url, allow_reconnect=False, **options)
+    try:
+        yield nc
+    finally:
+        await nc.close()
+
+
+# --- what was written under the loader's feet ---------------------------------------------------------------
+
+
+async def test_an_archive_whose_bytes_were_replaced_in_the_bucket_is_refused_and_nothing_of_it_kept(
+    nats_server: NatsServer, nc: Client, tmp_path: Path, signer: Signer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="service.audit")
+    config = loader_config(nats_server.url, tmp_path, trusted=[{"key": signer.public_key}])
+    await publish_folder(nc, source(tmp_path / "1", "etcd", "3.5.0"), signer, config)
+    target = await publish_folder(nc, source(tmp_path / "2", "etcd", "3.6.0"), signer, config)
+    # Whoever may write the bucket puts other bytes under the object's name: an extension that would load, with
+    # the same name and version, and the bucket's own metadata (size, digest) agreeing with the new bytes. Only
+    # the digest the publisher signed tells them apart.
+    other = source(tmp_path / "forged", "etcd", "3.6.0", module="export def check [] { {ok: false} }\n")
+    forged = pack(other)
+    archives = await nc.jetstream().object_store("extension-archives")
+    await archives.put(target.object, forged)
+    buckets = RegistryBuckets(nc)
+    await buckets.open()
+    assert await buckets.archive_info(target.object) == (len(forged), digest_bytes(forged))
+
+    async with running_service(config) as service:
+        client = LoaderClient(nc, timeout=WAIT)
+        for _ in range(2):  # refused each time: nothing of the first attempt is kept to skip the check
+            with pytest.raises(RemoteError) as caught:
+                await client.load("taskserv", "etcd", "3.6.0")
+            assert caught.value.code == "untrusted_extension"
+            reason = caught.value.details["reason"]
+            assert f"its bytes are {digest_bytes(forged)}, not the signed {target.digest}" in reason
+            assert caught.value.details["signer"] == signer.public_key
+            assert left_of(service, target) == []  # no tree, no kept archive, no partial download
+        assert refusals(caplog) == [("taskserv:etcd:3.6.0", "untrusted_extension")] * 2
+        assert (await client.stats())["registry"]["refused"] == 2
+        # The service serves on: the other version, whose bytes are as signed, loads.
+        assert (await client.load("taskserv", "etcd", "3.5.0"))["metadata"]["version"] == "3.5.0"
+
+
+async def test_a_release_whose_signature_was_swapped_or_removed_in_the_index_is_refused(
+    nats_server: NatsServer, nc: Client, tmp_path: Path, signer: Signer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="service.audit")
+    config = loader_config(nats_server.url, tmp_path, trusted=[{"key": signer.public_key}])
+    older = await publish_folder(nc, source(tmp_path / "1", "etcd", "3.5.0"), signer, config)
+    newer = await publish_folder(nc, source(tmp_path / "2", "etcd", "3.6.0"), signer, config)
+    unsigned = await publish_folder(nc, source(tmp_path / "3", "redis", "7.0.0"), signer, config)
+    index = await nc.jetstream().key_value("extension-index")
+    forgeries = {
+        # A real signature by the trusted key, of another release: it must not carry over.
+        ("etcd", "3.6.0"): msgspec.structs.replace(newer, signature=older.signature),
+        ("redis", "7.0.0"): msgspec.structs.replace(unsigned, signature=""),
+    }
+    for (name, version), forged in forgeries.items():
+        key = index_key(T, name)
+        record = decode_record((await index.get(key)).value or b"")
+        await index.put(
+            key, encode_record(msgspec.structs.replace(record, releases={**record.releases, version: forged}))
+        )
+
+    async with running_service(config) as service:
+        client = LoaderClient(nc, timeout=WAIT)
+        for (name, version), forged in forgeries.items():
+            with pytest.raises(RemoteError) as caught:
+                await client.load("taskserv", name, version)
+            assert caught.value.code == "untrusted_extension"
+            assert caught.value.details["reason"] == "its signature does not verify"
+            assert left_of(service, forged) == []
+        assert refusals(caplog) == [
+            ("taskserv:etcd:3.6.0", "untrusted_extension"),
+            ("taskserv:redis:7.0.0", "untrusted_extension"),
+        ]
+        # A constraint never chooses a release refused: the latest etcd is the one whose signature verifies.
+        assert (await client.load("taskserv", "etcd"))["metadata"]["version"] == "3.5.0"
+        (etcd,) = await client.discover("taskserv", "etcd")
+        assert {s["version"]: s["trusted"] for s in etcd["sources"]} == {"3.6.0": False, "3.5.0": True}
+
+
+@pytest.mark.parametrize(
+    ("limit", "allowed", "named"),
+    [
+        ({"names": ["other"]}, ("taskserv", "other"), "only for names other"),
+        ({"types": ["provider"]}, ("provider", "other"), "only for types provider"),
+    ],
+    ids=["names", "types"],
+)
+async def test_a_key_trusted_only_for_other_extensions_is_refused_with_its_limit_named(
+    nats_server: NatsServer,
+    nc: Client,
+    tmp_path: Path,
+    signer: Signer,
+    limit: dict[str, list[str]],
+    allowed: tuple[str, str],
+    named: str,
+) -> None:
+    config = loader_config(nats_server.url, tmp_path, trusted=[{"key": signer.public_key, **limit}])
+    etcd = await publish_folder(nc, source(tmp_path / "1", "etcd", "3.6.0"), signer, config)
+    await publish_folder(nc, source(tmp_path / "2", allowed[1], "1.0.0", kind=allowed[0]), signer, config)
+    async with running_service(config) as service:
+        client = LoaderClient(nc, timeout=WAIT)
+        with pytest.raises(RemoteError) as caught:
+            await client.load("taskserv", "etcd", "3.6.0")
+        assert caught.value.code == "untrusted_extension"
+        reason = caught.value.details["reason"]
+        assert named in reason and "not for taskserv etcd" in reason
+        assert left_of(service, etcd) == []
+        # What the key is trusted for loads.
+        assert (await client.load(*allowed))["metadata"]["name"] == allowed[1]
