@@ -9,7 +9,8 @@ record read, whether it came from the bucket or from the saved file, and never w
 
 A fetch downloads the archive to a temporary file, compares its sha256 with the signed digest, and only then
 keeps it as `archives/<hex>.tar.gz` (content-addressed: a restart does not fetch it again) and unpacks it into
-`trees/<hex>/<type>s/<name>/<version>`, the one root the Nushell loader is pointed at for that load.
+`trees/<hex>/<type>s/<name>/<version>`, the one root the Nushell loader is pointed at for that load. An archive
+that is refused leaves no folder under `trees/`.
 """
 
 from __future__ import annotations
@@ -263,7 +264,8 @@ class Releases:
 
     async def fetch(self, info: VersionInfo) -> Path:
         """The root to load `info` from: its archive fetched (unless kept from before) and verified, then
-        unpacked. Raises UntrustedExtension (nothing unpacked), or Unavailable when the registry cannot be
+        unpacked. Raises UntrustedExtension (nothing unpacked), InvalidExtension for a signed archive that is
+        not safe to unpack (nothing left of it under `trees/`), or Unavailable when the registry cannot be
         reached for an archive never fetched."""
         info.require_trusted()
         release = self.release(info)
@@ -286,8 +288,22 @@ class Releases:
     def _unpack(self, archive: Path, folder: Path) -> None:
         if folder.is_dir():  # another load unpacked it meanwhile
             return
-        with contextlib.suppress(FileExistsError):
-            unpack(archive, folder, self.limits)
+        try:
+            with contextlib.suppress(FileExistsError):
+                unpack(archive, folder, self.limits)
+        except ArchiveRefused:
+            self._prune(folder.parent)  # the folders `unpack` made for it: a refused tree leaves no skeleton
+            raise
+
+    def _prune(self, folder: Path) -> None:
+        """Removes `folder` and its parents below `trees/` while they are empty."""
+        trees = self.folder / "trees"
+        while folder != trees and folder.is_relative_to(trees):
+            try:
+                folder.rmdir()
+            except OSError:  # not empty (or gone): what is there is another load's
+                return
+            folder = folder.parent
 
     async def _download(self, info: VersionInfo, release: Release, archive: Path) -> None:
         buckets = self.buckets

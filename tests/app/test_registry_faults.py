@@ -9,9 +9,13 @@ Every wait is on an event or a condition, bounded; nothing sleeps.
 
 from __future__ import annotations
 
+import gzip
+import io
 import logging
-from collections.abc import AsyncIterator
+import tarfile
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +30,9 @@ from service.app.client import LoaderClient, RemoteError
 from service.app.natsserver import NatsServer
 from service.contract.messages import ExtensionType
 from service.registry.archive import digest_bytes, pack
-from service.registry.index import Release, decode_record, encode_record, index_key
+from service.registry.index import Release, decode_record, encode_record, index_key, object_name, with_release
 from service.registry.jetstream import RegistryBuckets
-from service.registry.signing import Signer
+from service.registry.signing import Signer, statement
 from service.wire.service import ExtensionService
 from tests.conftest import (
     WAIT,
@@ -222,3 +226,126 @@ async def test_a_key_trusted_only_for_other_extensions_is_refused_with_its_limit
         assert left_of(service, etcd) == []
         # What the key is trusted for loads.
         assert (await client.load(*allowed))["metadata"]["name"] == allowed[1]
+
+
+# --- hostile archives signed by a trusted key ---------------------------------------------------------------
+
+
+def member(name: str, data: bytes = b"", *, kind: bytes = tarfile.REGTYPE, link: str = "") -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    info.size = len(data) if kind == tarfile.REGTYPE else 0
+    info.linkname = link
+    info.mode = 0o755 if kind == tarfile.DIRTYPE else 0o644
+    return info
+
+
+def tar_gz(members: Sequence[tuple[tarfile.TarInfo, bytes]]) -> bytes:
+    """An archive made by hand, member by member, as no honest publisher would make it."""
+    buffer = io.BytesIO()
+    with (
+        gzip.GzipFile(fileobj=buffer, mode="wb", mtime=0) as zipped,
+        tarfile.open(fileobj=zipped, mode="w", format=tarfile.PAX_FORMAT) as tar,
+    ):
+        for info, data in members:
+            tar.addfile(info, io.BytesIO(data) if info.isreg() else None)
+    return buffer.getvalue()
+
+
+def hostile(case: str, tmp_path: Path, cache_dir: Path) -> bytes:
+    """A working extension `hostile` 1.0.0, with one thing added that a loader must not unpack."""
+    metadata = b'name = "hostile"\nversion = "1.0.0"\ndescription = "hostile"\ntype = "taskserv"\n'
+    module = b"export def check [] { {ok: true} }\n"
+    good = [(member("metadata.toml", metadata), metadata), (member("mod.nu", module), module)]
+    if case == "parent":
+        # Unpacked in cache_dir/.registry/trees/<hex>/taskservs/hostile/.<temporary>: this climbs to tmp_path.
+        depth = len(cache_dir.relative_to(tmp_path).parts) + 6
+        bad = [(member("../" * depth + "escaped", b"planted"), b"planted")]
+    elif case == "absolute":
+        bad = [(member(str(tmp_path / "escaped"), b"planted"), b"planted")]
+    elif case == "symlink":
+        bad = [
+            (member("link", kind=tarfile.SYMTYPE, link=str(tmp_path / "outside")), b""),
+            (member("link/escaped", b"planted"), b"planted"),
+        ]
+    elif case == "too large":
+        zeros = bytes(2 * MiB)  # compresses to a few KiB
+        bad = [(member("zeros", zeros), zeros)]
+    else:
+        assert case == "too many"
+        bad = [(member(f"file{i:02}", b"x"), b"x") for i in range(12)]
+    return tar_gz([*good, *bad])
+
+
+async def publish_by_hand(nc: Client, signer: Signer, name: str, version: str, archive: bytes) -> Release:
+    """Stores an archive and indexes it as a release signed by `signer`, with its true digest: what a publisher
+    holding a trusted key could write without going through `publish`'s checks."""
+    digest = digest_bytes(archive)
+    release = Release(
+        version=version,
+        description="made by hand",
+        digest=digest,
+        tree_digest=digest,  # never reached: the archive is refused before its tree is digested
+        size=len(archive),
+        object=object_name(digest),
+        signer=signer.public_key,
+        signature=signer.sign(statement(T.value, name, version, digest)),
+        published_at=datetime.now(UTC),
+    )
+    buckets = RegistryBuckets(nc)
+    await buckets.create()
+    key = index_key(T, name)
+    value, revision = await buckets.get(key)
+    record = with_release(decode_record(value) if value is not None else None, T, name, release)
+    await buckets.put_archive(release.object, archive)
+    await buckets.put(key, encode_record(record), revision)
+    return release
+
+
+def outside(tmp_path: Path, cache_dir: Path) -> list[str]:
+    return [p for p in contents(tmp_path) if not (tmp_path / p).is_relative_to(cache_dir)]
+
+
+@pytest.mark.parametrize(
+    ("case", "why"),
+    [
+        ("parent", "a name with a '..' part"),
+        ("absolute", "an absolute name"),
+        ("symlink", "link: a symbolic link"),
+        ("too large", "the files add up to more than the limit of 1048576 bytes"),
+        ("too many", "more than 10 members"),
+    ],
+)
+async def test_a_hostile_archive_signed_by_a_trusted_key_is_refused_and_writes_nothing_outside_the_cache(
+    nats_server: NatsServer,
+    nc: Client,
+    tmp_path: Path,
+    signer: Signer,
+    caplog: pytest.LogCaptureFixture,
+    case: str,
+    why: str,
+) -> None:
+    caplog.set_level(logging.INFO, logger="service.audit")
+    config = loader_config(
+        nats_server.url, tmp_path, trusted=[{"key": signer.public_key}], max_unpacked_mb=1, max_files=10
+    )
+    (tmp_path / "outside").mkdir()  # where the link points: a folder that is there to be written into
+    release = await publish_by_hand(nc, signer, "hostile", "1.0.0", hostile(case, tmp_path, config.cache_dir))
+    await publish_folder(nc, source(tmp_path / "1", "etcd", "3.5.0"), signer, config)
+
+    async with running_service(config) as service:
+        client = LoaderClient(nc, timeout=WAIT)
+        before = outside(tmp_path, config.cache_dir)
+        with pytest.raises(RemoteError) as caught:
+            await client.load("taskserv", "hostile", "1.0.0")
+        assert caught.value.code == "invalid_extension"
+        (problem,) = caught.value.details["problems"]
+        assert problem.startswith(f"archive {release.digest}: ") and why in problem
+        assert outside(tmp_path, config.cache_dir) == before  # nothing written outside the cache folder
+        assert not (tmp_path / "escaped").exists()
+        assert contents(tmp_path / "outside") == []
+        assert not [p for p in contents(tmp_path) if p.endswith("escaped")]
+        assert not [p for p in left_of(service, release) if p.startswith("trees/")]  # no tree, whole or half
+        assert refusals(caplog) == [("taskserv:hostile:1.0.0", "invalid_extension")]
+        # The service serves on.
+        assert (await client.load("taskserv", "etcd", "3.5.0"))["metadata"]["version"] == "3.5.0"
