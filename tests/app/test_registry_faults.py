@@ -28,10 +28,11 @@ from nats.aio.client import Client
 
 from service.app.client import LoaderClient, RemoteError
 from service.app.natsserver import NatsServer
+from service.app.publishing import prepare, publish
 from service.contract.messages import ExtensionType
 from service.registry.archive import digest_bytes, pack
 from service.registry.index import Release, decode_record, encode_record, index_key, object_name, with_release
-from service.registry.jetstream import RegistryBuckets
+from service.registry.jetstream import RegistryBuckets, RegistryUnavailable
 from service.registry.signing import Signer, statement
 from service.wire.service import ExtensionService
 from tests.conftest import (
@@ -349,3 +350,73 @@ async def test_a_hostile_archive_signed_by_a_trusted_key_is_refused_and_writes_n
         assert refusals(caplog) == [("taskserv:hostile:1.0.0", "invalid_extension")]
         # The service serves on.
         assert (await client.load("taskserv", "etcd", "3.5.0"))["metadata"]["version"] == "3.5.0"
+
+
+# --- a publish cut off half way -----------------------------------------------------------------------------
+
+CUT_OFF = """
+jetstream {{ store_dir: "{store}" }}
+authorization {{
+  users = [
+    {{user: admin, password: admin1}}
+    {{user: "no-index", password: cut1, permissions: {{publish: {{deny: ["$KV.extension-index.>"]}}}}}}
+    {{user: "no-archive", password: cut1, permissions: {{publish: {{deny: ["$O.extension-archives.C.>"]}}}}}}
+  ]
+}}
+"""
+
+
+async def _quiet(exc: Exception) -> None:
+    pass  # the refused writes are what the test is about
+
+
+@pytest.mark.parametrize("cut", ["after the archive", "index write refused", "archive write refused"])
+async def test_a_publish_cut_off_half_way_indexes_nothing_missing_and_the_next_publish_completes_it(
+    tmp_path: Path, signer: Signer, cut: str
+) -> None:
+    conf = tmp_path / "nats.conf"
+    conf.write_text(CUT_OFF.format(store=tmp_path / "jetstream"))
+    with NatsServer(["-c", str(conf), "-a", "127.0.0.1", "-p", "-1"]) as server:
+        config = make_config(
+            server.url,
+            tmp_path,
+            roots=[tmp_path / "no-tree"],
+            overrides={
+                **registry_settings(signer.public_key),
+                "nats.user": "admin",
+                "nats.password": "admin1",
+            },
+        )
+        async with connected(server.url, user="admin", password="admin1") as admin:
+            await publish_folder(admin, source(tmp_path / "1", "etcd", "3.5.0"), signer, config)
+            folder = source(tmp_path / "2", "redis", "7.0.0")
+            prepared = await prepare(folder, signer, config)
+            buckets = RegistryBuckets(admin)
+            await buckets.open()
+            if cut == "after the archive":
+                await buckets.put_archive(prepared.release.object, prepared.archive)  # and the publisher is gone
+            else:
+                # The real publish, cut off by the server refusing one of its writes.
+                user = "no-index" if cut == "index write refused" else "no-archive"
+                async with connected(server.url, user=user, password="cut1", error_cb=_quiet) as cut_nc:
+                    cut_buckets = RegistryBuckets(cut_nc, timeout_s=1.0)
+                    await cut_buckets.open()
+                    with anyio.fail_after(WAIT), pytest.raises(RegistryUnavailable, match="refused permission"):
+                        await publish(cut_buckets, prepared)
+            stored = await buckets.archive_info(prepared.release.object)
+            assert (stored is not None) == (cut != "archive write refused")
+            assert await dangling(buckets) == []  # no index entry points at an object that is not there
+
+            async with running_service(config) as service:
+                client = LoaderClient(admin, timeout=WAIT)
+                assert [a["name"] for a in await client.discover("taskserv")] == ["etcd"]
+                with pytest.raises(RemoteError) as caught:
+                    await client.load("taskserv", "redis", "7.0.0")
+                assert caught.value.code == "not_found"
+                # Published again, whole: the archive left behind, if any, is the one the index now names.
+                again = await publish_folder(admin, folder, signer, config)
+                assert again.object == prepared.release.object
+                assert await dangling(buckets) == []
+                await wait_until_known(service, "redis", "7.0.0")
+                loaded = await client.load("taskserv", "redis", "7.0.0")
+                assert loaded["digest"] == again.tree_digest
