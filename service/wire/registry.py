@@ -60,17 +60,23 @@ class RegistryFollower:
         self._unreachable_said = False
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        """Follows the index until cancelled. Reports started once the index was read, or could not be."""
+        """Follows the index until cancelled. Reports started once the index was read, or could not be: once,
+        whichever comes first, however often the watch ends and starts again after that."""
         started = False
-        while True:
-            seen = self._connection_changes()
-            try:
-                await self._follow(seen, task_status if not started else None)
-            except RegistryUnavailable as exc:
-                self._unreachable(str(exc))
+
+        def ready() -> None:
+            nonlocal started
             if not started:
                 started = True
                 task_status.started()
+
+        while True:
+            seen = self._connection_changes()
+            try:
+                await self._follow(seen, ready)
+            except RegistryUnavailable as exc:
+                self._unreachable(str(exc))
+            ready()
             with anyio.move_on_after(_RETRY_S):
                 while self._connection_changes() == seen:
                     await self._changed().wait()
@@ -80,7 +86,7 @@ class RegistryFollower:
         while self.updates < count:
             await self._updated.wait()
 
-    async def _follow(self, seen: int, task_status: TaskStatus[None] | None) -> None:
+    async def _follow(self, seen: int, ready: Callable[[], None]) -> None:
         nc = self._client()
         if not nc.is_connected:
             raise RegistryUnavailable("not connected to NATS")
@@ -97,9 +103,7 @@ class RegistryFollower:
                     caught_up = True
                     await self._apply(self.releases.replace(current), initial=True)
                     self._reachable()
-                    if task_status is not None:
-                        task_status.started()
-                        task_status = None
+                    ready()
                 elif caught_up:
                     await self._apply(self.releases.apply(item.key, item.value), initial=False)
                 else:

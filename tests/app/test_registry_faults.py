@@ -12,6 +12,7 @@ from __future__ import annotations
 import gzip
 import io
 import logging
+import os
 import tarfile
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -29,14 +30,17 @@ from nats.aio.client import Client
 from service.app.client import LoaderClient, RemoteError
 from service.app.natsserver import NatsServer
 from service.app.publishing import prepare, publish
+from service.contract.errors import LoaderError
 from service.contract.messages import ExtensionType
 from service.registry.archive import digest_bytes, pack
 from service.registry.index import Release, decode_record, encode_record, index_key, object_name, with_release
 from service.registry.jetstream import RegistryBuckets, RegistryUnavailable
 from service.registry.signing import Signer, statement
-from service.wire.service import ExtensionService
+from service.wire.service import ExtensionService, flush_subscriptions
 from tests.conftest import (
     WAIT,
+    EventLog,
+    JetStreamServer,
     make_config,
     publish_folder,
     registry_settings,
@@ -420,3 +424,86 @@ async def test_a_publish_cut_off_half_way_indexes_nothing_missing_and_the_next_p
                 await wait_until_known(service, "redis", "7.0.0")
                 loaded = await client.load("taskserv", "redis", "7.0.0")
                 assert loaded["digest"] == again.tree_digest
+
+
+# --- NATS and JetStream coming and going --------------------------------------------------------------------
+
+
+def partial_downloads(service: ExtensionService) -> list[int]:
+    """The sizes of the partial downloads (".part" files) in the loader's archives folder."""
+    archives = service.config.cache_dir / ".registry" / "archives"
+    return [p.stat().st_size for p in archives.glob("*.part")] if archives.is_dir() else []
+
+
+@pytest.mark.slow
+async def test_a_fetch_cut_off_by_nats_going_away_fails_leaving_nothing_and_works_once_it_is_back(
+    js_server: JetStreamServer, tmp_path: Path, signer: Signer
+) -> None:
+    config = loader_config(js_server.url, tmp_path, trusted=[{"key": signer.public_key}], max_archive_mb=64)
+    folder = source(tmp_path, "bulky", "1.0.0")
+    (folder / "payload.bin").write_bytes(os.urandom(20 * MiB))  # incompressible: 40 chunks, three pulls
+    async with connected(js_server.url) as publisher:
+        release = await publish_folder(publisher, folder, signer, config)
+
+    async with running_service(config) as service:
+        failures: list[LoaderError] = []
+
+        async def load() -> None:
+            try:
+                await service.manager.load(T, "bulky", "1.0.0")
+            except LoaderError as exc:
+                failures.append(exc)
+
+        with anyio.fail_after(WAIT):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(load)
+                # The fetch runs in this event loop: looking at each of its turns sees the first chunk written
+                # before the service has asked for the next window of chunks, so the server stops mid-fetch.
+                while not any(partial_downloads(service)):
+                    await anyio.lowlevel.checkpoint()
+                js_server.pause()
+                (written,) = partial_downloads(service)
+                assert 0 < written < release.size
+                js_server.kill()
+        (error,) = failures
+        assert error.code == "unavailable"
+        assert "connection to NATS was lost" in error.message
+        assert left_of(service, release) == []  # no partial archive, no archive kept, no tree
+
+        js_server.stop()  # reaps the killed one
+        js_server.start()  # the same port and store
+        with anyio.fail_after(WAIT):
+            await service.wait_until(reconnects=1)
+        await wait_until_reachable(service)
+        async with connected(js_server.url) as nc:
+            loaded = await LoaderClient(nc, timeout=WAIT).load("taskserv", "bulky", "1.0.0")
+        assert loaded["digest"] == release.tree_digest
+        assert [p for p in left_of(service, release) if p.endswith(".part")] == []
+
+
+async def test_a_publish_right_after_the_server_restarts_is_loaded_without_waiting_for_heartbeats(
+    js_server: JetStreamServer, tmp_path: Path, signer: Signer
+) -> None:
+    config = loader_config(js_server.url, tmp_path, trusted=[{"key": signer.public_key}], auto_update=True)
+    async with connected(js_server.url) as publisher:
+        await publish_folder(publisher, source(tmp_path / "1", "etcd", "3.5.0"), signer, config)
+    newer = await prepare(source(tmp_path / "2", "etcd", "3.6.0"), signer, config)
+
+    async with running_service(config) as service:
+        js_server.stop()
+        js_server.start()  # the same port and store
+        with anyio.fail_after(WAIT):
+            await service.wait_until(reconnects=1)
+        async with connected(js_server.url) as nc:
+            events = EventLog()
+            await nc.subscribe("extensions.loaded", cb=events.add)
+            await flush_subscriptions(nc)
+            buckets = RegistryBuckets(nc)
+            await buckets.open()
+            await publish(buckets, newer)
+            # nats-py's ordered consumer, left to itself, resumes the watch ~12 s after the reconnect (its missed
+            # heartbeats); the follower starts a new watch at once.
+            with anyio.fail_after(8):
+                (loaded,) = await events.wait_for(1)
+        assert loaded["reason"] == "published"
+        assert loaded["extension"]["metadata"]["version"] == "3.6.0"
