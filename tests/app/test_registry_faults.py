@@ -481,6 +481,30 @@ async def test_a_fetch_cut_off_by_nats_going_away_fails_leaving_nothing_and_work
         assert [p for p in left_of(service, release) if p.endswith(".part")] == []
 
 
+async def test_a_loader_started_before_the_buckets_exist_says_why_and_follows_them_once_published(
+    nats_server: NatsServer, nc: Client, tmp_path: Path, signer: Signer
+) -> None:
+    config = loader_config(nats_server.url, tmp_path, trusted=[{"key": signer.public_key}])
+    starting = anyio.current_time()
+    async with running_service(config) as service:
+        assert anyio.current_time() - starting < 10  # each index call is bounded by 5 s: no start waits for buckets
+        client = LoaderClient(nc, timeout=WAIT)
+        registry = (await client.stats())["registry"]
+        assert registry["reachable"] is False
+        assert registry["last_error"] == (
+            "the index (Key-Value bucket 'extension-index') and the archives (Object Store bucket "
+            "'extension-archives') of the registry are not on this server: publish an extension first (the "
+            "publisher creates the buckets), or check the bucket names in the configuration"
+        )
+
+        release = await publish_folder(nc, source(tmp_path, "etcd", "3.6.0"), signer, config)
+        await wait_until_known(service, "etcd", "3.6.0")  # tried again every 5 s
+        registry = (await client.stats())["registry"]
+        assert (registry["reachable"], registry["last_error"], registry["versions"]) == (True, None, 1)
+        loaded = await client.load("taskserv", "etcd", "3.6.0")
+        assert loaded["digest"] == release.tree_digest
+
+
 async def test_a_publish_right_after_the_server_restarts_is_loaded_without_waiting_for_heartbeats(
     js_server: JetStreamServer, tmp_path: Path, signer: Signer
 ) -> None:
