@@ -101,8 +101,9 @@ class RegistryFollower:
             async for item in buckets.watch():
                 if not isinstance(item, Update):  # caught up: the whole index has been read
                     caught_up = True
-                    await self._apply(self.releases.replace(current), initial=True)
-                    self._reachable()
+                    changes = self.releases.replace(current)
+                    self._reachable()  # before the changes are applied: auto_update fetches what they publish
+                    await self._apply(changes, initial=True)
                     ready()
                 elif caught_up:
                     await self._apply(self.releases.apply(item.key, item.value), initial=False)
