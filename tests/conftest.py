@@ -1,6 +1,7 @@
 """Fixtures: a real nats-server on a free loopback port, real Nushell, the service in the test's own task.
 
 Nothing here is mocked. `nats_server` starts `nats-server -p -1` and waits for its "Server is ready" line;
+`js_server` is a JetStream server that can be stopped, killed or paused and started again on its port and store;
 `running_service` enters the real `ExtensionService` against it; `events` subscribes before a test acts and
 lets it wait for what arrives, with a bounded time-out, never a sleep.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -347,6 +349,61 @@ def gate(tmp_path: Path) -> Iterator[Gate]:
 
 
 # --- the registry ---
+
+
+class JetStreamServer:
+    """A JetStream nats-server on one loopback port and one store folder, across stops and starts."""
+
+    def __init__(self, store: Path, extra: list[str] | None = None) -> None:
+        self.store = store
+        self.extra = extra or []
+        self.port = -1  # a free one the first time, the same one after
+        self._server: NatsServer | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    def start(self) -> JetStreamServer:
+        args = ["-a", "127.0.0.1", "-p", str(self.port), "-js", "-sd", str(self.store), *self.extra]
+        self._server = NatsServer(args).start()
+        self.port = self._server.port
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self.resume()
+            self._server.stop()
+            self._server = None
+
+    def kill(self) -> None:
+        """Ends the server at once (SIGKILL), as a crash would; `stop` still reaps it."""
+        self._process().kill()
+
+    def pause(self) -> None:
+        """Stops the process (SIGSTOP) and returns once it is stopped: its connections stay open and nothing
+        answers on them."""
+        process = self._process()
+        process.send_signal(signal.SIGSTOP)
+        os.waitpid(process.pid, os.WUNTRACED)  # the signal is only queued until then
+
+    def resume(self) -> None:
+        process = self._process()
+        if process.poll() is None:
+            process.send_signal(signal.SIGCONT)
+
+    def _process(self) -> subprocess.Popen[bytes]:
+        assert self._server is not None and self._server.process is not None, "the server is not running"
+        return self._server.process
+
+
+@pytest.fixture
+def js_server(tmp_path: Path) -> Iterator[JetStreamServer]:
+    server = JetStreamServer(tmp_path / "jetstream").start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture

@@ -9,7 +9,8 @@ record read, whether it came from the bucket or from the saved file, and never w
 
 A fetch downloads the archive to a temporary file, compares its sha256 with the signed digest, and only then
 keeps it as `archives/<hex>.tar.gz` (content-addressed: a restart does not fetch it again) and unpacks it into
-`trees/<hex>/<type>s/<name>/<version>`, the one root the Nushell loader is pointed at for that load.
+`trees/<hex>/<type>s/<name>/<version>`, the one root the Nushell loader is pointed at for that load. An archive
+that is refused leaves no folder under `trees/`.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import anyio
 import anyio.to_thread
 import msgspec
 
-from ..contract.config import RegistryConfig
+from ..contract.config import RegistryConfig, TrustedKey
 from ..contract.errors import InvalidExtension, Unavailable, UntrustedExtension
 from ..contract.messages import ExtensionMetadata, ExtensionType, RegistryStats
 from ..registry import signing
@@ -210,7 +211,10 @@ class Releases:
         if not pinned:
             return f"its signer {release.signer or '(none)'} is not one of the keys this loader trusts"
         if not any(t.allows(extension_type.value, name) for t in pinned):
-            return f"its signer {release.signer} is not trusted for {extension_type.value} {name}"
+            limits = " or ".join(_limits(t) for t in pinned)
+            return (
+                f"its signer {release.signer} is trusted here only for {limits}, not for {extension_type.value} {name}"
+            )
         statement = signing.statement(extension_type.value, name, release.version, release.digest)
         if not release.signature or not signing.verify(release.signer, statement, release.signature):
             return "its signature does not verify"
@@ -260,7 +264,8 @@ class Releases:
 
     async def fetch(self, info: VersionInfo) -> Path:
         """The root to load `info` from: its archive fetched (unless kept from before) and verified, then
-        unpacked. Raises UntrustedExtension (nothing unpacked), or Unavailable when the registry cannot be
+        unpacked. Raises UntrustedExtension (nothing unpacked), InvalidExtension for a signed archive that is
+        not safe to unpack (nothing left of it under `trees/`), or Unavailable when the registry cannot be
         reached for an archive never fetched."""
         info.require_trusted()
         release = self.release(info)
@@ -283,8 +288,22 @@ class Releases:
     def _unpack(self, archive: Path, folder: Path) -> None:
         if folder.is_dir():  # another load unpacked it meanwhile
             return
-        with contextlib.suppress(FileExistsError):
-            unpack(archive, folder, self.limits)
+        try:
+            with contextlib.suppress(FileExistsError):
+                unpack(archive, folder, self.limits)
+        except ArchiveRefused:
+            self._prune(folder.parent)  # the folders `unpack` made for it: a refused tree leaves no skeleton
+            raise
+
+    def _prune(self, folder: Path) -> None:
+        """Removes `folder` and its parents below `trees/` while they are empty."""
+        trees = self.folder / "trees"
+        while folder != trees and folder.is_relative_to(trees):
+            try:
+                folder.rmdir()
+            except OSError:  # not empty (or gone): what is there is another load's
+                return
+            folder = folder.parent
 
     async def _download(self, info: VersionInfo, release: Release, archive: Path) -> None:
         buckets = self.buckets
@@ -323,3 +342,9 @@ class Releases:
     def forget_trees(self) -> None:
         """Removes the unpacked trees (the archives stay): for tests and tools."""
         shutil.rmtree(self.folder / "trees", ignore_errors=True)
+
+
+def _limits(trusted: TrustedKey) -> str:
+    """What one pinned key is limited to, as its `[[registry.trusted]]` entry says: "types a and names b, c"."""
+    kinds = (("types", trusted.types), ("names", trusted.names))
+    return " and ".join(f"{kind} {', '.join(values)}" for kind, values in kinds if values)

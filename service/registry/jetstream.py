@@ -177,8 +177,9 @@ class RegistryBuckets:
                 missing.append(f"the archives (Object Store bucket {self.names.archives!r})")
         if missing:
             raise RegistryUnavailable(
-                f"the registry has no {' and no '.join(missing)} on this server: publish an extension first "
-                "(the publisher creates the buckets), or check the bucket names in the configuration"
+                f"{' and '.join(missing)} of the registry {'are' if len(missing) > 1 else 'is'} not on this server: "
+                "publish an extension first (the publisher creates the buckets), or check the bucket names in the "
+                "configuration"
             )
 
     # --- the index ----------------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
-"""Fixtures for the registry on JetStream: a nats-server that can be stopped and started again on the same port
-and store, and clients that reconnect to it and let a test wait on their disconnects and reconnects.
+"""Fixtures for the registry on JetStream: clients that reconnect to the JetStream server of `js_server`
+(tests/conftest.py, which can be stopped and started again on the same port and store) and let a test wait on
+their disconnects and reconnects.
 
 Nothing is mocked; every wait is on an event, bounded by WAIT.
 """
@@ -7,74 +8,14 @@ Nothing is mocked; every wait is on an event, bounded by WAIT.
 from __future__ import annotations
 
 import contextlib
-import os
-import signal
-import subprocess
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
-from pathlib import Path
 
 import anyio
 import pytest
 from nats.aio.client import Client
 
-from service.app.natsserver import NatsServer
-from tests.conftest import WAIT
-
-
-class JetStreamServer:
-    """A JetStream nats-server on one loopback port and one store folder, across stops and starts."""
-
-    def __init__(self, store: Path, extra: list[str] | None = None) -> None:
-        self.store = store
-        self.extra = extra or []
-        self.port = -1  # a free one the first time, the same one after
-        self._server: NatsServer | None = None
-
-    @property
-    def url(self) -> str:
-        return f"nats://127.0.0.1:{self.port}"
-
-    def start(self) -> JetStreamServer:
-        args = ["-a", "127.0.0.1", "-p", str(self.port), "-js", "-sd", str(self.store), *self.extra]
-        self._server = NatsServer(args).start()
-        self.port = self._server.port
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self.resume()
-            self._server.stop()
-            self._server = None
-
-    def kill(self) -> None:
-        """Ends the server at once (SIGKILL), as a crash would; `stop` still reaps it."""
-        self._process().kill()
-
-    def pause(self) -> None:
-        """Stops the process (SIGSTOP) and returns once it is stopped: its connections stay open and nothing
-        answers on them."""
-        process = self._process()
-        process.send_signal(signal.SIGSTOP)
-        os.waitpid(process.pid, os.WUNTRACED)  # the signal is only queued until then
-
-    def resume(self) -> None:
-        process = self._process()
-        if process.poll() is None:
-            process.send_signal(signal.SIGCONT)
-
-    def _process(self) -> subprocess.Popen[bytes]:
-        assert self._server is not None and self._server.process is not None, "the server is not running"
-        return self._server.process
-
-
-@pytest.fixture
-def js_server(tmp_path: Path) -> Iterator[JetStreamServer]:
-    server = JetStreamServer(tmp_path / "jetstream").start()
-    try:
-        yield server
-    finally:
-        server.stop()
+from tests.conftest import WAIT, JetStreamServer
 
 
 class Watched:

@@ -34,9 +34,9 @@ from service.registry.jetstream import (
     Update,
 )
 from service.wire.service import flush_subscriptions
-from tests.conftest import WAIT
+from tests.conftest import WAIT, JetStreamServer
 
-from .conftest import Connect, JetStreamServer
+from .conftest import Connect
 
 pytestmark = pytest.mark.anyio
 
