@@ -18,6 +18,7 @@ import msgspec
 import nats
 from nats.aio.client import Client
 
+from ...contract.config import inbox_prefix_for
 from ...wire.connection import flush_subscriptions
 from ..client import Gathered, LoaderClient, RemoteError
 from .printing import event_line, readable, readable_fleet
@@ -81,7 +82,9 @@ class _Forbidden(Exception):
     """The NATS server refused the request (or the inbox for its reply) to this user."""
 
 
-async def _client_main(args: argparse.Namespace) -> int:
+def connect_options(args: argparse.Namespace) -> dict[str, Any]:
+    """nats-py's `connect` options for a person's command: server, user, TLS, and the inbox prefix that nats.conf
+    gives that user (replies to anyone else's prefix are refused)."""
     options: dict[str, Any] = {
         "servers": [args.server],
         "name": "extension-loader-cli",
@@ -89,6 +92,7 @@ async def _client_main(args: argparse.Namespace) -> int:
         "max_reconnect_attempts": 1,
         "allow_reconnect": False,
         "error_cb": _quiet,
+        "inbox_prefix": inbox_prefix(args),
     }
     if args.user:
         options.update(user=args.user, password=args.password or "")
@@ -97,7 +101,15 @@ async def _client_main(args: argparse.Namespace) -> int:
             options["tls"] = ssl.create_default_context(cafile=args.tls_ca)
         except OSError as exc:
             raise _CaFileError(args.tls_ca, exc) from exc
-    nc = await nats.connect(**options)
+    return options
+
+
+def inbox_prefix(args: argparse.Namespace) -> str:
+    return str(args.inbox_prefix or inbox_prefix_for(args.user))
+
+
+async def _client_main(args: argparse.Namespace) -> int:
+    nc = await nats.connect(**connect_options(args))
     try:
         if args.action == "watch":
             return await _watch(nc, args)
@@ -191,7 +203,13 @@ async def _unless_forbidden(call: Awaitable[Any], args: argparse.Namespace) -> A
         raise failure[0]
     if not result:
         who = f"user {args.user!r}" if args.user else "a client without a user (--user)"
-        raise _Forbidden(f"{args.server}: {_last_error[-1]}: {who} may not make this request (README.md, Security)")
+        refusal = _last_error[-1]
+        if f'subscription to "{inbox_prefix(args)}.'.lower() in refusal.lower():
+            raise _Forbidden(
+                f"{args.server}: {refusal}: {who} may not receive replies under {inbox_prefix(args)}: give the "
+                "prefix its server allows with --inbox-prefix (README.md, Security)"
+            )
+        raise _Forbidden(f"{args.server}: {refusal}: {who} may not make this request (README.md, Security)")
     return result[0]
 
 
