@@ -22,6 +22,8 @@ import nats
 import nats.errors
 from nats.aio.msg import Msg
 
+from service.contract.config import NO_AUTH_USER, inbox_prefix_for
+
 READY = "bench.churn.ready"
 STOP = "bench.churn.stop"
 HEADERS = {"Content-Type": "application/json"}
@@ -29,7 +31,13 @@ OK = b'{"success":true'
 
 
 async def churn(url: str, prefix: str, names: list[str], discover_every: float) -> None:
-    nc = await nats.connect(url, name="bench-churn", max_reconnect_attempts=0, allow_reconnect=False)
+    nc = await nats.connect(
+        url,
+        name="bench-churn",
+        max_reconnect_attempts=0,
+        allow_reconnect=False,
+        inbox_prefix=inbox_prefix_for(NO_AUTH_USER),  # a requester's, as nats.conf would want it
+    )
     stopping = asyncio.Event()
     counts = {"discovers": 0, "reloads": 0, "errors": 0}
     took: dict[str, list[float]] = {"discover": [], "reload": []}

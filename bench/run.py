@@ -53,7 +53,7 @@ from nats.aio.msg import Msg
 
 import service
 from service.app.natsserver import NatsServer, nats_server_binary
-from service.contract.config import defaults
+from service.contract.config import NO_AUTH_USER, defaults, inbox_prefix_for
 
 from . import churn, registry_fetch
 from .load import RunStats, closed_loop, medians, summary_ms
@@ -233,7 +233,13 @@ async def _measure(options: Options, work: Path, logs: Path) -> dict[str, Any]:
             logs,
         )
         svc = _start_service(children, options, server.url, work / "data", [EXAMPLES], logs / "service.log")
-        nc = await nats.connect(server.url, name="bench-client", max_reconnect_attempts=0, allow_reconnect=False)
+        nc = await nats.connect(
+            server.url,
+            name="bench-client",
+            max_reconnect_attempts=0,
+            allow_reconnect=False,
+            inbox_prefix=inbox_prefix_for(NO_AUTH_USER),  # a requester's, as nats.conf would want it
+        )
         try:
             out["startup"] = {
                 "echo_ready_s": await wait_ready(nc, f"{ECHO_SUBJECT}.ping", echo),

@@ -4,8 +4,9 @@
 
 It reads the configuration exactly as `extension-loader serve --config CONFIG_FILE` does (packaged defaults,
 the file, then the EXTENSION_LOADER__* environment variables), so it asks the NATS server with the credentials
-the service itself uses, wherever they were set. Exit status 1 (Docker's "unhealthy") otherwise, with the
-reason on standard error, which `docker inspect` shows.
+and the inbox prefix (`nats.inbox_prefix`, where the reply arrives) that the service itself uses, wherever they
+were set. Exit status 1 (Docker's "unhealthy") otherwise, with the reason on standard error, which
+`docker inspect` shows.
 
 It pings through the NATS Services API rather than sending a request such as `extensions.stats`: nats.conf's
 `loader` user (the service's own) may not send requests to the service, only this ping (README.md, Security).
@@ -35,7 +36,8 @@ PING_RESPONSE = "io.nats.micro.v1.ping_response"
 
 
 def connect_options(cfg: NatsConfig) -> dict[str, Any]:
-    """The service's NATS options (service/wire/connection.py), with a bounded number of tries.
+    """The service's NATS options (service/wire/connection.py), inbox prefix included, with a bounded number of
+    tries.
 
     `max_reconnect_attempts=0` would mean "no limit" in nats-py's server selection (it retries a refused
     connection forever), so each server gets at most two tries.

@@ -27,6 +27,10 @@ from .errors import ConfigError
 
 ENV_PREFIX = "EXTENSION_LOADER__"
 _REF = re.compile(r"\{\{\s*([A-Za-z0-9_.-]+)\s*\}\}")
+# Tokens of a NATS subject without wildcards: no empty token, no white space, no `*` or `>`.
+_SUBJECT = re.compile(r"[^\s.*>\x00-\x1f\x7f]+(\.[^\s.*>\x00-\x1f\x7f]+)*")
+INBOX_ROOT = "_INBOX"
+NO_AUTH_USER = "orchestrator"  # who a client without a user name is on nats.conf's development server
 
 Positive = Annotated[int, Meta(ge=1)]
 Token = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")]
@@ -73,6 +77,7 @@ class NatsConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     tls_ca: str
     tls_cert: str
     tls_key: str
+    inbox_prefix: str
     drain_timeout_s: Annotated[float, Meta(gt=0, le=3600)]
 
     @property
@@ -83,9 +88,15 @@ class NatsConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     def tls(self) -> bool:
         return bool(self.tls_ca or self.tls_cert or self.tls_key) or any(u.startswith("tls://") for u in self.servers)
 
+    @property
+    def inbox(self) -> str:
+        """Where replies to this client arrive: `inbox_prefix`, else the prefix nats.conf gives `user`."""
+        return self.inbox_prefix or inbox_prefix_for(self.user)
+
     def credentials(self) -> dict[str, Any]:
-        """The servers, credentials and TLS context as nats-py's `connect` takes them."""
-        options: dict[str, Any] = {"servers": self.servers}
+        """The servers, credentials, TLS context and inbox prefix as nats-py's `connect` takes them. The inbox
+        prefix goes with the credentials: nats.conf lets each user receive replies under its own prefix only."""
+        options: dict[str, Any] = {"servers": self.servers, "inbox_prefix": self.inbox}
         if self.user:
             options.update(user=self.user, password=self.password)
         if self.token:
@@ -153,6 +164,17 @@ class Config(Struct, frozen=True, kw_only=True):
 _CONFIG_TYPE = cast(msgspec.inspect.StructType, msgspec.inspect.type_info(Config))
 
 
+def inbox_prefix_for(user: str | None) -> str:
+    """The inbox prefix nats.conf gives a user, `_INBOX.<user>`; without a user name, that of its development
+    no_auth_user. A token or creds user has no name here: it sets `nats.inbox_prefix` (or `--inbox-prefix`)."""
+    return f"{INBOX_ROOT}.{user or NO_AUTH_USER}"
+
+
+def is_subject(text: str) -> bool:
+    """A NATS subject of one or more tokens and no wildcard, as an inbox prefix must be."""
+    return _SUBJECT.fullmatch(text) is not None
+
+
 def defaults() -> dict[str, Any]:
     text = resources.files(__package__).joinpath("config.defaults.toml").read_text(encoding="utf-8")
     return tomllib.loads(text)
@@ -185,6 +207,7 @@ def validate(data: Mapping[str, Any]) -> Config:
         config = msgspec.convert(data, Config)
     except msgspec.ValidationError as exc:
         raise _config_error(exc) from None
+    _check_inbox(config.nats)
     _check_tls(config.nats)
     _check_registry(config.registry)
     return config
@@ -197,6 +220,20 @@ def _check_registry(registry: RegistryConfig) -> None:
             "registry.trusted",
             'the registry is enabled but no publisher key is trusted: add [[registry.trusted]] key = "U..." '
             "(`extension-loader keygen` prints a key)",
+        )
+
+
+def _check_inbox(nats: NatsConfig) -> None:
+    if nats.inbox_prefix and not is_subject(nats.inbox_prefix):
+        raise ConfigError(
+            "nats.inbox_prefix",
+            f"{nats.inbox_prefix!r} is not a NATS subject of dot-separated tokens without wildcards "
+            "(e.g. _INBOX.loader)",
+        )
+    if not is_subject(nats.inbox):
+        raise ConfigError(
+            "nats.inbox_prefix",
+            f"nats.user {nats.user!r} makes no valid inbox prefix ({nats.inbox!r}): set nats.inbox_prefix",
         )
 
 

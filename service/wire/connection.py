@@ -1,9 +1,10 @@
 """The NATS connection's life cycle: connect, notice refusals, reconnect, close.
 
 Owns the nats-py client and its callbacks. Connecting tries again while no server answers, but refused
-credentials, a certificate that does not verify, or (while starting) refused subscriptions end the start at
-once with `ConnectRefused` and one line that says what is needed: nats-py would otherwise retry them for
-ever. It knows nothing of requests, handlers or the cache.
+credentials, a certificate that does not verify, a refused inbox (`nats.inbox_prefix`: replies, JetStream's
+included, arrive there) or (while starting) refused subscriptions end the start at once with `ConnectRefused`
+and one line that says what is needed: nats-py would otherwise retry them for ever, or time out on every
+JetStream call. It knows nothing of requests, handlers or the cache.
 """
 
 from __future__ import annotations
@@ -88,8 +89,31 @@ class NatsConnection:
                 except Exception as exc:
                     log.debug("closing a refused connection: %s", exc)
             raise ConnectRefused(f"NATS at {self.config.url} refused the connection: {refused[0]}")
+        await self._check_inbox(nc)
         self._client = nc
         return nc
+
+    async def _check_inbox(self, nc: Client) -> None:
+        """Subscribes to an inbox and leaves it: a server that refuses this user its inbox prefix ends the start
+        here, naming nats.inbox_prefix, rather than every JetStream call and fleet request timing out later."""
+        sub = await nc.subscribe(nc.new_inbox())
+        await flush_subscriptions(nc)  # a refusal arrives before the PONG
+        await sub.unsubscribe()
+        prefix = f'"{self.config.inbox}.'.lower()  # nats-py lower-cases the server's error text
+        refusal = next((r for r in self._sub_refusals or [] if prefix in r.lower()), None)
+        if refusal is None:
+            return
+        self.closing = True
+        with anyio.CancelScope(shield=True):
+            try:
+                await nc.close()
+            except Exception as exc:
+                log.debug("closing a refused connection: %s", exc)
+        raise ConnectRefused(
+            f"NATS at {self.config.url} refuses {self._who()} replies under the inbox prefix "
+            f"{self.config.inbox!r} ({refusal}): set nats.inbox_prefix to the prefix this user may subscribe to "
+            "(nats.conf gives each user _INBOX.<user>; README.md, Security)"
+        )
 
     def check_subscriptions(self) -> None:
         """After the subscriptions are flushed: ConnectRefused if the server refused any of them. From here on,
@@ -98,18 +122,17 @@ class NatsConnection:
         if not refusals:
             return
         cfg = self.config
-        who = (
-            f"user {cfg.user!r}"
-            if cfg.user
-            else "the configured token or credentials"
-            if cfg.token or cfg.creds
-            else "a client without a user name"
-        )
         raise ConnectRefused(
-            f"NATS at {cfg.url} lets {who} in but refuses {len(refusals)} of the "
+            f"NATS at {cfg.url} lets {self._who()} in but refuses {len(refusals)} of the "
             f"service's subscriptions ({refusals[0]}): the service needs the permissions of the "
             "loader user in nats.conf (README.md, Security)"
         )
+
+    def _who(self) -> str:
+        cfg = self.config
+        if cfg.user:
+            return f"user {cfg.user!r}"
+        return "the configured token or credentials" if cfg.token or cfg.creds else "a client without a user name"
 
     async def close(self) -> None:
         """Flushes what is buffered (replies, events) and closes; shielded, so a cancelled stop still closes."""

@@ -120,6 +120,16 @@ async def test_a_mistyped_argument_shows_the_usage_of_its_own_command(
     assert err.splitlines()[-1].endswith(f": error: {complaint}")
 
 
+@pytest.mark.parametrize("prefix", ["_INBOX.>", "_INBOX.*.x", "_INBOX."])
+async def test_an_inbox_prefix_with_a_wildcard_is_a_usage_error(prefix: str) -> None:
+    code, out, err = await run("stats", "--inbox-prefix", prefix)
+    assert (code, out) == (2, "")
+    assert err.startswith("usage: extension-loader stats ")
+    assert err.splitlines()[-1].endswith(
+        f"argument --inbox-prefix: {prefix!r} is not a NATS subject without wildcards (e.g. _INBOX.orchestrator)"
+    )
+
+
 async def test_discover_takes_the_name_as_an_argument_or_an_option(
     nats_server: NatsServer, service: ExtensionService
 ) -> None:

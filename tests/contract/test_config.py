@@ -174,3 +174,32 @@ def test_tls_files_are_checked_at_start(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_config(environ={}, overrides=[f'nats.tls_ca="{junk}"'])
     assert info.value.key == "nats.tls_ca" and "not a usable certificate" in str(info.value)
+
+
+def test_the_inbox_prefix_is_the_users_own_unless_given() -> None:
+    """nats.conf lets each user receive replies under _INBOX.<user> only: the default follows nats.user, and
+    without one it is that of the development server's no_auth_user, orchestrator."""
+    assert load_config(environ={}).nats.inbox == "_INBOX.orchestrator"
+    loader = load_config(environ={}, overrides=["nats.user=loader"]).nats
+    assert loader.inbox == "_INBOX.loader" and loader.credentials()["inbox_prefix"] == "_INBOX.loader"
+    given = load_config(
+        environ={"EXTENSION_LOADER__NATS__INBOX_PREFIX": "_INBOX.team.loaders"}, overrides=["nats.user=loader"]
+    ).nats
+    assert given.inbox == "_INBOX.team.loaders" and given.credentials()["inbox_prefix"] == "_INBOX.team.loaders"
+    token = load_config(environ={}, overrides=["nats.token=t0ken", "nats.inbox_prefix=_INBOX.svc"]).nats
+    assert token.credentials()["inbox_prefix"] == "_INBOX.svc"
+
+
+@pytest.mark.parametrize("prefix", ["_INBOX.>", "_INBOX.*", "_INBOX.a*", "_INBOX.", ".x", "_INBOX..x", "a b", "x\t"])
+def test_an_inbox_prefix_must_be_a_subject_without_wildcards(prefix: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(environ={"EXTENSION_LOADER__NATS__INBOX_PREFIX": prefix})
+    assert info.value.key == "nats.inbox_prefix" and "without wildcards" in str(info.value)
+
+
+def test_a_user_name_that_makes_no_inbox_prefix_asks_for_one() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(environ={}, overrides=['nats.user="svc loader"'])
+    assert info.value.key == "nats.inbox_prefix" and "set nats.inbox_prefix" in str(info.value)
+    config = load_config(environ={}, overrides=['nats.user="svc loader"', "nats.inbox_prefix=_INBOX.svc"])
+    assert config.nats.inbox == "_INBOX.svc"

@@ -293,7 +293,12 @@ def _glob(pattern: str) -> str:
 
 
 # nats.conf reads its users' passwords from these; nats-server refuses a configuration while one is unset.
-PASSWORD_VARIABLES = ("NATS_ORCHESTRATOR_PASSWORD", "NATS_LOADER_PASSWORD", "NATS_OBSERVER_PASSWORD")
+PASSWORD_VARIABLES = (
+    "NATS_ORCHESTRATOR_PASSWORD",
+    "NATS_LOADER_PASSWORD",
+    "NATS_OBSERVER_PASSWORD",
+    "NATS_PUBLISHER_PASSWORD",
+)
 
 
 def nats_check(config: Path, env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -471,6 +476,7 @@ def test_nats_conf_takes_every_password_from_the_environment() -> None:
         "orchestrator": "$NATS_ORCHESTRATOR_PASSWORD",
         "loader": "$NATS_LOADER_PASSWORD",
         "observer": "$NATS_OBSERVER_PASSWORD",
+        "publisher": "$NATS_PUBLISHER_PASSWORD",
     }
     assert all(f["permissions"].startswith("$") for f in fields), "every user has a permissions block"
     # The development shortcut is there, for `make run`, and marked as such.

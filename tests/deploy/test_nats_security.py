@@ -4,8 +4,14 @@ The server runs nats.conf as it is, with test passwords in its environment; `-p 
 monitoring ports to free ones, and its JetStream store (`./data/jetstream`) lands in the test's folder, the
 server's working folder (`-sd` cannot replace a store_dir that the file sets). The matrix test tries every
 action as every user and reads the outcome from the wire: an allowed action shows its effect (a reply, a
-message received), a refused one a "Permissions Violation" for the client (nats-py's error callback) and in the
-server's log. Nothing waits for a fixed time.
+message received, a record read back), a refused one a "Permissions Violation" for the client (nats-py's error
+callback) and in the server's log. A refused JetStream write also leaves the client waiting for an
+acknowledgement that never comes: the test takes the violation as the answer instead of waiting that out.
+Nothing waits for a fixed time.
+
+Every client connects with its user's inbox prefix (`_INBOX.<user>`), the only inbox nats.conf lets it read.
+The registry's rows run against its two buckets as the publisher makes them: the Key-Value index (allowing
+direct gets, as buckets made by nats.go or the `nats` CLI do) and the Object Store of archives.
 
 The TLS tests make their own certificate authority and certificates with the openssl command.
 """
@@ -20,10 +26,11 @@ import socket
 import ssl
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from functools import partial
+from hashlib import sha256
 from pathlib import Path
 from typing import Any
 
@@ -34,12 +41,16 @@ import nats.errors
 import pytest
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-from nats.js.api import StreamConfig
+from nats.js.api import AckPolicy, ConsumerConfig, KeyValueConfig, ObjectMeta, ObjectMetaOptions, StreamConfig
+from nats.js.errors import KeyNotFoundError, ObjectNotFoundError
+from nats.js.kv import KeyValue
+from nats.js.object_store import ObjectStore
 
 from service.app.cli.serving import DEV_PASSWORDS
 from service.app.client import LoaderClient
 from service.app.natsserver import NatsServer
-from service.contract.config import ENV_PREFIX, Config
+from service.contract.config import ENV_PREFIX, Config, inbox_prefix_for
+from service.wire.connection import ConnectRefused
 from service.wire.events import EventStreamError
 from service.wire.micro import SERVICE_NAME
 from service.wire.service import ExtensionService, flush_subscriptions
@@ -49,15 +60,27 @@ pytestmark = pytest.mark.anyio
 
 ROOT = Path(__file__).resolve().parents[2]
 NATS_CONF = ROOT / "nats.conf"
-PASSWORDS = {"orchestrator": "testOrchestrator1", "loader": "testLoader1", "observer": "testObserver1"}
+PASSWORDS = {
+    "orchestrator": "testOrchestrator1",
+    "loader": "testLoader1",
+    "observer": "testObserver1",
+    "publisher": "testPublisher1",
+}
 VARIABLES = {
     "orchestrator": "NATS_ORCHESTRATOR_PASSWORD",
     "loader": "NATS_LOADER_PASSWORD",
     "observer": "NATS_OBSERVER_PASSWORD",
+    "publisher": "NATS_PUBLISHER_PASSWORD",
 }
 ANONYMOUS = "anonymous"  # no credentials at all: nats.conf's no_auth_user (orchestrator)
-USERS = ("orchestrator", ANONYMOUS, "loader", "observer")
+USERS = ("orchestrator", ANONYMOUS, "loader", "observer", "publisher")
 STREAM = "EXTENSION_EVENTS"
+# The registry's buckets, as nats.conf names them.
+INDEX, ARCHIVES = "extension-index", "extension-archives"
+INDEX_STREAM, ARCHIVES_STREAM = f"KV_{INDEX}", f"OBJ_{ARCHIVES}"
+CHUNK = 512 * 1024
+RECORD_KEY = "taskserv.etcd"
+LARGE_VALUE = 900_000  # bytes of one large index record: three of them make the server ask for flow control
 
 
 def server_environment() -> dict[str, str]:
@@ -114,9 +137,16 @@ class Conn:
     refused: anyio.Event = field(default_factory=anyio.Event)
 
 
+def inbox(user: str) -> str:
+    """The inbox prefix nats.conf gives `user` (anonymous: the no_auth_user's)."""
+    return inbox_prefix_for(None if user == ANONYMOUS else user)
+
+
 @asynccontextmanager
 async def connect(url: str, user: str, password: str | None = None, **options: Any) -> AsyncIterator[Conn]:
-    """A connection as `user` (ANONYMOUS: without credentials) that records the permission violations it gets."""
+    """A connection as `user` (ANONYMOUS: without credentials) that records the permission violations it gets;
+    its replies arrive under the user's inbox prefix unless `inbox_prefix` says otherwise."""
+    options.setdefault("inbox_prefix", inbox(user))
     nc = Client()
     conn = Conn(user, nc)
 
@@ -185,13 +215,23 @@ async def attempt(who: Conn, action: Callable[[], Awaitable[None]]) -> str:
 # --- the actions of the matrix ----------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Registry:
+    """The registry's buckets as the publisher left them: one index record, one archive of three chunks."""
+
+    archive: bytes
+    name: str  # the archive's object name
+
+
 @dataclass
 class World:
-    """What an action needs besides the acting connection: helper connections of each user, the service."""
+    """What an action needs besides the acting connection: helper connections of each user, the service, the
+    registry's buckets."""
 
     server: NatsServer
     helpers: dict[str, Conn]
     service: ExtensionService | None
+    registry: Registry | None = None
 
 
 Action = Callable[[World, Conn], Awaitable[None]]
@@ -324,7 +364,216 @@ async def delete_event_stream(world: World, who: Conn) -> None:
     assert await who.nc.jetstream().delete_stream(STREAM)
 
 
-# The service an action needs, started (as the loader user) before it: "core", or "jetstream" to have the stream.
+# --- private inboxes ---
+
+# The server answers a JetStream API request itself, into the requester's inbox; every user may ask this one.
+INFO_REQUEST = f"$JS.API.STREAM.INFO.{INDEX_STREAM}"
+
+
+def _someone_else(who: Conn) -> str:
+    return "orchestrator" if who.user == "loader" else "loader"
+
+
+async def _ask_jetstream(conn: Conn) -> None:
+    await conn.nc.request(INFO_REQUEST, b"", timeout=WAIT)
+
+
+async def reply_to_own_inbox(world: World, who: Conn) -> None:
+    """Get a reply (JetStream's, to a stream info request) in one's own inbox, _INBOX.<user>."""
+    msg = await who.nc.request(INFO_REQUEST, b"", timeout=WAIT)
+    assert msg.subject.startswith(f"{inbox(who.user)}.")
+    assert msgspec.json.decode(msg.data)["type"] == "io.nats.jetstream.api.v1.stream_info_response"
+
+
+async def read_another_inbox(world: World, who: Conn) -> None:
+    """Subscribe to another user's inbox (_INBOX.<other>.>) and see a reply meant for that user."""
+    other = world.helpers[_someone_else(who)]
+    await _receive_one(who, f"{inbox(other.user)}.>", partial(_ask_jetstream, other))
+
+
+async def read_every_inbox(world: World, who: Conn) -> None:
+    """Subscribe to _INBOX.> and see a reply meant for another user."""
+    await _receive_one(who, "_INBOX.>", partial(_ask_jetstream, world.helpers[_someone_else(who)]))
+
+
+async def forge_a_reply(world: World, who: Conn) -> None:
+    """Publish into another user's inbox, as a forged reply; that user receives it."""
+    other = world.helpers[_someone_else(who)]
+    subject = f"{inbox(other.user)}.forged"
+    msg = await _receive_one(other, subject, partial(who.nc.publish, subject, b"forged"))
+    assert msg.data == b"forged"
+
+
+# --- the registry ---
+
+
+async def make_registry(publisher: Conn) -> Registry:
+    """The two buckets as a publisher makes them, with one index record and one archive."""
+    js = publisher.nc.jetstream()
+    index = await js.create_key_value(KeyValueConfig(bucket=INDEX, history=16, direct=True))
+    await index.create(RECORD_KEY, b'{"name": "etcd"}')
+    archives = await js.create_object_store(ARCHIVES)
+    archive = bytes(range(256)) * (5 * CHUNK // 256 // 2)  # two and a half chunks
+    name = f"sha256/{sha256(archive).hexdigest()}"
+    await archives.put(name, archive, meta=ObjectMeta(name=name, options=ObjectMetaOptions(max_chunk_size=CHUNK)))
+    return Registry(archive, name)
+
+
+def _registry(world: World) -> Registry:
+    assert world.registry is not None
+    return world.registry
+
+
+async def _index(conn: Conn) -> KeyValue:
+    return await conn.nc.jetstream().key_value(INDEX)
+
+
+async def _archives(conn: Conn) -> ObjectStore:
+    return await conn.nc.jetstream().object_store(ARCHIVES)
+
+
+async def create_buckets(world: World, who: Conn) -> None:
+    """Create the registry's buckets: the Key-Value index and the Object Store of archives."""
+    js = who.nc.jetstream()
+    await js.create_key_value(KeyValueConfig(bucket=INDEX, history=16))
+    await js.create_object_store(ARCHIVES)
+    for stream in (INDEX_STREAM, ARCHIVES_STREAM):
+        assert (await js.stream_info(stream)).config.name == stream
+
+
+async def change_a_bucket(world: World, who: Conn) -> None:
+    """Change a bucket's settings: the index's history."""
+    js = who.nc.jetstream()
+    config = (await js.stream_info(INDEX_STREAM)).config
+    config.max_msgs_per_subject = 32
+    assert (await js.update_stream(config)).config.max_msgs_per_subject == 32
+
+
+async def _watch_until(
+    index: KeyValue, keys: Sequence[str], then: Callable[[], Awaitable[object]] | None = None
+) -> None:
+    """Watches the index until every one of `keys` has come, `then()` run once the first has.
+
+    nats-py 2.16 may send the watch's end-of-history marker (None) before the history itself: it compares the
+    consumer's pending count with the messages its callback has handled so far, and the first may be queued
+    still. So the marker says nothing here (and `keys()`, built on it, may miss a key): wait for the keys.
+    """
+    watcher = await index.watch("taskserv.*")
+    try:
+        waiting = list(keys)
+        while waiting:
+            entry = await watcher.updates(timeout=WAIT)  # type: ignore[no-untyped-call]
+            if entry is not None and entry.key in waiting:
+                if entry.key == keys[0] and then is not None:
+                    await then()
+                waiting.remove(entry.key)
+    finally:
+        await watcher.stop()  # type: ignore[no-untyped-call]
+
+
+async def read_the_index(world: World, who: Conn) -> None:
+    """Read the index: a record (direct get and message get), and a watch (the ordered consumer behind keys,
+    history and watch) that sees the record, then a live update by the publisher."""
+    index = await _index(who)
+    assert (await index.get(RECORD_KEY)).value == b'{"name": "etcd"}'
+    js = who.nc.jetstream()
+    assert (await js.get_last_msg(INDEX_STREAM, f"$KV.{INDEX}.{RECORD_KEY}", direct=False)).data is not None
+    publisher = await _index(world.helpers["publisher"])
+    await _watch_until(index, [RECORD_KEY, "taskserv.live"], partial(publisher.put, "taskserv.live", b"{}"))
+
+
+async def follow_a_large_index(world: World, who: Conn) -> None:
+    """Watch an index of a few megabytes to its end: on the way the server asks for flow control, which the
+    reader answers on $JS.FC."""
+    publisher = await _index(world.helpers["publisher"])
+    large = [f"taskserv.large{i}" for i in range(3)]
+    for key in large:
+        await publisher.put(key, bytes(LARGE_VALUE))
+    await _watch_until(await _index(who), [RECORD_KEY, *large])
+
+
+async def write_the_index(world: World, who: Conn) -> None:
+    """Put a record in the index; the loader reads it back."""
+    await (await _index(who)).put("taskserv.forged", b"{}")
+    assert (await (await _index(world.helpers["loader"])).get("taskserv.forged")).value == b"{}"
+
+
+async def delete_from_the_index(world: World, who: Conn) -> None:
+    """Delete the index's record; the loader finds it gone."""
+    await (await _index(who)).delete(RECORD_KEY)
+    with pytest.raises(KeyNotFoundError):
+        await (await _index(world.helpers["loader"])).get(RECORD_KEY)
+
+
+async def read_an_archive(world: World, who: Conn) -> None:
+    """Read an archive as the loader does: its info, then its chunks through a pull consumer of one's own."""
+    registry = _registry(world)
+    info = await (await _archives(who)).get_info(registry.name)
+    consumer = ConsumerConfig(ack_policy=AckPolicy.NONE, inactive_threshold=WAIT, mem_storage=True)
+    sub = await who.nc.jetstream().pull_subscribe(
+        f"$O.{ARCHIVES}.C.{info.nuid}", stream=ARCHIVES_STREAM, config=consumer
+    )
+    received = bytearray()
+    while len(received) < len(registry.archive):
+        for msg in await sub.fetch(8, timeout=WAIT):
+            received += msg.data
+    assert bytes(received) == registry.archive
+    await sub.unsubscribe()
+
+
+async def get_an_archive(world: World, who: Conn) -> None:
+    """Read an archive with ObjectStore.get (an ordered consumer; nats-py checks the digest)."""
+    registry = _registry(world)
+    assert (await (await _archives(who)).get(registry.name)).data == registry.archive
+
+
+async def get_a_large_archive(world: World, who: Conn) -> None:
+    """ObjectStore.get of an archive of a few megabytes: on the way the server asks for flow control."""
+    archive = bytes(range(256)) * (6 * CHUNK // 256)
+    meta = ObjectMeta(name="sha256/large", options=ObjectMetaOptions(max_chunk_size=CHUNK))
+    await (await _archives(world.helpers["publisher"])).put("sha256/large", archive, meta=meta)
+    assert (await (await _archives(who)).get("sha256/large")).data == archive
+
+
+async def put_an_archive(world: World, who: Conn) -> None:
+    """Put an archive into the Object Store; the loader sees its info."""
+    meta = ObjectMeta(name="sha256/forged", options=ObjectMetaOptions(max_chunk_size=CHUNK))
+    await (await _archives(who)).put("sha256/forged", b"forged", meta=meta)
+    assert (await (await _archives(world.helpers["loader"])).get_info("sha256/forged")).size == len(b"forged")
+
+
+async def delete_an_archive(world: World, who: Conn) -> None:
+    """Delete the archive (its metadata marked deleted, its chunks purged); the loader finds it gone."""
+    name = _registry(world).name
+    await (await _archives(who)).delete(name)
+    with pytest.raises(ObjectNotFoundError):
+        await (await _archives(world.helpers["loader"])).get_info(name)
+
+
+async def purge_the_archives(world: World, who: Conn) -> None:
+    """Purge the archives' stream: every chunk and all metadata gone."""
+    js = who.nc.jetstream()
+    assert await js.purge_stream(ARCHIVES_STREAM)
+    assert (await world.helpers["publisher"].nc.jetstream().stream_info(ARCHIVES_STREAM)).state.messages == 0
+
+
+async def redirect_the_index(world: World, who: Conn) -> None:
+    """Have a push consumer of the index deliver its record onto an event subject: NATS checks no permission on
+    a delivery subject, so whoever may read a stream through consumers can do this; an event subscriber gets
+    the record, as it is."""
+    consumer = ConsumerConfig(
+        deliver_subject="extensions.loaded", filter_subject=f"$KV.{INDEX}.{RECORD_KEY}", ack_policy=AckPolicy.NONE
+    )
+
+    async def create() -> None:
+        await who.nc.jetstream().add_consumer(INDEX_STREAM, config=consumer)
+
+    msg = await _receive_one(world.helpers["observer"], "extensions.loaded", create)
+    assert msg.data == b'{"name": "etcd"}'
+
+
+# What an action needs before it: the service started as the loader user ("core", or "jetstream" to have the
+# stream), or the registry's buckets as the publisher makes them ("registry").
 NEEDS = {
     "request": "core",
     "fleet_request": "core",
@@ -332,6 +581,18 @@ NEEDS = {
     "srv_stats": "core",
     "replay_events": "jetstream",
     "delete_event_stream": "jetstream",
+    "change_a_bucket": "registry",
+    "read_the_index": "registry",
+    "follow_a_large_index": "registry",
+    "get_a_large_archive": "registry",
+    "write_the_index": "registry",
+    "delete_from_the_index": "registry",
+    "read_an_archive": "registry",
+    "get_an_archive": "registry",
+    "put_an_archive": "registry",
+    "delete_an_archive": "registry",
+    "purge_the_archives": "registry",
+    "redirect_the_index": "registry",
 }
 
 ACTIONS: dict[str, Action] = {
@@ -349,25 +610,61 @@ ACTIONS: dict[str, Action] = {
     "create_event_stream": create_event_stream,
     "create_stream": create_stream,
     "delete_event_stream": delete_event_stream,
+    "reply_to_own_inbox": reply_to_own_inbox,
+    "read_another_inbox": read_another_inbox,
+    "read_every_inbox": read_every_inbox,
+    "forge_a_reply": forge_a_reply,
+    "create_buckets": create_buckets,
+    "change_a_bucket": change_a_bucket,
+    "read_the_index": read_the_index,
+    "follow_a_large_index": follow_a_large_index,
+    "get_a_large_archive": get_a_large_archive,
+    "write_the_index": write_the_index,
+    "delete_from_the_index": delete_from_the_index,
+    "read_an_archive": read_an_archive,
+    "get_an_archive": get_an_archive,
+    "put_an_archive": put_an_archive,
+    "delete_an_archive": delete_an_archive,
+    "purge_the_archives": purge_the_archives,
+    "redirect_the_index": redirect_the_index,
 }
 
 A, R = "allowed", "refused"
-#                         orchestrator anonymous loader observer
-MATRIX: dict[str, tuple[str, str, str, str]] = {
-    "request": (A, A, R, R),
-    "fleet_request": (A, A, R, R),  # as the single-instance requests
-    "srv_ping": (A, A, A, A),  # the loader: its container health check
-    "srv_stats": (A, A, R, A),
-    "publish_event": (R, R, A, R),
-    "subscribe_event": (A, A, A, A),
-    "serve_requests": (R, R, A, R),
-    "serve_in_another_group": (R, R, R, R),
-    "serve_fleet": (R, R, A, R),
-    "snoop_requests": (R, R, R, R),
-    "replay_events": (R, R, R, A),
-    "create_event_stream": (R, R, A, R),
-    "create_stream": (R, R, R, R),
-    "delete_event_stream": (R, R, R, R),
+# Replies from the loader reach the requester's private inbox through allow_responses: `request`,
+# `fleet_request`, `srv_*` and `serve_*` show it for every user that may ask.
+#                         orchestrator anonymous loader observer publisher
+MATRIX: dict[str, tuple[str, str, str, str, str]] = {
+    "request": (A, A, R, R, R),
+    "fleet_request": (A, A, R, R, R),  # as the single-instance requests
+    "srv_ping": (A, A, A, A, R),  # the loader: its container health check
+    "srv_stats": (A, A, R, A, R),
+    "publish_event": (R, R, A, R, R),
+    "subscribe_event": (A, A, A, A, R),
+    "serve_requests": (R, R, A, R, R),
+    "serve_in_another_group": (R, R, R, R, R),
+    "serve_fleet": (R, R, A, R, R),
+    "snoop_requests": (R, R, R, R, R),
+    "replay_events": (R, R, R, A, R),
+    "create_event_stream": (R, R, A, R, R),
+    "create_stream": (R, R, R, R, R),
+    "delete_event_stream": (R, R, R, R, R),
+    "reply_to_own_inbox": (A, A, A, A, A),
+    "read_another_inbox": (R, R, R, R, R),
+    "read_every_inbox": (R, R, R, R, R),
+    "forge_a_reply": (R, R, R, R, R),
+    "create_buckets": (R, R, R, R, A),
+    "change_a_bucket": (R, R, R, R, A),
+    "read_the_index": (A, A, A, A, A),  # `extension-loader search`, for people too
+    "follow_a_large_index": (A, A, A, A, A),
+    "write_the_index": (R, R, R, R, A),
+    "delete_from_the_index": (R, R, R, R, A),
+    "read_an_archive": (R, R, A, R, A),
+    "get_an_archive": (R, R, A, R, A),
+    "get_a_large_archive": (R, R, A, R, A),
+    "put_an_archive": (R, R, R, R, A),
+    "delete_an_archive": (R, R, R, R, A),
+    "purge_the_archives": (R, R, R, R, A),
+    "redirect_the_index": (A, A, A, A, A),  # a limit of NATS (README.md, Security): trust signatures, not subjects
 }
 
 
@@ -388,11 +685,13 @@ CASES = [
 async def test_permission_matrix(secured: NatsServer, tmp_path: Path, user: str, action: str, expected: str) -> None:
     async with AsyncExitStack() as stack:
         helpers = {u: await stack.enter_async_context(connect(secured.url, u)) for u in PASSWORDS}
-        service = None
-        if need := NEEDS.get(action):
+        service = registry = None
+        if (need := NEEDS.get(action)) == "registry":
+            registry = await make_registry(helpers["publisher"])
+        elif need:
             config = loader_config(secured.url, tmp_path, **{"events.jetstream": need == "jetstream"})
             service = await stack.enter_async_context(running_service(config))
-        world = World(secured, helpers, service)
+        world = World(secured, helpers, service, registry)
         who = await stack.enter_async_context(connect(secured.url, user))
         outcome = await attempt(who, partial(ACTIONS[action], world, who))
         assert outcome == expected, (
@@ -414,7 +713,7 @@ def test_the_matrix_covers_every_user_and_action() -> None:
 # --- logging in -------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("user", ["orchestrator", "loader", "observer"])
+@pytest.mark.parametrize("user", ["orchestrator", "loader", "observer", "publisher"])
 async def test_a_wrong_password_is_refused(secured: NatsServer, user: str) -> None:
     someone_elses = next(p for u, p in PASSWORDS.items() if u != user)
     for password in ("wrong", someone_elses):
@@ -548,6 +847,44 @@ async def test_the_command_line_as_a_user_that_may_not_ask_says_so_at_once(
     assert "Traceback" not in said
 
 
+async def test_the_command_line_gets_its_replies_under_its_users_inbox(secured: NatsServer, tmp_path: Path) -> None:
+    """`extension-loader stats`, one instance or all, as a person calls it (a user, or none on this machine): the
+    service, as the loader user, answers into the caller's own inbox. With another user's prefix the server
+    refuses the inbox, and the command says which flag to fix at once rather than waiting out --timeout."""
+    env = {k: v for k, v in os.environ.items() if k not in ("NATS_USER", "NATS_PASSWORD", "NATS_CA")}
+    cli = [sys.executable, "-m", "service", "stats", "--server", secured.url, "--json", "--timeout", "600"]
+    as_orchestrator = ["--user", "orchestrator", "--password", PASSWORDS["orchestrator"]]
+    async with running_service(loader_config(secured.url, tmp_path)) as service:
+        for extra in ([], as_orchestrator, [*as_orchestrator, "--all", "--replies", "1"]):
+            with anyio.fail_after(WAIT):
+                done = await anyio.run_process([*cli, *extra], env=env, cwd=ROOT, check=False)
+            assert done.returncode == 0, done.stderr.decode()
+            answer = msgspec.json.decode(done.stdout)
+            assert (answer[0] if isinstance(answer, list) else answer)["instance_id"] == service.identity.id
+        with anyio.fail_after(WAIT):  # far below --timeout: the refusal ends the call
+            done = await anyio.run_process(
+                [*cli, *as_orchestrator, "--inbox-prefix", "_INBOX.loader"], env=env, cwd=ROOT, check=False
+            )
+    said = done.stderr.decode()
+    assert done.returncode == 4, said
+    assert "permissions violation for subscription" in said.lower() and "--inbox-prefix" in said
+    assert "user 'orchestrator' may not receive replies under _INBOX.loader" in said and "Traceback" not in said
+    await wait_for_log(secured, '"$G/user:orchestrator" - Subscription Violation - Subject "_INBOX.loader.')
+
+
+async def test_the_service_with_another_users_inbox_prefix_stops_at_once(secured: NatsServer, tmp_path: Path) -> None:
+    """The service as loader with the orchestrator's inbox prefix: the server refuses it that inbox, and the start
+    stops naming nats.inbox_prefix, before any JetStream call could time out on it."""
+    config = loader_config(
+        secured.url, tmp_path, **{"events.jetstream": True, "nats.inbox_prefix": "_INBOX.orchestrator"}
+    )
+    with anyio.fail_after(WAIT), pytest.raises(ConnectRefused, match=r"set nats\.inbox_prefix") as info:
+        async with running_service(config):
+            pass
+    assert "refuses user 'loader' replies under the inbox prefix '_INBOX.orchestrator'" in str(info.value)
+    await wait_for_log(secured, '"$G/user:loader" - Subscription Violation - Subject "_INBOX.orchestrator.')
+
+
 async def test_the_container_health_check_passes_as_the_loader_user(secured: NatsServer, tmp_path: Path) -> None:
     """deploy/healthcheck.py with the compose environment (user loader, its password) against nats.conf."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
@@ -609,9 +946,11 @@ async def test_dev_runs_with_development_passwords_and_serves_as_the_loader(tmp_
                 client = LoaderClient(anonymous.nc, timeout=WAIT)
                 event = await _receive_one(anonymous, "extensions.loaded", partial(client.load, "taskserv", "etcd"))
                 assert msgspec.json.decode(event.data)["extension"]["metadata"]["name"] == "etcd"
-            # The variable is unset here: the loader's password on this server is the development one.
-            async with connect(url, "loader", DEV_PASSWORDS["NATS_LOADER_PASSWORD"]):
-                pass
+            # The variables are unset here: the passwords on this server are the development ones.
+            for user, variable in VARIABLES.items():
+                async with connect(url, user, DEV_PASSWORDS[variable]):
+                    pass
+            assert b"nats --inbox-prefix _INBOX.orchestrator request extensions.load" in stdout
         finally:
             process.send_signal(signal.SIGINT)  # Ctrl-C: the service stops, then its nats-server
             with anyio.fail_after(WAIT):

@@ -18,6 +18,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from ...contract.config import is_subject
 from ..serve import service_version
 from .calls import DEFAULT_URL, run_client
 from .registry import run_keygen, run_registry
@@ -68,6 +69,13 @@ def _parser() -> argparse.ArgumentParser:
         # The nats CLI's variables: NATS_USER, NATS_PASSWORD, NATS_CA. Without a user, nats.conf's no_auth_user.
         c.add_argument("--user", default=os.environ.get("NATS_USER") or None, help="(default: $NATS_USER)")
         c.add_argument("--password", default=os.environ.get("NATS_PASSWORD") or None, help="(default: $NATS_PASSWORD)")
+        # nats.conf lets each user receive replies under its own prefix only (the nats CLI's --inbox-prefix).
+        c.add_argument(
+            "--inbox-prefix",
+            type=_inbox_prefix,
+            metavar="PREFIX",
+            help="where replies arrive (default: _INBOX.<user>, or _INBOX.orchestrator without --user)",
+        )
         c.add_argument(
             "--tls-ca",
             default=os.environ.get("NATS_CA") or None,
@@ -154,6 +162,12 @@ def _parser() -> argparse.ArgumentParser:
     se = registry("search", "find extensions in the registry by name and description")
     se.add_argument("words", nargs="+", metavar="WORD")
     return p
+
+
+def _inbox_prefix(text: str) -> str:
+    if not is_subject(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a NATS subject without wildcards (e.g. _INBOX.orchestrator)")
+    return text
 
 
 def _count(text: str) -> int:

@@ -18,6 +18,7 @@ import msgspec
 import nats
 from nats.aio.client import Client
 
+from ...contract.config import inbox_prefix_for
 from ...wire.connection import flush_subscriptions
 from ..client import Gathered, LoaderClient, RemoteError
 from .printing import event_line, readable, readable_fleet
@@ -82,7 +83,14 @@ class _Forbidden(Exception):
 
 
 async def connect(args: argparse.Namespace) -> Client:
-    """A connection as the person asked (--server, --user, --password, --tls-ca): one attempt, no reconnects."""
+    """A connection as the person asked (--server, --user, --password, --tls-ca, --inbox-prefix): one attempt,
+    no reconnects."""
+    return await nats.connect(**connect_options(args))
+
+
+def connect_options(args: argparse.Namespace) -> dict[str, Any]:
+    """nats-py's `connect` options for a person's command: server, user, TLS, and the inbox prefix that nats.conf
+    gives that user (replies to anyone else's prefix are refused)."""
     options: dict[str, Any] = {
         "servers": [args.server],
         "name": "extension-loader-cli",
@@ -90,6 +98,7 @@ async def connect(args: argparse.Namespace) -> Client:
         "max_reconnect_attempts": 1,
         "allow_reconnect": False,
         "error_cb": _quiet,
+        "inbox_prefix": inbox_prefix(args),
     }
     if args.user:
         options.update(user=args.user, password=args.password or "")
@@ -98,7 +107,11 @@ async def connect(args: argparse.Namespace) -> Client:
             options["tls"] = ssl.create_default_context(cafile=args.tls_ca)
         except OSError as exc:
             raise CaFileError(args.tls_ca, exc) from exc
-    return await nats.connect(**options)
+    return options
+
+
+def inbox_prefix(args: argparse.Namespace) -> str:
+    return str(args.inbox_prefix or inbox_prefix_for(args.user))
 
 
 async def _client_main(args: argparse.Namespace) -> int:
@@ -196,7 +209,13 @@ async def _unless_forbidden(call: Awaitable[Any], args: argparse.Namespace) -> A
         raise failure[0]
     if not result:
         who = f"user {args.user!r}" if args.user else "a client without a user (--user)"
-        raise _Forbidden(f"{args.server}: {_last_error[-1]}: {who} may not make this request (README.md, Security)")
+        refusal = _last_error[-1]
+        if f'subscription to "{inbox_prefix(args)}.'.lower() in refusal.lower():
+            raise _Forbidden(
+                f"{args.server}: {refusal}: {who} may not receive replies under {inbox_prefix(args)}: give the "
+                "prefix its server allows with --inbox-prefix (README.md, Security)"
+            )
+        raise _Forbidden(f"{args.server}: {refusal}: {who} may not make this request (README.md, Security)")
     return result[0]
 
 

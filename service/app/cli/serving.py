@@ -72,6 +72,7 @@ DEV_PASSWORDS = {
     "NATS_ORCHESTRATOR_PASSWORD": "dev-orchestrator-not-secret",
     "NATS_LOADER_PASSWORD": "dev-loader-not-secret",
     "NATS_OBSERVER_PASSWORD": "dev-observer-not-secret",
+    "NATS_PUBLISHER_PASSWORD": "dev-publisher-not-secret",
 }
 DEV_USER = "loader"  # the nats.conf user the service connects as, unless the configuration names credentials
 
@@ -120,10 +121,11 @@ def run_dev(args: argparse.Namespace) -> int:
         f"Try, in another terminal:\n\n"
         f"  .venv/bin/extension-loader load taskserv kubernetes --version 1.28.0\n"
         f"  .venv/bin/extension-loader discover taskserv\n"
-        f"  nats request extensions.load "
+        f"  nats --inbox-prefix _INBOX.orchestrator request extensions.load "
         f'\'{{"extension_type":"taskserv","name":"kubernetes","version":"1.28.0"}}\'\n\n'
         f"No password needed on this machine: nats.conf lets a client without one in as `orchestrator`\n"
-        f"(development only). Ctrl-C stops the service and nats-server.\n"
+        f"(development only), whose replies arrive under _INBOX.orchestrator only. Ctrl-C stops the service\n"
+        f"and nats-server.\n"
     )
     try:
         return _run_service(config, hint)
