@@ -49,12 +49,25 @@ from nats.js.object_store import ObjectStore
 from service.app.cli.serving import DEV_PASSWORDS
 from service.app.client import LoaderClient
 from service.app.natsserver import NatsServer
+from service.app.publishing import prepare, publish, yank
 from service.contract.config import ENV_PREFIX, Config, inbox_prefix_for
+from service.contract.messages import ExtensionType
+from service.registry.jetstream import RegistryBuckets
+from service.registry.signing import Signer
 from service.wire.connection import ConnectRefused
 from service.wire.events import EventStreamError
 from service.wire.micro import SERVICE_NAME
 from service.wire.service import ExtensionService, flush_subscriptions
-from tests.conftest import EXAMPLES, NU, WAIT, EventLog, make_config, running_service
+from tests.conftest import (
+    EXAMPLES,
+    NU,
+    WAIT,
+    EventLog,
+    make_config,
+    registry_settings,
+    running_service,
+    write_extension,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -1092,3 +1105,35 @@ async def test_a_user_without_jetstream_rights_gets_a_clear_stop(secured: NatsSe
     with pytest.raises(EventStreamError, match=r"may this user use \$JS\.API\.STREAM\.\*\.EXTENSION_EVENTS"):
         async with running_service(config):
             pass
+
+
+async def test_the_registry_works_as_publisher_and_loader_with_nothing_refused(
+    secured: NatsServer, tmp_path: Path, signer: Signer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The publisher publishes and yanks; a loader with auto_update follows the index, fetches the archive with
+    its own consumer (and deletes that consumer), loads it, and announces the yank: every step within nats.conf,
+    no permission refused, no NATS error logged."""
+    config = loader_config(secured.url, tmp_path, **registry_settings(signer.public_key, auto_update=True))
+    folder = write_extension(tmp_path / "checkout", "taskserv", "vault", "1.0.0")
+    events = EventLog()
+    async with connect(secured.url, "publisher") as publisher, connect(secured.url, "observer") as observer:
+        for subject in ("extensions.loaded", "extensions.unloaded"):
+            await observer.nc.subscribe(subject, cb=events.add)
+        await flush_subscriptions(observer.nc)
+        buckets = RegistryBuckets(publisher.nc)
+        await buckets.create()
+        async with running_service(config), connect(secured.url, "orchestrator") as orchestrator:
+            await publish(buckets, await prepare(folder, signer, config))
+            (loaded,) = await events.wait_for(1, ".loaded")
+            assert loaded["reason"] == "published"
+            client = LoaderClient(orchestrator.nc, timeout=WAIT)
+            assert (await client.load("taskserv", "vault", "1.0.0"))["metadata"]["version"] == "1.0.0"
+            await yank(buckets, ExtensionType.TASKSERV, "vault", "1.0.0")
+            (unloaded,) = await events.wait_for(1, ".unloaded")
+            assert unloaded["reason"] == "yanked"
+            assert (await client.stats())["registry"]["fetched"] == 1
+        assert publisher.violations == observer.violations == orchestrator.violations == []
+    await log_barrier(secured)
+    refused = [line for line in secured.log if "Violation" in line and 'Subject "log.barrier"' not in line]
+    assert refused == []
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING and "NATS error" in r.getMessage()]
