@@ -356,8 +356,15 @@ def test_loader_environment_names_only_real_configuration_keys() -> None:
         assert name.startswith(ENV_PREFIX), f"{name}: neither OTEL_* nor {ENV_PREFIX}<SECTION>__<KEY>"
         dotted = ".".join(part.lower() for part in name[len(ENV_PREFIX) :].split("__"))
         assert key_in_defaults(dotted), f"{name}: service/contract/config.defaults.toml has no key {dotted}"
-    # The values pass the service's own validation, over the file the image serves with.
-    load_config(LOADER_TOML, environ=env)
+    # The values, as Compose gives them when only the required passwords are set, pass the service's own
+    # validation over the file the image serves with; so do they with the registry turned on as the file says.
+    passwords = {name: "k0given" for name in PASSWORD_VARIABLES}
+    config = load_config(LOADER_TOML, environ={k: interpolate(v, passwords) for k, v in env.items()})
+    assert not config.registry.enabled
+    key = "UAMHFHOTCCG5XCWH27EETK5NN76VRYUONKDVPXHZYFHRFA5CDNF7XK4P"
+    registry = {**passwords, "REGISTRY_ENABLED": "true", "REGISTRY_TRUSTED": f'[{{key = "{key}"}}]'}
+    config = load_config(LOADER_TOML, environ={k: interpolate(v, registry) for k, v in env.items()})
+    assert config.registry.enabled and config.registry.trusted[0].key == key
 
 
 def test_loader_file_names_only_real_configuration_keys() -> None:
@@ -377,7 +384,9 @@ def test_loader_file_names_only_real_configuration_keys() -> None:
 
 
 def test_loader_reaches_nats_by_its_service_name() -> None:
-    config = load_config(LOADER_TOML, environ=environment(compose_service("loader")))
+    passwords = {name: "k0given" for name in PASSWORD_VARIABLES}
+    env = {k: interpolate(v, passwords) for k, v in environment(compose_service("loader")).items()}
+    config = load_config(LOADER_TOML, environ=env)
     container_conf = nats_settings((ROOT / "deploy" / "nats.container.conf").read_text(encoding="utf-8"))
     listen_port = int(container_conf["listen"].rpartition(":")[2])
     for url in config.nats.servers:
