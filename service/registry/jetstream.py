@@ -53,6 +53,7 @@ _WINDOW_BYTES: Final = 8 * 1024 * 1024  # chunks asked for at once while fetchin
 _SLOWEST_BYTES_PER_S: Final = 1024 * 1024  # an archive moving slower than this counts as a link that is down
 _KEY = re.compile(r"[-/_=a-zA-Z0-9]+(\.[-/_=a-zA-Z0-9]+)*")  # nats-py lets "a..b" through, then times out
 _DIGEST_PREFIX: Final = "SHA-256="
+_NO_RESPONDERS: Final = "503"  # the status of a request no subscriber took
 _STREAM_NOT_FOUND: Final = 10059
 _STREAM_NAME_IN_USE: Final = 10058
 
@@ -352,16 +353,26 @@ class RegistryBuckets:
             per_chunk = (meta.options.max_chunk_size if meta.options else None) or -(-size // chunks)
             window = max(1, _WINDOW_BYTES // max(per_chunk, 1))
             reconnects = self._reconnects()
+            unanswered = 0
             async with self._call(doing, limit), self._chunk_consumer(meta.nuid) as (sub, pull):
                 while received < chunks:
                     batch = min(window, chunks - received)
                     await pull(batch)
                     for _ in range(batch):
                         msg = await self._next(sub, doing, reconnects)
-                        if msg.headers and "Status" in msg.headers:  # 404: no more chunks
+                        headers = msg.headers
+                        status = headers.get("Status") if headers else None
+                        if status == _NO_RESPONDERS:
+                            # In a cluster the consumer may live on another server that has not yet told this
+                            # one of it (or is gone): no one took the request. Ask again, a little later each
+                            # time, for up to timeout_s.
+                            unanswered += 1
+                            await self._pause_unanswered(doing, unanswered)
+                            break
+                        if status is not None:  # 404: no more chunks
                             raise RegistryUnavailable(
                                 f"archive {name!r} is not whole: {received} of its {chunks} chunks are in the bucket "
-                                f"(status {msg.headers.get('Status')}); publish it again"
+                                f"(status {status}); publish it again"
                             )
                         total += len(msg.data)
                         if total > size:  # and size is at most max_bytes
@@ -372,6 +383,17 @@ class RegistryBuckets:
             raise RegistryUnavailable(
                 f"archive {name!r} is not whole: {total} of its {size} bytes are in the bucket; publish it again"
             )
+
+    async def _pause_unanswered(self, doing: str, times: int) -> None:
+        """The pause before asking again a consumer that no one answered for (status 503): 1 ms, doubling up to
+        `_POLL_S`; RegistryUnavailable once such pauses add up to `timeout_s`."""
+        waited = sum(min(_POLL_S, 0.001 * 2**n) for n in range(times - 1))
+        if waited >= self.timeout_s:
+            raise RegistryUnavailable(
+                f"{doing}: no server answered for its consumer within {self.timeout_s} s (status 503): "
+                "the server holding it may have stopped; try again"
+            )
+        await asyncio.sleep(min(_POLL_S, 0.001 * 2 ** (times - 1)))
 
     @contextlib.asynccontextmanager
     async def _chunk_consumer(self, nuid: str) -> AsyncIterator[tuple[Subscription, Callable[[int], Awaitable[None]]]]:

@@ -11,17 +11,19 @@ import base64
 import hashlib
 import json
 import random
-from collections.abc import AsyncGenerator, Awaitable, Callable
-from contextlib import aclosing
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from contextlib import aclosing, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.to_thread
+import nats
 import pytest
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from service.app.natsserver import NatsServer
+from service.app.natsserver import NatsCluster, NatsServer
 from service.registry.jetstream import (
     CAUGHT_UP,
     CHUNK_SIZE,
@@ -475,3 +477,40 @@ async def test_a_read_only_loader_reads_and_is_told_that_writing_is_refused(tmp_
         for write in writes:
             with anyio.fail_after(loader.timeout_s + 2), pytest.raises(RegistryUnavailable, match="refused permission"):
                 await write()
+
+
+# --- a cluster ----------------------------------------------------------------------------------------------
+
+
+@asynccontextmanager
+async def cluster_client(cluster: NatsCluster, node: int) -> AsyncIterator[Client]:
+    """A client of one node of the cluster, which stays on it."""
+    nc = await nats.connect(cluster.servers[node].url, allow_reconnect=False, max_reconnect_attempts=0)
+    try:
+        yield nc
+    finally:
+        await nc.close()
+
+
+async def published_r3(cluster: NatsCluster, node: int) -> tuple[str, str]:
+    """Both buckets made with three copies through `node`, a key written and an archive stored: (name, digest)."""
+    name, data, digest = archive(3 * CHUNK_SIZE // 2)
+    async with cluster_client(cluster, node) as nc:
+        publisher = RegistryBuckets(nc)
+        await publisher.create(replicas=3)
+        await publisher.put(KEY, b"v1", 0)
+        await publisher.put_archive(name, data)
+    return name, digest
+
+
+async def test_every_node_of_a_cluster_serves_every_fetch(js_cluster: NatsCluster, tmp_path: Path) -> None:
+    """The fetch's consumer is on any of the stream's nodes; the node a loader is on may not know of it yet when
+    the first request for chunks comes (status 503, no one took it). That is asked again, not taken for an
+    archive that is not whole."""
+    name, digest = await published_r3(js_cluster, 0)
+    for node in range(3):
+        async with cluster_client(js_cluster, node) as nc:
+            loader = RegistryBuckets(nc)
+            await loader.open()
+            for i in range(30):
+                assert await loader.fetch_archive(name, tmp_path / f"{node}-{i}", max_bytes=MiB) == digest
