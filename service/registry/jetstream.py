@@ -3,7 +3,10 @@ compare-and-set) and the archives (Object Store, one object per archive), each c
 
 The publisher calls `create`, loaders `open`. Every call looks at the connection first and gives up after
 `timeout_s`, so a loader whose server is gone fails at once instead of waiting out nats-py's own time-outs
-(a KV get on a dead connection waits 5 s). nats-py's errors become three of ours, each saying what to do:
+(a KV get on a dead connection waits 5 s). The reads that bind the buckets and size the index before a watch
+are sent again each second they go unanswered within that bound: while a cluster elects new leaders (a node
+stopped), its servers drop requests rather than answer them. nats-py's errors become three of ours, each
+saying what to do:
 
     RegistryError
     +-- RegistryUnavailable   not connected, a bucket missing, no answer in time, permission refused
@@ -33,7 +36,7 @@ import threading
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, ClassVar, Final
+from typing import IO, Any, ClassVar, Final, TypeVar
 
 import msgspec
 import nats.errors
@@ -41,18 +44,20 @@ import nats.js.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
-from nats.js import api
+from nats.js import JetStreamContext, api
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 from nats.js.object_store import ObjectStore
 
 CHUNK_SIZE: Final = 512 * 1024  # below the server's max_payload (1 MB in nats.conf); puts faster than 128 KiB
 HISTORY: Final = 16
 _POLL_S: Final = 0.25  # how often a wait looks at the connection: nats-py tells only its own callbacks
+_ATTEMPT_S: Final = 1.0  # a read that JetStream has not answered in this long is sent again (see `_asked`)
 _CLEANUP_S: Final = 1.0  # a consumer delete that takes longer is left to the consumer's inactivity limit
 _WINDOW_BYTES: Final = 8 * 1024 * 1024  # chunks asked for at once while fetching
 _SLOWEST_BYTES_PER_S: Final = 1024 * 1024  # an archive moving slower than this counts as a link that is down
 _KEY = re.compile(r"[-/_=a-zA-Z0-9]+(\.[-/_=a-zA-Z0-9]+)*")  # nats-py lets "a..b" through, then times out
 _DIGEST_PREFIX: Final = "SHA-256="
+_T = TypeVar("_T")
 _NO_RESPONDERS: Final = "503"  # the status of a request no subscriber took
 _STREAM_NOT_FOUND: Final = 10059
 _STREAM_NAME_IN_USE: Final = 10058
@@ -151,6 +156,7 @@ class RegistryBuckets:
         self.timeout_s = timeout_s
         self._nc = nc
         self._js = nc.jetstream(timeout=timeout_s)
+        self._attempt = nc.jetstream(timeout=min(_ATTEMPT_S, timeout_s))  # for `_asked`
         self._kv: KeyValue | None = None
         self._obs: ObjectStore | None = None
         self._consumer_idle_s = max(10.0, 2 * timeout_s)
@@ -168,6 +174,8 @@ class RegistryBuckets:
         """For loaders: binds to both buckets, creating nothing; RegistryUnavailable names any that is missing."""
         missing: list[str] = []
         async with self._call("open the registry buckets"):
+            for stream in (f"KV_{self.names.index}", f"OBJ_{self.names.archives}"):
+                await self._stream_answers(stream)
             try:
                 self._kv = await self._js.key_value(self.names.index)
             except nats.js.errors.BucketNotFoundError:
@@ -235,7 +243,7 @@ class RegistryBuckets:
             # nats-py's own "caught up" marker (None) can come before values already on their way: it asks
             # the consumer what is pending, which leaves out what was sent and not yet read. The marker here
             # comes at once for an empty index, else with the first value that has nothing pending behind it.
-            info = await self._js.stream_info(f"KV_{self.names.index}")
+            info = await self._asked(lambda js: js.stream_info(f"KV_{self.names.index}"))
             watcher = await kv.watchall()
         try:
             caught_up = False
@@ -468,6 +476,26 @@ class RegistryBuckets:
         return None if meta.deleted else meta
 
     # --- the connection and nats-py's errors ------------------------------------------------------------
+
+    async def _stream_answers(self, stream: str) -> None:
+        """Returns once JetStream answers for `stream`, whether it is there or not (see `_asked`)."""
+
+        async def info(js: JetStreamContext) -> None:
+            with contextlib.suppress(nats.js.errors.NotFoundError):  # the caller's bind says which is missing
+                await js.stream_info(stream)
+
+        await self._asked(info)
+
+    async def _asked(self, request: Callable[[JetStreamContext], Awaitable[_T]]) -> _T:
+        """A request that only reads, sent again each `_ATTEMPT_S` it goes unanswered, within the caller's
+        `_call`: while a cluster elects new leaders (a server stopped), the servers drop requests instead of
+        answering them, and a single one would wait out the whole `timeout_s` for nothing."""
+        while True:
+            try:
+                return await request(self._attempt)
+            except nats.errors.TimeoutError:
+                if not self._nc.is_connected:
+                    raise
 
     @contextlib.asynccontextmanager
     async def _call(self, doing: str, limit: float | None = None) -> AsyncIterator[None]:

@@ -36,7 +36,7 @@ from service.registry.jetstream import (
     Update,
 )
 from service.wire.service import flush_subscriptions
-from tests.conftest import WAIT
+from tests.conftest import WAIT, lead
 
 from .conftest import Connect, JetStreamServer
 
@@ -514,3 +514,17 @@ async def test_every_node_of_a_cluster_serves_every_fetch(js_cluster: NatsCluste
             await loader.open()
             for i in range(30):
                 assert await loader.fetch_archive(name, tmp_path / f"{node}-{i}", max_bytes=MiB) == digest
+
+
+async def test_buckets_open_while_the_cluster_elects_the_leaders_of_a_stopped_node(
+    js_cluster: NatsCluster, tmp_path: Path
+) -> None:
+    """A request sent while the cluster elects new leaders is dropped, not answered: sent once, it would wait
+    out the whole time-out and fail. The binds are asked again until JetStream answers."""
+    await published_r3(js_cluster, 0)
+    await lead(js_cluster, 1, (INDEX, ARCHIVES))
+    async with cluster_client(js_cluster, 0) as nc:
+        await anyio.to_thread.run_sync(js_cluster.servers[1].stop)  # not waiting for the cluster to settle
+        loader = RegistryBuckets(nc)
+        await loader.open()
+        assert await loader.get(KEY) == (b"v1", 1)
