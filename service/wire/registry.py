@@ -96,23 +96,33 @@ class RegistryFollower:
         buckets = RegistryBuckets(nc, names, timeout_s=min(_INDEX_TIMEOUT_S, self.config.timeout_s))
         await buckets.open()
         self.releases.buckets = buckets
+        ended: RegistryUnavailable | None = None
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._stop_on_change, seen, tg.cancel_scope)
-            current: list[tuple[str, bytes | None]] = []
-            caught_up = False
-            async with contextlib.aclosing(buckets.watch()) as updates:
-                async for item in updates:
-                    if not isinstance(item, Update):  # caught up: the whole index has been read
-                        caught_up = True
-                        changes = self.releases.replace(current)
-                        self._reachable()
-                        ready()  # the service takes requests from here on; what changed is loaded meanwhile
-                        await self._apply(changes, initial=True)
-                    elif caught_up:
-                        await self._apply(self.releases.apply(item.key, item.value), initial=False)
-                    else:
-                        current.append((item.key, item.value))
-            raise RegistryUnavailable("the index watch ended")
+            try:
+                await self._watch(buckets, ready)
+            except RegistryUnavailable as exc:  # raised out of the task group, it would come in an exception group
+                ended = exc
+            tg.cancel_scope.cancel()
+        if ended is not None:
+            raise ended
+
+    async def _watch(self, buckets: RegistryBuckets, ready: Callable[[], None]) -> None:
+        current: list[tuple[str, bytes | None]] = []
+        caught_up = False
+        async with contextlib.aclosing(buckets.watch()) as updates:
+            async for item in updates:
+                if not isinstance(item, Update):  # caught up: the whole index has been read
+                    caught_up = True
+                    changes = self.releases.replace(current)
+                    self._reachable()
+                    ready()  # the service takes requests from here on; what changed is loaded meanwhile
+                    await self._apply(changes, initial=True)
+                elif caught_up:
+                    await self._apply(self.releases.apply(item.key, item.value), initial=False)
+                else:
+                    current.append((item.key, item.value))
+        raise RegistryUnavailable("the index watch ended")
 
     async def _stop_on_change(self, seen: int, scope: anyio.CancelScope) -> None:
         """A disconnect or reconnect ends this watch: the loop starts a fresh one once connected."""
