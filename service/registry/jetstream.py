@@ -52,6 +52,7 @@ CHUNK_SIZE: Final = 512 * 1024  # below the server's max_payload (1 MB in nats.c
 HISTORY: Final = 16
 _POLL_S: Final = 0.25  # how often a wait looks at the connection: nats-py tells only its own callbacks
 _ATTEMPT_S: Final = 1.0  # a read that JetStream has not answered in this long is sent again (see `_asked`)
+_WATCH_CHECK_S: Final = 1.0  # how often a quiet watch asks whether its consumer is still there
 _CLEANUP_S: Final = 1.0  # a consumer delete that takes longer is left to the consumer's inactivity limit
 _WINDOW_BYTES: Final = 8 * 1024 * 1024  # chunks asked for at once while fetching
 _SLOWEST_BYTES_PER_S: Final = 1024 * 1024  # an archive moving slower than this counts as a link that is down
@@ -231,11 +232,12 @@ class RegistryBuckets:
     async def watch(self) -> AsyncGenerator[Update | CaughtUp, None]:
         """Every key's current value (None for a deleted one), then CAUGHT_UP, then each change as it comes.
 
-        Raises RegistryUnavailable as soon as the connection is lost, even if nats-py then reconnects: the
-        caller waits until it is connected again and calls `watch` anew, which delivers the current values
-        again (what changed meanwhile included) and then CAUGHT_UP. Left to itself, nats-py's ordered consumer
-        would notice only after its missed heartbeats, about 12 s after the reconnect. Close the iterator when
-        done (`contextlib.aclosing`), which stops the consumer.
+        Raises RegistryUnavailable as soon as the connection is lost, even if nats-py then reconnects, and when
+        the watch's consumer is gone while the connection is not (in a cluster it may live on another server,
+        which stopped; asked each `_WATCH_CHECK_S` of quiet): the caller calls `watch` anew (once connected
+        again), which delivers the current values again (what changed meanwhile included) and then CAUGHT_UP.
+        Left to itself, nats-py's ordered consumer would notice only after its missed heartbeats, 10 to 20 s
+        later. Close the iterator when done (`contextlib.aclosing`), which stops the consumer.
         """
         kv = self._index()
         reconnects = self._reconnects()
@@ -250,7 +252,7 @@ class RegistryBuckets:
             if info.state.messages == 0:
                 caught_up = True
                 yield CAUGHT_UP
-            quiet = 0.0
+            quiet = checked = 0.0
             while True:
                 try:
                     entry = await watcher.updates(timeout=_POLL_S)  # type: ignore[no-untyped-call]
@@ -261,8 +263,11 @@ class RegistryBuckets:
                         raise RegistryUnavailable(
                             f"watch the index: the current values did not arrive within {self.timeout_s} s"
                         ) from None
+                    if caught_up and quiet - checked >= _WATCH_CHECK_S:
+                        checked = quiet
+                        await self._check_watch(watcher)
                     continue
-                quiet = 0.0
+                quiet = checked = 0.0
                 if entry is None:
                     continue
                 if not isinstance(entry, KeyValue.Entry):  # the watcher was stopped under us
@@ -276,6 +281,18 @@ class RegistryBuckets:
             if not self._nc.is_closed:
                 with contextlib.suppress(nats.errors.Error):
                     await watcher.stop()  # type: ignore[no-untyped-call]
+
+    async def _check_watch(self, watcher: KeyValue.KeyWatcher) -> None:
+        """RegistryUnavailable when the server does not know the watch's consumer any more, says it is offline
+        (the server holding it stopped), or does not answer."""
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                subscription = watcher._sub  # nats-py keeps the watch's subscription to itself
+                assert subscription is not None
+                await subscription.consumer_info()
+        except (TimeoutError, nats.errors.Error) as exc:
+            why = exc.description if isinstance(exc, nats.js.errors.APIError) else str(exc) or type(exc).__name__
+            raise RegistryUnavailable(f"watch the index: its consumer is gone ({why}); start it again") from None
 
     # --- archives -----------------------------------------------------------------------------------------
 

@@ -5,9 +5,10 @@ goes to the core's `Releases` (which judges trust) and from there to the cache: 
 (`extensions.unloaded`, reason `yanked`); with `auto_update`, a newly published version that is now the
 latest is fetched and loaded ahead of any request (`extensions.loaded`, reason `published`).
 
-The watch is started anew after every reconnect: nats-py's ordered consumer would otherwise resume about 12 s
-late (its heartbeats have to notice first). While JetStream cannot be reached the follower says so (stats, log),
-keeps serving what was fetched, and tries again at each reconnect and every `_RETRY_S` seconds.
+The watch is started anew after every reconnect, and at once when it breaks while the connection holds (in a
+cluster its consumer may be on another server, which stopped): nats-py's ordered consumer would otherwise resume
+10 s or more late (its heartbeats have to notice first). While JetStream cannot be reached the follower says so
+(stats, log), keeps serving what was fetched, and tries again at each reconnect and every `_RETRY_S` seconds.
 """
 
 from __future__ import annotations
@@ -71,14 +72,18 @@ class RegistryFollower:
 
         while True:
             seen = self._connection_changes()
+            applied, broke = self.updates, False
             try:
                 await self._follow(seen, ready)
             except RegistryUnavailable as exc:
                 self._unreachable(str(exc))
+                broke = self.updates > applied  # the watch worked, then broke (its consumer's server stopped)
             except Exception as exc:  # a defect here must not take the requests down with it
                 log.exception("registry: following the index failed; starting again")
                 self._unreachable(f"internal error ({type(exc).__name__}); see the service log")
             ready()
+            if broke and self._client().is_connected:
+                continue  # start it again at once
             with anyio.move_on_after(_RETRY_S):
                 while self._connection_changes() == seen:
                     await self._changed().wait()

@@ -528,3 +528,32 @@ async def test_buckets_open_while_the_cluster_elects_the_leaders_of_a_stopped_no
         loader = RegistryBuckets(nc)
         await loader.open()
         assert await loader.get(KEY) == (b"v1", 1)
+
+
+async def test_a_watch_whose_consumer_s_node_stops_says_so_while_the_connection_holds(
+    js_cluster: NatsCluster,
+) -> None:
+    """nats-py's ordered consumer would go quiet for 10 to 20 s; the watch raises, and a new one carries on."""
+    await published_r3(js_cluster, 0)
+    async with cluster_client(js_cluster, 2) as nc:
+        loader = RegistryBuckets(nc)
+        await loader.open()
+        # The server puts the watch's consumer on one of the three nodes at random: watch again (ten times at
+        # most) until it is on another node than this client's.
+        for _ in range(10):
+            async with aclosing(loader.watch()) as updates:
+                assert await first(updates, 2) == [Update(KEY, b"v1", 1), CAUGHT_UP]
+                (watching,) = [c for c in await nc.jsm().consumers_info(INDEX) if c.push_bound]
+                assert watching.cluster is not None and watching.cluster.leader is not None
+                node = js_cluster.names.index(watching.cluster.leader)
+                if node == 2:
+                    continue
+                await anyio.to_thread.run_sync(js_cluster.stop_node, node)
+                with anyio.fail_after(WAIT), pytest.raises(RegistryUnavailable, match="its consumer is gone"):
+                    await anext(updates)
+                break
+        else:
+            pytest.fail("the watch's consumer was on the client's own node ten times in a row")
+        assert nc.is_connected and nc.stats["reconnects"] == 0
+        async with aclosing(loader.watch()) as updates:
+            assert await first(updates, 2) == [Update(KEY, b"v1", 1), CAUGHT_UP]
