@@ -493,13 +493,15 @@ async def cluster_client(cluster: NatsCluster, node: int) -> AsyncIterator[Clien
 
 
 async def published_r3(cluster: NatsCluster, node: int) -> tuple[str, str]:
-    """Both buckets made with three copies through `node`, a key written and an archive stored: (name, digest)."""
+    """Both buckets made with three copies through `node`, a key written and an archive stored: (name, digest).
+    Returns once every copy is current (a copy still being made has no one to answer a direct read yet)."""
     name, data, digest = archive(3 * CHUNK_SIZE // 2)
     async with cluster_client(cluster, node) as nc:
         publisher = RegistryBuckets(nc)
         await publisher.create(replicas=3)
         await publisher.put(KEY, b"v1", 0)
         await publisher.put_archive(name, data)
+    await anyio.to_thread.run_sync(cluster.wait_settled, (INDEX, ARCHIVES))
     return name, digest
 
 
