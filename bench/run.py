@@ -19,7 +19,10 @@ Phases, in this order, each bounded:
 8. contention: on that tree, a closed loop of cached loads while another client (`bench.churn`, a process of
    its own) sends discovers and cold reloads back to back;
 9. registry fetch (`bench.registry_fetch`, on a JetStream server of its own): one archive read by a bare pull
-   consumer, by `fetch_archive` and by nats-py's `ObjectStore.get`.
+   consumer, by `fetch_archive` and by nats-py's `ObjectStore.get`;
+10. the registry on a cluster (`bench.registry_cluster`, three JetStream nodes of its own, loaders as children):
+   a publish on node 1 until a loader on node 2 announces it (beside a bare Key-Value put on node 1 seen by a
+   watch on node 2), and cold loads from the registry, their fetch included, against the same from disk.
 
 Timings are only reported here, never asserted in tests.
 """
@@ -55,7 +58,7 @@ import service
 from service.app.natsserver import NatsServer, nats_server_binary
 from service.contract.config import NO_AUTH_USER, defaults, inbox_prefix_for
 
-from . import churn, registry_fetch
+from . import churn, registry_cluster, registry_fetch
 from .load import RunStats, closed_loop, medians, summary_ms
 from .procs import Child, command_line, cpu_seconds, descendants, memory_kb, reading_a_pipe, shared_memory_kb
 from .report import judge, render
@@ -76,6 +79,7 @@ LOAD = {"extension_type": "taskserv", "name": "kubernetes", "version": "1.28.0"}
 HEADERS = {"Content-Type": "application/json"}
 READY_WITHIN_S = 30.0
 REQUEST_TIMEOUT_S = 30.0
+SERVER_MAX_PAYLOAD = "8MB"  # the bench's nats-server (the default, and nats.conf's, is 1MB)
 # The limits the service's runner puts on a Nushell run with the default configuration (service/runtime/sandbox.py).
 PRLIMIT = ["--as=536870912", "--cpu=30", "--fsize=67108864", "--nofile=1024", "--core=0", "--"]
 
@@ -104,6 +108,9 @@ class Sizes:
     contention_discover_every_s: float = 0.1  # the other client's pace of discovers; 0: back to back
     registry_bytes: int = registry_fetch.SIZE  # the archive the registry phase reads
     registry_runs: int = registry_fetch.RUNS
+    announce_versions: int = 10  # versions published, each announced by a loader on another node
+    announce_floor_samples: int = 3  # bare Key-Value puts seen by a watch on another node, before each publish
+    registry_cold_loads: int = 15  # distinct versions, each loaded cold from the registry and from disk
 
 
 FULL = Sizes()
@@ -129,6 +136,9 @@ QUICK = Sizes(
     contention_seconds=0.5,
     registry_bytes=600_000,
     registry_runs=1,
+    announce_versions=2,
+    announce_floor_samples=1,
+    registry_cold_loads=2,
 )
 
 
@@ -223,7 +233,12 @@ async def _measure(options: Options, work: Path, logs: Path) -> dict[str, Any]:
     sizes = options.sizes
     out: dict[str, Any] = {}
     children: list[Child] = []
-    server = NatsServer(["-a", "127.0.0.1", "-p", "-1"]).start()
+    # The whole generated tree's discover reply is about 1.2 MB since each extension lists where its versions
+    # come from (`sources`): above nats-server's default max_payload of 1 MB, which the service would refuse.
+    conf = work / "nats-bench.conf"
+    conf.write_text(f"max_payload: {SERVER_MAX_PAYLOAD}\n")
+    server = NatsServer(["-c", str(conf), "-a", "127.0.0.1", "-p", "-1"]).start()
+    out["server_max_payload"] = SERVER_MAX_PAYLOAD
     try:
         echo = _start(children, "echo", [sys.executable, "-m", "bench.echo", server.url, ECHO_SUBJECT], logs)
         echo_ct = _start(
@@ -274,6 +289,7 @@ async def _measure(options: Options, work: Path, logs: Path) -> dict[str, Any]:
     out["registry_fetch"] = await registry_fetch.on_own_server(
         work, size=sizes.registry_bytes, runs=sizes.registry_runs
     )
+    out.update(await registry_cluster.measure(options, work, logs))
     return out
 
 

@@ -1,9 +1,10 @@
 """Fixtures: a real nats-server on a free loopback port, real Nushell, the service in the test's own task.
 
-Nothing here is mocked. `nats_server` starts `nats-server -p -1` and waits for its "Server is ready" line;
-`js_server` is a JetStream server that can be stopped, killed or paused and started again on its port and store;
-`running_service` enters the real `ExtensionService` against it; `events` subscribes before a test acts and
-lets it wait for what arrives, with a bounded time-out, never a sleep.
+Nothing here is mocked. `nats_server` starts `nats-server -p -1` and waits for its "Server is ready" line
+(`js_cluster` starts three, clustered with JetStream); `js_server` is a JetStream server that can be stopped,
+killed or paused and started again on its port and store; `running_service` enters the real `ExtensionService`
+against it; `events` subscribes before a test acts and lets it wait for what arrives, with a bounded time-out,
+never a sleep.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.to_thread
 import msgspec
 import nats
 import pytest
@@ -31,7 +33,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from service.app.client import LoaderClient
-from service.app.natsserver import NatsServer
+from service.app.natsserver import NatsCluster, NatsServer
 from service.app.publishing import prepare, publish
 from service.app.serve import build_manager, service_version
 from service.contract.config import Config, load_config
@@ -82,6 +84,37 @@ def project_requirements(extras: Iterable[str] | None = None) -> list[Requiremen
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+@pytest.fixture
+def js_cluster(tmp_path: Path) -> Iterator[NatsCluster]:
+    """Three clustered nats-servers with JetStream on free loopback ports (`node-1` .. `node-3`), ready once
+    JetStream has a metadata leader current with the two others."""
+    with NatsCluster(tmp_path / "cluster", 3) as cluster:
+        yield cluster
+
+
+async def lead(cluster: NatsCluster, node: int, streams: Iterable[str]) -> None:
+    """Moves the leadership of `streams` to `node` (a stream leader step-down that names the one to prefer),
+    then waits until the cluster is settled with `node` leading each."""
+    name = cluster.names[node]
+    streams = list(streams)
+    nc = await nats.connect(cluster.servers[node].url, allow_reconnect=False, max_reconnect_attempts=0)
+    try:
+        js = nc.jetstream()
+        for stream in streams:
+            info = await js.stream_info(stream)
+            assert info.cluster is not None
+            if info.cluster.leader != name:
+                body = msgspec.json.encode({"placement": {"preferred": name}})
+                reply = await nc.request(f"$JS.API.STREAM.LEADER.STEPDOWN.{stream}", body, timeout=WAIT)
+                assert msgspec.json.decode(reply.data).get("success") is True, reply.data
+        await anyio.to_thread.run_sync(cluster.wait_settled, streams)
+        for stream in streams:
+            info = await js.stream_info(stream)
+            assert info.cluster is not None and info.cluster.leader == name, (stream, info.cluster)
+    finally:
+        await nc.close()
 
 
 @pytest.fixture
@@ -423,9 +456,9 @@ def registry_settings(*keys: str, auto_update: bool = False, **more: Any) -> dic
     }
 
 
-async def publish_folder(nc: Client, folder: Path, signer: Signer, config: Config) -> Release:
-    """Publishes one extension folder as `extension-loader publish` does; returns its index entry."""
+async def publish_folder(nc: Client, folder: Path, signer: Signer, config: Config, *, replicas: int = 1) -> Release:
+    """Publishes one extension folder as `extension-loader publish --replicas N` does; returns its index entry."""
     buckets = RegistryBuckets(nc)
-    await buckets.create()
+    await buckets.create(replicas=replicas)
     outcome = await publish(buckets, await prepare(folder, signer, config))
     return outcome.release

@@ -4,7 +4,8 @@
     serve.py       assembles the parts from a configuration and runs them until a signal says stop
     client.py      LoaderClient, the small client the command line and the tests use
     telemetry.py   which tracing, metrics and logging providers this process installs
-    natsserver.py  a local nats-server, for `extension-loader dev` and the tests
+    natsserver.py  a local nats-server (or a JetStream cluster of them), for `extension-loader dev`, the tests
+                   and the benchmark
     schemas.py     writes schemas/ from the contract's structs
 
 The only layer that reads the environment and the command line. It may use every layer below it.

@@ -3,7 +3,10 @@ compare-and-set) and the archives (Object Store, one object per archive), each c
 
 The publisher calls `create`, loaders `open`. Every call looks at the connection first and gives up after
 `timeout_s`, so a loader whose server is gone fails at once instead of waiting out nats-py's own time-outs
-(a KV get on a dead connection waits 5 s). nats-py's errors become three of ours, each saying what to do:
+(a KV get on a dead connection waits 5 s). The reads that bind the buckets and size the index before a watch
+are sent again each second they go unanswered within that bound: while a cluster elects new leaders (a node
+stopped), its servers drop requests rather than answer them. nats-py's errors become three of ours, each
+saying what to do:
 
     RegistryError
     +-- RegistryUnavailable   not connected, a bucket missing, no answer in time, permission refused
@@ -33,7 +36,7 @@ import threading
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, ClassVar, Final
+from typing import IO, Any, ClassVar, Final, TypeVar
 
 import msgspec
 import nats.errors
@@ -41,18 +44,22 @@ import nats.js.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
-from nats.js import api
+from nats.js import JetStreamContext, api
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 from nats.js.object_store import ObjectStore
 
 CHUNK_SIZE: Final = 512 * 1024  # below the server's max_payload (1 MB in nats.conf); puts faster than 128 KiB
 HISTORY: Final = 16
 _POLL_S: Final = 0.25  # how often a wait looks at the connection: nats-py tells only its own callbacks
+_ATTEMPT_S: Final = 1.0  # a read that JetStream has not answered in this long is sent again (see `_asked`)
+_WATCH_CHECK_S: Final = 1.0  # how often a quiet watch asks whether its consumer is still there
 _CLEANUP_S: Final = 1.0  # a consumer delete that takes longer is left to the consumer's inactivity limit
 _WINDOW_BYTES: Final = 8 * 1024 * 1024  # chunks asked for at once while fetching
 _SLOWEST_BYTES_PER_S: Final = 1024 * 1024  # an archive moving slower than this counts as a link that is down
 _KEY = re.compile(r"[-/_=a-zA-Z0-9]+(\.[-/_=a-zA-Z0-9]+)*")  # nats-py lets "a..b" through, then times out
 _DIGEST_PREFIX: Final = "SHA-256="
+_T = TypeVar("_T")
+_NO_RESPONDERS: Final = "503"  # the status of a request no subscriber took
 _STREAM_NOT_FOUND: Final = 10059
 _STREAM_NAME_IN_USE: Final = 10058
 
@@ -150,6 +157,7 @@ class RegistryBuckets:
         self.timeout_s = timeout_s
         self._nc = nc
         self._js = nc.jetstream(timeout=timeout_s)
+        self._attempt = nc.jetstream(timeout=min(_ATTEMPT_S, timeout_s))  # for `_asked`
         self._kv: KeyValue | None = None
         self._obs: ObjectStore | None = None
         self._consumer_idle_s = max(10.0, 2 * timeout_s)
@@ -167,6 +175,8 @@ class RegistryBuckets:
         """For loaders: binds to both buckets, creating nothing; RegistryUnavailable names any that is missing."""
         missing: list[str] = []
         async with self._call("open the registry buckets"):
+            for stream in (f"KV_{self.names.index}", f"OBJ_{self.names.archives}"):
+                await self._stream_answers(stream)
             try:
                 self._kv = await self._js.key_value(self.names.index)
             except nats.js.errors.BucketNotFoundError:
@@ -223,11 +233,12 @@ class RegistryBuckets:
     async def watch(self) -> AsyncGenerator[Update | CaughtUp, None]:
         """Every key's current value (None for a deleted one), then CAUGHT_UP, then each change as it comes.
 
-        Raises RegistryUnavailable as soon as the connection is lost, even if nats-py then reconnects: the
-        caller waits until it is connected again and calls `watch` anew, which delivers the current values
-        again (what changed meanwhile included) and then CAUGHT_UP. Left to itself, nats-py's ordered consumer
-        would notice only after its missed heartbeats, about 12 s after the reconnect. Close the iterator when
-        done (`contextlib.aclosing`), which stops the consumer.
+        Raises RegistryUnavailable as soon as the connection is lost, even if nats-py then reconnects, and when
+        the watch's consumer is gone while the connection is not (in a cluster it may live on another server,
+        which stopped; asked each `_WATCH_CHECK_S` of quiet): the caller calls `watch` anew (once connected
+        again), which delivers the current values again (what changed meanwhile included) and then CAUGHT_UP.
+        Left to itself, nats-py's ordered consumer would notice only after its missed heartbeats, 10 to 20 s
+        later. Close the iterator when done (`contextlib.aclosing`), which stops the consumer.
         """
         kv = self._index()
         reconnects = self._reconnects()
@@ -235,14 +246,14 @@ class RegistryBuckets:
             # nats-py's own "caught up" marker (None) can come before values already on their way: it asks
             # the consumer what is pending, which leaves out what was sent and not yet read. The marker here
             # comes at once for an empty index, else with the first value that has nothing pending behind it.
-            info = await self._js.stream_info(f"KV_{self.names.index}")
+            info = await self._asked(lambda js: js.stream_info(f"KV_{self.names.index}"))
             watcher = await kv.watchall()
         try:
             caught_up = False
             if info.state.messages == 0:
                 caught_up = True
                 yield CAUGHT_UP
-            quiet = 0.0
+            quiet = checked = 0.0
             while True:
                 try:
                     entry = await watcher.updates(timeout=_POLL_S)  # type: ignore[no-untyped-call]
@@ -253,8 +264,11 @@ class RegistryBuckets:
                         raise RegistryUnavailable(
                             f"watch the index: the current values did not arrive within {self.timeout_s} s"
                         ) from None
+                    if caught_up and quiet - checked >= _WATCH_CHECK_S:
+                        checked = quiet
+                        await self._check_watch(watcher)
                     continue
-                quiet = 0.0
+                quiet = checked = 0.0
                 if entry is None:
                     continue
                 if not isinstance(entry, KeyValue.Entry):  # the watcher was stopped under us
@@ -268,6 +282,18 @@ class RegistryBuckets:
             if not self._nc.is_closed:
                 with contextlib.suppress(nats.errors.Error):
                     await watcher.stop()  # type: ignore[no-untyped-call]
+
+    async def _check_watch(self, watcher: KeyValue.KeyWatcher) -> None:
+        """RegistryUnavailable when the server does not know the watch's consumer any more, says it is offline
+        (the server holding it stopped), or does not answer."""
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                subscription = watcher._sub  # nats-py keeps the watch's subscription to itself
+                assert subscription is not None
+                await subscription.consumer_info()
+        except (TimeoutError, nats.errors.Error) as exc:
+            why = exc.description if isinstance(exc, nats.js.errors.APIError) else str(exc) or type(exc).__name__
+            raise RegistryUnavailable(f"watch the index: its consumer is gone ({why}); start it again") from None
 
     # --- archives -----------------------------------------------------------------------------------------
 
@@ -353,16 +379,26 @@ class RegistryBuckets:
             per_chunk = (meta.options.max_chunk_size if meta.options else None) or -(-size // chunks)
             window = max(1, _WINDOW_BYTES // max(per_chunk, 1))
             reconnects = self._reconnects()
+            unanswered = 0
             async with self._call(doing, limit), self._chunk_consumer(meta.nuid) as (sub, pull):
                 while received < chunks:
                     batch = min(window, chunks - received)
                     await pull(batch)
                     for _ in range(batch):
                         msg = await self._next(sub, doing, reconnects)
-                        if msg.headers and "Status" in msg.headers:  # 404: no more chunks
+                        headers = msg.headers
+                        status = headers.get("Status") if headers else None
+                        if status == _NO_RESPONDERS:
+                            # In a cluster the consumer may live on another server that has not yet told this
+                            # one of it (or is gone): no one took the request. Ask again, a little later each
+                            # time, for up to timeout_s.
+                            unanswered += 1
+                            await self._pause_unanswered(doing, unanswered)
+                            break
+                        if status is not None:  # 404: no more chunks
                             raise RegistryUnavailable(
                                 f"archive {name!r} is not whole: {received} of its {chunks} chunks are in the bucket "
-                                f"(status {msg.headers.get('Status')}); publish it again"
+                                f"(status {status}); publish it again"
                             )
                         total += len(msg.data)
                         if total > size:  # and size is at most max_bytes
@@ -373,6 +409,17 @@ class RegistryBuckets:
             raise RegistryUnavailable(
                 f"archive {name!r} is not whole: {total} of its {size} bytes are in the bucket; publish it again"
             )
+
+    async def _pause_unanswered(self, doing: str, times: int) -> None:
+        """The pause before asking again a consumer that no one answered for (status 503): 1 ms, doubling up to
+        `_POLL_S`; RegistryUnavailable once such pauses add up to `timeout_s`."""
+        waited = sum(min(_POLL_S, 0.001 * 2**n) for n in range(times - 1))
+        if waited >= self.timeout_s:
+            raise RegistryUnavailable(
+                f"{doing}: no server answered for its consumer within {self.timeout_s} s (status 503): "
+                "the server holding it may have stopped; try again"
+            )
+        await asyncio.sleep(min(_POLL_S, 0.001 * 2 ** (times - 1)))
 
     @contextlib.asynccontextmanager
     async def _chunk_consumer(self, nuid: str) -> AsyncIterator[tuple[Subscription, Callable[[int], Awaitable[None]]]]:
@@ -447,6 +494,26 @@ class RegistryBuckets:
         return None if meta.deleted else meta
 
     # --- the connection and nats-py's errors ------------------------------------------------------------
+
+    async def _stream_answers(self, stream: str) -> None:
+        """Returns once JetStream answers for `stream`, whether it is there or not (see `_asked`)."""
+
+        async def info(js: JetStreamContext) -> None:
+            with contextlib.suppress(nats.js.errors.NotFoundError):  # the caller's bind says which is missing
+                await js.stream_info(stream)
+
+        await self._asked(info)
+
+    async def _asked(self, request: Callable[[JetStreamContext], Awaitable[_T]]) -> _T:
+        """A request that only reads, sent again each `_ATTEMPT_S` it goes unanswered, within the caller's
+        `_call`: while a cluster elects new leaders (a server stopped), the servers drop requests instead of
+        answering them, and a single one would wait out the whole `timeout_s` for nothing."""
+        while True:
+            try:
+                return await request(self._attempt)
+            except nats.errors.TimeoutError:
+                if not self._nc.is_connected:
+                    raise
 
     @contextlib.asynccontextmanager
     async def _call(self, doing: str, limit: float | None = None) -> AsyncIterator[None]:

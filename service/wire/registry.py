@@ -5,9 +5,10 @@ goes to the core's `Releases` (which judges trust) and from there to the cache: 
 (`extensions.unloaded`, reason `yanked`); with `auto_update`, a newly published version that is now the
 latest is fetched and loaded ahead of any request (`extensions.loaded`, reason `published`).
 
-The watch is started anew after every reconnect: nats-py's ordered consumer would otherwise resume about 12 s
-late (its heartbeats have to notice first). While JetStream cannot be reached the follower says so (stats, log),
-keeps serving what was fetched, and tries again at each reconnect and every `_RETRY_S` seconds.
+The watch is started anew after every reconnect, and at once when it breaks while the connection holds (in a
+cluster its consumer may be on another server, which stopped): nats-py's ordered consumer would otherwise resume
+10 s or more late (its heartbeats have to notice first). While JetStream cannot be reached the follower says so
+(stats, log), keeps serving what was fetched, and tries again at each reconnect and every `_RETRY_S` seconds.
 """
 
 from __future__ import annotations
@@ -71,14 +72,18 @@ class RegistryFollower:
 
         while True:
             seen = self._connection_changes()
+            applied, broke = self.updates, False
             try:
                 await self._follow(seen, ready)
             except RegistryUnavailable as exc:
                 self._unreachable(str(exc))
+                broke = self.updates > applied  # the watch worked, then broke (its consumer's server stopped)
             except Exception as exc:  # a defect here must not take the requests down with it
                 log.exception("registry: following the index failed; starting again")
                 self._unreachable(f"internal error ({type(exc).__name__}); see the service log")
             ready()
+            if broke and self._client().is_connected:
+                continue  # start it again at once
             with anyio.move_on_after(_RETRY_S):
                 while self._connection_changes() == seen:
                     await self._changed().wait()
@@ -96,23 +101,33 @@ class RegistryFollower:
         buckets = RegistryBuckets(nc, names, timeout_s=min(_INDEX_TIMEOUT_S, self.config.timeout_s))
         await buckets.open()
         self.releases.buckets = buckets
+        ended: RegistryUnavailable | None = None
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._stop_on_change, seen, tg.cancel_scope)
-            current: list[tuple[str, bytes | None]] = []
-            caught_up = False
-            async with contextlib.aclosing(buckets.watch()) as updates:
-                async for item in updates:
-                    if not isinstance(item, Update):  # caught up: the whole index has been read
-                        caught_up = True
-                        changes = self.releases.replace(current)
-                        self._reachable()
-                        ready()  # the service takes requests from here on; what changed is loaded meanwhile
-                        await self._apply(changes, initial=True)
-                    elif caught_up:
-                        await self._apply(self.releases.apply(item.key, item.value), initial=False)
-                    else:
-                        current.append((item.key, item.value))
-            raise RegistryUnavailable("the index watch ended")
+            try:
+                await self._watch(buckets, ready)
+            except RegistryUnavailable as exc:  # raised out of the task group, it would come in an exception group
+                ended = exc
+            tg.cancel_scope.cancel()
+        if ended is not None:
+            raise ended
+
+    async def _watch(self, buckets: RegistryBuckets, ready: Callable[[], None]) -> None:
+        current: list[tuple[str, bytes | None]] = []
+        caught_up = False
+        async with contextlib.aclosing(buckets.watch()) as updates:
+            async for item in updates:
+                if not isinstance(item, Update):  # caught up: the whole index has been read
+                    caught_up = True
+                    changes = self.releases.replace(current)
+                    self._reachable()
+                    ready()  # the service takes requests from here on; what changed is loaded meanwhile
+                    await self._apply(changes, initial=True)
+                elif caught_up:
+                    await self._apply(self.releases.apply(item.key, item.value), initial=False)
+                else:
+                    current.append((item.key, item.value))
+        raise RegistryUnavailable("the index watch ended")
 
     async def _stop_on_change(self, seen: int, scope: anyio.CancelScope) -> None:
         """A disconnect or reconnect ends this watch: the loop starts a fresh one once connected."""

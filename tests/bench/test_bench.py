@@ -14,7 +14,17 @@ from typing import Any
 import pytest
 
 from bench.load import percentile, summary_ms
-from bench.report import COLD_TARGET, P99_TARGET_US, RATIO_TARGET, RSS_TARGET_MB, judge, render
+from bench.report import (
+    ANNOUNCE_TARGET_MS,
+    COLD_TARGET,
+    P99_TARGET_US,
+    RATIO_TARGET,
+    REGISTRY_COLD_TARGET,
+    RSS_TARGET_MB,
+    judge,
+    judge_registry,
+    render,
+)
 from bench.run import QUICK, quick
 
 
@@ -51,6 +61,9 @@ def test_quick_run_writes_every_section(tmp_path: Path) -> None:
         "contention",
         "burst",
         "spare_memory",
+        "registry_fetch",
+        "registry_announce",
+        "registry_cold_load",
     )
     for section in (*sections, "targets"):
         assert section in result, section
@@ -115,6 +128,22 @@ def test_quick_run_writes_every_section(tmp_path: Path) -> None:
     # Each loop of the other client finishes the request it waits on when told to stop: one of each at least.
     assert contention["other_client"]["discovers"] >= 1 and contention["other_client"]["reloads"] >= 1
     assert contention["other_client"]["errors"] == 0
+
+    announce = result["registry_announce"]
+    assert announce["versions"] == QUICK.announce_versions and announce["replicas"] == 3
+    for key in ("announce", "publish", "loader_load", "prepare"):
+        _positive(announce[key], "p50_ms", "p90_ms")
+    assert announce["announce"]["n"] == QUICK.announce_versions
+    assert announce["announce"]["p50_ms"] >= announce["publish"]["p50_ms"]  # publish() is part of it
+    assert announce["floor_kv_put_to_watch"]["n"] == QUICK.announce_versions * QUICK.announce_floor_samples
+    _positive(announce["floor_kv_put_to_watch"], "p50_ms")
+    cold_registry = result["registry_cold_load"]
+    assert cold_registry["loads"] == cold_registry["fetched"] == QUICK.registry_cold_loads
+    for key in ("registry", "disk", "registry_load", "disk_load"):
+        assert cold_registry[key]["n"] == QUICK.registry_cold_loads, key
+        _positive(cold_registry[key], "p50_ms")
+    _positive(cold_registry, "ratio")
+    assert {v.name for v in judge_registry(result)} <= names and len(judge_registry(result)) == 2
 
     assert "cached load p99 while discovers and cold loads run" in names
     assert any(n.startswith("repeated discover") for n in names) and any("--with-dependencies" in n for n in names)
@@ -190,3 +219,47 @@ def test_a_figure_past_its_goal_misses_that_target_alone(past_the_goal: dict[str
     verdicts = judge(figures(**past_the_goal))
     assert {v.name for v in verdicts if not v.passed} == missed
     assert len(verdicts) == 6
+
+
+ANNOUNCE = "publish on node 1 to `extensions.loaded` (published) from a loader on node 2"
+REGISTRY_COLD = "cold load from the registry (fetch included) / from disk"
+
+
+def registry_figures(
+    *, announce_ms: float = ANNOUNCE_TARGET_MS - 0.1, ratio: float = REGISTRY_COLD_TARGET
+) -> dict[str, Any]:
+    """The part of a result that `judge_registry` reads; by default each figure at its goal."""
+
+    def summary(p50: float) -> dict[str, float]:
+        return {"n": 10, "p50_ms": p50, "p90_ms": p50 * 1.2}
+
+    return {
+        "registry_announce": {
+            "announce": summary(announce_ms),
+            "publish": summary(10.0),
+            "floor_kv_put_to_watch": summary(1.5),
+        },
+        "registry_cold_load": {"loads": 15, "ratio": ratio, "registry": summary(30.0), "disk": summary(20.0)},
+    }
+
+
+def test_registry_figures_at_their_goals_pass() -> None:
+    assert {v.name: v.passed for v in judge_registry(registry_figures())} == {ANNOUNCE: True, REGISTRY_COLD: True}
+    assert [v.name for v in judge({**figures(), **registry_figures()})][-2:] == [ANNOUNCE, REGISTRY_COLD]
+
+
+@pytest.mark.parametrize(
+    ("past_the_goal", "missed"),
+    [
+        ({"announce_ms": ANNOUNCE_TARGET_MS}, {ANNOUNCE}),
+        ({"announce_ms": 0.0}, {ANNOUNCE}),  # no figure is no pass
+        ({"ratio": REGISTRY_COLD_TARGET + 0.01}, {REGISTRY_COLD}),
+        ({"ratio": 0.0}, {REGISTRY_COLD}),
+    ],
+    ids=["announce", "no announce figure", "cold ratio", "no cold ratio"],
+)
+def test_a_registry_figure_past_its_goal_misses_that_target_alone(
+    past_the_goal: dict[str, Any], missed: set[str]
+) -> None:
+    verdicts = judge_registry(registry_figures(**past_the_goal))
+    assert {v.name for v in verdicts if not v.passed} == missed

@@ -11,17 +11,19 @@ import base64
 import hashlib
 import json
 import random
-from collections.abc import AsyncGenerator, Awaitable, Callable
-from contextlib import aclosing
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from contextlib import aclosing, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.to_thread
+import nats
 import pytest
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from service.app.natsserver import NatsServer
+from service.app.natsserver import NatsCluster, NatsServer
 from service.registry.jetstream import (
     CAUGHT_UP,
     CHUNK_SIZE,
@@ -34,7 +36,7 @@ from service.registry.jetstream import (
     Update,
 )
 from service.wire.service import flush_subscriptions
-from tests.conftest import WAIT, JetStreamServer
+from tests.conftest import WAIT, JetStreamServer, lead
 
 from .conftest import Connect
 
@@ -475,3 +477,85 @@ async def test_a_read_only_loader_reads_and_is_told_that_writing_is_refused(tmp_
         for write in writes:
             with anyio.fail_after(loader.timeout_s + 2), pytest.raises(RegistryUnavailable, match="refused permission"):
                 await write()
+
+
+# --- a cluster ----------------------------------------------------------------------------------------------
+
+
+@asynccontextmanager
+async def cluster_client(cluster: NatsCluster, node: int) -> AsyncIterator[Client]:
+    """A client of one node of the cluster, which stays on it."""
+    nc = await nats.connect(cluster.servers[node].url, allow_reconnect=False, max_reconnect_attempts=0)
+    try:
+        yield nc
+    finally:
+        await nc.close()
+
+
+async def published_r3(cluster: NatsCluster, node: int) -> tuple[str, str]:
+    """Both buckets made with three copies through `node`, a key written and an archive stored: (name, digest).
+    Returns once every copy is current (a copy still being made has no one to answer a direct read yet)."""
+    name, data, digest = archive(3 * CHUNK_SIZE // 2)
+    async with cluster_client(cluster, node) as nc:
+        publisher = RegistryBuckets(nc)
+        await publisher.create(replicas=3)
+        await publisher.put(KEY, b"v1", 0)
+        await publisher.put_archive(name, data)
+    await anyio.to_thread.run_sync(cluster.wait_settled, (INDEX, ARCHIVES))
+    return name, digest
+
+
+async def test_every_node_of_a_cluster_serves_every_fetch(js_cluster: NatsCluster, tmp_path: Path) -> None:
+    """The fetch's consumer is on any of the stream's nodes; the node a loader is on may not know of it yet when
+    the first request for chunks comes (status 503, no one took it). That is asked again, not taken for an
+    archive that is not whole."""
+    name, digest = await published_r3(js_cluster, 0)
+    for node in range(3):
+        async with cluster_client(js_cluster, node) as nc:
+            loader = RegistryBuckets(nc)
+            await loader.open()
+            for i in range(30):
+                assert await loader.fetch_archive(name, tmp_path / f"{node}-{i}", max_bytes=MiB) == digest
+
+
+async def test_buckets_open_while_the_cluster_elects_the_leaders_of_a_stopped_node(
+    js_cluster: NatsCluster, tmp_path: Path
+) -> None:
+    """A request sent while the cluster elects new leaders is dropped, not answered: sent once, it would wait
+    out the whole time-out and fail. The binds are asked again until JetStream answers."""
+    await published_r3(js_cluster, 0)
+    await lead(js_cluster, 1, (INDEX, ARCHIVES))
+    async with cluster_client(js_cluster, 0) as nc:
+        await anyio.to_thread.run_sync(js_cluster.servers[1].stop)  # not waiting for the cluster to settle
+        loader = RegistryBuckets(nc)
+        await loader.open()
+        assert await loader.get(KEY) == (b"v1", 1)
+
+
+async def test_a_watch_whose_consumer_s_node_stops_says_so_while_the_connection_holds(
+    js_cluster: NatsCluster,
+) -> None:
+    """nats-py's ordered consumer would go quiet for 10 to 20 s; the watch raises, and a new one carries on."""
+    await published_r3(js_cluster, 0)
+    async with cluster_client(js_cluster, 2) as nc:
+        loader = RegistryBuckets(nc)
+        await loader.open()
+        # The server puts the watch's consumer on one of the three nodes at random: watch again (ten times at
+        # most) until it is on another node than this client's.
+        for _ in range(10):
+            async with aclosing(loader.watch()) as updates:
+                assert await first(updates, 2) == [Update(KEY, b"v1", 1), CAUGHT_UP]
+                (watching,) = [c for c in await nc.jsm().consumers_info(INDEX) if c.push_bound]
+                assert watching.cluster is not None and watching.cluster.leader is not None
+                node = js_cluster.names.index(watching.cluster.leader)
+                if node == 2:
+                    continue
+                await anyio.to_thread.run_sync(js_cluster.stop_node, node)
+                with anyio.fail_after(WAIT), pytest.raises(RegistryUnavailable, match="its consumer is gone"):
+                    await anext(updates)
+                break
+        else:
+            pytest.fail("the watch's consumer was on the client's own node ten times in a row")
+        assert nc.is_connected and nc.stats["reconnects"] == 0
+        async with aclosing(loader.watch()) as updates:
+            assert await first(updates, 2) == [Update(KEY, b"v1", 1), CAUGHT_UP]
