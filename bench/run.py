@@ -79,7 +79,6 @@ LOAD = {"extension_type": "taskserv", "name": "kubernetes", "version": "1.28.0"}
 HEADERS = {"Content-Type": "application/json"}
 READY_WITHIN_S = 30.0
 REQUEST_TIMEOUT_S = 30.0
-SERVER_MAX_PAYLOAD = "8MB"  # the bench's nats-server (the default, and nats.conf's, is 1MB)
 # The limits the service's runner puts on a Nushell run with the default configuration (service/runtime/sandbox.py).
 PRLIMIT = ["--as=536870912", "--cpu=30", "--fsize=67108864", "--nofile=1024", "--core=0", "--"]
 
@@ -233,12 +232,7 @@ async def _measure(options: Options, work: Path, logs: Path) -> dict[str, Any]:
     sizes = options.sizes
     out: dict[str, Any] = {}
     children: list[Child] = []
-    # The whole generated tree's discover reply is about 1.2 MB since each extension lists where its versions
-    # come from (`sources`): above nats-server's default max_payload of 1 MB, which the service would refuse.
-    conf = work / "nats-bench.conf"
-    conf.write_text(f"max_payload: {SERVER_MAX_PAYLOAD}\n")
-    server = NatsServer(["-c", str(conf), "-a", "127.0.0.1", "-p", "-1"]).start()
-    out["server_max_payload"] = SERVER_MAX_PAYLOAD
+    server = NatsServer(["-a", "127.0.0.1", "-p", "-1"]).start()
     try:
         echo = _start(children, "echo", [sys.executable, "-m", "bench.echo", server.url, ECHO_SUBJECT], logs)
         echo_ct = _start(
