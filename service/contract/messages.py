@@ -198,7 +198,7 @@ class VersionSource(Struct, frozen=True, kw_only=True):
     ] = True
 
 
-class Available(Struct, frozen=True, kw_only=True):
+class Available(Struct, frozen=True, kw_only=True, omit_defaults=True):
     extension_type: ExtensionType
     name: str
     versions: Annotated[
@@ -209,7 +209,10 @@ class Available(Struct, frozen=True, kw_only=True):
     ]
     sources: Annotated[
         tuple[VersionSource, ...],
-        Meta(description="every version, yanked ones included, newest first, with where it comes from"),
+        Meta(
+            description="every version, yanked ones included, newest first, with where it comes from; "
+            "absent when every version is on this instance's disk (none comes from the registry)"
+        ),
     ] = ()
 
 

@@ -372,14 +372,21 @@ def _listed(extension_type: ExtensionType, name: str, versions: dict[str, Versio
     # Only pre-releases: none of them is latest (a load must name one), but each stays listed.
     latest = Constraint.parse(None).best(good)
     latest_meta = versions[latest].require_metadata() if latest is not None else None
-    sources = tuple(
-        VersionSource(
-            version=v,
-            source=versions[v].source,
-            yanked=versions[v].yanked,
-            trusted=versions[v].untrusted is None,
+    # Only where the registry has a part: a name whose versions are all on disk lists none (omitted from the
+    # reply), so a large tree's discover stays the size it was.
+    plain = all(versions[v].source == "disk" for v in readable)
+    sources = (
+        ()
+        if plain
+        else tuple(
+            VersionSource(
+                version=v,
+                source=versions[v].source,
+                yanked=versions[v].yanked,
+                trusted=versions[v].untrusted is None,
+            )
+            for v in readable
         )
-        for v in readable
     )
     return Available(
         extension_type=extension_type, name=name, versions=tuple(good), latest=latest_meta, sources=sources
