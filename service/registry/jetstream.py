@@ -45,6 +45,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext, api
+from nats.js.api import RawStreamMsg
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 from nats.js.object_store import ObjectStore
 
@@ -55,6 +56,7 @@ _ATTEMPT_S: Final = 1.0  # a read that JetStream has not answered in this long i
 _WATCH_CHECK_S: Final = 1.0  # how often a quiet watch asks whether its consumer is still there
 _CLEANUP_S: Final = 1.0  # a consumer delete that takes longer is left to the consumer's inactivity limit
 _WINDOW_BYTES: Final = 8 * 1024 * 1024  # chunks asked for at once while fetching
+_FEW_CHUNKS: Final = 4  # up to this many chunks an archive is read a get at a time, with no consumer
 _SLOWEST_BYTES_PER_S: Final = 1024 * 1024  # an archive moving slower than this counts as a link that is down
 _KEY = re.compile(r"[-/_=a-zA-Z0-9]+(\.[-/_=a-zA-Z0-9]+)*")  # nats-py lets "a..b" through, then times out
 _DIGEST_PREFIX: Final = "SHA-256="
@@ -374,7 +376,21 @@ class RegistryBuckets:
     async def _receive_chunks(self, name: str, meta: _ObjectMeta, put: Callable[[bytes], None], limit: float) -> None:
         size, chunks = meta.size or 0, meta.chunks or 0
         received = total = 0
-        if chunks:
+        if 0 < chunks <= _FEW_CHUNKS:
+            # Most extensions are one chunk: a get per chunk (one round trip each) costs less than making,
+            # pulling from and deleting a consumer (three, each through the cluster's leaders).
+            async with self._call(f"read archive {name!r}", limit):
+                sequence = 0
+                for _ in range(chunks):
+                    chunk = await self._chunk_after(name, meta.nuid, sequence, received, chunks)
+                    data = chunk.data or b""
+                    total += len(data)
+                    if total > size:
+                        raise ArchiveTooLarge(name, total, size, announced=True)
+                    put(data)
+                    received += 1
+                    sequence = (chunk.seq or 0) + 1
+        elif chunks:
             doing = f"read archive {name!r}"
             per_chunk = (meta.options.max_chunk_size if meta.options else None) or -(-size // chunks)
             window = max(1, _WINDOW_BYTES // max(per_chunk, 1))
@@ -409,6 +425,17 @@ class RegistryBuckets:
             raise RegistryUnavailable(
                 f"archive {name!r} is not whole: {total} of its {size} bytes are in the bucket; publish it again"
             )
+
+    async def _chunk_after(self, name: str, nuid: str, sequence: int, received: int, chunks: int) -> RawStreamMsg:
+        """The first chunk of the object at or after `sequence` in its stream."""
+        subject = f"$O.{self.names.archives}.C.{nuid}"
+        stream = f"OBJ_{self.names.archives}"
+        try:
+            return await self._asked(lambda js: js.get_msg(stream, seq=sequence, subject=subject, next=True))
+        except nats.js.errors.NotFoundError:
+            raise RegistryUnavailable(
+                f"archive {name!r} is not whole: {received} of its {chunks} chunks are in the bucket; publish it again"
+            ) from None
 
     async def _pause_unanswered(self, doing: str, times: int) -> None:
         """The pause before asking again a consumer that no one answered for (status 503): 1 ms, doubling up to
