@@ -40,6 +40,9 @@ from .store import VersionInfo
 log = logging.getLogger(__name__)
 
 _Name = tuple[ExtensionType, str]
+# An archive up to this size is unpacked on the event loop (well under a millisecond): on a busy machine the trip
+# to a worker thread and back took longer than the work.
+_SMALL_ARCHIVE = 64 * 1024
 
 
 @dataclass(slots=True)
@@ -273,27 +276,40 @@ class Releases:
         if info.path.is_dir():
             return tree
         archive = self._archive(release)
-        if not archive.is_file():
-            await self._download(info, release, archive)
-        digest = await anyio.to_thread.run_sync(digest_file, archive)
-        if digest != release.digest:  # a kept archive changed on this disk
-            archive.unlink(missing_ok=True)
-            raise self._refuse(info, release, f"the kept archive's bytes are {digest}, not the signed {release.digest}")
+        kept = archive.is_file()
+        if not kept:
+            await self._download(info, release, archive)  # its bytes are checked against the digest on the way
         try:
-            await anyio.to_thread.run_sync(self._unpack, archive, info.path)
+            # One trip to a worker thread: a kept archive checked again (it may have changed on this disk), then
+            # the archive unpacked.
+            expected = release.digest if kept else None
+            if release.size <= _SMALL_ARCHIVE:
+                digest = self._unpack(archive, info.path, expected)
+            else:
+                digest = await anyio.to_thread.run_sync(self._unpack, archive, info.path, expected)
         except ArchiveRefused as exc:
             raise self._broken(info, release, exc.reason) from None
+        if digest is not None:
+            archive.unlink(missing_ok=True)
+            raise self._refuse(info, release, f"the kept archive's bytes are {digest}, not the signed {release.digest}")
         return tree
 
-    def _unpack(self, archive: Path, folder: Path) -> None:
+    def _unpack(self, archive: Path, folder: Path, expected: str | None) -> str | None:
+        """Unpacks the archive into `folder`, after checking that it holds the `expected` digest where one is
+        given; returns the digest it holds instead when that differs (then nothing is unpacked), else None."""
+        if expected is not None:
+            digest = digest_file(archive)
+            if digest != expected:
+                return digest
         if folder.is_dir():  # another load unpacked it meanwhile
-            return
+            return None
         try:
             with contextlib.suppress(FileExistsError):
                 unpack(archive, folder, self.limits)
         except ArchiveRefused:
             self._prune(folder.parent)  # the folders `unpack` made for it: a refused tree leaves no skeleton
             raise
+        return None
 
     def _prune(self, folder: Path) -> None:
         """Removes `folder` and its parents below `trees/` while they are empty."""

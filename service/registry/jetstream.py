@@ -364,7 +364,17 @@ class RegistryBuckets:
 
     async def _read_chunks(self, name: str, meta: _ObjectMeta, sink: IO[bytes], limit: float) -> str:
         """Chunks are received on the event loop and written and hashed in one worker thread meanwhile (hashlib
-        and file writes release the interpreter lock, so the two overlap on two cores)."""
+        and file writes release the interpreter lock, so the two overlap on two cores). An archive of a few
+        chunks is written and hashed as it comes: starting a thread and waiting for it would cost more."""
+        if (meta.chunks or 0) <= _FEW_CHUNKS:
+            hasher = hashlib.sha256()
+
+            def put(data: bytes) -> None:
+                sink.write(data)
+                hasher.update(data)
+
+            await self._receive_chunks(name, meta, put, limit)
+            return "sha256:" + hasher.hexdigest()
         writer = _Writer(sink)
         try:
             await self._receive_chunks(name, meta, writer.put, limit)
