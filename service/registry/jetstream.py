@@ -173,18 +173,22 @@ class RegistryBuckets:
             self._kv = await self._index_bucket(replicas)
             self._obs = await self._archive_bucket(replicas)
 
-    async def open(self) -> None:
-        """For loaders: binds to both buckets, creating nothing; RegistryUnavailable names any that is missing."""
+    async def open(self, *, archives: bool = True) -> None:
+        """For loaders: binds to both buckets (`archives=False`: the index only, for a reader of the index such
+        as `search`, whom nats.conf does not let near the archives), creating nothing; RegistryUnavailable names
+        any that is missing."""
         missing: list[str] = []
+        streams = [f"KV_{self.names.index}", *([f"OBJ_{self.names.archives}"] if archives else [])]
         async with self._call("open the registry buckets"):
-            for stream in (f"KV_{self.names.index}", f"OBJ_{self.names.archives}"):
+            for stream in streams:
                 await self._stream_answers(stream)
             try:
                 self._kv = await self._js.key_value(self.names.index)
             except nats.js.errors.BucketNotFoundError:
                 missing.append(f"the index (Key-Value bucket {self.names.index!r})")
             try:
-                self._obs = await self._js.object_store(self.names.archives)
+                if archives:
+                    self._obs = await self._js.object_store(self.names.archives)
             except nats.js.errors.BucketNotFoundError:
                 missing.append(f"the archives (Object Store bucket {self.names.archives!r})")
         if missing:

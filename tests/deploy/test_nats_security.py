@@ -1137,3 +1137,27 @@ async def test_the_registry_works_as_publisher_and_loader_with_nothing_refused(
     refused = [line for line in secured.log if "Violation" in line and 'Subject "log.barrier"' not in line]
     assert refused == []
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING and "NATS error" in r.getMessage()]
+
+
+async def test_a_person_searches_the_registry_but_only_the_publisher_publishes_or_yanks(
+    secured: NatsServer, tmp_path: Path, signer: Signer
+) -> None:
+    """From the command line: `search` works for anyone who may read the index; `publish` and `yank` by anyone
+    but `publisher` end at once with the refusal (not after the time-out) and exit 4."""
+    config = make_config(secured.url, tmp_path)
+    folder = write_extension(tmp_path / "checkout", "taskserv", "vault", "1.0.0")
+    async with connect(secured.url, "publisher") as publisher:
+        buckets = RegistryBuckets(publisher.nc)
+        await buckets.create()
+        await publish(buckets, await prepare(folder, signer, config))
+    cli = [str(Path(sys.executable).with_name("extension-loader"))]
+    server = ("--server", secured.url)
+    with anyio.fail_after(WAIT):
+        done = await anyio.run_process([*cli, "search", "vault", *server], check=False)
+    assert done.returncode == 0 and "vault" in done.stdout.decode()
+    key = tmp_path / "publisher.nk"
+    for command in (["yank", "taskserv", "vault", "1.0.0"], ["publish", str(folder), "--key", str(key)]):
+        with anyio.fail_after(WAIT / 2):  # well inside the registry's own 30 s time-out
+            done = await anyio.run_process([*cli, *command, *server, "--set", f'nushell.path="{NU}"'], check=False)
+        assert done.returncode == 4, done.stderr
+        assert "permissions violation" in done.stderr.decode() and "may not make this request" in done.stderr.decode()

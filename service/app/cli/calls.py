@@ -47,7 +47,7 @@ def run_client(args: argparse.Namespace) -> int:
         if exc.details:
             print(json.dumps(exc.details, indent=2), file=sys.stderr)
         return 1
-    except (CaFileError, _Forbidden) as exc:
+    except (CaFileError, Forbidden) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 4
     except nats.errors.NoRespondersError as exc:
@@ -78,7 +78,7 @@ async def _quiet(exc: Exception) -> None:
             event.set()
 
 
-class _Forbidden(Exception):
+class Forbidden(Exception):
     """The NATS server refused the request (or the inbox for its reply) to this user."""
 
 
@@ -122,9 +122,9 @@ async def _client_main(args: argparse.Namespace) -> int:
         timeout = args.timeout if args.timeout is not None else FLEET_TIMEOUT_S if args.fleet else TIMEOUT_S
         client = LoaderClient(nc, prefix=args.prefix, timeout=timeout)
         if args.fleet:
-            return _print_fleet(args, await _unless_forbidden(_gather(client, args), args))
+            return _print_fleet(args, await unless_forbidden(_gather(client, args), args))
         started = time.perf_counter()
-        data = await _unless_forbidden(_call(client, args), args)
+        data = await unless_forbidden(_call(client, args), args)
         elapsed_ms = (time.perf_counter() - started) * 1000
         print(json.dumps(data, indent=2) if args.json else readable(args, data, elapsed_ms))
         return 0
@@ -180,8 +180,8 @@ async def _call(c: LoaderClient, args: argparse.Namespace) -> Any:
             raise AssertionError(args.action)
 
 
-async def _unless_forbidden(call: Awaitable[Any], args: argparse.Namespace) -> Any:
-    """The call's result; _Forbidden at once when the server refuses the request to this user, which would
+async def unless_forbidden(call: Awaitable[Any], args: argparse.Namespace) -> Any:
+    """The call's result; Forbidden at once when the server refuses the request to this user, which would
     otherwise look like a service that does not answer until --timeout runs out."""
     forbidden = anyio.Event()
     _forbidden.append(forbidden)
@@ -211,11 +211,11 @@ async def _unless_forbidden(call: Awaitable[Any], args: argparse.Namespace) -> A
         who = f"user {args.user!r}" if args.user else "a client without a user (--user)"
         refusal = _last_error[-1]
         if f'subscription to "{inbox_prefix(args)}.'.lower() in refusal.lower():
-            raise _Forbidden(
+            raise Forbidden(
                 f"{args.server}: {refusal}: {who} may not receive replies under {inbox_prefix(args)}: give the "
                 "prefix its server allows with --inbox-prefix (README.md, Security)"
             )
-        raise _Forbidden(f"{args.server}: {refusal}: {who} may not make this request (README.md, Security)")
+        raise Forbidden(f"{args.server}: {refusal}: {who} may not make this request (README.md, Security)")
     return result[0]
 
 

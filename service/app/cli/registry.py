@@ -26,7 +26,7 @@ from ...registry.jetstream import BucketNames, RegistryBuckets, RegistryUnavaila
 from ...registry.signing import SigningKeyError, read_seed, write_seed
 from ...runtime.runner import NushellMissing
 from ..publishing import PublishRefused, prepare, publish, search, yank
-from .calls import CaFileError, connect
+from .calls import CaFileError, Forbidden, connect, unless_forbidden
 from .printing import table
 
 
@@ -50,7 +50,7 @@ def run_keygen(args: argparse.Namespace) -> int:
 def run_registry(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config, overrides=args.set)
-        return anyio.run(_main, args, config)
+        return anyio.run(_guarded, args, config)
     except (ConfigError, SigningKeyError, CaFileError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -60,9 +60,19 @@ def run_registry(args: argparse.Namespace) -> int:
     except PublishRefused as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except Forbidden as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 4
     except (RegistryUnavailable, OSError, nats.errors.Error) as exc:
         print(f"error: {args.server}: {exc}", file=sys.stderr)
         return 4
+
+
+async def _guarded(args: argparse.Namespace, config: Config) -> int:
+    """`_main`, ended at once when the server refuses this user a step of it (only `publisher` may publish or
+    yank): JetStream would otherwise leave the refused request unanswered until the time-out."""
+    code: int = await unless_forbidden(_main(args, config), args)
+    return code
 
 
 async def _main(args: argparse.Namespace, config: Config) -> int:
@@ -82,7 +92,7 @@ async def _main(args: argparse.Namespace, config: Config) -> int:
         return 0
     if args.action == "yank":
         async with _buckets(args, config) as buckets:
-            await buckets.open()
+            await buckets.open(archives=False)  # a yank changes the index only
             outcome = await yank(buckets, ExtensionType.parse(args.type), args.name, args.ext_version, undo=args.undo)
         what = "restored" if args.undo else "yanked"
         _print(
@@ -92,7 +102,7 @@ async def _main(args: argparse.Namespace, config: Config) -> int:
         )
         return 0
     async with _buckets(args, config) as buckets:
-        await buckets.open()
+        await buckets.open(archives=False)  # the index is all a search reads, and all most users may read
         found = await search(buckets, args.words)
     if args.json:
         out = [
