@@ -19,6 +19,7 @@ import contextlib
 import logging
 import os
 import shutil
+import uuid
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +36,7 @@ from ..registry.archive import ArchiveRefused, UnpackLimits, digest_file, unpack
 from ..registry.index import IndexRecord, IndexRecordInvalid, Release, decode_record, parse_index_key
 from ..registry.jetstream import ArchiveTooLarge, RegistryBuckets, RegistryUnavailable
 from . import audit
-from .store import VersionInfo
+from .store import VersionInfo, read_version
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,20 @@ class Changes:
         self.yanked += other.yanked
         self.restored += other.restored
         self.withdrawn += other.withdrawn
+
+
+def _metadata_mismatch(info: VersionInfo, folder: Path) -> str | None:
+    """What the unpacked `metadata.toml` says otherwise than the index entry `info` was made from (the
+    signature covers the archive, not the index's copy of its metadata, which a load's dependencies come from);
+    None when they agree."""
+    unpacked = read_version(info.extension_type, info.name, folder, info.version)
+    if unpacked.metadata is None:
+        return "; ".join(unpacked.problems) or "no metadata"
+    if unpacked.metadata != info.metadata:
+        indexed = msgspec.structs.asdict(info.metadata) if info.metadata is not None else {}
+        fields = [k for k, v in msgspec.structs.asdict(unpacked.metadata).items() if indexed.get(k) != v]
+        return f"{', '.join(fields)} differ"
+    return None
 
 
 def unpack_limits(config: RegistryConfig) -> UnpackLimits:
@@ -93,6 +108,7 @@ class Releases:
         self._views: dict[_Name, dict[str, VersionInfo]] = {}
         self._names: dict[ExtensionType, set[str]] = {t: set() for t in ExtensionType}
         self._generation = 0
+        self._locks: dict[str, anyio.Lock] = {}  # per archive digest: one fetch and unpack at a time
         self._trust: dict[tuple[str, str, str, str, str, str], str | None] = {}
         self.limits = unpack_limits(config)
 
@@ -267,14 +283,36 @@ class Releases:
 
     async def fetch(self, info: VersionInfo) -> Path:
         """The root to load `info` from: its archive fetched (unless kept from before) and verified, then
-        unpacked. Raises UntrustedExtension (nothing unpacked), InvalidExtension for a signed archive that is
-        not safe to unpack (nothing left of it under `trees/`), or Unavailable when the registry cannot be
-        reached for an archive never fetched."""
+        unpacked, and its `metadata.toml` found to say what the index says. Raises UntrustedExtension (nothing
+        unpacked, or what was unpacked removed), InvalidExtension for a signed archive that is not safe to unpack
+        (nothing left of it under `trees/`), or Unavailable when the registry cannot be reached for an archive
+        never fetched.
+
+        The release is read again here, and must still be the one judged when the load chose it: a record
+        changed in between (a bucket writer swapping in another archive) is refused, never unpacked into the
+        folder of the release that was trusted. Loads of one archive take turns (a reload may overlap a load)."""
         info.require_trusted()
         release = self.release(info)
-        tree = self._tree(release)
-        if info.path.is_dir():
-            return tree
+        folder = self._tree(release) / info.extension_type.folder / info.name / info.version
+        if folder != info.path or self._untrusted(info.extension_type, info.name, release) is not None:
+            raise self._refuse(info, release, "its index entry changed while it was being loaded; try again")
+        async with self._lock(release.digest):
+            if not folder.is_dir():
+                await self._fetch_and_unpack(info, release, folder)
+        mismatch = await anyio.to_thread.run_sync(_metadata_mismatch, info, folder)
+        if mismatch is not None:
+            shutil.rmtree(folder, ignore_errors=True)
+            self._prune(folder.parent)
+            raise self._refuse(info, release, f"its index entry does not say what its signed archive says: {mismatch}")
+        return self._tree(release)
+
+    def _lock(self, digest: str) -> anyio.Lock:
+        lock = self._locks.get(digest)
+        if lock is None:
+            lock = self._locks[digest] = anyio.Lock()
+        return lock
+
+    async def _fetch_and_unpack(self, info: VersionInfo, release: Release, folder: Path) -> None:
         archive = self._archive(release)
         kept = archive.is_file()
         if not kept:
@@ -284,15 +322,14 @@ class Releases:
             # the archive unpacked.
             expected = release.digest if kept else None
             if release.size <= _SMALL_ARCHIVE:
-                digest = self._unpack(archive, info.path, expected)
+                digest = self._unpack(archive, folder, expected)
             else:
-                digest = await anyio.to_thread.run_sync(self._unpack, archive, info.path, expected)
+                digest = await anyio.to_thread.run_sync(self._unpack, archive, folder, expected)
         except ArchiveRefused as exc:
             raise self._broken(info, release, exc.reason) from None
         if digest is not None:
             archive.unlink(missing_ok=True)
             raise self._refuse(info, release, f"the kept archive's bytes are {digest}, not the signed {release.digest}")
-        return tree
 
     def _unpack(self, archive: Path, folder: Path, expected: str | None) -> str | None:
         """Unpacks the archive into `folder`, after checking that it holds the `expected` digest where one is
@@ -327,7 +364,7 @@ class Releases:
             why = self.last_error or "not connected"
             raise Unavailable(f"the registry cannot be reached ({why}), and {info.key} was never fetched here")
         archive.parent.mkdir(parents=True, exist_ok=True)
-        temporary = archive.with_name(f".{archive.name}.{os.getpid()}.{id(info):x}.part")
+        temporary = archive.with_name(f".{archive.name}.{os.getpid()}.{uuid.uuid4().hex}.part")
         try:
             digest = await buckets.fetch_archive(release.object, temporary, max_bytes=self.limits.max_archive_bytes)
             if digest != release.digest:

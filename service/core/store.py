@@ -419,6 +419,11 @@ def _refused(extension_type: ExtensionType, name: str, folder: Path, version: st
     return VersionInfo(extension_type, name, version, folder, None, ("symlink not allowed: .",))
 
 
+def read_version(extension_type: ExtensionType, name: str, folder: Path, version: str) -> VersionInfo:
+    """One version's folder, read as the store reads it (`metadata` None and `problems` said where it is broken)."""
+    return _read_one(extension_type, name, folder, version=version)
+
+
 def _read_one(extension_type: ExtensionType, name: str, folder: Path, *, version: str | None) -> VersionInfo:
     problems: list[str] = []
     metadata: ExtensionMetadata | None = None

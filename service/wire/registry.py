@@ -169,6 +169,8 @@ class RegistryFollower:
         manager, auto_update = self.manager, self.config.auto_update
         events: list[Event] = []
         for info in changes.yanked:
+            if self._on_disk(info):
+                continue  # the disk's copy of that version is the one served, and it was not yanked
             events += manager.yanked(info, announce=auto_update)
         for info in changes.withdrawn:
             events += manager.remove(info.extension_type, info.name, info.version)
@@ -176,6 +178,13 @@ class RegistryFollower:
             events += await self._load_latest(changes.published + changes.restored)
         self.releases.first_reading = False
         return events
+
+    def _on_disk(self, info: VersionInfo) -> bool:
+        try:
+            served = self.manager.store.versions(info.extension_type, info.name).get(info.version)
+        except LoaderError:
+            return False
+        return served is not None and served.source == "disk"
 
     async def _load_latest(self, candidates: Sequence[VersionInfo]) -> list[Event]:
         events: list[Event] = []
