@@ -42,6 +42,16 @@ def ours(config: Config) -> set[int]:
     return set(nushell_processes(config.cache_dir))
 
 
+def describe(pid: int) -> str:
+    """What a test needs to know of an unexpected process: its state, parent and command line."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        command = b" ".join(proc_strings(pid, "cmdline")).decode(errors="replace")
+    except OSError:
+        return f"{pid}: gone"
+    return f"{pid}: state {stat[0]}, parent {stat[1]} (this test runs as {os.getpid()}), {command}"
+
+
 async def spares_waiting(service: ExtensionService, *, besides: list[int] | None = None) -> list[int]:
     """Waits until every slot has a spare waiting, none of them one of `besides`; returns their ids."""
     pool = service.manager.runner.spares
@@ -56,7 +66,8 @@ async def test_spares_wait_in_the_sandbox(nats_server: NatsServer, tmp_path: Pat
         pids = await spares_waiting(service)
         assert len(pids) == 2 == config.nushell.spares
         assert service.manager.runner.running == 0  # waiting spares are not runs: max_concurrent is all the loads'
-        assert ours(config) <= set(pids)  # (one that is becoming `nu` this very moment is not seen)
+        extra = ours(config) - set(pids)  # (one that is becoming `nu` this very moment is not seen)
+        assert not extra, [describe(pid) for pid in extra]
         for pid in pids:
             # prlimit's command line until it has set the limits and started `nu` in its place: both name it.
             cmdline = proc_strings(pid, "cmdline")
