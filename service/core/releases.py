@@ -366,7 +366,9 @@ class Releases:
         archive.parent.mkdir(parents=True, exist_ok=True)
         temporary = archive.with_name(f".{archive.name}.{os.getpid()}.{uuid.uuid4().hex}.part")
         try:
-            digest = await buckets.fetch_archive(release.object, temporary, max_bytes=self.limits.max_archive_bytes)
+            digest = await buckets.fetch_archive(
+                release.object, temporary, max_bytes=self.limits.max_archive_bytes, timeout_s=self.config.timeout_s
+            )
             if digest != release.digest:
                 raise self._refuse(info, release, f"its bytes are {digest}, not the signed {release.digest}")
             temporary.replace(archive)

@@ -29,6 +29,7 @@ import base64
 import contextlib
 import hashlib
 import json
+import logging
 import queue
 import re
 import secrets
@@ -51,6 +52,8 @@ from nats.js.object_store import ObjectStore
 
 CHUNK_SIZE: Final = 512 * 1024  # below the server's max_payload (1 MB in nats.conf); puts faster than 128 KiB
 HISTORY: Final = 16
+
+log = logging.getLogger(__name__)
 _POLL_S: Final = 0.25  # how often a wait looks at the connection: nats-py tells only its own callbacks
 _ATTEMPT_S: Final = 1.0  # a read that JetStream has not answered in this long is sent again (see `_asked`)
 _WATCH_CHECK_S: Final = 1.0  # how often a quiet watch asks whether its consumer is still there
@@ -172,6 +175,26 @@ class RegistryBuckets:
         async with self._call("create the registry buckets"):
             self._kv = await self._index_bucket(replicas)
             self._obs = await self._archive_bucket(replicas)
+        for problem in await self.problems():
+            log.warning("registry: %s", problem)
+
+    async def problems(self) -> list[str]:
+        """What is wrong with buckets that were there already (made by hand, say): a time to live deletes
+        published archives and index records, which a published version must outlive."""
+        found: list[str] = []
+        for stream in (f"KV_{self.names.index}", f"OBJ_{self.names.archives}"):
+
+            async def read(js: JetStreamContext, stream: str = stream) -> api.StreamInfo:
+                return await js.stream_info(stream)
+
+            async with self._call(f"read the settings of stream {stream}"):
+                info = await self._asked(read)
+            if info.config.max_age:
+                found.append(
+                    f"stream {stream} deletes what is older than {info.config.max_age:g} s (a bucket ttl): "
+                    "published versions would vanish; make the bucket again without a ttl"
+                )
+        return found
 
     async def open(self, *, archives: bool = True) -> None:
         """For loaders: binds to both buckets (`archives=False`: the index only, for a reader of the index such

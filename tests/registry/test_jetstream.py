@@ -89,6 +89,23 @@ async def test_create_makes_both_buckets_to_keep_history_and_never_expire(js_nc:
     assert await loader.get(KEY) == (None, 0)
 
 
+async def test_buckets_made_with_a_time_to_live_are_said_to_lose_published_versions(
+    js_nc: Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Buckets someone made by hand with a ttl would delete what was published: both sides say so."""
+    await js_nc.jetstream().create_key_value(bucket="extension-index", ttl=3600)
+    publisher = RegistryBuckets(js_nc)
+    await publisher.create()
+    problems = await publisher.problems()
+    assert len(problems) == 1 and "KV_extension-index" in problems[0] and "ttl" in problems[0]
+    assert any("KV_extension-index" in r.getMessage() for r in caplog.records if r.levelname == "WARNING")
+    await RegistryBuckets(js_nc).create()
+    assert await RegistryBuckets(js_nc).problems() == problems
+    fresh = RegistryBuckets(js_nc, BucketNames(index="fresh-index", archives="fresh-archives"))
+    await fresh.create()
+    assert await fresh.problems() == []
+
+
 async def test_open_names_every_bucket_that_is_missing(js_nc: Client) -> None:
     with pytest.raises(RegistryUnavailable) as both:
         await RegistryBuckets(js_nc).open()
