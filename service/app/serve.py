@@ -76,23 +76,18 @@ def build_runner(config: Config, *, cache_dir: Path | None = None, spares: int |
     return runner
 
 
-def check_trusted_keys(config: Config) -> None:
-    """Each key pinned in `[registry] trusted` is a user public key whose checksum holds; ConfigError names the
-    first that is not (the configuration's own check knows only its shape)."""
-    for i, trusted in enumerate(config.registry.trusted):
+def build_releases(config: Config) -> Releases | None:
+    """The registry's side of the store, when `[registry] enabled`: its saved index read back, each pinned key
+    checked (a typo would trust no one, silently; the configuration's own check knows only a key's shape).
+    Raises ConfigError naming a bad key."""
+    registry = config.registry
+    if not registry.enabled:
+        return None
+    for i, trusted in enumerate(registry.trusted):
         try:
             public_key_bytes(trusted.key)
         except SigningKeyError as exc:
             raise ConfigError(f"registry.trusted.{i}.key", str(exc)) from None
-
-
-def build_releases(config: Config) -> Releases | None:
-    """The registry's side of the store, when `[registry] enabled`: its saved index read back, each pinned key
-    checked (a typo would trust no one, silently). Raises ConfigError naming a bad key."""
-    registry = config.registry
-    if not registry.enabled:
-        return None
-    check_trusted_keys(config)
     releases = Releases(registry, config.cache_dir / ".registry")
     releases.restore()
     return releases

@@ -274,7 +274,8 @@ class Releases:
     def _archive(self, release: Release) -> Path:
         return self.folder / "archives" / (release.digest.removeprefix("sha256:") + ".tar.gz")
 
-    def release(self, info: VersionInfo) -> Release:
+    def _current(self, info: VersionInfo) -> Release:
+        """The index's entry for `info` as it stands now."""
         record = self._records.get((info.extension_type, info.name))
         release = record.releases.get(info.version) if record is not None else None
         if release is None:
@@ -292,7 +293,7 @@ class Releases:
         changed in between (a bucket writer swapping in another archive) is refused, never unpacked into the
         folder of the release that was trusted. Loads of one archive take turns (a reload may overlap a load)."""
         info.require_trusted()
-        release = self.release(info)
+        release = self._current(info)
         folder = self._tree(release) / info.extension_type.folder / info.name / info.version
         if folder != info.path or self._untrusted(info.extension_type, info.name, release) is not None:
             raise self._refuse(info, release, "its index entry changed while it was being loaded; try again")
@@ -393,10 +394,6 @@ class Releases:
         error = InvalidExtension(f"registry:{info.key}", [f"archive {release.digest}: {reason}"])
         audit.record("refused", info.key, error.code, reason, digest=release.digest, signer=release.signer)
         return error
-
-    def forget_trees(self) -> None:
-        """Removes the unpacked trees (the archives stay): for tests and tools."""
-        shutil.rmtree(self.folder / "trees", ignore_errors=True)
 
 
 def _limits(trusted: TrustedKey) -> str:

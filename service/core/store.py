@@ -264,8 +264,9 @@ class ExtensionStore:
             known = self.names(t)
             published = self.registry.versions(t, name) if self.registry is not None else {}
             if name not in known:
-                if published:
-                    out.append(_listed(t, name, published) or _nothing(t, name))
+                listed = _listed(t, name, published) if published else None
+                if listed is not None:
+                    out.append(listed)
                 continue
             entry = self._entry(t, name, known[name])
             if not entry.versions and not published:
@@ -391,10 +392,6 @@ def _listed(extension_type: ExtensionType, name: str, versions: dict[str, Versio
     return Available(
         extension_type=extension_type, name=name, versions=tuple(good), latest=latest_meta, sources=sources
     )
-
-
-def _nothing(extension_type: ExtensionType, name: str) -> Available:
-    return Available(extension_type=extension_type, name=name, versions=(), latest=None)
 
 
 def _read_versions(extension_type: ExtensionType, name: str, folder: Path) -> dict[str, VersionInfo]:

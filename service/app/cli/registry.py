@@ -21,7 +21,6 @@ import nats
 from ...contract.config import Config, load_config
 from ...contract.errors import ConfigError
 from ...contract.messages import ExtensionType
-from ...registry.index import Release
 from ...registry.jetstream import BucketNames, RegistryBuckets, RegistryUnavailable
 from ...registry.signing import SigningKeyError, read_seed, write_seed
 from ...runtime.runner import NushellMissing
@@ -85,7 +84,7 @@ async def _main(args: argparse.Namespace, config: Config) -> int:
         r = outcome.release
         _print(
             args,
-            {"key": outcome.key, "revision": outcome.revision, **_release(r)},
+            {"key": outcome.key, "revision": outcome.revision, **msgspec.to_builtins(r)},
             f"published {prepared.extension_type.value} {prepared.name} {r.version}: {r.size} bytes, {r.digest}, "
             f"signed by {r.signer}",
         )
@@ -97,7 +96,7 @@ async def _main(args: argparse.Namespace, config: Config) -> int:
         what = "restored" if args.undo else "yanked"
         _print(
             args,
-            {"key": outcome.key, "revision": outcome.revision, **_release(outcome.release)},
+            {"key": outcome.key, "revision": outcome.revision, **msgspec.to_builtins(outcome.release)},
             f"{what} {args.type} {args.name} {args.ext_version}",
         )
         return 0
@@ -131,11 +130,6 @@ async def _main(args: argparse.Namespace, config: Config) -> int:
         ]
         print(table(("TYPE", "NAME", "LATEST", "VERSIONS", "DESCRIPTION"), rows))
     return 0
-
-
-def _release(release: Release) -> dict[str, Any]:
-    out: dict[str, Any] = msgspec.to_builtins(release)
-    return out
 
 
 def _print(args: argparse.Namespace, data: dict[str, Any], line: str) -> None:

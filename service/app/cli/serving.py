@@ -17,7 +17,7 @@ from ...runtime.runner import NushellMissing, SandboxMissing
 from ...wire.events import EventStreamError
 from ...wire.service import ConnectRefused
 from ..natsserver import NatsServer, nats_server_binary
-from ..serve import check_trusted_keys, serve, service_version
+from ..serve import serve, service_version
 from ..telemetry import setup_logging, setup_telemetry
 
 
@@ -32,7 +32,6 @@ def _start(args: argparse.Namespace) -> Config | None:
     setup_logging(args.log_level, json_lines=not sys.stderr.isatty())
     try:
         config = _config(args)
-        check_trusted_keys(config)
     except ConfigError as exc:
         print(f"extension-loader: {exc}", file=sys.stderr)
         return None
@@ -54,6 +53,9 @@ def _run_service(config: Config, hint: str = "") -> int:
     telemetry = setup_telemetry(os.environ, version=service_version())
     try:
         anyio.run(lambda: serve(config, on_ready=ready))
+    except ConfigError as exc:  # what only assembling the parts finds (a pinned key's checksum, say)
+        print(f"extension-loader: {exc}", file=sys.stderr)
+        return 2
     except (NushellMissing, SandboxMissing, EventStreamError, ConnectRefused, LoaderError) as exc:
         # LoaderError at start: the cache folder cannot be made, say.
         print(f"extension-loader: {exc}", file=sys.stderr)
