@@ -100,8 +100,9 @@ class RegistryFollower:
         names = BucketNames(index=self.config.index_bucket, archives=self.config.archive_bucket)
         buckets = RegistryBuckets(nc, names, timeout_s=min(_INDEX_TIMEOUT_S, self.config.timeout_s))
         await buckets.open()
-        for problem in await buckets.problems():
-            log.warning("registry: %s", problem)
+        if self.releases.buckets is None:  # the first time only, not at every reconnect
+            for problem in await buckets.problems():
+                log.warning("registry: %s", problem)
         self.releases.buckets = buckets
         ended: RegistryUnavailable | None = None
         async with anyio.create_task_group() as tg:
