@@ -13,7 +13,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 import tomllib
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -132,11 +132,11 @@ class Outcome:
 async def publish(buckets: RegistryBuckets, prepared: Prepared) -> Outcome:
     """Stores the archive, then indexes it (see the module's docstring). Raises PublishRefused when the version
     is already published, whoever published it."""
-    key = index_key(prepared.extension_type, prepared.name)
     release = prepared.release
     stored = False
-    for _ in range(_ATTEMPTS):
-        record, revision = await _read(buckets, key)
+
+    async def add(record: IndexRecord | None) -> IndexRecord:
+        nonlocal stored
         if record is not None and release.version in record.releases:
             theirs = record.releases[release.version]
             if stored and theirs.digest != release.digest:
@@ -149,39 +149,43 @@ async def publish(buckets: RegistryBuckets, prepared: Prepared) -> Outcome:
         if not stored:
             await buckets.put_archive(release.object, prepared.archive)
             stored = True
-        updated = with_release(record, prepared.extension_type, prepared.name, release)
-        try:
-            revision = await buckets.put(key, encode_record(updated), revision)
-        except Conflict:
-            continue  # someone wrote the record meanwhile: read it again
-        return Outcome(key, release, revision)
-    raise PublishRefused(f"the index record {key} kept changing; try again")
+        return with_release(record, prepared.extension_type, prepared.name, release)
+
+    key = index_key(prepared.extension_type, prepared.name)
+    _, revision = await _compare_and_set(buckets, key, add)
+    return Outcome(key, release, revision)
 
 
 async def yank(
     buckets: RegistryBuckets, extension_type: ExtensionType, name: str, version: str, *, undo: bool = False
 ) -> Outcome:
-    key = index_key(extension_type, name)
-    for _ in range(_ATTEMPTS):
-        record, revision = await _read(buckets, key)
+    async def mark(record: IndexRecord | None) -> IndexRecord:
         if record is None or version not in record.releases:
             known = ", ".join(record.releases) if record is not None else "none"
             raise PublishRefused(f"{extension_type.value} {name} {version} is not in the registry (versions: {known})")
         try:
-            updated = with_yank(record, version, not undo)
+            return with_yank(record, version, not undo)
         except (KeyError, ValueError) as exc:
             raise PublishRefused(str(exc)) from None
+
+    key = index_key(extension_type, name)
+    updated, revision = await _compare_and_set(buckets, key, mark)
+    return Outcome(key, updated.releases[version], revision)
+
+
+async def _compare_and_set(
+    buckets: RegistryBuckets, key: str, change: Callable[[IndexRecord | None], Awaitable[IndexRecord]]
+) -> tuple[IndexRecord, int]:
+    """Writes `change` of the record as read, if no one wrote the record meanwhile; else reads it again and
+    retries (the KV revision is the lock). The record written and its new revision."""
+    for _ in range(_ATTEMPTS):
+        value, revision = await buckets.get(key)
+        updated = await change(decode_record(value) if value is not None else None)
         try:
-            revision = await buckets.put(key, encode_record(updated), revision)
+            return updated, await buckets.put(key, encode_record(updated), revision)
         except Conflict:
-            continue
-        return Outcome(key, updated.releases[version], revision)
+            continue  # someone wrote the record meanwhile: read it again
     raise PublishRefused(f"the index record {key} kept changing; try again")
-
-
-async def _read(buckets: RegistryBuckets, key: str) -> tuple[IndexRecord | None, int]:
-    value, revision = await buckets.get(key)
-    return (decode_record(value) if value is not None else None), revision
 
 
 @dataclass(frozen=True, slots=True)
