@@ -324,6 +324,27 @@ def nushell_processes(cache_dir: Path) -> list[int]:
     return found
 
 
+def proc_strings(pid: int, name: str) -> list[bytes]:
+    """/proc/<pid>/cmdline or environ of a live process: NUL-separated strings. Both read empty for the moment
+    the process replaces its program (prlimit becoming `nu`): read again, a bounded number of times."""
+    for _ in range(10_000):
+        data = Path(f"/proc/{pid}/{name}").read_bytes()
+        if data:
+            return data.split(b"\0")
+        os.sched_yield()
+    raise AssertionError(f"/proc/{pid}/{name} stays empty")
+
+
+def describe(pid: int) -> str:
+    """What a test needs to know of an unexpected process: its state, parent and command line."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        command = b" ".join(proc_strings(pid, "cmdline")).decode(errors="replace")
+    except OSError:
+        return f"{pid}: gone"
+    return f"{pid}: state {stat[0]}, parent {stat[1]} (this test runs as {os.getpid()}), {command}"
+
+
 class Gate:
     """Holds each Nushell run that loads one extension at its start, until the test lets it go on.
 

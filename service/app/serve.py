@@ -67,6 +67,7 @@ def build_runner(config: Config, *, cache_dir: Path | None = None, spares: int |
             max_memory_mb=n.max_memory_mb,
             max_output_kb=n.max_output_kb,
             max_file_mb=n.max_file_mb,
+            nice=n.nice,
         ),
         allow_unlimited=n.allow_unlimited,
         spares=n.spares if spares is None else spares,

@@ -60,6 +60,7 @@ class NushellConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
     max_memory_mb: Annotated[int, Meta(ge=64, le=1_048_576)]
     max_output_kb: Positive
     max_file_mb: Positive
+    nice: Annotated[int, Meta(ge=0, le=19)]
     allow_unlimited: bool
     spares: Annotated[int, Meta(ge=0, le=64)]
     spare_max_age_s: Annotated[float, Meta(gt=0, le=86_400)]

@@ -2,9 +2,10 @@
 
 A run gets an argument list (never a shell string), a clean environment, a fixed working folder, its own
 process group, resource limits set before `nu` starts (`prlimit`: address space, CPU time, file size, open
-files, no core files), a wall-clock limit after which the whole group is killed, and a cap on the output it
-may print. Whatever happens, the group is killed and `nu` reaped before `run` returns, so no process or
-zombie stays behind. Knows nothing of what the process is asked to do: that is the runner's business.
+files, no core files), a lower scheduling priority than the service's own (`nice`), a wall-clock limit after
+which the whole group is killed, and a cap on the output it may print. Whatever happens, the group is killed
+and `nu` reaped before `run` returns, so no process or zombie stays behind. Knows nothing of what the process
+is asked to do: that is the runner's business.
 
 A run may also be started ahead of its input (`start`, then `SandboxedProcess.hand_over` and `finish`): the
 process waits on its standard input, and the wall-clock limit counts from the hand-over.
@@ -18,7 +19,6 @@ import math
 import os
 import shutil
 import signal
-import subprocess
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -28,6 +28,7 @@ import anyio
 from anyio.abc import ByteReceiveStream, Process
 
 from ..contract.errors import LoadFailed, LoadTimeout, Unavailable
+from .processes import start_process
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,7 @@ class Limits:
     max_memory_mb: int = 512
     max_output_kb: int = 1024
     max_file_mb: int = 64
+    nice: int = 10  # added to the service's own niceness: Nushell yields the CPU to the service's answers
 
 
 class SandboxMissing(Exception):
@@ -108,18 +110,26 @@ class Sandbox:
         # Not cut short half-way: a cancelled start would leave a process that nobody owns.
         with anyio.CancelScope(shield=True):
             try:
-                process = await anyio.open_process(
-                    self.argv(command),
-                    stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
-                    stdout=subprocess.PIPE,
-                    stderr=subprocess.PIPE,
-                    cwd=cwd,
-                    env=dict(env),
-                    start_new_session=True,
-                )
+                process = await start_process(self.argv(command), stdin=stdin, cwd=cwd, env=env)
             except OSError as exc:
                 raise Unavailable(f"Nushell cannot be started: {exc}") from None
+            _lower_priority(process.pid, self.limits.nice)
         return SandboxedProcess(process, self.limits, command)
+
+
+def _lower_priority(pid: int, nice: int) -> None:
+    """Makes the process `nice` steps nicer than the service. Cold loads are CPU-bound (start, parse, digest),
+    and on a machine with few cores a burst of them would otherwise hold up the service's own thread, whose
+    cached answers take a fraction of a millisecond each; at a lower priority they take the CPU that is left.
+
+    Set from here, right after the start returns (the process has just become `prlimit`, the same process id
+    as the `nu` it becomes next): asking Python to do it in the child would need `preexec_fn`, which is not
+    safe in a process with threads and costs the fast way of starting a process. A process that has already
+    exited has nothing left to run."""
+    if nice <= 0:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.setpriority(os.PRIO_PROCESS, pid, min(19, os.getpriority(os.PRIO_PROCESS, 0) + nice))
 
 
 class SandboxedProcess:

@@ -22,11 +22,13 @@ from service.contract.config import Config
 from service.contract.messages import ExtensionType
 from service.core.store import tree_digest
 from service.runtime.runner import Limits, NushellRunner, SandboxMissing
+from service.runtime.sandbox import Sandbox, base_env
 from service.wire.service import ExtensionService
 from tests.conftest import (
     EXAMPLES,
     NU,
     WAIT,
+    describe,
     make_config,
     nushell_processes,
     running_service,
@@ -43,7 +45,10 @@ async def leftover_runs(service: ExtensionService) -> list[int]:
     with anyio.fail_after(WAIT):
         waiting = await spares.wait_full()  # a spare taken a moment ago has its replacement started
     assert service.manager.runner.running == 0
-    return [pid for pid in nushell_processes(service.config.cache_dir) if pid not in waiting]
+    left = [pid for pid in nushell_processes(service.config.cache_dir) if pid not in waiting]
+    for pid in left:  # what a test that fails here needs to know
+        print(describe(pid), "waiting:", waiting, "idle now:", spares.idle_pids())
+    return left
 
 
 def listing(folder: Path) -> list[Path]:
@@ -220,6 +225,28 @@ async def served_on_after_all_of_them(service: ExtensionService, client: LoaderC
     stats = await client.stats()
     assert stats["loads"]["failed"] == 7 and stats["in_flight"] == 0
     assert await leftover_runs(service) == []
+
+
+# --- priority ----------------------------------------------------------------------------------------------------
+
+
+async def niceness_seen_by_nushell(limits: Limits, tmp_path: Path) -> int:
+    """The niceness a sandboxed `nu` finds itself running at (field 19 of /proc/self/stat)."""
+    sandbox = Sandbox(limits)
+    script = "open /proc/self/stat | split row ') ' | last | split row ' ' | get 16 | print"
+    process = await sandbox.start([str(NU), "-n", "--no-std-lib", "-c", script], cwd=tmp_path, env=base_env(tmp_path))
+    with anyio.fail_after(WAIT):
+        done = await process.finish()
+    assert done.returncode == 0, done.stderr
+    return int(done.stdout)
+
+
+async def test_nushell_runs_at_a_lower_priority_than_the_service(tmp_path: Path) -> None:
+    """Cold loads are CPU-bound: at a lower priority they cannot hold up the service's cached answers."""
+    own = os.getpriority(os.PRIO_PROCESS, 0)
+    assert await niceness_seen_by_nushell(Limits(nice=7), tmp_path) == min(19, own + 7)
+    assert await niceness_seen_by_nushell(Limits(nice=0), tmp_path) == own
+    assert Limits().nice == 10
 
 
 # --- without prlimit ----------------------------------------------------------------------------------------------

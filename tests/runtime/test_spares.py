@@ -20,36 +20,24 @@ from service.app.natsserver import NatsServer
 from service.contract.config import Config
 from service.runtime.runner import nu_version
 from service.wire.service import ExtensionService
-from tests.conftest import NU, WAIT, make_config, nushell_processes, running_service, service_process
+from tests.conftest import (
+    NU,
+    WAIT,
+    describe,
+    make_config,
+    nushell_processes,
+    proc_strings,
+    running_service,
+    service_process,
+)
 
 pytestmark = pytest.mark.anyio
-
-
-def proc_strings(pid: int, name: str) -> list[bytes]:
-    """/proc/<pid>/cmdline or environ of a live process: NUL-separated strings. Both read empty for the moment
-    the process replaces its program (prlimit becoming `nu`): read again, a bounded number of times."""
-    for _ in range(10_000):
-        data = Path(f"/proc/{pid}/{name}").read_bytes()
-        if data:
-            return data.split(b"\0")
-        os.sched_yield()
-    raise AssertionError(f"/proc/{pid}/{name} stays empty")
 
 
 def ours(config: Config) -> set[int]:
     """The Nushell processes alive for this test's service (by its cache folder, not by process id alone:
     with ids up to 32768 and a busy machine, a reaped process's id soon belongs to another)."""
     return set(nushell_processes(config.cache_dir))
-
-
-def describe(pid: int) -> str:
-    """What a test needs to know of an unexpected process: its state, parent and command line."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        command = b" ".join(proc_strings(pid, "cmdline")).decode(errors="replace")
-    except OSError:
-        return f"{pid}: gone"
-    return f"{pid}: state {stat[0]}, parent {stat[1]} (this test runs as {os.getpid()}), {command}"
 
 
 async def spares_waiting(service: ExtensionService, *, besides: list[int] | None = None) -> list[int]:
@@ -73,6 +61,7 @@ async def test_spares_wait_in_the_sandbox(nats_server: NatsServer, tmp_path: Pat
             cmdline = proc_strings(pid, "cmdline")
             assert str(NU).encode() in cmdline and cmdline[-4:] == [b"module", b"serve-one", b"--ahead", b""]
             assert os.getpgid(pid) == pid == os.getsid(pid)  # its own process group, which is killed whole
+            assert os.getpriority(os.PRIO_PROCESS, pid) == min(19, os.getpriority(os.PRIO_PROCESS, 0) + 10)
             environ = proc_strings(pid, "environ")
             assert {e.split(b"=", 1)[0] for e in environ if e} == {
                 b"PATH",
