@@ -139,11 +139,13 @@ def _alone(exc: Exception) -> Exception:
 async def run(
     service: ExtensionService, stop: anyio.Event, *, on_ready: Callable[[ExtensionService], None] | None = None
 ) -> None:
-    """Runs auto_load and the watcher beside the requests until `stop` is set; then drains the requests before
-    it stops them, since a request may be waiting on one of auto_load's runs."""
+    """Runs the watcher and auto_load (each as configured) beside the requests until `stop` is set; then drains
+    the requests before it stops them, since a request may be waiting on one of auto_load's runs."""
+    extensions = service.config.orchestrator.extensions
     async with anyio.create_task_group() as tg:
-        if service.config.orchestrator.extensions.auto_load:
+        if extensions.watch:
             await watch_disk(service, tg)  # first, so no change during auto_load is missed
+        if extensions.auto_load:
             tg.start_soon(auto_load, service)
         if on_ready is not None:
             on_ready(service)
@@ -153,8 +155,10 @@ async def run(
 
 
 async def watch_disk(service: ExtensionService, tg: TaskGroup, *, debounce_ms: int = 300) -> Reconciler:
-    """Starts keeping the cache in step with the extension roots, in `tg`; returns once the watch is in place."""
-    reconciler = Reconciler(service.manager, service.publisher.publish)
+    """Starts watching the extension roots, in `tg`; returns once the watch is in place. Every change makes the
+    store read that extension again; with `auto_load`, the cache is also kept in step with the disk."""
+    act = service.config.orchestrator.extensions.auto_load
+    reconciler = Reconciler(service.manager, service.publisher.publish, act=act)
     rounds = DiskWatcher(service.manager.store.roots, debounce_ms=debounce_ms).rounds()
     await tg.start(reconciler.run, rounds)
     return reconciler

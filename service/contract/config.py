@@ -42,6 +42,7 @@ class PathsConfig(Struct, frozen=True, kw_only=True):
 
 class ExtensionsConfig(Struct, frozen=True, kw_only=True):
     auto_load: bool
+    watch: bool
     cache_dir: Annotated[str, Meta(min_length=1)]
     paths: Annotated[tuple[Annotated[str, Meta(min_length=1)], ...], Meta(min_length=1)]
     cache_size: Annotated[int, Meta(ge=1, le=1_000_000)]

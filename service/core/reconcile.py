@@ -1,6 +1,8 @@
-"""Keeps what is served in step with the disk (with `auto_load = true`).
+"""Keeps what is served in step with the disk, while the extension roots are watched (`watch = true`).
 
-For each extension whose files changed, the `Reconciler` brings the cache in step with the disk: a cached
+Every round of changes makes the store forget what it read of each extension touched, so `discover`, `status`
+and `graph` see the disk as it is now while the store otherwise trusts what it read. With `auto_load = true`
+as well (`act`), the `Reconciler` also brings the cache in step with the disk for each of them: a cached
 version whose files changed is loaded again (`hot_reload`), a cached version that left the disk is dropped
 (`removed`), and a new latest version is loaded (`auto_load`). A half-written extension fails the loader's
 checks and is left alone until a later change makes it complete and valid; a change that leaves the files as
@@ -30,9 +32,12 @@ Publish = Callable[[list[Event]], Awaitable[None]]
 
 
 class Reconciler:
-    def __init__(self, manager: ExtensionManager, publish: Publish) -> None:
+    """`act` False: a change only makes the store read again (nothing cached is loaded or dropped, no event)."""
+
+    def __init__(self, manager: ExtensionManager, publish: Publish, *, act: bool = True) -> None:
         self.manager = manager
         self.publish = publish
+        self.act = act
         self.reconciled = 0  # rounds of changes handled
         self._round = anyio.Event()
 
@@ -60,11 +65,12 @@ class Reconciler:
         affected = sorted(self._expand(changed))
         for extension_type, name in affected:
             self.manager.store.invalidate(extension_type, name)
-        for extension_type, name in affected:
-            try:
-                await self.reconcile(extension_type, name)
-            except Exception:  # a file that cannot be read, say: this extension waits, the rest goes on
-                log.exception("could not bring %s %s in step with the disk", extension_type.value, name)
+        if self.act:
+            for extension_type, name in affected:
+                try:
+                    await self.reconcile(extension_type, name)
+                except Exception:  # a file that cannot be read, say: this extension waits, the rest goes on
+                    log.exception("could not bring %s %s in step with the disk", extension_type.value, name)
         self.reconciled += 1
         self._round.set()
         self._round = anyio.Event()

@@ -21,6 +21,15 @@ def test_defaults_are_the_documented_ones() -> None:
     assert config.events.stream == "EXTENSION_EVENTS" and config.events.jetstream is False
 
 
+def test_the_watch_is_on_by_default_and_set_apart_from_auto_load() -> None:
+    assert load_config(environ={}).orchestrator.extensions.watch is True
+    ext = load_config(environ={}, overrides=["orchestrator.extensions.watch=false"]).orchestrator.extensions
+    assert ext.watch is False and ext.auto_load is True
+    env = {"EXTENSION_LOADER__ORCHESTRATOR__EXTENSIONS__AUTO_LOAD": "false"}
+    ext = load_config(environ=env).orchestrator.extensions
+    assert ext.watch is True and ext.auto_load is False
+
+
 def test_layers_file_then_environment_then_flags(tmp_path: Path) -> None:
     file = tmp_path / "loader.toml"
     file.write_text(
