@@ -142,6 +142,17 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _TICK  # utime and stime, fields 14 and 15 of stat(5)
 
 
+def reaped_children_cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of the children a process has waited for (with theirs): for the service, what
+    its Nushell processes used once they are over. 0.0 once the process is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0
+    fields = stat[stat.rfind(")") + 2 :].split()
+    return (int(fields[13]) + int(fields[14])) / _TICK  # cutime and cstime, fields 16 and 17 of stat(5)
+
+
 def memory_kb(pid: int) -> dict[str, int]:
     """VmRSS and VmHWM (peak resident set) of a process, in KiB, from /proc/<pid>/status."""
     out: dict[str, int] = {}

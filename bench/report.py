@@ -354,6 +354,13 @@ def _spare_lines(result: dict[str, Any]) -> list[str]:
             f"(runs: {', '.join(f'{v:.0f}' for v in burst['spares_wall_ms'])} / "
             f"{', '.join(f'{v:.0f}' for v in burst['no_spares_wall_ms'])}).",
         ]
+        if "spares_cpu" in burst:
+            with_spares, without = burst["spares_cpu"], burst["no_spares_cpu"]
+            lines[-1] += (
+                f" Their Nushell processes used {with_spares['nushell_cpu_ms']:.0f} / "
+                f"{without['nushell_cpu_ms']:.0f} ms of CPU: on {with_spares['cpus']} cores no run of them can take "
+                f"less than {with_spares['cpu_floor_ms']:.0f} / {without['cpu_floor_ms']:.0f} ms."
+            )
     memory = result.get("spare_memory")
     if memory:
         each = ", ".join(
@@ -375,6 +382,12 @@ def _render_issue_10(result: dict[str, Any]) -> list[str]:
             f"`load cluster ci-cd --with-dependencies` from an empty cache: p50 {deps['p50_ms']:.1f} ms "
             f"(min {deps['min_ms']:.1f}, max {deps['max_ms']:.1f}, n {deps['n']}), "
             f"{max(deps['cold_loads'], default=0)} cold loads each; one cold load {deps['one_cold_load_ms']:.1f} ms."
+            + (
+                f" Their Nushell processes used {deps['nushell_cpu_ms']:.0f} ms of CPU (median): on {deps['cpus']} "
+                f"cores no run of them can take less than {deps['cpu_floor_ms']:.0f} ms."
+                if "nushell_cpu_ms" in deps
+                else ""
+            )
         )
     c = result.get("contention")
     if c:

@@ -60,7 +60,16 @@ from service.contract.config import NO_AUTH_USER, defaults, inbox_prefix_for
 
 from . import churn, registry_cluster, registry_fetch
 from .load import RunStats, closed_loop, medians, summary_ms
-from .procs import Child, command_line, cpu_seconds, descendants, memory_kb, reading_a_pipe, shared_memory_kb
+from .procs import (
+    Child,
+    command_line,
+    cpu_seconds,
+    descendants,
+    memory_kb,
+    reading_a_pipe,
+    reaped_children_cpu_seconds,
+    shared_memory_kb,
+)
 from .report import judge, render
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -268,7 +277,7 @@ async def _measure(options: Options, work: Path, logs: Path) -> dict[str, Any]:
             out["cold"] = await cold_phase(nc, options, work)
             out["simultaneous"] = await simultaneous_phase(nc, sizes)
             out["spare_memory"] = await spare_memory_phase(pid, options)
-            out["dependencies"] = await dependencies_phase(nc, sizes, out["cold"]["service_reload"]["p50_ms"])
+            out["dependencies"] = await dependencies_phase(nc, sizes, out["cold"]["service_reload"]["p50_ms"], pid)
             out["rss"]["end_kb"] = memory_kb(pid)
             svc.stop()
             out["discovery"] = await discovery_phase(nc, server.url, options, work, logs, children)
@@ -560,20 +569,25 @@ async def simultaneous_phase(nc: Client, sizes: Sizes) -> dict[str, Any]:
 DEPENDENCIES = {"extension_type": "cluster", "name": "ci-cd", "with_dependencies": True}
 
 
-async def dependencies_phase(nc: Client, sizes: Sizes, one_cold_ms: float) -> dict[str, Any]:
+async def dependencies_phase(nc: Client, sizes: Sizes, one_cold_ms: float, pid: int) -> dict[str, Any]:
     """`load cluster ci-cd --with-dependencies` from an empty cache, `dependency_loads` times; `one_cold_ms` is
-    one cold load (the reload p50 of the cold phase), what the target compares it with."""
+    one cold load (the reload p50 of the cold phase), what the target compares it with. Beside each, the CPU
+    time its Nushell processes used (the service `pid`'s reaped children)."""
     samples: list[int] = []
     cold: list[int] = []
+    nushell_cpu: list[float] = []
     for _ in range(sizes.dependency_loads):
         await call(nc, "cache.clear")
         before = await call(nc, "stats")
+        cpu_before = reaped_children_cpu_seconds(pid)
         began = time.perf_counter_ns()
         await call(nc, "load", DEPENDENCIES)
         samples.append(time.perf_counter_ns() - began)
+        nushell_cpu.append(reaped_children_cpu_seconds(pid) - cpu_before)
         after = await call(nc, "stats")
         cold.append(after["loads"]["cold"] - before["loads"]["cold"])
     out: dict[str, Any] = {"request": DEPENDENCIES, "cold_loads": cold, **summary_ms(samples)}
+    out.update(_cpu_floor(nushell_cpu))
     out["one_cold_load_ms"] = one_cold_ms
     out["ratio_to_cold_load"] = round(out["p50_ms"] / one_cold_ms, 2) if one_cold_ms else 0.0
     return out
@@ -732,6 +746,7 @@ async def burst_phase(
         for i in range(sizes.burst)
     ]
     walls: dict[str, list[float]] = {name: [] for name in services}
+    nushell_cpu: dict[str, list[float]] = {name: [] for name in services}
     for rep in range(sizes.burst_repetitions):
         for name in list(services) if rep % 2 == 0 else list(reversed(services)):
             prefix = prefixes[name]
@@ -741,11 +756,13 @@ async def burst_phase(
                 await wait_for_spares(pid, count)  # the last burst's replacements are ready
             await _burst_call(nc, prefix, "cache.clear")
             before = await _burst_call(nc, prefix, "stats")
+            cpu_before = reaped_children_cpu_seconds(pid)
             began = time.perf_counter_ns()
             replies = await asyncio.gather(
                 *(nc.request(f"{prefix}.load", body, timeout=REQUEST_TIMEOUT_S, headers=HEADERS) for body in bodies)
             )
             wall_ms = (time.perf_counter_ns() - began) / 1e6
+            nushell_cpu[name].append(reaped_children_cpu_seconds(pid) - cpu_before)
             failed = [r.data[:200] for r in replies if msgspec.json.decode(r.data).get("success") is not True]
             after = await _burst_call(nc, prefix, "stats")
             cold = after["loads"]["cold"] - before["loads"]["cold"]
@@ -764,7 +781,18 @@ async def burst_phase(
         "spares_p50_ms": round(p50["spares"], 3),
         "no_spares_p50_ms": round(p50["no_spares"], 3),
         "ratio": round(p50["spares"] / p50["no_spares"], 3) if p50["no_spares"] else 0.0,
+        "spares_cpu": _cpu_floor(nushell_cpu["spares"]),
+        "no_spares_cpu": _cpu_floor(nushell_cpu["no_spares"]),
     }
+
+
+def _cpu_floor(seconds: Sequence[float]) -> dict[str, Any]:
+    """The median CPU time the Nushell processes of a run used, and the least wall time that much CPU takes on
+    this machine's cores: what no scheduling of those processes can go below. (Spares taken by the run count
+    with what they used before it; replacements still waiting at its end do not.)"""
+    cpus = os.cpu_count() or 1
+    used_ms = statistics.median(seconds) * 1000 if seconds else 0.0
+    return {"nushell_cpu_ms": round(used_ms, 1), "cpus": cpus, "cpu_floor_ms": round(used_ms / cpus, 1)}
 
 
 async def _burst_call(nc: Client, prefix: str, suffix: str) -> Any:

@@ -105,6 +105,8 @@ def test_quick_run_writes_every_section(tmp_path: Path) -> None:
     burst = result["burst"]
     assert burst["loads"] == QUICK.burst and burst["ratio"] > 0
     assert len(burst["spares_wall_ms"]) == len(burst["no_spares_wall_ms"]) == QUICK.burst_repetitions
+    for cpu in (burst["spares_cpu"], burst["no_spares_cpu"]):  # Nushell used CPU time, read off the service
+        assert cpu["nushell_cpu_ms"] > 0 and cpu["cpus"] >= 1 and cpu["cpu_floor_ms"] > 0
     memory = result["spare_memory"]
     assert memory["spares"] == 2 and len(memory["spare_processes"]) == 2
     assert memory["service_mb"] > 0 and memory["spares_rss_mb"] > 0
@@ -119,7 +121,7 @@ def test_quick_run_writes_every_section(tmp_path: Path) -> None:
     dependencies = result["dependencies"]
     assert dependencies["n"] == QUICK.dependency_loads
     assert dependencies["cold_loads"] == [9] * QUICK.dependency_loads  # ci-cd and its eight, from an empty cache
-    _positive(dependencies, "p50_ms", "ratio_to_cold_load")
+    _positive(dependencies, "p50_ms", "ratio_to_cold_load", "nushell_cpu_ms", "cpu_floor_ms")
 
     contention = result["contention"]
     for figures in (contention["cached_load"], contention["echo_under_churn"]):
