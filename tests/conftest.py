@@ -345,6 +345,15 @@ def describe(pid: int) -> str:
     return f"{pid}: state {stat[0]}, parent {stat[1]} (this test runs as {os.getpid()}), {command}"
 
 
+def thread_niceness(pid: int) -> list[int]:
+    """The niceness of every thread of a process (field 19 of /proc/<pid>/task/<tid>/stat)."""
+    out = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        stat = (task / "stat").read_text()
+        out.append(int(stat[stat.rfind(")") + 2 :].split()[16]))
+    return out
+
+
 class Gate:
     """Holds each Nushell run that loads one extension at its start, until the test lets it go on.
 

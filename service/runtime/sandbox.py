@@ -110,26 +110,10 @@ class Sandbox:
         # Not cut short half-way: a cancelled start would leave a process that nobody owns.
         with anyio.CancelScope(shield=True):
             try:
-                process = await start_process(self.argv(command), stdin=stdin, cwd=cwd, env=env)
+                process = await start_process(self.argv(command), stdin=stdin, cwd=cwd, env=env, nice=self.limits.nice)
             except OSError as exc:
                 raise Unavailable(f"Nushell cannot be started: {exc}") from None
-            _lower_priority(process.pid, self.limits.nice)
         return SandboxedProcess(process, self.limits, command)
-
-
-def _lower_priority(pid: int, nice: int) -> None:
-    """Makes the process `nice` steps nicer than the service. Cold loads are CPU-bound (start, parse, digest),
-    and on a machine with few cores a burst of them would otherwise hold up the service's own thread, whose
-    cached answers take a fraction of a millisecond each; at a lower priority they take the CPU that is left.
-
-    Set from here, right after the start returns (the process has just become `prlimit`, the same process id
-    as the `nu` it becomes next): asking Python to do it in the child would need `preexec_fn`, which is not
-    safe in a process with threads and costs the fast way of starting a process. A process that has already
-    exited has nothing left to run."""
-    if nice <= 0:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.setpriority(os.PRIO_PROCESS, pid, min(19, os.getpriority(os.PRIO_PROCESS, 0) + nice))
 
 
 class SandboxedProcess:
