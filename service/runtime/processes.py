@@ -25,7 +25,7 @@ import subprocess
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import anyio
 import anyio.lowlevel
@@ -63,16 +63,17 @@ async def start_process(
 
 
 async def _start(argv: Sequence[str], *, stdin: bool, cwd: Path, env: Mapping[str, str], nice: int) -> Process:
+    # The same start either way: pipes on standard output and error, a session (and process group) of its own.
+    options: dict[str, Any] = {
+        "stdin": subprocess.PIPE if stdin else subprocess.DEVNULL,
+        "stdout": subprocess.PIPE,
+        "stderr": subprocess.PIPE,
+        "cwd": cwd,
+        "env": dict(env),
+        "start_new_session": True,
+    }
     if not pidfd_usable():
-        process = await anyio.open_process(
-            list(argv),
-            stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            cwd=cwd,
-            env=dict(env),
-            start_new_session=True,
-        )
+        process = await anyio.open_process(list(argv), **options)
         # Lowered once started (for its first thread: one `nu` starts meanwhile keeps the service's priority);
         # one that has already exited has nothing left to run.
         with contextlib.suppress(ProcessLookupError):
@@ -80,15 +81,7 @@ async def _start(argv: Sequence[str], *, stdin: bool, cwd: Path, env: Mapping[st
         return process
 
     def popen() -> subprocess.Popen[bytes]:
-        return subprocess.Popen(
-            list(argv),
-            stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            cwd=cwd,
-            env=dict(env),
-            start_new_session=True,
-        )
+        return subprocess.Popen(list(argv), **options)
 
     started = await asyncio.get_running_loop().run_in_executor(_starter(nice), popen)
     try:
@@ -123,9 +116,8 @@ def _become_nicer(nice: int) -> None:
     """Makes the calling thread (0: the caller, on Linux a thread) `nice` steps nicer. Only ever nicer: a thread
     may always lower its own priority, never raise it back without privileges, so these threads start nothing
     else."""
-    current = os.getpriority(os.PRIO_PROCESS, 0)
     if nice > 0:
-        os.setpriority(os.PRIO_PROCESS, 0, _niceness(current, nice))
+        os.setpriority(os.PRIO_PROCESS, 0, _niceness(os.getpriority(os.PRIO_PROCESS, 0), nice))
 
 
 class _Reader(ByteReceiveStream):
