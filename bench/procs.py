@@ -113,13 +113,9 @@ def descendants(pid: int) -> list[int]:
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        # The command name is in parentheses and may hold spaces; the parent pid is the second field after it.
-        fields = stat[stat.rfind(")") + 2 :].split()
-        children.setdefault(int(fields[1]), []).append(int(entry.name))
+        fields = _stat_fields(entry / "stat")
+        if fields:
+            children.setdefault(int(fields[1]), []).append(int(entry.name))  # the parent, field 4 of stat(5)
     out: list[int] = []
     todo = [pid]
     while todo:
@@ -132,25 +128,27 @@ def descendants(pid: int) -> list[int]:
 _TICK = os.sysconf("SC_CLK_TCK")
 
 
+def _stat_fields(path: Path) -> list[str]:
+    """The fields of a /proc/.../stat file from the state on (field 3 of stat(5) first); [] once it is gone. The
+    command name before them is in parentheses and may hold spaces."""
+    try:
+        stat = path.read_text()
+    except OSError:
+        return []
+    return stat[stat.rfind(")") + 2 :].split()
+
+
 def cpu_seconds(pid: int) -> float:
     """User plus system CPU time a process has used so far (clock-tick resolution); 0.0 once it is gone."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return 0.0
-    fields = stat[stat.rfind(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / _TICK  # utime and stime, fields 14 and 15 of stat(5)
+    fields = _stat_fields(Path(f"/proc/{pid}/stat"))
+    return (int(fields[11]) + int(fields[12])) / _TICK if fields else 0.0  # utime and stime, fields 14 and 15
 
 
 def reaped_children_cpu_seconds(pid: int) -> float:
     """User plus system CPU time of the children a process has waited for (with theirs): for the service, what
     its Nushell processes used once they are over. 0.0 once the process is gone."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return 0.0
-    fields = stat[stat.rfind(")") + 2 :].split()
-    return (int(fields[13]) + int(fields[14])) / _TICK  # cutime and cstime, fields 16 and 17 of stat(5)
+    fields = _stat_fields(Path(f"/proc/{pid}/stat"))
+    return (int(fields[13]) + int(fields[14])) / _TICK if fields else 0.0  # cutime and cstime, fields 16 and 17
 
 
 def memory_kb(pid: int) -> dict[str, int]:

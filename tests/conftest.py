@@ -335,10 +335,17 @@ def proc_strings(pid: int, name: str) -> list[bytes]:
     raise AssertionError(f"/proc/{pid}/{name} stays empty")
 
 
+def stat_fields(path: Path) -> list[str]:
+    """The fields of a /proc/.../stat file from the state on (field 3 of stat(5) first; the command name before
+    them, in parentheses, may hold spaces). Raises OSError once the process is gone."""
+    stat = path.read_text()
+    return stat[stat.rfind(")") + 2 :].split()
+
+
 def describe(pid: int) -> str:
     """What a test needs to know of an unexpected process: its state, parent and command line."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        stat = stat_fields(Path(f"/proc/{pid}/stat"))
         command = b" ".join(proc_strings(pid, "cmdline")).decode(errors="replace")
     except OSError:
         return f"{pid}: gone"
@@ -347,11 +354,7 @@ def describe(pid: int) -> str:
 
 def thread_niceness(pid: int) -> list[int]:
     """The niceness of every thread of a process (field 19 of /proc/<pid>/task/<tid>/stat)."""
-    out = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        stat = (task / "stat").read_text()
-        out.append(int(stat[stat.rfind(")") + 2 :].split()[16]))
-    return out
+    return [int(stat_fields(task / "stat")[16]) for task in Path(f"/proc/{pid}/task").iterdir()]
 
 
 class Gate:

@@ -29,6 +29,7 @@ from tests.conftest import (
     proc_strings,
     running_service,
     service_process,
+    stat_fields,
     thread_niceness,
 )
 
@@ -140,10 +141,10 @@ def children(parent: int) -> list[int]:
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
-                stat = (entry / "stat").read_text()
+                fields = stat_fields(entry / "stat")
             except OSError:
                 continue
-            if int(stat[stat.rfind(")") + 2 :].split()[1]) == parent:
+            if int(fields[1]) == parent:
                 found.append(int(entry.name))
     return found
 
