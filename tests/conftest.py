@@ -37,6 +37,7 @@ from service.app.natsserver import NatsCluster, NatsServer
 from service.app.publishing import prepare, publish
 from service.app.serve import build_manager, service_version
 from service.contract.config import Config, load_config
+from service.notify import Notifier
 from service.registry.index import Release
 from service.registry.jetstream import RegistryBuckets
 from service.registry.signing import Signer, read_seed, write_seed
@@ -195,20 +196,18 @@ class EventLog:
 
     def __init__(self) -> None:
         self.messages: list[Msg] = []
-        self._changed = anyio.Event()
+        self._changed = Notifier()
 
     async def add(self, msg: Msg) -> None:
         self.messages.append(msg)
-        self._changed.set()
-        self._changed = anyio.Event()
+        self._changed.notify()
 
     def bodies(self, subject_suffix: str = "") -> list[dict[str, Any]]:
         return [msgspec.json.decode(m.data) for m in self.messages if m.subject.endswith(subject_suffix)]
 
     async def wait_for(self, count: int, subject_suffix: str = "") -> list[dict[str, Any]]:
         with anyio.fail_after(WAIT):
-            while len(self.bodies(subject_suffix)) < count:
-                await self._changed.wait()
+            await self._changed.wait_until(lambda: len(self.bodies(subject_suffix)) >= count)
         return self.bodies(subject_suffix)
 
 

@@ -20,7 +20,8 @@ from ..core import audit
 from ..core.manager import ExtensionManager
 from ..core.reconcile import Reconciler
 from ..core.releases import Releases
-from ..core.store import ExtensionStore, VersionInfo
+from ..core.store import ExtensionStore
+from ..core.version_info import VersionInfo
 from ..registry.signing import SigningKeyError, public_key_bytes
 from ..runtime.runner import Limits, NushellRunner, find_nu, nu_version
 from ..runtime.watcher import DiskWatcher
@@ -43,13 +44,14 @@ def build_manager(config: Config, *, instance_id: str | None = None) -> Extensio
     for root in config.extension_paths:
         if not root.is_dir():
             log.warning("extension root %s does not exist", root)
+    releases = build_releases(config)
     return ExtensionManager(
-        ExtensionStore(config.extension_paths),
+        ExtensionStore(config.extension_paths, releases=releases),
         runner,
         capacity=config.orchestrator.extensions.cache_size,
         instance_id=instance_id or uuid.uuid4().hex[:22].upper(),
         nushell=NushellInfo(path=str(runner.nu), version=nu_version(runner.nu)),
-        releases=build_releases(config),
+        releases=releases,
     )
 
 
@@ -176,7 +178,7 @@ async def auto_load(service: ExtensionService) -> None:
     async def one(info: VersionInfo) -> None:
         async with limiter:
             try:
-                outcome = await manager.load(info.extension_type, info.name, info.version, reason="auto_load")
+                result = await manager.load(info.extension_type, info.name, info.version, reason="auto_load")
             except LoaderError as exc:
                 results["failed"] += 1
                 log.warning("auto_load of %s failed: %s", info.key, exc.message)
@@ -186,7 +188,7 @@ async def auto_load(service: ExtensionService) -> None:
                 log.exception("auto_load of %s failed", info.key)
                 return
             results["loaded"] += 1
-            await service.publisher.publish(outcome.events)
+            await service.publisher.publish(result.events)
 
     async with anyio.create_task_group() as tg:
         for available in await manager.discover(None, None):  # a slice at a time: requests are served meanwhile

@@ -388,3 +388,6 @@ class ExtensionUnloaded(Struct, frozen=True, kw_only=True):
     version: str
     instance_id: str
     timestamp: Timestamp
+
+
+Event = ExtensionLoaded | ExtensionUnloaded

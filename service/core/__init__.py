@@ -1,7 +1,13 @@
 """The core: what the service knows about extensions, with no NATS in sight.
 
-    manager.py    the LRU cache in front of the runner: single-flight, statistics, the events each change causes
-    store.py      the extension roots on disk, with the registry's versions merged in: names, versions, metadata
+    manager.py    what a request asks of the core: load, reload, unload, status, discover, stats
+    cache.py      the LRU cache of loaded extensions, and each extension's revision
+    runs.py       a cold load of one version: single flight (flights.py), the Nushell run, caching its result
+    tree_loads.py a load with dependencies: independent ones at once, failing as install order would
+    events.py     the events each change causes; statistics.py: the counters behind `extensions.stats`
+    store.py      the extension roots on disk, with the registry's versions merged in: which version a request means
+    folders.py    what one extension folder holds (metadata.toml, its times, its digest); version_info.py: one
+                  version as the store knows it; listing.py: how `discover` lists an extension
     releases.py   the registry's index as this loader sees it: trust, yanks, fetching and unpacking archives
     dependencies.py  which version of each dependency a load needs
     versions.py   versions and constraints (semantic versions, the contract's pre-release rule)

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 
 from ..contract.errors import DependencyError, InvalidExtension, NotFound
 from ..contract.messages import ExtensionType, MissingDependency
-from .store import ExtensionStore, VersionInfo
+from .store import ExtensionStore
+from .version_info import VersionInfo
 from .versions import Constraint, sort_newest_first
 
 _DEPENDENCY = re.compile(r"^(?:(?P<type>[A-Za-z]+):)?(?P<name>[a-z0-9][a-z0-9._-]{0,63})(?:@(?P<constraint>.+))?$")

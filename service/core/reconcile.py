@@ -20,10 +20,12 @@ import anyio.to_thread
 from anyio.abc import TaskStatus
 
 from ..contract.errors import LoaderError, NotFound
-from ..contract.messages import ExtensionType
+from ..contract.messages import Event, ExtensionType
+from ..notify import Notifier
 from ..runtime.watcher import Change
-from .manager import Event, ExtensionManager, Outcome
-from .store import tree_digest
+from .folders import tree_digest
+from .manager import ExtensionManager
+from .runs import LoadResult
 from .versions import Constraint
 
 log = logging.getLogger(__name__)
@@ -39,7 +41,7 @@ class Reconciler:
         self.publish = publish
         self.act = act
         self.reconciled = 0  # rounds of changes handled
-        self._round = anyio.Event()
+        self._rounds = Notifier()
 
     async def run(
         self, rounds: AsyncIterator[set[Change]], *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
@@ -72,13 +74,11 @@ class Reconciler:
                 except Exception:  # a file that cannot be read, say: this extension waits, the rest goes on
                     log.exception("could not bring %s %s in step with the disk", extension_type.value, name)
         self.reconciled += 1
-        self._round.set()
-        self._round = anyio.Event()
+        self._rounds.notify()
 
     async def wait_reconciled(self, rounds: int) -> None:
         """Returns once that many rounds of changes have been handled (for tests and tools)."""
-        while self.reconciled < rounds:
-            await self._round.wait()
+        await self._rounds.wait_until(lambda: self.reconciled >= rounds)
 
     def _expand(self, changed: Iterable[Change]) -> set[tuple[ExtensionType, str]]:
         found: set[tuple[ExtensionType, str]] = set()
@@ -97,11 +97,11 @@ class Reconciler:
         except NotFound:
             versions = {}
         events: list[Event] = []
-        cached = {e.metadata.version: e for e in manager.cached(extension_type, name)}
+        cached = {e.metadata.version: e for e in manager.loaded(extension_type, name)}
         for version, entry in cached.items():
             info = versions.get(version)
             if info is None:
-                events += manager.remove(extension_type, name, version)
+                events += manager.unload(extension_type, name, version, "removed")
                 continue
             if info.metadata is None:
                 log.info("%s changed but its metadata is not valid (yet): keeping the loaded copy", info.key)
@@ -116,10 +116,10 @@ class Reconciler:
         if events:
             await self.publish(events)
 
-    async def _attempt(self, load: Awaitable[Outcome], key: str) -> list[Event]:
+    async def _attempt(self, load: Awaitable[LoadResult], key: str) -> list[Event]:
         try:
-            outcome = await load
+            result = await load
         except LoaderError as exc:
             log.warning("%s changed on disk but does not load (%s): %s", key, exc.code, exc.message)
             return []
-        return outcome.events
+        return list(result.events)

@@ -36,7 +36,8 @@ from ..registry.archive import ArchiveRefused, UnpackLimits, digest_file, unpack
 from ..registry.index import IndexRecord, IndexRecordInvalid, Release, decode_record, parse_index_key
 from ..registry.jetstream import ArchiveTooLarge, RegistryBuckets, RegistryUnavailable
 from . import audit
-from .store import VersionInfo, read_version
+from .folders import read_version
+from .version_info import VersionInfo
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +116,7 @@ class Releases:
     # --- what the store reads ---
 
     @property
-    def generation(self) -> int:
+    def revision(self) -> int:
         return self._generation
 
     def names(self, extension_type: ExtensionType) -> Collection[str]:

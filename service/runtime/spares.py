@@ -22,6 +22,7 @@ import anyio
 from anyio.abc import TaskGroup, TaskStatus
 
 from ..contract.errors import LoaderError
+from ..notify import Notifier
 from .sandbox import SandboxedProcess
 
 log = logging.getLogger(__name__)
@@ -64,7 +65,7 @@ class SparePool:
         self.max_age_s = max_age_s
         self._idle: deque[_Spare] = deque()
         self._tg: TaskGroup | None = None
-        self._changed = anyio.Event()
+        self._changed = Notifier()
 
     async def __aenter__(self) -> Self:
         tg = anyio.create_task_group()
@@ -96,10 +97,10 @@ class SparePool:
             spare = self._idle.popleft()
             if spare.process.alive and spare.key == key:
                 spare.settle("taken")
-                self._notify()
+                self._changed.notify()
                 return spare.process
             spare.settle("discarded")
-        self._notify()
+        self._changed.notify()
         return None
 
     def idle_pids(self) -> list[int]:
@@ -108,17 +109,12 @@ class SparePool:
 
     async def wait_for(self, condition: Callable[[list[int]], bool]) -> list[int]:
         """Waits until `condition` holds for `idle_pids()`; returns them."""
-        while not condition(pids := self.idle_pids()):
-            await self._changed.wait()
-        return pids
+        await self._changed.wait_until(lambda: condition(self.idle_pids()))
+        return self.idle_pids()
 
     async def wait_full(self) -> list[int]:
         """Waits until every slot has a spare waiting (never, while spares cannot start); returns their ids."""
         return await self.wait_for(lambda pids: len(pids) >= self.size)
-
-    def _notify(self) -> None:
-        self._changed.set()
-        self._changed = anyio.Event()
 
     async def _keep(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """One slot: keeps one spare waiting, for as long as the pool lives."""
@@ -160,7 +156,7 @@ class SparePool:
     async def _watch(self, spare: _Spare) -> Literal["taken", "exited", "replaced"]:
         """Waits until the spare is taken, exits, grows old or is passed over; stops it unless it was taken."""
         self._idle.append(spare)
-        self._notify()
+        self._changed.notify()
         exited = False
         try:
             with anyio.move_on_after(self.max_age_s):
@@ -183,7 +179,7 @@ class SparePool:
                 await spare.process.stop()
                 if spare in self._idle:
                     self._idle.remove(spare)
-                    self._notify()
+                    self._changed.notify()
         if spare.fate == "taken":
             return "taken"
         return "exited" if exited else "replaced"

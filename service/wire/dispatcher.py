@@ -2,11 +2,14 @@
 becomes an error reply.
 
 nats-py awaits a subscription's callback before it hands over the next message, so the callback must never
-wait. A load the cache answers as it stands, and the subjects marked inline (list, stats, ...), are answered
-right in the callback, which costs a fraction of starting a task; everything that can wait (a cold load, a
-reload, a scan of the disk) gets a task of its own in the service's task group, and a large reply (a discover
-of thousands) is encoded a slice at a time, so neither holds up the event loop. The dispatcher counts what is
-in flight, so a stop can wait for it, and answers what a stop cuts off with `unavailable` rather than nothing.
+wait. The callback decodes the request (once: what follows gets the struct) and, for a load, looks at the
+cache (once: a miss is handed on, so the load does not look again). A load the cache answers as it stands
+(through the load handler's `look_up`), an undecodable request, and the subjects marked inline (list,
+stats, ...) are answered right in the callback, which costs a fraction of starting a task; everything that
+can wait (a cold load, a reload, a scan of the disk) gets a task of its own in the service's task group, and
+a large reply (a discover of thousands) is encoded a slice at a time, so neither holds up the event loop. The
+dispatcher counts what is in flight, so a stop can wait for it, and answers what a stop cuts off with
+`unavailable` rather than nothing.
 
 It may use the connection to reply and the publisher to send the events a handler returns; it decodes and
 encodes through `codec` and leaves the work itself to the handlers.
@@ -16,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,14 +32,14 @@ from opentelemetry import trace
 from opentelemetry.sdk.metrics import MeterProvider
 
 from ..contract.errors import LoaderError, Unavailable
-from ..contract.messages import Extension, LoadRequest
+from ..contract.messages import Event, Extension
 from ..core import audit, metrics
-from ..core.manager import Event, ExtensionManager
+from ..core.flights import Miss
 from ..core.slices import in_slices
 from . import codec, replies
 from .events import EventPublisher
 from .frames import FrameWriter
-from .handlers import FailedAfterEvents, Handler
+from .handlers import Handler
 from .micro import EndpointStats
 from .tracing import Tracing, carried, describe, describe_outcome
 
@@ -53,6 +56,8 @@ class Endpoint:
     handler: Handler
     stats: EndpointStats
     inline: bool = False  # answered in the subscription's callback: waits on nothing (a large reply: its slices)
+    # The load's look at the cache, made in the callback: the extension to answer with, or a Miss for the handler.
+    look_up: Callable[[Any], Extension | Miss | None] | None = None
 
 
 class Dispatcher:
@@ -61,13 +66,11 @@ class Dispatcher:
         nc: Client,
         tg: TaskGroup,
         *,
-        manager: ExtensionManager,
         publisher: EventPublisher,
         tracing: Tracing,
     ) -> None:
         self._nc = nc
         self._tg = tg
-        self._manager = manager
         self._publisher = publisher
         self._tracing = tracing
         self._frames = FrameWriter(nc)
@@ -86,71 +89,81 @@ class Dispatcher:
 
         async def dispatch(msg: Msg) -> None:
             started = time.perf_counter_ns()
-            fmt = codec.Codec.of(msg.headers)
+            encoding = codec.Codec.of(msg.headers)
             self.active += 1
-            hit = self._cached(msg, fmt) if endpoint.request is LoadRequest else None
-            if hit is not None and not self._tracing.enabled:
+            try:
+                request: Any = codec.decode(msg.data, endpoint.request, encoding)
+            except LoaderError as exc:
+                await self.handle(endpoint, msg, encoding, exc)  # nothing to wait for: answered at once
+                return
+            found = self._look_up(endpoint, request)
+            if isinstance(found, Extension) and not self._tracing.enabled:
                 # The answer orchestrators ask for most, at the least cost: no task, no span (tracing is off),
                 # no audit (nothing changes), a reply encoded once per cache entry.
                 error: LoaderError | None = None
                 try:
-                    body, headers = replies.success(hit, fmt, self._nc.max_payload), replies.OK_HEADERS[fmt]
+                    body, headers = replies.success(found, encoding, self._nc.max_payload), replies.OK_HEADERS[encoding]
                 except Exception as exc:
-                    error, body, headers = replies.failure(exc, msg.subject, fmt)
+                    error, body, headers = replies.failure(exc, msg.subject, encoding)
                 try:
                     await self._reply(msg, body, headers)
                 finally:
                     self._done(endpoint, time.perf_counter_ns() - started, error)
-            elif hit is not None or endpoint.inline:
-                await self.handle(endpoint, msg, fmt, hit)
+            elif isinstance(found, Extension) or endpoint.inline:
+                await self.handle(endpoint, msg, encoding, request, found)
             else:
-                self._tg.start_soon(self.handle, endpoint, msg, fmt)
+                self._tg.start_soon(self.handle, endpoint, msg, encoding, request, found)
 
         return dispatch
 
-    def _cached(self, msg: Msg, fmt: codec.Codec) -> Extension | None:
-        """The extension, counted as a cache hit, when the request is a load the cache answers as it stands."""
-        try:
-            req = codec.decode(msg.data, LoadRequest, fmt)
-        except LoaderError:
-            return None
-        if req.with_dependencies:
+    def _look_up(self, endpoint: Endpoint, request: Any) -> Extension | Miss | None:
+        if endpoint.look_up is None:
             return None
         try:
-            return self._manager.hit(req.type, req.name, req.version)
+            return endpoint.look_up(request)
         except Exception:
             # A defect, not a hit: the general path runs the load and answers with the error if it recurs.
-            log.exception("looking up %s %s in the cache failed", req.type, req.name)
+            log.exception("looking up %s in the cache failed", request)
             return None
 
-    async def handle(self, endpoint: Endpoint, msg: Msg, fmt: codec.Codec, hit: Extension | None = None) -> None:
-        """Answers one request; `hit` is the extension a cached load answers with, found (and counted) already.
+    async def handle(
+        self,
+        endpoint: Endpoint,
+        msg: Msg,
+        encoding: codec.Codec,
+        request: Any,
+        found: Extension | Miss | None = None,
+    ) -> None:
+        """Answers one request, decoded already (or the `LoaderError` its decoding raised); `found` is what the
+        load's look at the cache found: the extension to answer with (counted already), or a `Miss`.
 
         Every request gets one reply: the handler's data, its error, or, when a stop cancels the handler,
         `unavailable` (sent shielded from the cancellation)."""
         started = time.perf_counter_ns()
         error: LoaderError | None = None
         replied = False
-        events: list[Event] = []
+        events: Sequence[Event] = ()
         audit.handling(msg.headers, msg.subject)
         try:
             group = endpoint.stats.queue_group
             with self._tracing.request_span(msg.subject, msg.headers, len(msg.data), group) as span:
                 try:
-                    request = codec.decode(msg.data, endpoint.request, fmt)
+                    if isinstance(request, LoaderError):
+                        raise request
                     if span.is_recording():
                         describe(span, request)
-                    if hit is None:
-                        data, events = await endpoint.handler(request, span)
+                    if isinstance(found, Extension):
+                        data: Any = found
+                        describe_outcome(span, found, cold=False)
+                    elif found is not None:
+                        data, events = await endpoint.handler(request, span, found)
                     else:
-                        data = hit
-                        describe_outcome(span, hit, cold=False)
-                    body, headers = await self._success(data, fmt), replies.OK_HEADERS[fmt]
+                        data, events = await endpoint.handler(request, span)
+                    if isinstance(data, LoaderError):
+                        raise data  # failed after it changed something: answered as the error, announced all the same
+                    body, headers = await self._success(data, encoding), replies.OK_HEADERS[encoding]
                 except Exception as exc:
-                    failed: Exception = exc
-                    if isinstance(exc, FailedAfterEvents):  # answered as the error, announced all the same
-                        failed, events = exc.error, exc.events
-                    error, body, headers = replies.failure(failed, msg.subject, fmt)
+                    error, body, headers = replies.failure(exc, msg.subject, encoding)
                     span.set_status(trace.StatusCode.ERROR, error.message)
                     span.set_attribute("error.type", error.code)
                 replied = True
@@ -159,19 +172,19 @@ class Dispatcher:
                     await self._publisher.publish(events, carry=carried(msg.headers))
         except anyio.get_cancelled_exc_class():
             if not replied:
-                error, body, headers = replies.failure(Unavailable(STOPPING), msg.subject, fmt)
+                error, body, headers = replies.failure(Unavailable(STOPPING), msg.subject, encoding)
                 with anyio.CancelScope(shield=True), anyio.move_on_after(2):
                     await self._reply(msg, body, headers)
             raise
         finally:
             self._done(endpoint, time.perf_counter_ns() - started, error)
 
-    async def _success(self, data: Any, fmt: codec.Codec) -> bytes:
+    async def _success(self, data: Any, encoding: codec.Codec) -> bytes:
         """The success reply; a large one (a discover of thousands of extensions), unless it was encoded before,
         is encoded a slice at a time, so cached answers do not wait behind it."""
         if codec.heavy(data):
-            return replies.sized(await in_slices(codec.success_steps(data, fmt)), self._nc.max_payload)
-        return replies.success(data, fmt, self._nc.max_payload)
+            return replies.sized(await in_slices(codec.success_steps(data, encoding)), self._nc.max_payload)
+        return replies.success(data, encoding, self._nc.max_payload)
 
     def _done(self, endpoint: Endpoint, elapsed_ns: int, error: LoaderError | None) -> None:
         endpoint.stats.record(elapsed_ns, None if error is None else error.message)

@@ -1,6 +1,7 @@
 """The request handlers: one plain method per subject, from a decoded request to the reply's data and the
-events to publish once the reply has gone. The fleet subjects (`<prefix>.all.list`, ...) reuse them: every
-instance answers with its own reply, under its instance id.
+events to publish once the reply has gone (a load with dependencies that failed after some of them loaded
+answers with its error in place of the data, and still owes their events). The fleet subjects
+(`<prefix>.all.list`, ...) reuse them: every instance answers with its own reply, under its instance id.
 
 They know nothing of NATS (no message, no connection, no headers): the dispatcher decodes, calls, encodes and
 replies. What they may touch is the manager and the span they are given; errors are raised as the contract's
@@ -9,18 +10,19 @@ replies. What they may touch is the manager and the span they are given; errors 
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import msgspec
 from opentelemetry import trace
 
-from ..contract.errors import LoaderError
 from ..contract.messages import (
     Cleared,
     DiscoverRequest,
     EmptyRequest,
+    Event,
     EventStats,
+    Extension,
     GraphRequest,
     InstanceReply,
     ListRequest,
@@ -28,24 +30,15 @@ from ..contract.messages import (
     ReloadRequest,
     StatusRequest,
 )
+from ..core.flights import Miss
 from ..core.graph import render
-from ..core.manager import Event, ExtensionManager
+from ..core.manager import ExtensionManager, PartialLoad
 from .tracing import describe_outcome
 
-Reply = tuple[Any, list[Event]]
-
-
-class FailedAfterEvents(Exception):
-    """A request that failed after it had changed something: the error to answer with, and the events of what
-    did change (dependencies loaded before another one failed), to publish after the error reply."""
-
-    def __init__(self, error: LoaderError, events: list[Event]) -> None:
-        super().__init__(error.message)
-        self.error = error
-        self.events = events
-
-
-Handler = Callable[[Any, trace.Span], Awaitable[Reply]]
+# The reply's data (or the `LoaderError` to answer with, once something changed), and the events to publish.
+Reply = tuple[Any, Sequence[Event]]
+# (request, span), and for a load the dispatcher's `Miss` when it looked at the cache already.
+Handler = Callable[..., Awaitable[Reply]]
 
 # The subjects whose answer describes the one instance that gives it; each has a fleet twin under `all.`.
 FLEET = ("list", "status", "stats", "cache.clear")
@@ -85,23 +78,27 @@ class RequestHandlers:
 
         return answer
 
-    async def load(self, req: LoadRequest, span: trace.Span) -> Reply:
-        loaded: list[Event] = []
-        try:
-            outcome = await self.manager.load(
-                req.type, req.name, req.version, with_dependencies=req.with_dependencies, failed_events=loaded
-            )
-        except LoaderError as exc:
-            if loaded:
-                raise FailedAfterEvents(exc, loaded) from exc
-            raise
-        describe_outcome(span, outcome.extension, outcome.cold)
-        return outcome.extension, outcome.events
+    def look_up(self, req: LoadRequest) -> Extension | Miss | None:
+        """The load's one look at the cache, where nothing may wait (see `ExtensionManager.look_up`); a load
+        with dependencies is never answered by it."""
+        if req.with_dependencies:
+            return None
+        return self.manager.look_up(req.type, req.name, req.version)
+
+    async def load(self, req: LoadRequest, span: trace.Span, miss: Miss | None = None) -> Reply:
+        if req.with_dependencies:
+            result = await self.manager.load_with_dependencies(req.type, req.name, req.version)
+            if isinstance(result, PartialLoad):
+                return result.error, result.events
+        else:
+            result = await self.manager.load(req.type, req.name, req.version, miss=miss)
+        describe_outcome(span, result.extension, result.cold)
+        return result.extension, result.events
 
     async def reload(self, req: ReloadRequest, span: trace.Span) -> Reply:
-        outcome = await self.manager.reload(req.type, req.name, req.version)
-        describe_outcome(span, outcome.extension, cold=True)
-        return outcome.extension, outcome.events
+        result = await self.manager.reload(req.type, req.name, req.version)
+        describe_outcome(span, result.extension, cold=True)
+        return result.extension, result.events
 
     async def list(self, req: ListRequest, span: trace.Span) -> Reply:
         return self.manager.loaded(req.type), []
@@ -114,8 +111,8 @@ class RequestHandlers:
         return await self.manager.discover(req.type, req.name), []
 
     async def clear(self, req: EmptyRequest, span: trace.Span) -> Reply:
-        count, events = self.manager.clear()
-        return Cleared(cleared=count), events
+        events = self.manager.unload_all()
+        return Cleared(cleared=len(events)), events
 
     async def stats(self, req: EmptyRequest, span: trace.Span) -> Reply:
         return msgspec.structs.replace(self.manager.stats(), events=self._event_stats()), []

@@ -58,7 +58,7 @@ class PeerListener:
         target = event.target()
         if event.instance_id == self.manager.instance_id or target is None:
             return
-        dropped = self.manager.forget_for_peer(msg.subject == self.loaded_subject, event.reason, *target)
+        dropped = self.manager.unload_for_peer(msg.subject == self.loaded_subject, event.reason, *target)
         self.handled += 1
         self._on_event()
         if dropped:

@@ -23,10 +23,12 @@ from nats.aio.client import Client
 
 from ..contract.config import RegistryConfig
 from ..contract.errors import LoaderError
-from ..core.manager import Event, ExtensionManager
+from ..contract.messages import Event
+from ..core.manager import ExtensionManager
 from ..core.releases import Changes, Releases
-from ..core.store import VersionInfo
+from ..core.version_info import VersionInfo
 from ..core.versions import Constraint
+from ..notify import Notifier
 from ..registry.jetstream import BucketNames, RegistryBuckets, RegistryUnavailable, Update
 from .events import EventPublisher
 
@@ -46,9 +48,9 @@ class RegistryFollower:
         client: Callable[[], Client],
         publisher: Callable[[], EventPublisher],
         connection_changes: Callable[[], int],
-        changed: Callable[[], anyio.Event],
+        changed: Notifier,
     ) -> None:
-        """`connection_changes`: how many disconnects and reconnects there have been; `changed`: an event set at
+        """`connection_changes`: how many disconnects and reconnects there have been; `changed`: notified at
         the next one."""
         self.config = config
         self.manager = manager
@@ -58,7 +60,7 @@ class RegistryFollower:
         self._connection_changes = connection_changes
         self._changed = changed
         self.updates = 0  # index updates applied (for tests and tools)
-        self._updated = anyio.Event()
+        self._updated = Notifier()
         self._unreachable_said = False
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
@@ -85,13 +87,11 @@ class RegistryFollower:
             if broke and self._client().is_connected:
                 continue  # start it again at once
             with anyio.move_on_after(_RETRY_S):
-                while self._connection_changes() == seen:
-                    await self._changed().wait()
+                await self._changed.wait_until(lambda: self._connection_changes() != seen)  # noqa: B023 (awaited here)
 
     async def wait_updates(self, count: int) -> None:
         """Returns once that many index updates have been applied (for tests and tools)."""
-        while self.updates < count:
-            await self._updated.wait()
+        await self._updated.wait_until(lambda: self.updates >= count)
 
     async def _follow(self, seen: int, ready: Callable[[], None]) -> None:
         nc = self._client()
@@ -134,8 +134,7 @@ class RegistryFollower:
 
     async def _stop_on_change(self, seen: int, scope: anyio.CancelScope) -> None:
         """A disconnect or reconnect ends this watch: the loop starts a fresh one once connected."""
-        while self._connection_changes() == seen:
-            await self._changed().wait()
+        await self._changed.wait_until(lambda: self._connection_changes() != seen)
         if not self._client().is_connected:
             self._unreachable("disconnected from NATS")
         scope.cancel()
@@ -160,8 +159,7 @@ class RegistryFollower:
             self.releases.save()
         events = await self.events_for(changes, initial=initial)
         self.updates += 1
-        self._updated.set()
-        self._updated = anyio.Event()
+        self._updated.notify()
         if events:
             await self._publisher().publish(events)
 
@@ -174,9 +172,9 @@ class RegistryFollower:
         for info in changes.yanked:
             if self._on_disk(info):
                 continue  # the disk's copy of that version is the one served, and it was not yanked
-            events += manager.yanked(info, announce=auto_update)
+            events += manager.unload(info.extension_type, info.name, info.version, "yanked", announce=auto_update)
         for info in changes.withdrawn:
-            events += manager.remove(info.extension_type, info.name, info.version)
+            events += manager.unload(info.extension_type, info.name, info.version, "removed")
         if auto_update and not (initial and self.releases.first_reading):
             events += await self._load_latest(changes.published + changes.restored)
         self.releases.first_reading = False
@@ -201,9 +199,9 @@ class RegistryFollower:
             if latest.key not in new or latest.source != "registry":
                 continue  # what is newly published is not the latest (or the disk's copy wins)
             try:
-                outcome = await self.manager.load(extension_type, name, latest.version, reason="published")
+                result = await self.manager.load(extension_type, name, latest.version, reason="published")
             except LoaderError as exc:
                 log.warning("auto_update: %s was published but does not load (%s): %s", latest.key, exc.code, exc)
                 continue
-            events += outcome.events
+            events += result.events
         return events

@@ -24,9 +24,10 @@ from nats.aio.client import Client
 from nats.aio.subscription import Subscription
 
 from ..contract.config import Config
-from ..contract.messages import EmptyRequest, EventStats, ListRequest
+from ..contract.messages import EmptyRequest, EventStats, ListRequest, LoadRequest
 from ..core import metrics
 from ..core.manager import ExtensionManager
+from ..notify import Notifier
 from .connection import ConnectRefused, NatsConnection, flush_subscriptions
 from .dispatcher import Dispatcher, Endpoint
 from .events import EventPublisher
@@ -61,20 +62,22 @@ class ExtensionService:
                 handler,
                 EndpointStats(name, f"{prefix}.{suffix}", queue),
                 inline=kind in inline,
+                look_up=self.handlers.look_up if kind is LoadRequest else None,
             )
             for (name, suffix, kind, handler), queue in routes
         ]
-        self.connection = NatsConnection(config.nats, on_change=self._notify)
-        self.registry: RegistryFollower | None = None
+        self._changed = Notifier()  # whenever reconnects or peer_events grows
+        self.connection = NatsConnection(config.nats, on_change=self._changed.notify)
+        self.follower: RegistryFollower | None = None
         if manager.releases is not None:
-            self.registry = RegistryFollower(
+            self.follower = RegistryFollower(
                 config.registry,
                 manager,
                 manager.releases,
                 client=lambda: self.nc,
                 publisher=lambda: self.publisher,
                 connection_changes=lambda: self.connection.reconnects + self.connection.disconnects,
-                changed=lambda: self._changed,
+                changed=self._changed,
             )
         self._following: anyio.CancelScope | None = None  # the registry follower's, while it runs
         self.tracing = Tracing()
@@ -82,11 +85,10 @@ class ExtensionService:
         self._tg: TaskGroup | None = None
         self._publisher: EventPublisher | None = None
         self._dispatcher: Dispatcher | None = None
-        self._peers = PeerListener(manager, loaded_subject=f"{prefix}.loaded", on_event=self._notify)
+        self._peers = PeerListener(manager, loaded_subject=f"{prefix}.loaded", on_event=self._changed.notify)
         self._subs: list[Subscription] = []
         self._closed = False
         self._drained = False
-        self._changed = anyio.Event()  # set (and replaced) whenever reconnects or peer_events grows
 
     @property
     def subscribed(self) -> bool:
@@ -138,12 +140,10 @@ class ExtensionService:
             deadline_s=cfg.nats.drain_timeout_s,
         )
         await self._publisher.setup([e.subject for e in self.endpoints])
-        if self.registry is not None:
+        if self.follower is not None:
             # The index is read before the first request is taken (or found unreachable, within its bound).
             await self._tg.start(self._follow_registry)
-        self._dispatcher = Dispatcher(
-            nc, self._tg, manager=self.manager, publisher=self._publisher, tracing=self.tracing
-        )
+        self._dispatcher = Dispatcher(nc, self._tg, publisher=self._publisher, tracing=self.tracing)
         group = cfg.nats.queue_group
         for endpoint in self.endpoints:
             cb = self._dispatcher.callback(endpoint)
@@ -165,9 +165,9 @@ class ExtensionService:
         )
 
     async def _follow_registry(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        assert self.registry is not None
+        assert self.follower is not None
         with anyio.CancelScope() as self._following:
-            await self.registry.run(task_status=task_status)
+            await self.follower.run(task_status=task_status)
 
     async def drain(self) -> None:
         """Stops taking requests and waits (up to the drain time) for those already received and their events;
@@ -210,12 +210,7 @@ class ExtensionService:
 
     async def wait_until(self, *, reconnects: int = 0, peer_events: int = 0) -> None:
         """Returns once at least that many reconnects and peer events have been handled (for tests and tools)."""
-        while self.reconnects < reconnects or self.peer_events < peer_events:
-            await self._changed.wait()
-
-    def _notify(self) -> None:
-        self._changed.set()
-        self._changed = anyio.Event()
+        await self._changed.wait_until(lambda: self.reconnects >= reconnects and self.peer_events >= peer_events)
 
     def _event_stats(self) -> EventStats:
         return EventStats(published=self.publisher.published, failed=self.publisher.failed)

@@ -115,9 +115,9 @@ async def loader_watching_from_elsewhere(
 
 async def wait_following(service: ExtensionService, after: int) -> None:
     """Returns once the loader's follower has applied an index reading after its `after`-th."""
-    assert service.registry is not None
+    assert service.follower is not None
     with anyio.fail_after(WAIT):
-        await service.registry.wait_updates(after + 1)
+        await service.follower.wait_updates(after + 1)
 
 
 def published(events: EventLog) -> list[tuple[str, str]]:
@@ -186,7 +186,7 @@ async def test_with_a_node_gone_that_the_loader_is_not_on_loads_publishes_and_an
     await publish_r3(js_cluster.servers[0].url, source(tmp_path, "redis", "7.0.0"), signer, config)
 
     async with connected(n3.url) as nc, loader_watching_from_elsewhere(config, js_cluster, 2, nc) as (service, gone):
-        assert service.registry is not None
+        assert service.follower is not None
         await lead(js_cluster, gone, STREAMS)
         events = await listen(nc)
         client = LoaderClient(nc, timeout=WAIT)
@@ -217,7 +217,7 @@ async def test_with_the_loader_s_own_node_gone_it_reconnects_and_loads_publishes
     await publish_r3(first, source(tmp_path, "redis", "7.0.0"), signer, config)
 
     async with running_service(config) as service:
-        assert service.registry is not None and service.nc.connected_url is not None
+        assert service.follower is not None and service.nc.connected_url is not None
         own = js_cluster.node(service.nc.connected_url.port)
         other = (own + 1) % 3  # where this test's client and the publisher stay
         await lead(js_cluster, own, STREAMS)  # the loader's node leads both streams too
@@ -225,7 +225,7 @@ async def test_with_the_loader_s_own_node_gone_it_reconnects_and_loads_publishes
             events = await listen(nc)
             client = LoaderClient(nc, timeout=WAIT)
             assert (await client.load("taskserv", "etcd", "3.5.0"))["metadata"]["version"] == "3.5.0"
-            seen = service.registry.updates
+            seen = service.follower.updates
 
             await stop(js_cluster, own)
             with anyio.fail_after(WAIT):
@@ -260,10 +260,10 @@ async def test_of_two_loaders_only_the_auto_updating_one_loads_a_publish_and_the
         running_service(lazy, instance_id="LAZY") as b,
         connected(n3.url) as nc,
     ):
-        assert a.registry is not None and b.registry is not None
+        assert a.follower is not None and b.follower is not None
         events = await listen(nc)
         assert (await b.manager.load(T, "etcd", None)).extension.metadata.version == "3.5.0"
-        seen = b.registry.updates
+        seen = b.follower.updates
 
         await publish_r3(n3.url, source(tmp_path / "later", "etcd", "3.6.0"), signer, eager)
         assert await wait_published(events, 1) == [("EAGER", "3.6.0")]

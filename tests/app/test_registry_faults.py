@@ -102,7 +102,7 @@ async def dangling(buckets: RegistryBuckets) -> list[str]:
 
 async def wait_until_known(service: ExtensionService, name: str, version: str) -> None:
     """Until the loader's follower has read `version` of `name` from the index."""
-    follower, releases = service.registry, service.manager.releases
+    follower, releases = service.follower, service.manager.releases
     assert follower is not None and releases is not None
     with anyio.fail_after(WAIT):
         while version not in releases.versions(T, name):
@@ -110,7 +110,7 @@ async def wait_until_known(service: ExtensionService, name: str, version: str) -
 
 
 async def wait_until_reachable(service: ExtensionService) -> None:
-    follower, releases = service.registry, service.manager.releases
+    follower, releases = service.follower, service.manager.releases
     assert follower is not None and releases is not None
     with anyio.fail_after(WAIT):
         while not releases.reachable:

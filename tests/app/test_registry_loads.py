@@ -127,17 +127,17 @@ async def test_yank_skips_a_version_for_latest_keeps_a_pin_and_is_announced(
     await publish_folder(nc, source(tmp_path / "1", "vault", "1.0.0"), signer, config)
     await publish_folder(nc, source(tmp_path / "2", "vault", "1.1.0"), signer, config)
     async with running_service(config) as service:
-        assert service.registry is not None
+        assert service.follower is not None
         client = LoaderClient(nc, timeout=WAIT)
         assert (await client.load("taskserv", "vault"))["metadata"]["version"] == "1.1.0"
-        seen = service.registry.updates
+        seen = service.follower.updates
         buckets = RegistryBuckets(nc)
         await buckets.open()
         await yank(buckets, T, "vault", "1.1.0")
         (unloaded,) = await events.wait_for(1, ".unloaded")
         assert (unloaded["reason"], unloaded["version"]) == ("yanked", "1.1.0")
         with anyio.fail_after(WAIT):
-            await service.registry.wait_updates(seen + 1)
+            await service.follower.wait_updates(seen + 1)
         assert (await client.load("taskserv", "vault"))["metadata"]["version"] == "1.0.0"
         assert (await client.load("taskserv", "vault", "1.1.0"))["metadata"]["version"] == "1.1.0"  # pinned
         (vault,) = await client.discover("taskserv", "vault")
@@ -146,7 +146,7 @@ async def test_yank_skips_a_version_for_latest_keeps_a_pin_and_is_announced(
         assert {s["version"]: s["yanked"] for s in vault["sources"]} == {"1.1.0": True, "1.0.0": False}
         await yank(buckets, T, "vault", "1.1.0", undo=True)
         with anyio.fail_after(WAIT):
-            await service.registry.wait_updates(seen + 2)
+            await service.follower.wait_updates(seen + 2)
         (vault,) = await client.discover("taskserv", "vault")
         assert vault["latest"]["version"] == "1.1.0"
 

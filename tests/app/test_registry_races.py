@@ -134,9 +134,9 @@ async def test_a_yank_of_a_version_the_disk_also_has_leaves_the_disk_s_copy_load
     await buckets.create()
     await publish(buckets, await prepare(folder, signer, config))
     async with running_service(config) as service:
-        assert service.registry is not None
+        assert service.follower is not None
         await service.manager.load(T, "vault", "1.0.0")
-        seen = service.registry.updates
+        seen = service.follower.updates
         value, revision = await buckets.get(index_key(T, "vault"))
         assert value is not None
         record = decode_record(value)
@@ -144,6 +144,6 @@ async def test_a_yank_of_a_version_the_disk_also_has_leaves_the_disk_s_copy_load
         updated = encode_record(msgspec.structs.replace(record, releases={"1.0.0": yanked}))
         await buckets.put(index_key(T, "vault"), updated, revision)
         with anyio.fail_after(20):
-            await service.registry.wait_updates(seen + 1)
+            await service.follower.wait_updates(seen + 1)
         # The update was applied (the cache is changed before the count grows): the disk's copy stays.
-        assert [e.metadata.version for e in service.manager.cached(T, "vault")] == ["1.0.0"]
+        assert [e.metadata.version for e in service.manager.loaded(T, "vault")] == ["1.0.0"]

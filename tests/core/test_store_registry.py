@@ -14,7 +14,8 @@ import pytest
 from service.contract.errors import NotFound, UntrustedExtension, VersionNotFound
 from service.contract.messages import ExtensionMetadata, ExtensionType, VersionSource
 from service.core.dependencies import dependency_tree
-from service.core.store import ExtensionStore, VersionInfo
+from service.core.store import ExtensionStore
+from service.core.version_info import VersionInfo
 from service.core.versions import Constraint
 from tests.conftest import write_extension
 
@@ -25,7 +26,7 @@ LATEST = Constraint.parse(None)
 class View:
     def __init__(self) -> None:
         self.infos: dict[tuple[ExtensionType, str], dict[str, VersionInfo]] = {}
-        self.generation = 0
+        self.revision = 0
 
     def add(
         self,
@@ -55,7 +56,7 @@ class View:
             signer="U" + "A" * 55,
         )
         self.infos.setdefault((T, name), {})[version] = info
-        self.generation += 1
+        self.revision += 1
         return info
 
     def names(self, extension_type: ExtensionType) -> Collection[str]:
@@ -66,17 +67,17 @@ class View:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> ExtensionStore:
+def roots(tmp_path: Path) -> list[Path]:
     write_extension(tmp_path, "taskserv", "etcd", "3.5.0")
     write_extension(tmp_path, "taskserv", "etcd", "3.6.0")
-    return ExtensionStore([tmp_path])
+    return [tmp_path]
 
 
-def test_a_name_s_versions_are_the_disk_s_and_the_registry_s_and_the_disk_wins_a_tie(store: ExtensionStore) -> None:
+def test_a_name_s_versions_are_the_disk_s_and_the_registry_s_and_the_disk_wins_a_tie(roots: list[Path]) -> None:
     view = View()
     view.add("etcd", "3.6.0")
     view.add("etcd", "3.7.0")
-    store.registry = view
+    store = ExtensionStore(roots, releases=view)
     versions = store.versions(T, "etcd")
     assert sorted(versions) == ["3.5.0", "3.6.0", "3.7.0"]
     assert versions["3.6.0"].source == "disk" and versions["3.7.0"].source == "registry"
@@ -84,20 +85,20 @@ def test_a_name_s_versions_are_the_disk_s_and_the_registry_s_and_the_disk_wins_a
     assert store.has(T, "etcd") and not store.has(T, "nothing")
 
 
-def test_a_name_only_in_the_registry_is_found_and_suggested(store: ExtensionStore) -> None:
+def test_a_name_only_in_the_registry_is_found_and_suggested(roots: list[Path]) -> None:
     view = View()
     view.add("kubernetes", "1.30.0")
-    store.registry = view
+    store = ExtensionStore(roots, releases=view)
     assert store.resolve(T, "kubernetes", LATEST).source == "registry"
     with pytest.raises(NotFound) as caught:
         store.versions(T, "kubernetez")
     assert caught.value.suggestions == ["kubernetes"]
 
 
-def test_a_yanked_version_is_never_chosen_by_a_constraint_but_loads_when_pinned(store: ExtensionStore) -> None:
+def test_a_yanked_version_is_never_chosen_by_a_constraint_but_loads_when_pinned(roots: list[Path]) -> None:
     view = View()
     view.add("etcd", "3.7.0", yanked=True)
-    store.registry = view
+    store = ExtensionStore(roots, releases=view)
     assert store.resolve(T, "etcd", LATEST).version == "3.6.0"
     with pytest.raises(VersionNotFound) as caught:
         store.resolve(T, "etcd", Constraint.parse("^3.7"))
@@ -106,11 +107,11 @@ def test_a_yanked_version_is_never_chosen_by_a_constraint_but_loads_when_pinned(
     assert pinned.version == "3.7.0" and pinned.yanked
 
 
-def test_an_untrusted_version_is_not_chosen_and_a_pin_of_it_is_refused(store: ExtensionStore) -> None:
+def test_an_untrusted_version_is_not_chosen_and_a_pin_of_it_is_refused(roots: list[Path]) -> None:
     view = View()
     view.add("etcd", "3.8.0", untrusted="its signature does not verify")
     view.add("vault", "1.0.0", untrusted="its signer is not trusted")
-    store.registry = view
+    store = ExtensionStore(roots, releases=view)
     assert store.resolve(T, "etcd", LATEST).version == "3.6.0"
     for name, constraint in (("etcd", "3.8.0"), ("vault", None)):
         info = store.resolve(T, name, Constraint.parse(constraint))
@@ -120,12 +121,12 @@ def test_an_untrusted_version_is_not_chosen_and_a_pin_of_it_is_refused(store: Ex
         assert caught.value.status == 403
 
 
-def test_discover_lists_every_version_with_where_it_comes_from(store: ExtensionStore) -> None:
+def test_discover_lists_every_version_with_where_it_comes_from(roots: list[Path]) -> None:
     view = View()
     view.add("etcd", "3.7.0", yanked=True)
     view.add("etcd", "3.8.0", untrusted="not trusted")
     view.add("vault", "1.0.0")
-    store.registry = view
+    store = ExtensionStore(roots, releases=view)
     (etcd,) = store.available(T, "etcd")
     assert etcd.versions == ("3.6.0", "3.5.0")
     assert etcd.latest is not None and etcd.latest.version == "3.6.0"
@@ -141,9 +142,9 @@ def test_discover_lists_every_version_with_where_it_comes_from(store: ExtensionS
     assert listing["etcd"] == etcd
 
 
-def test_the_listing_follows_the_registry_s_changes(store: ExtensionStore) -> None:
+def test_the_listing_follows_the_registry_s_changes(roots: list[Path]) -> None:
     view = View()
-    store.registry = view
+    store = ExtensionStore(roots, releases=view)
     before = store.available(T)
     assert store.available(T) is before  # nothing changed: the very same listing
     view.add("vault", "1.0.0")
@@ -153,12 +154,11 @@ def test_the_listing_follows_the_registry_s_changes(store: ExtensionStore) -> No
 
 def test_dependencies_resolve_across_disk_and_registry_and_skip_yanked_versions(tmp_path: Path) -> None:
     write_extension(tmp_path, "taskserv", "kubernetes", "1.30.0", dependencies=["etcd@^3", "containerd"])
-    store = ExtensionStore([tmp_path])
     view = View()
     view.add("etcd", "3.5.0")
     view.add("etcd", "3.6.0", yanked=True)
     view.add("containerd", "1.7.0")
-    store.registry = view
+    store = ExtensionStore([tmp_path], releases=view)
     root = store.resolve(T, "kubernetes", LATEST)
     order = [info.key for info in dependency_tree(store, root).order]
     assert order == ["taskserv:etcd:3.5.0", "taskserv:containerd:1.7.0", "taskserv:kubernetes:1.30.0"]

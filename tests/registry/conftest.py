@@ -15,6 +15,7 @@ import anyio
 import pytest
 from nats.aio.client import Client
 
+from service.notify import Notifier
 from tests.conftest import WAIT, JetStreamServer
 
 
@@ -25,17 +26,15 @@ class Watched:
         self.nc = Client()
         self.disconnects = 0
         self.reconnects = 0
-        self._changed = anyio.Event()
+        self._changed = Notifier()
 
     async def _disconnected(self) -> None:
         self.disconnects += 1
-        self._changed.set()
-        self._changed = anyio.Event()
+        self._changed.notify()
 
     async def _reconnected(self) -> None:
         self.reconnects += 1
-        self._changed.set()
-        self._changed = anyio.Event()
+        self._changed.notify()
 
     async def _error(self, exc: Exception) -> None:
         pass  # refused permissions and lost connections are what some tests are about
@@ -62,13 +61,11 @@ class Watched:
 
     async def wait_disconnected(self, count: int = 1) -> None:
         with anyio.fail_after(WAIT):
-            while self.disconnects < count:
-                await self._changed.wait()
+            await self._changed.wait_until(lambda: self.disconnects >= count)
 
     async def wait_reconnected(self, count: int = 1) -> None:
         with anyio.fail_after(WAIT):
-            while self.reconnects < count:
-                await self._changed.wait()
+            await self._changed.wait_until(lambda: self.reconnects >= count)
 
 
 Connect = Callable[..., Awaitable[Watched]]

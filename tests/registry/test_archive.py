@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from service.core.store import tree_digest
+from service.core.folders import tree_digest
 from service.registry.archive import ArchiveRefused, UnpackLimits, digest_bytes, digest_file, pack, unpack
 
 MiB = 1024 * 1024

@@ -20,7 +20,7 @@ from service.app.client import LoaderClient, RemoteError
 from service.app.natsserver import NatsServer
 from service.contract.config import Config
 from service.contract.messages import ExtensionType
-from service.core.store import tree_digest
+from service.core.folders import tree_digest
 from service.runtime.runner import Limits, NushellRunner, SandboxMissing
 from service.runtime.sandbox import Sandbox, base_env
 from service.wire.service import ExtensionService
