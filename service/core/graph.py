@@ -31,10 +31,10 @@ def to_mermaid(graph: Graph) -> GraphText:
     return GraphText(text="\n".join(lines) + "\n")
 
 
-def render(tree: DependencyTree, fmt: str) -> Graph | GraphText:
+def render(tree: DependencyTree, format: str) -> Graph | GraphText:
     graph = to_graph(tree)
-    if fmt == "dot":
+    if format == "dot":
         return to_dot(graph)
-    if fmt == "mermaid":
+    if format == "mermaid":
         return to_mermaid(graph)
     return graph

@@ -17,7 +17,7 @@ from .frames import header_block
 
 log = logging.getLogger(__name__)
 
-OK_HEADERS = {fmt: {CONTENT_TYPE: fmt.value} for fmt in codec.Codec}
+OK_HEADERS = {encoding: {CONTENT_TYPE: encoding.value} for encoding in codec.Codec}
 _OK_BLOCKS = [(headers, header_block(headers)) for headers in OK_HEADERS.values()]  # the same, as sent
 
 
@@ -30,9 +30,9 @@ def ok_block(headers: dict[str, str]) -> bytes | None:
     return None
 
 
-def success(data: Any, fmt: codec.Codec, max_payload: int) -> bytes:
+def success(data: Any, encoding: codec.Codec, max_payload: int) -> bytes:
     """The success envelope; LoadFailed when it is larger than the server would take."""
-    return sized(codec.success(data, fmt), max_payload)
+    return sized(codec.success(data, encoding), max_payload)
 
 
 def sized(body: bytes, max_payload: int) -> bytes:
@@ -45,7 +45,7 @@ def sized(body: bytes, max_payload: int) -> bytes:
     return body
 
 
-def failure(exc: Exception, subject: str, fmt: codec.Codec) -> tuple[LoaderError, bytes, dict[str, str]]:
+def failure(exc: Exception, subject: str, encoding: codec.Codec) -> tuple[LoaderError, bytes, dict[str, str]]:
     """The error a request failed with (an unexpected exception becomes an internal error, logged with its
     traceback, which never reaches the client), its failure envelope and its headers."""
     if isinstance(exc, LoaderError):
@@ -54,11 +54,11 @@ def failure(exc: Exception, subject: str, fmt: codec.Codec) -> tuple[LoaderError
         log.exception("unexpected error while handling %s", subject)
         err = LoadFailed(f"internal error ({type(exc).__name__}); see the service log")
     headers = {
-        CONTENT_TYPE: fmt.value,
+        CONTENT_TYPE: encoding.value,
         SERVICE_ERROR: _header_safe(err.message),
         SERVICE_ERROR_CODE: str(err.status),
     }
-    return err, codec.failure(err, fmt), headers
+    return err, codec.failure(err, encoding), headers
 
 
 def _header_safe(text: str) -> str:
