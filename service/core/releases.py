@@ -33,8 +33,9 @@ from ..contract.errors import InvalidExtension, Unavailable, UntrustedExtension
 from ..contract.messages import ExtensionMetadata, ExtensionType, RegistryStats
 from ..registry import signing
 from ..registry.archive import ArchiveRefused, UnpackLimits, digest_file, unpack
+from ..registry.buckets import RegistryBuckets
+from ..registry.errors import ArchiveTooLarge, RegistryUnavailable
 from ..registry.index import IndexRecord, IndexRecordInvalid, Release, decode_record, parse_index_key
-from ..registry.jetstream import ArchiveTooLarge, RegistryBuckets, RegistryUnavailable
 from . import audit
 from .store import VersionInfo, read_version
 
@@ -367,7 +368,7 @@ class Releases:
         archive.parent.mkdir(parents=True, exist_ok=True)
         temporary = archive.with_name(f".{archive.name}.{os.getpid()}.{uuid.uuid4().hex}.part")
         try:
-            digest = await buckets.fetch_archive(
+            digest = await buckets.archives.fetch(
                 release.object, temporary, max_bytes=self.limits.max_archive_bytes, timeout_s=self.config.timeout_s
             )
             if digest != release.digest:

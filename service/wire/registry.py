@@ -27,7 +27,10 @@ from ..core.manager import Event, ExtensionManager
 from ..core.releases import Changes, Releases
 from ..core.store import VersionInfo
 from ..core.versions import Constraint
-from ..registry.jetstream import BucketNames, RegistryBuckets, RegistryUnavailable, Update
+from ..registry.buckets import RegistryBuckets
+from ..registry.errors import RegistryUnavailable
+from ..registry.index_bucket import Update
+from ..registry.names import BucketNames
 from .events import EventPublisher
 
 log = logging.getLogger(__name__)
@@ -118,7 +121,7 @@ class RegistryFollower:
     async def _watch(self, buckets: RegistryBuckets, ready: Callable[[], None]) -> None:
         current: list[tuple[str, bytes | None]] = []
         caught_up = False
-        async with contextlib.aclosing(buckets.watch()) as updates:
+        async with contextlib.aclosing(buckets.index.watch()) as updates:
             async for item in updates:
                 if not isinstance(item, Update):  # caught up: the whole index has been read
                     caught_up = True
