@@ -108,7 +108,7 @@ class Releases:
         self._records: dict[_Name, IndexRecord] = {}
         self._views: dict[_Name, dict[str, VersionInfo]] = {}
         self._names: dict[ExtensionType, set[str]] = {t: set() for t in ExtensionType}
-        self._generation = 0
+        self._change_count = 0
         self._locks: dict[str, anyio.Lock] = {}  # per archive digest: one fetch and unpack at a time
         self._trust: dict[tuple[str, str, str, str, str, str], str | None] = {}
         self.limits = unpack_limits(config)
@@ -116,8 +116,9 @@ class Releases:
     # --- what the store reads ---
 
     @property
-    def generation(self) -> int:
-        return self._generation
+    def change_count(self) -> int:
+        """How many times what this view holds has changed."""
+        return self._change_count
 
     def names(self, extension_type: ExtensionType) -> Collection[str]:
         return self._names[extension_type]
@@ -193,7 +194,7 @@ class Releases:
             withdrawn=[i for v, i in before.items() if v not in after],
         )
         if changes or before.keys() != after.keys() or record is not None:
-            self._generation += 1
+            self._change_count += 1
         return changes
 
     def _info(self, record: IndexRecord, release: Release) -> VersionInfo:

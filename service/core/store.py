@@ -97,7 +97,7 @@ class RegistryView(Protocol):
     """The registry's versions as the store merges them with the disk's (see `releases.py`)."""
 
     @property
-    def generation(self) -> int:
+    def change_count(self) -> int:
         """Grows whenever what the view holds changes."""
         ...
 
@@ -290,7 +290,7 @@ class ExtensionStore:
         for t in types:
             known[t] = yield from self._look(t)
         registry = self.registry
-        generation = (*(self._generations[t] for t in types), registry.generation if registry is not None else 0)
+        generation = (*(self._generations[t] for t in types), registry.change_count if registry is not None else 0)
         cached = self._listings.get(extension_type)
         if cached is not None and cached[0] == generation:
             return cached[1]
