@@ -25,7 +25,7 @@ import msgspec
 from ..contract.config import Config
 from ..contract.errors import InvalidExtension, LoaderError
 from ..contract.messages import ExtensionType
-from ..core.releases import unpack_limits
+from ..core.fetching import unpack_limits
 from ..core.store import METADATA, MetadataFile, tree_digest
 from ..core.versions import Constraint
 from ..registry.archive import ArchiveRefused, digest_bytes, pack, unpack

@@ -2,7 +2,11 @@
 
     manager.py    the LRU cache in front of the runner: single-flight, statistics, the events each change causes
     store.py      the extension roots on disk, with the registry's versions merged in: names, versions, metadata
-    releases.py   the registry's index as this loader sees it: trust, yanks, fetching and unpacking archives
+    releases.py   the registry's index as this loader sees it: its releases, yanks, what each update changed
+    trust.py      whether a release is trusted here: a pinned signer, allowed for it, whose signature verifies
+    fetching.py   a release's archive downloaded, checked against its signed digest, and unpacked for a load
+    saved_index.py  the index kept on disk (index.json), for a start without JetStream
+    registry_access.py  how the registry is reached now: the buckets last opened, whether the index is followed
     dependencies.py  which version of each dependency a load needs
     versions.py   versions and constraints (semantic versions, the contract's pre-release rule)
     graph.py      a dependency tree as the graph reply (JSON, DOT, Mermaid)
@@ -10,6 +14,7 @@
     slices.py     long work (a discover of a large tree) done on the event loop a slice at a time
     audit.py      one audit line per change of state; metrics.py: the OpenTelemetry instruments
 
-It may use the runtime, the registry and the contract. The registry's buckets are handed to it once they are
-open. It returns events; sending them, and everything else on the wire, is the wire's job.
+It may use the runtime, the registry and the contract. The wire's follower tells it what the registry's index
+holds, and how the registry is reached (`registry_access.py`). It returns events; sending them, and everything
+else on the wire, is the wire's job.
 """

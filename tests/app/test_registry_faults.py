@@ -114,7 +114,7 @@ async def wait_until_reachable(service: ExtensionService) -> None:
     follower, releases = service.registry, service.manager.releases
     assert follower is not None and releases is not None
     with anyio.fail_after(WAIT):
-        while not releases.reachable:
+        while not releases.access.reachable:
             await follower.wait_updates(follower.updates + 1)
 
 

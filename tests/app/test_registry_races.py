@@ -15,6 +15,7 @@ from service.app.publishing import prepare, publish
 from service.contract.config import Config
 from service.contract.errors import UntrustedExtension
 from service.contract.messages import ExtensionType
+from service.core.registry_access import RegistryAccess
 from service.core.releases import Releases
 from service.registry.archive import digest_bytes, pack
 from service.registry.buckets import RegistryBuckets
@@ -31,8 +32,10 @@ async def following(nc: Client, config: Config) -> Releases:
     """The loader's view of the registry, as its follower keeps it: the buckets open, the index read."""
     buckets = RegistryBuckets(nc)
     await buckets.open()
-    releases = Releases(config.registry, config.cache_dir / ".registry")
-    releases.buckets, releases.reachable = buckets, True
+    access = RegistryAccess()
+    access.opened(buckets)
+    access.following()
+    releases = Releases(config.registry, config.cache_dir / ".registry", access)
     releases.replace((u.key, u.value) for u in await buckets.index.entries())
     return releases
 
@@ -117,7 +120,7 @@ async def test_overlapping_fetches_of_one_archive_both_succeed_and_fetch_it_once
             tg.start_soon(fetch)
     assert len(set(roots)) == 1
     assert await anyio.Path(info.path / "metadata.toml").is_file()
-    assert releases.fetched == 1
+    assert releases.stats().fetched == 1
     leftovers = [p.name async for p in anyio.Path(releases.folder / "archives").iterdir() if p.name.startswith(".")]
     assert leftovers == []
 
