@@ -41,7 +41,7 @@ from nats.js.kv import KeyValue
 from service.app.natsserver import NatsCluster
 from service.app.publishing import Prepared, prepare, publish
 from service.contract.config import Config, load_config
-from service.registry.jetstream import RegistryBuckets
+from service.registry.buckets import RegistryBuckets
 from service.registry.signing import Signer, read_seed, write_seed
 
 from . import run

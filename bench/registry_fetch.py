@@ -5,7 +5,7 @@ three readers, interleaved (the order turns each run), after one warm-up each; m
 
   floor          a bare pull consumer that knows the object's chunks already: create it, one pull request for
                  every chunk, each chunk written to a file as it comes, delete it; no hashing, no checks
-  fetch_archive  `RegistryBuckets.fetch_archive` into a new file (metadata read, size checked, chunks pulled
+  fetch_archive  `ArchiveBucket.fetch` into a new file (metadata read, size checked, chunks pulled
                  in 8 MiB windows, hashed as they come), and its digest compared with the expected one;
                  beside it, what sha256 over the same bytes takes alone
   objectstore    nats-py's `ObjectStore.get(writeinto=file)`, for reference (what the registry does not use)
@@ -38,7 +38,8 @@ from nats.aio.client import Client
 from nats.js import api
 
 from service.app.natsserver import NatsServer
-from service.registry.jetstream import CHUNK_SIZE, RegistryBuckets
+from service.registry.archive_bucket import CHUNK_SIZE
+from service.registry.buckets import RegistryBuckets
 
 SIZE = 10_000_000
 RUNS = 11
@@ -58,7 +59,7 @@ async def measure(url: str, work: Path, *, size: int = SIZE, runs: int = RUNS) -
         digest = "sha256:" + hashlib.sha256(data).hexdigest()
         name = "sha256/" + digest.removeprefix("sha256:")
         began = time.perf_counter()
-        await buckets.put_archive(name, data)
+        await buckets.archives.put(name, data)
         put_s = time.perf_counter() - began
         obs = await nc.jetstream().object_store(buckets.names.archives)
         info = await obs.get_info(name)
@@ -68,7 +69,7 @@ async def measure(url: str, work: Path, *, size: int = SIZE, runs: int = RUNS) -
             await _bare_pull(nc, buckets.names.archives, info.nuid, info.chunks or 0, into)
 
         async def fetch() -> None:
-            got = await buckets.fetch_archive(name, into, max_bytes=size)
+            got = await buckets.archives.fetch(name, into, max_bytes=size)
             if got != digest:
                 raise RuntimeError(f"fetch_archive returned {got}, not {digest}")
 

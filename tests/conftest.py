@@ -38,8 +38,8 @@ from service.app.publishing import prepare, publish
 from service.app.serve import build_manager, service_version
 from service.contract.config import Config, load_config
 from service.notify import Notifier
+from service.registry.buckets import RegistryBuckets
 from service.registry.index import Release
-from service.registry.jetstream import RegistryBuckets
 from service.registry.signing import Signer, read_seed, write_seed
 from service.runtime.runner import MODULE
 from service.wire.service import ExtensionService, flush_subscriptions

@@ -25,10 +25,12 @@ import msgspec
 from ..contract.config import Config
 from ..contract.errors import InvalidExtension, LoaderError
 from ..contract.messages import ExtensionType
+from ..core.fetching import unpack_limits
 from ..core.folders import METADATA, MetadataFile, tree_digest
-from ..core.releases import unpack_limits
 from ..core.versions import Constraint
 from ..registry.archive import ArchiveRefused, digest_bytes, pack, unpack
+from ..registry.buckets import RegistryBuckets
+from ..registry.errors import Conflict
 from ..registry.index import (
     IndexRecord,
     IndexRecordInvalid,
@@ -40,7 +42,6 @@ from ..registry.index import (
     with_release,
     with_yank,
 )
-from ..registry.jetstream import Conflict, RegistryBuckets
 from ..registry.signing import Signer, statement
 from .serve import build_runner
 
@@ -140,14 +141,14 @@ async def publish(buckets: RegistryBuckets, prepared: Prepared) -> Outcome:
         if record is not None and release.version in record.releases:
             theirs = record.releases[release.version]
             if stored and theirs.digest != release.digest:
-                await buckets.delete_archive(release.object)  # ours lost the race: no entry will name it
+                await buckets.archives.delete(release.object)  # ours lost the race: no entry will name it
             raise PublishRefused(
                 f"{prepared.extension_type.value} {prepared.name} {release.version} is already published "
                 f"(digest {theirs.digest}, signer {theirs.signer}, {theirs.published_at:%Y-%m-%d %H:%M:%S} UTC): "
                 "a published version never changes; publish a new version"
             )
         if not stored:
-            await buckets.put_archive(release.object, prepared.archive)
+            await buckets.archives.put(release.object, prepared.archive)
             stored = True
         return with_release(record, prepared.extension_type, prepared.name, release)
 
@@ -179,10 +180,10 @@ async def _compare_and_set(
     """Writes `change` of the record as read, if no one wrote the record meanwhile; else reads it again and
     retries (the KV revision is the lock). The record written and its new revision."""
     for _ in range(_ATTEMPTS):
-        value, revision = await buckets.get(key)
+        value, revision = await buckets.index.get(key)
         updated = await change(decode_record(value) if value is not None else None)
         try:
-            return updated, await buckets.put(key, encode_record(updated), revision)
+            return updated, await buckets.index.put(key, encode_record(updated), revision)
         except Conflict:
             continue  # someone wrote the record meanwhile: read it again
     raise PublishRefused(f"the index record {key} kept changing; try again")
@@ -198,7 +199,7 @@ async def search(buckets: RegistryBuckets, words: Sequence[str]) -> list[Found]:
     """Extensions whose name or description (of any version) holds every word, any letter case."""
     wanted = [w.lower() for w in words]
     found: list[Found] = []
-    for update in await buckets.entries():
+    for update in await buckets.index.entries():
         if update.value is None:
             continue
         try:

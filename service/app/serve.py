@@ -19,6 +19,7 @@ from ..contract.messages import NushellInfo
 from ..core import audit
 from ..core.manager import ExtensionManager
 from ..core.reconcile import Reconciler
+from ..core.registry_access import RegistryAccess
 from ..core.releases import Releases
 from ..core.store import ExtensionStore
 from ..core.version_info import VersionInfo
@@ -91,7 +92,7 @@ def build_releases(config: Config) -> Releases | None:
             public_key_bytes(trusted.key)
         except SigningKeyError as exc:
             raise ConfigError(f"registry.trusted.{i}.key", str(exc)) from None
-    releases = Releases(registry, config.cache_dir / ".registry")
+    releases = Releases(registry, config.cache_dir / ".registry", RegistryAccess())
     releases.restore()
     return releases
 

@@ -289,7 +289,7 @@ class ExtensionManager:
             info.require_trusted()
         except UntrustedExtension as exc:
             if self.releases is not None:
-                self.releases.refused += 1
+                self.releases.count_refusal()
             audit.record("refused", info.key, exc.code, exc.reason, signer=exc.signer)
             raise
         return info

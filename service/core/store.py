@@ -34,7 +34,7 @@ class ReleasesView(Protocol):
     """The registry's versions as the store merges them with the disk's (see `releases.py`)."""
 
     @property
-    def revision(self) -> int:
+    def change_count(self) -> int:
         """Grows whenever what the view holds changes."""
         ...
 
@@ -227,7 +227,7 @@ class ExtensionStore:
         for t in types:
             known[t] = yield from self._look(t)
         releases = self.releases
-        generation = (*(self._generations[t] for t in types), releases.revision if releases is not None else 0)
+        generation = (*(self._generations[t] for t in types), releases.change_count if releases is not None else 0)
         cached = self._listings.get(extension_type)
         if cached is not None and cached[0] == generation:
             return cached[1]

@@ -9,6 +9,7 @@
     handlers.py    one plain method per subject, calling the core (they know nothing of NATS)
     events.py      publishing extensions.loaded / extensions.unloaded (JetStream when configured)
     peers.py       other instances' events; micro.py: the $SRV replies; tracing.py: trace context
+    follower.py    following the registry's index, and bringing the cache in step with it
 
 It may use the core, the runtime and the contract; it never reads configuration files or the environment.
 """

@@ -31,10 +31,10 @@ from ..notify import Notifier
 from .connection import ConnectRefused, NatsConnection, flush_subscriptions
 from .dispatcher import Dispatcher, Endpoint
 from .events import EventPublisher
+from .follower import RegistryFollower
 from .handlers import RequestHandlers
 from .micro import EndpointStats, ServiceIdentity, responder
 from .peers import PeerListener
-from .registry import RegistryFollower
 from .tracing import Tracing
 
 __all__ = ["ConnectRefused", "ExtensionService", "flush_subscriptions"]

@@ -24,7 +24,7 @@ from service.app.natsserver import NatsCluster
 from service.contract.config import Config
 from service.contract.messages import ExtensionType
 from service.registry.index import Release
-from service.registry.jetstream import DEFAULT_NAMES
+from service.registry.names import DEFAULT_NAMES
 from service.registry.signing import Signer
 from service.wire.service import ExtensionService, flush_subscriptions
 from tests.conftest import (

@@ -34,8 +34,9 @@ from service.contract.config import Config
 from service.contract.errors import LoaderError
 from service.contract.messages import ExtensionType
 from service.registry.archive import digest_bytes, pack
+from service.registry.buckets import RegistryBuckets
+from service.registry.errors import RegistryUnavailable
 from service.registry.index import Release, decode_record, encode_record, index_key, object_name, with_release
-from service.registry.jetstream import RegistryBuckets, RegistryUnavailable
 from service.registry.signing import Signer, statement
 from service.wire.service import ExtensionService, flush_subscriptions
 from tests.conftest import (
@@ -91,11 +92,11 @@ def refusals(caplog: pytest.LogCaptureFixture) -> list[tuple[str, str]]:
 async def dangling(buckets: RegistryBuckets) -> list[str]:
     """Every release of every index record whose archive is not in the archive bucket."""
     missing = []
-    for entry in await buckets.entries():
+    for entry in await buckets.index.entries():
         assert entry.value is not None
         record = decode_record(entry.value)
         for release in record.releases.values():
-            if await buckets.archive_info(release.object) is None:
+            if await buckets.archives.info(release.object) is None:
                 missing.append(f"{entry.key} {release.version} -> {release.object}")
     return missing
 
@@ -113,7 +114,7 @@ async def wait_until_reachable(service: ExtensionService) -> None:
     follower, releases = service.follower, service.manager.releases
     assert follower is not None and releases is not None
     with anyio.fail_after(WAIT):
-        while not releases.reachable:
+        while not releases.access.reachable:
             await follower.wait_updates(follower.updates + 1)
 
 
@@ -145,7 +146,7 @@ async def test_an_archive_whose_bytes_were_replaced_in_the_bucket_is_refused_and
     await archives.put(target.object, forged)
     buckets = RegistryBuckets(nc)
     await buckets.open()
-    assert await buckets.archive_info(target.object) == (len(forged), digest_bytes(forged))
+    assert await buckets.archives.info(target.object) == (len(forged), digest_bytes(forged))
 
     async with running_service(config) as service:
         client = LoaderClient(nc, timeout=WAIT)
@@ -301,10 +302,10 @@ async def publish_by_hand(nc: Client, signer: Signer, name: str, version: str, a
     buckets = RegistryBuckets(nc)
     await buckets.create()
     key = index_key(T, name)
-    value, revision = await buckets.get(key)
+    value, revision = await buckets.index.get(key)
     record = with_release(decode_record(value) if value is not None else None, T, name, release)
-    await buckets.put_archive(release.object, archive)
-    await buckets.put(key, encode_record(record), revision)
+    await buckets.archives.put(release.object, archive)
+    await buckets.index.put(key, encode_record(record), revision)
     return release
 
 
@@ -399,7 +400,7 @@ async def test_a_publish_cut_off_half_way_indexes_nothing_missing_and_the_next_p
             buckets = RegistryBuckets(admin)
             await buckets.open()
             if cut == "after the archive":
-                await buckets.put_archive(prepared.release.object, prepared.archive)  # and the publisher is gone
+                await buckets.archives.put(prepared.release.object, prepared.archive)  # and the publisher is gone
             else:
                 # The real publish, cut off by the server refusing one of its writes.
                 user = "no-index" if cut == "index write refused" else "no-archive"
@@ -408,7 +409,7 @@ async def test_a_publish_cut_off_half_way_indexes_nothing_missing_and_the_next_p
                     await cut_buckets.open()
                     with anyio.fail_after(WAIT), pytest.raises(RegistryUnavailable, match="refused permission"):
                         await publish(cut_buckets, prepared)
-            stored = await buckets.archive_info(prepared.release.object)
+            stored = await buckets.archives.info(prepared.release.object)
             assert (stored is not None) == (cut != "archive write refused")
             assert await dangling(buckets) == []  # no index entry points at an object that is not there
 

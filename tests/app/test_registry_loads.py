@@ -16,7 +16,7 @@ from service.app.client import LoaderClient, RemoteError
 from service.app.natsserver import NatsServer
 from service.app.publishing import PublishRefused, prepare, publish, yank
 from service.contract.messages import ExtensionType
-from service.registry.jetstream import RegistryBuckets
+from service.registry.buckets import RegistryBuckets
 from service.registry.signing import Signer, read_seed, write_seed
 from tests.conftest import (
     WAIT,
@@ -111,8 +111,8 @@ async def test_a_version_is_published_once_and_of_two_racing_publishers_exactly_
     # The loser's archive is gone; the winner's is there: no entry points at a missing object, no orphan stays.
     winner = next(o for o in outcomes if not isinstance(o, PublishRefused))
     loser = second if winner.release.digest == first.release.digest else first  # type: ignore[attr-defined]
-    assert await buckets.archive_info(winner.release.object) is not None  # type: ignore[attr-defined]
-    assert await buckets.archive_info(loser.release.object) is None
+    assert await buckets.archives.info(winner.release.object) is not None  # type: ignore[attr-defined]
+    assert await buckets.archives.info(loser.release.object) is None
 
 
 async def test_yank_skips_a_version_for_latest_keeps_a_pin_and_is_announced(

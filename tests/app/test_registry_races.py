@@ -15,10 +15,11 @@ from service.app.publishing import prepare, publish
 from service.contract.config import Config
 from service.contract.errors import UntrustedExtension
 from service.contract.messages import ExtensionType
+from service.core.registry_access import RegistryAccess
 from service.core.releases import Releases
 from service.registry.archive import digest_bytes, pack
+from service.registry.buckets import RegistryBuckets
 from service.registry.index import decode_record, encode_record, index_key, object_name
-from service.registry.jetstream import RegistryBuckets
 from service.registry.signing import Signer, new_seed, statement
 from tests.conftest import make_config, registry_settings, running_service, write_extension
 
@@ -31,9 +32,11 @@ async def following(nc: Client, config: Config) -> Releases:
     """The loader's view of the registry, as its follower keeps it: the buckets open, the index read."""
     buckets = RegistryBuckets(nc)
     await buckets.open()
-    releases = Releases(config.registry, config.cache_dir / ".registry")
-    releases.buckets, releases.reachable = buckets, True
-    releases.replace((u.key, u.value) for u in await buckets.entries())
+    access = RegistryAccess()
+    access.opened(buckets)
+    access.following()
+    releases = Releases(config.registry, config.cache_dir / ".registry", access)
+    releases.replace((u.key, u.value) for u in await buckets.index.entries())
     return releases
 
 
@@ -41,12 +44,12 @@ async def rewrite(nc: Client, releases: Releases, change: dict[str, object]) -> 
     """A bucket writer changes the record of demo 1.0.0; the loader's follower sees it."""
     buckets = RegistryBuckets(nc)
     await buckets.open()
-    value, revision = await buckets.get(KEY)
+    value, revision = await buckets.index.get(KEY)
     assert value is not None
     record = decode_record(value)
     release = msgspec.structs.replace(record.releases["1.0.0"], **change)
     updated = encode_record(msgspec.structs.replace(record, releases={"1.0.0": release}))
-    await buckets.put(KEY, updated, revision)
+    await buckets.index.put(KEY, updated, revision)
     releases.apply(KEY, updated)
 
 
@@ -72,7 +75,7 @@ async def test_a_record_swapped_while_a_load_is_under_way_is_refused_and_nothing
     attacker = Signer.from_seed(new_seed())
     buckets = RegistryBuckets(nc)
     await buckets.create()
-    await buckets.put_archive(object_name(digest), archive)
+    await buckets.archives.put(object_name(digest), archive)
     await rewrite(
         nc,
         releases,
@@ -117,7 +120,7 @@ async def test_overlapping_fetches_of_one_archive_both_succeed_and_fetch_it_once
             tg.start_soon(fetch)
     assert len(set(roots)) == 1
     assert await anyio.Path(info.path / "metadata.toml").is_file()
-    assert releases.fetched == 1
+    assert releases.stats().fetched == 1
     leftovers = [p.name async for p in anyio.Path(releases.folder / "archives").iterdir() if p.name.startswith(".")]
     assert leftovers == []
 
@@ -137,12 +140,12 @@ async def test_a_yank_of_a_version_the_disk_also_has_leaves_the_disk_s_copy_load
         assert service.follower is not None
         await service.manager.load(T, "vault", "1.0.0")
         seen = service.follower.updates
-        value, revision = await buckets.get(index_key(T, "vault"))
+        value, revision = await buckets.index.get(index_key(T, "vault"))
         assert value is not None
         record = decode_record(value)
         yanked = msgspec.structs.replace(record.releases["1.0.0"], yanked=True)
         updated = encode_record(msgspec.structs.replace(record, releases={"1.0.0": yanked}))
-        await buckets.put(index_key(T, "vault"), updated, revision)
+        await buckets.index.put(index_key(T, "vault"), updated, revision)
         with anyio.fail_after(20):
             await service.follower.wait_updates(seen + 1)
         # The update was applied (the cache is changed before the count grows): the disk's copy stays.

@@ -26,7 +26,7 @@ LATEST = Constraint.parse(None)
 class View:
     def __init__(self) -> None:
         self.infos: dict[tuple[ExtensionType, str], dict[str, VersionInfo]] = {}
-        self.revision = 0
+        self.change_count = 0
 
     def add(
         self,
@@ -56,7 +56,7 @@ class View:
             signer="U" + "A" * 55,
         )
         self.infos.setdefault((T, name), {})[version] = info
-        self.revision += 1
+        self.change_count += 1
         return info
 
     def names(self, extension_type: ExtensionType) -> Collection[str]:

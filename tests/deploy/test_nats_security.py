@@ -52,7 +52,7 @@ from service.app.natsserver import NatsServer
 from service.app.publishing import prepare, publish, yank
 from service.contract.config import ENV_PREFIX, Config, inbox_prefix_for
 from service.contract.messages import ExtensionType
-from service.registry.jetstream import RegistryBuckets
+from service.registry.buckets import RegistryBuckets
 from service.registry.signing import Signer
 from service.wire.connection import ConnectRefused
 from service.wire.events import EventStreamError

@@ -21,7 +21,9 @@ import nats
 from ...contract.config import Config, load_config
 from ...contract.errors import ConfigError
 from ...contract.messages import ExtensionType
-from ...registry.jetstream import BucketNames, RegistryBuckets, RegistryUnavailable
+from ...registry.buckets import RegistryBuckets
+from ...registry.errors import RegistryUnavailable
+from ...registry.names import BucketNames
 from ...registry.signing import SigningKeyError, read_seed, write_seed
 from ...runtime.runner import NushellMissing
 from ..publishing import PublishRefused, prepare, publish, search, yank

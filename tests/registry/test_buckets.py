@@ -1,7 +1,7 @@
 """The registry's buckets against a real JetStream nats-server: buckets made and bound, compare-and-set on the
 index, the watch (and its restart after the server restarts), archives stored and fetched, and every way a
 call can fail (server gone, server stalled, no JetStream, permission refused, an object that is not whole)
-ending in one of the module's errors within the time given, with no file and no consumer left behind.
+ending in one of the registry's errors within the time given, with no file and no consumer left behind.
 """
 
 from __future__ import annotations
@@ -24,17 +24,11 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from service.app.natsserver import NatsCluster, NatsServer
-from service.registry.jetstream import (
-    CAUGHT_UP,
-    CHUNK_SIZE,
-    ArchiveTooLarge,
-    BucketNames,
-    CaughtUp,
-    Conflict,
-    RegistryBuckets,
-    RegistryUnavailable,
-    Update,
-)
+from service.registry.archive_bucket import CHUNK_SIZE
+from service.registry.buckets import RegistryBuckets
+from service.registry.errors import ArchiveTooLarge, Conflict, RegistryUnavailable
+from service.registry.index_bucket import CAUGHT_UP, CaughtUp, Update
+from service.registry.names import BucketNames
 from service.wire.service import flush_subscriptions
 from tests.conftest import WAIT, JetStreamServer, lead
 
@@ -86,7 +80,7 @@ async def test_create_makes_both_buckets_to_keep_history_and_never_expire(js_nc:
     await RegistryBuckets(js_nc).create()  # a second publisher binds to them
     loader = RegistryBuckets(js_nc)
     await loader.open()
-    assert await loader.get(KEY) == (None, 0)
+    assert await loader.index.get(KEY) == (None, 0)
 
 
 async def test_buckets_made_with_a_time_to_live_are_said_to_lose_published_versions(
@@ -128,16 +122,16 @@ async def test_a_server_without_jetstream_is_named(tmp_path: Path, connect: Conn
 
 
 async def test_put_writes_only_over_the_revision_read(buckets: RegistryBuckets) -> None:
-    first_revision = await buckets.put(KEY, b"one", 0)
-    assert await buckets.get(KEY) == (b"one", first_revision)
-    second = await buckets.put(KEY, b"two", first_revision)
+    first_revision = await buckets.index.put(KEY, b"one", 0)
+    assert await buckets.index.get(KEY) == (b"one", first_revision)
+    second = await buckets.index.put(KEY, b"two", first_revision)
     assert second > first_revision
     with pytest.raises(Conflict) as stale:
-        await buckets.put(KEY, b"late", first_revision)
+        await buckets.index.put(KEY, b"late", first_revision)
     assert stale.value.key == KEY and stale.value.revision == first_revision
     with pytest.raises(Conflict):
-        await buckets.put(KEY, b"again", 0)  # 0: "there is no record", which is no longer true
-    assert await buckets.get(KEY) == (b"two", second)
+        await buckets.index.put(KEY, b"again", 0)  # 0: "there is no record", which is no longer true
+    assert await buckets.index.get(KEY) == (b"two", second)
 
 
 async def test_of_two_writers_of_one_revision_exactly_one_wins(js_server: JetStreamServer, connect: Connect) -> None:
@@ -148,20 +142,22 @@ async def test_of_two_writers_of_one_revision_exactly_one_wins(js_server: JetStr
     revision = 0
     for attempt in range(5):
         values = {one: f"one {attempt}".encode(), other: f"other {attempt}".encode()}
-        results = await asyncio.gather(*(b.put(KEY, v, revision) for b, v in values.items()), return_exceptions=True)
+        results = await asyncio.gather(
+            *(b.index.put(KEY, v, revision) for b, v in values.items()), return_exceptions=True
+        )
         won = [r for r in results if isinstance(r, int)]
         lost = [r for r in results if isinstance(r, Conflict)]
         assert len(won) == 1 and len(lost) == 1, results
-        value, revision = await one.get(KEY)
+        value, revision = await one.index.get(KEY)
         assert revision == won[0]
         assert value == list(values.values())[results.index(won[0])]
 
 
 async def test_a_deleted_key_reads_as_absent_and_can_be_written_anew(buckets: RegistryBuckets, js_nc: Client) -> None:
-    written = await buckets.put(KEY, b"one", 0)
+    written = await buckets.index.put(KEY, b"one", 0)
     await (await js_nc.jetstream().key_value("extension-index")).delete(KEY)
-    assert await buckets.get(KEY) == (None, 0)
-    assert await buckets.put(KEY, b"two", 0) > written
+    assert await buckets.index.get(KEY) == (None, 0)
+    assert await buckets.index.put(KEY, b"two", 0) > written
 
 
 @pytest.mark.parametrize("key", ["", "a..b", ".a", "a.", "a b", "a.*", "a.>", "ä"])
@@ -169,27 +165,27 @@ async def test_a_key_nats_py_would_let_time_out_is_refused_before_any_request(
     buckets: RegistryBuckets, key: str
 ) -> None:
     with anyio.fail_after(1), pytest.raises(ValueError, match="invalid index key"):
-        await buckets.get(key)
+        await buckets.index.get(key)
 
 
 async def test_entries_are_the_current_values(buckets: RegistryBuckets, js_nc: Client) -> None:
-    assert await buckets.entries() == []
-    a = await buckets.put("taskserv.a", b"a1", 0)
-    await buckets.put("taskserv.b", b"b1", 0)
-    a = await buckets.put("taskserv.a", b"a2", a)
+    assert await buckets.index.entries() == []
+    a = await buckets.index.put("taskserv.a", b"a1", 0)
+    await buckets.index.put("taskserv.b", b"b1", 0)
+    a = await buckets.index.put("taskserv.a", b"a2", a)
     await (await js_nc.jetstream().key_value("extension-index")).delete("taskserv.b")
-    assert await buckets.entries() == [Update("taskserv.a", b"a2", a)]
+    assert await buckets.index.entries() == [Update("taskserv.a", b"a2", a)]
 
 
 async def test_watch_gives_the_current_values_then_caught_up_then_each_change(
     buckets: RegistryBuckets, js_nc: Client
 ) -> None:
-    a = await buckets.put("taskserv.a", b"a1", 0)
-    b = await buckets.put("taskserv.b", b"b1", 0)
-    async with aclosing(buckets.watch()) as updates:
+    a = await buckets.index.put("taskserv.a", b"a1", 0)
+    b = await buckets.index.put("taskserv.b", b"b1", 0)
+    async with aclosing(buckets.index.watch()) as updates:
         assert await first(updates, 3) == [Update("taskserv.a", b"a1", a), Update("taskserv.b", b"b1", b), CAUGHT_UP]
-        c = await buckets.put("cluster.c", b"c1", 0)
-        a = await buckets.put("taskserv.a", b"a2", a)
+        c = await buckets.index.put("cluster.c", b"c1", 0)
+        a = await buckets.index.put("taskserv.a", b"a2", a)
         await (await js_nc.jetstream().key_value("extension-index")).delete("taskserv.b")
         live = await first(updates, 3)
     assert live[:2] == [Update("cluster.c", b"c1", c), Update("taskserv.a", b"a2", a)]
@@ -199,7 +195,7 @@ async def test_watch_gives_the_current_values_then_caught_up_then_each_change(
 
 
 async def test_watch_of_an_empty_index_is_caught_up_at_once(buckets: RegistryBuckets) -> None:
-    async with aclosing(buckets.watch()) as updates:
+    async with aclosing(buckets.index.watch()) as updates:
         assert await first(updates, 1) == [CAUGHT_UP]
 
 
@@ -209,8 +205,8 @@ async def test_a_watch_restarted_after_a_server_restart_sees_what_changed_meanwh
     client = await connect(js_server.url)
     buckets = RegistryBuckets(client.nc)
     await buckets.create()
-    a = await buckets.put("taskserv.a", b"a1", 0)
-    async with aclosing(buckets.watch()) as updates:
+    a = await buckets.index.put("taskserv.a", b"a1", 0)
+    async with aclosing(buckets.index.watch()) as updates:
         assert await first(updates, 2) == [Update("taskserv.a", b"a1", a), CAUGHT_UP]
         js_server.stop()
         await client.wait_disconnected()
@@ -219,17 +215,17 @@ async def test_a_watch_restarted_after_a_server_restart_sees_what_changed_meanwh
 
     js_server.start()  # the same port and store
     await client.wait_reconnected()
-    b = await buckets.put("taskserv.b", b"b1", 0)  # while no watch runs
-    a = await buckets.put("taskserv.a", b"a2", a)
+    b = await buckets.index.put("taskserv.b", b"b1", 0)  # while no watch runs
+    a = await buckets.index.put("taskserv.a", b"a2", a)
     # nats-py's own watch, left running across the restart, would resume only ~12 s after the reconnect.
     with anyio.fail_after(3):
-        async with aclosing(buckets.watch()) as updates:
+        async with aclosing(buckets.index.watch()) as updates:
             assert [await anext(updates) for _ in range(3)] == [
                 Update("taskserv.b", b"b1", b),
                 Update("taskserv.a", b"a2", a),
                 CAUGHT_UP,
             ]
-            c = await buckets.put("taskserv.c", b"c1", 0)
+            c = await buckets.index.put("taskserv.c", b"c1", 0)
             assert await anext(updates) == Update("taskserv.c", b"c1", c)
 
 
@@ -241,32 +237,32 @@ async def test_an_archive_comes_back_as_it_was_put(
     buckets: RegistryBuckets, js_nc: Client, tmp_path: Path, size: int
 ) -> None:
     name, data, digest = archive(size)
-    assert await buckets.archive_info(name) is None
-    await buckets.put_archive(name, data)
-    assert await buckets.archive_info(name) == (size, digest)
+    assert await buckets.archives.info(name) is None
+    await buckets.archives.put(name, data)
+    assert await buckets.archives.info(name) == (size, digest)
     into = tmp_path / "archive.tar.gz"
-    assert await buckets.fetch_archive(name, into, max_bytes=size) == digest
+    assert await buckets.archives.fetch(name, into, max_bytes=size) == digest
     assert into.read_bytes() == data
     assert await consumers(js_nc) == 0
 
 
 async def test_the_same_archive_put_again_is_not_written_again(buckets: RegistryBuckets, js_nc: Client) -> None:
     name, data, _ = archive(3 * CHUNK_SIZE // 2)
-    await buckets.put_archive(name, data)
+    await buckets.archives.put(name, data)
     written = (await js_nc.jetstream().stream_info(ARCHIVES)).state.last_seq
-    await buckets.put_archive(name, data)
+    await buckets.archives.put(name, data)
     assert (await js_nc.jetstream().stream_info(ARCHIVES)).state.last_seq == written
 
 
 async def test_a_deleted_archive_is_gone(buckets: RegistryBuckets, tmp_path: Path) -> None:
     name, data, _ = archive(1000)
-    await buckets.put_archive(name, data)
-    await buckets.delete_archive(name)
-    await buckets.delete_archive(name)  # already gone: nothing to do
-    assert await buckets.archive_info(name) is None
+    await buckets.archives.put(name, data)
+    await buckets.archives.delete(name)
+    await buckets.archives.delete(name)  # already gone: nothing to do
+    assert await buckets.archives.info(name) is None
     into = tmp_path / "archive.tar.gz"
     with pytest.raises(RegistryUnavailable, match="not in bucket 'extension-archives'"):
-        await buckets.fetch_archive(name, into, max_bytes=MiB)
+        await buckets.archives.fetch(name, into, max_bytes=MiB)
     assert not into.exists()
 
 
@@ -274,7 +270,7 @@ async def test_an_archive_above_the_limit_is_refused_before_it_is_read(
     buckets: RegistryBuckets, js_nc: Client, tmp_path: Path
 ) -> None:
     name, data, _ = archive(2 * MiB)
-    await buckets.put_archive(name, data)
+    await buckets.archives.put(name, data)
     consumer_requests: list[str] = []
 
     async def seen(msg: Msg) -> None:
@@ -284,7 +280,7 @@ async def test_an_archive_above_the_limit_is_refused_before_it_is_read(
     await flush_subscriptions(js_nc)
     into = tmp_path / "archive.tar.gz"
     with pytest.raises(ArchiveTooLarge) as refused:
-        await buckets.fetch_archive(name, into, max_bytes=2 * MiB - 1)
+        await buckets.archives.fetch(name, into, max_bytes=2 * MiB - 1)
     assert (refused.value.size, refused.value.limit, refused.value.announced) == (2 * MiB, 2 * MiB - 1, False)
     await js_nc.flush()  # a request this client sent would have come back to the subscription before the PONG
     assert consumer_requests == []
@@ -302,7 +298,7 @@ async def publish_meta(nc: Client, name: str, **fields: Any) -> None:
 async def real_chunks(buckets: RegistryBuckets, js_nc: Client) -> dict[str, Any]:
     """The metadata of a stored object of three chunks (1.5 MiB), whose chunks other metadata can point at."""
     name, data, _ = archive(3 * CHUNK_SIZE)
-    await buckets.put_archive(name, data)
+    await buckets.archives.put(name, data)
     msg = await js_nc.jetstream().get_last_msg(
         ARCHIVES, "$O.extension-archives.M." + base64.urlsafe_b64encode(name.encode()).decode()
     )
@@ -331,18 +327,18 @@ async def test_an_object_unlike_its_metadata_is_refused_and_leaves_nothing(
     await publish_meta(js_nc, "sha256/forged", nuid=real_chunks["nuid"], digest=real_chunks["digest"], **announced)
     into = tmp_path / "archive.tar.gz"
     with pytest.raises(error, match=match):
-        await buckets.fetch_archive("sha256/forged", into, max_bytes=10 * MiB)
+        await buckets.archives.fetch("sha256/forged", into, max_bytes=10 * MiB)
     assert not into.exists()
     assert await consumers(js_nc) == 0
 
 
 async def test_a_file_that_is_there_already_is_left_alone(buckets: RegistryBuckets, tmp_path: Path) -> None:
     name, data, _ = archive(10)
-    await buckets.put_archive(name, data)
+    await buckets.archives.put(name, data)
     into = tmp_path / "archive.tar.gz"
     into.write_bytes(b"someone else's")
     with pytest.raises(FileExistsError):
-        await buckets.fetch_archive(name, into, max_bytes=MiB)
+        await buckets.archives.fetch(name, into, max_bytes=MiB)
     assert into.read_bytes() == b"someone else's"
 
 
@@ -355,27 +351,27 @@ async def test_every_call_fails_at_once_while_the_server_is_down(
     client = await connect(js_server.url)
     buckets = RegistryBuckets(client.nc, timeout_s=10.0)
     await buckets.create()
-    await buckets.put(KEY, b"one", 0)
+    await buckets.index.put(KEY, b"one", 0)
     name, data, _ = archive(1000)
-    await buckets.put_archive(name, data)
+    await buckets.archives.put(name, data)
     js_server.stop()
     await client.wait_disconnected()
 
     async def watch() -> None:
-        async with aclosing(buckets.watch()) as updates:
+        async with aclosing(buckets.index.watch()) as updates:
             await anext(updates)
 
     calls: dict[str, Callable[[], Awaitable[object]]] = {
         "create": lambda: buckets.create(),
         "open": lambda: buckets.open(),
-        "get": lambda: buckets.get(KEY),
-        "put": lambda: buckets.put(KEY, b"two", 1),
-        "entries": lambda: buckets.entries(),
-        "watch": watch,
-        "archive_info": lambda: buckets.archive_info(name),
-        "put_archive": lambda: buckets.put_archive(name, data),
-        "fetch_archive": lambda: buckets.fetch_archive(name, tmp_path / "a.tar.gz", max_bytes=MiB),
-        "delete_archive": lambda: buckets.delete_archive(name),
+        "index.get": lambda: buckets.index.get(KEY),
+        "index.put": lambda: buckets.index.put(KEY, b"two", 1),
+        "index.entries": lambda: buckets.index.entries(),
+        "index.watch": watch,
+        "archives.info": lambda: buckets.archives.info(name),
+        "archives.put": lambda: buckets.archives.put(name, data),
+        "archives.fetch": lambda: buckets.archives.fetch(name, tmp_path / "a.tar.gz", max_bytes=MiB),
+        "archives.delete": lambda: buckets.archives.delete(name),
     }
     for call in calls.values():
         # A tenth of the time-out the buckets were given: no call waits it out.
@@ -392,9 +388,9 @@ async def test_a_server_that_does_not_answer_is_given_up_after_the_time_out(
     await buckets.create()
     js_server.pause()
     calls: list[Callable[[], Awaitable[object]]] = [
-        lambda: buckets.get(KEY),
-        lambda: buckets.put(KEY, b"one", 0),
-        lambda: buckets.archive_info("sha256/x"),
+        lambda: buckets.index.get(KEY),
+        lambda: buckets.index.put(KEY, b"one", 0),
+        lambda: buckets.archives.info("sha256/x"),
     ]
     for call in calls:
         with anyio.fail_after(buckets.timeout_s + 1), pytest.raises(RegistryUnavailable, match="did not answer within"):
@@ -409,7 +405,7 @@ async def test_a_fetch_cut_off_by_the_server_going_away_fails_and_leaves_no_file
     buckets = RegistryBuckets(client.nc)
     await buckets.create()
     name, data, _ = archive(48 * MiB)
-    await buckets.put_archive(name, data)
+    await buckets.archives.put(name, data)
     # Another client sees the fetch's pull requests (8 MiB each); the server dies after the second.
     observer = await connect(js_server.url)
     pulls = 0
@@ -433,7 +429,7 @@ async def test_a_fetch_cut_off_by_the_server_going_away_fails_and_leaves_no_file
         async with anyio.create_task_group() as tg:
             tg.start_soon(kill_after_second_pull)
             with pytest.raises(RegistryUnavailable, match="connection to NATS was lost"):
-                await buckets.fetch_archive(name, into, max_bytes=len(data))
+                await buckets.archives.fetch(name, into, max_bytes=len(data))
     assert not into.exists()
 
 
@@ -474,22 +470,22 @@ async def test_a_read_only_loader_reads_and_is_told_that_writing_is_refused(tmp_
         publisher_nc = (await connect(server.url, user="publisher", password="publisher1")).nc
         publisher = RegistryBuckets(publisher_nc)
         await publisher.create()
-        revision = await publisher.put(KEY, b"record", 0)
+        revision = await publisher.index.put(KEY, b"record", 0)
         name, data, digest = archive(CHUNK_SIZE + 1)
-        await publisher.put_archive(name, data)
+        await publisher.archives.put(name, data)
 
         loader_nc = (await connect(server.url, user="loader", password="loader1")).nc
         loader = RegistryBuckets(loader_nc, timeout_s=1.0)
         await loader.open()
-        assert await loader.get(KEY) == (b"record", revision)
-        assert await loader.entries() == [Update(KEY, b"record", revision)]
-        assert await loader.archive_info(name) == (len(data), digest)
-        assert await loader.fetch_archive(name, tmp_path / "a.tar.gz", max_bytes=MiB) == digest
+        assert await loader.index.get(KEY) == (b"record", revision)
+        assert await loader.index.entries() == [Update(KEY, b"record", revision)]
+        assert await loader.archives.info(name) == (len(data), digest)
+        assert await loader.archives.fetch(name, tmp_path / "a.tar.gz", max_bytes=MiB) == digest
         assert await consumers(publisher_nc) == 0
 
         writes: list[Callable[[], Awaitable[object]]] = [
-            lambda: loader.put(KEY, b"forged", revision),
-            lambda: loader.put_archive("sha256/forged", b"forged"),
+            lambda: loader.index.put(KEY, b"forged", revision),
+            lambda: loader.archives.put("sha256/forged", b"forged"),
         ]
         for write in writes:
             with anyio.fail_after(loader.timeout_s + 2), pytest.raises(RegistryUnavailable, match="refused permission"):
@@ -516,8 +512,8 @@ async def published_r3(cluster: NatsCluster, node: int) -> tuple[str, str]:
     async with cluster_client(cluster, node) as nc:
         publisher = RegistryBuckets(nc)
         await publisher.create(replicas=3)
-        await publisher.put(KEY, b"v1", 0)
-        await publisher.put_archive(name, data)
+        await publisher.index.put(KEY, b"v1", 0)
+        await publisher.archives.put(name, data)
     await anyio.to_thread.run_sync(cluster.wait_settled, (INDEX, ARCHIVES))
     return name, digest
 
@@ -532,7 +528,7 @@ async def test_every_node_of_a_cluster_serves_every_fetch(js_cluster: NatsCluste
             loader = RegistryBuckets(nc)
             await loader.open()
             for i in range(30):
-                assert await loader.fetch_archive(name, tmp_path / f"{node}-{i}", max_bytes=MiB) == digest
+                assert await loader.archives.fetch(name, tmp_path / f"{node}-{i}", max_bytes=MiB) == digest
 
 
 async def test_buckets_open_while_the_cluster_elects_the_leaders_of_a_stopped_node(
@@ -546,7 +542,7 @@ async def test_buckets_open_while_the_cluster_elects_the_leaders_of_a_stopped_no
         await anyio.to_thread.run_sync(js_cluster.servers[1].stop)  # not waiting for the cluster to settle
         loader = RegistryBuckets(nc)
         await loader.open()
-        assert await loader.get(KEY) == (b"v1", 1)
+        assert await loader.index.get(KEY) == (b"v1", 1)
 
 
 async def test_a_watch_whose_consumer_s_node_stops_says_so_while_the_connection_holds(
@@ -560,7 +556,7 @@ async def test_a_watch_whose_consumer_s_node_stops_says_so_while_the_connection_
         # The server puts the watch's consumer on one of the three nodes at random: watch again (ten times at
         # most) until it is on another node than this client's.
         for _ in range(10):
-            async with aclosing(loader.watch()) as updates:
+            async with aclosing(loader.index.watch()) as updates:
                 assert await first(updates, 2) == [Update(KEY, b"v1", 1), CAUGHT_UP]
                 (watching,) = [c for c in await nc.jsm().consumers_info(INDEX) if c.push_bound]
                 assert watching.cluster is not None and watching.cluster.leader is not None
@@ -574,5 +570,5 @@ async def test_a_watch_whose_consumer_s_node_stops_says_so_while_the_connection_
         else:
             pytest.fail("the watch's consumer was on the client's own node ten times in a row")
         assert nc.is_connected and nc.stats["reconnects"] == 0
-        async with aclosing(loader.watch()) as updates:
+        async with aclosing(loader.index.watch()) as updates:
             assert await first(updates, 2) == [Update(KEY, b"v1", 1), CAUGHT_UP]

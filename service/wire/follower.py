@@ -29,7 +29,10 @@ from ..core.releases import Changes, Releases
 from ..core.version_info import VersionInfo
 from ..core.versions import Constraint
 from ..notify import Notifier
-from ..registry.jetstream import BucketNames, RegistryBuckets, RegistryUnavailable, Update
+from ..registry.buckets import RegistryBuckets
+from ..registry.errors import RegistryUnavailable
+from ..registry.index_bucket import Update
+from ..registry.names import BucketNames
 from .events import EventPublisher
 
 log = logging.getLogger(__name__)
@@ -60,8 +63,10 @@ class RegistryFollower:
         self._connection_changes = connection_changes
         self._changed = changed
         self.updates = 0  # index updates applied (for tests and tools)
+        self._access = releases.access  # what the follower says of the registry, for fetches and stats to read
         self._updated = Notifier()
         self._unreachable_said = False
+        self._settings_checked = False
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Follows the index until cancelled. Reports started once the index was read, or could not be."""
@@ -100,10 +105,11 @@ class RegistryFollower:
         names = BucketNames(index=self.config.index_bucket, archives=self.config.archive_bucket)
         buckets = RegistryBuckets(nc, names, timeout_s=min(_INDEX_TIMEOUT_S, self.config.timeout_s))
         await buckets.open()
-        if self.releases.buckets is None:  # the first time only, not at every reconnect
+        if not self._settings_checked:  # the first time only, not at every reconnect
             for problem in await buckets.problems():
                 log.warning("registry: %s", problem)
-        self.releases.buckets = buckets
+            self._settings_checked = True
+        self._access.opened(buckets)
         ended: RegistryUnavailable | None = None
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._stop_on_change, seen, tg.cancel_scope)
@@ -118,16 +124,16 @@ class RegistryFollower:
     async def _watch(self, buckets: RegistryBuckets, ready: Callable[[], None]) -> None:
         current: list[tuple[str, bytes | None]] = []
         caught_up = False
-        async with contextlib.aclosing(buckets.watch()) as updates:
+        async with contextlib.aclosing(buckets.index.watch()) as updates:
             async for item in updates:
                 if not isinstance(item, Update):  # caught up: the whole index has been read
                     caught_up = True
                     changes = self.releases.replace(current)
                     self._reachable()
                     ready()  # the service takes requests from here on; what changed is loaded meanwhile
-                    await self._apply(changes, initial=True)
+                    await self._apply(changes)
                 elif caught_up:
-                    await self._apply(self.releases.apply(item.key, item.value), initial=False)
+                    await self._apply(self.releases.apply(item.key, item.value))
                 else:
                     current.append((item.key, item.value))
         raise RegistryUnavailable("the index watch ended")
@@ -140,30 +146,28 @@ class RegistryFollower:
         scope.cancel()
 
     def _reachable(self) -> None:
-        if not self.releases.reachable:
+        if not self._access.reachable:
             extensions, versions = self.releases.counts()
             log.info("registry: following the index (%d extensions, %d versions)", extensions, versions)
-        self.releases.reachable = True
-        self.releases.last_error = None
+        self._access.following()
         self._unreachable_said = False
 
     def _unreachable(self, why: str) -> None:
-        self.releases.reachable = False
-        self.releases.last_error = why
+        self._access.lost(why)
         if not self._unreachable_said:
             self._unreachable_said = True
             log.warning("registry unreachable (%s): serving what was fetched; loads of anything else fail", why)
 
-    async def _apply(self, changes: Changes, *, initial: bool) -> None:
+    async def _apply(self, changes: Changes) -> None:
         if changes:
             self.releases.save()
-        events = await self.events_for(changes, initial=initial)
+        events = await self.events_for(changes)
         self.updates += 1
         self._updated.notify()
         if events:
             await self._publisher().publish(events)
 
-    async def events_for(self, changes: Changes, *, initial: bool) -> list[Event]:
+    async def events_for(self, changes: Changes) -> list[Event]:
         """What a change of the index means for this cache: yanked and withdrawn versions leave it; with
         auto_update, what became the latest is loaded. At the first reading of the index by a loader that
         never read it before, nothing counts as newly published."""
@@ -175,9 +179,8 @@ class RegistryFollower:
             events += manager.unload(info.extension_type, info.name, info.version, "yanked", announce=auto_update)
         for info in changes.withdrawn:
             events += manager.unload(info.extension_type, info.name, info.version, "removed")
-        if auto_update and not (initial and self.releases.first_reading):
+        if auto_update and not changes.first_reading:
             events += await self._load_latest(changes.published + changes.restored)
-        self.releases.first_reading = False
         return events
 
     def _on_disk(self, info: VersionInfo) -> bool:

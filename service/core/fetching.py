@@ -1,0 +1,190 @@
+"""Fetching a release: its archive downloaded, verified against the signed digest, and unpacked for a load.
+
+A fetch downloads the archive to a temporary file, compares its sha256 with the signed digest, and only then
+keeps it as `archives/<hex>.tar.gz` (content-addressed: a restart does not fetch it again) and unpacks it into
+`trees/<hex>/<type>s/<name>/<version>`, the one root the Nushell loader is pointed at for that load. An archive
+that is refused leaves no folder under `trees/`. Each refusal is written to the audit log.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+import anyio
+import anyio.to_thread
+import msgspec
+
+from ..contract.config import RegistryConfig
+from ..contract.errors import InvalidExtension, Unavailable, UntrustedExtension
+from ..registry.archive import ArchiveRefused, UnpackLimits, digest_file, unpack
+from ..registry.errors import ArchiveTooLarge, RegistryUnavailable
+from ..registry.index import Release
+from . import audit
+from .folders import read_version
+from .registry_access import RegistryAccess
+from .trust import Trust
+from .version_info import VersionInfo
+
+# An archive up to this size is unpacked on the event loop (well under a millisecond): on a busy machine the trip
+# to a worker thread and back took longer than the work.
+_SMALL_ARCHIVE = 64 * 1024
+
+
+def unpack_limits(config: RegistryConfig) -> UnpackLimits:
+    """The bounds of one archive, as configured: a publisher checks its archive against the same."""
+    return UnpackLimits(
+        max_archive_bytes=config.max_archive_mb * 2**20,
+        max_unpacked_bytes=config.max_unpacked_mb * 2**20,
+        max_files=config.max_files,
+    )
+
+
+class ReleaseFetcher:
+    """The archives and unpacked trees under `folder`, and the fetches that fill them."""
+
+    def __init__(self, config: RegistryConfig, folder: Path, trust: Trust, access: RegistryAccess) -> None:
+        self.folder = folder
+        self.limits = unpack_limits(config)
+        self.fetched = 0  # archives downloaded
+        self._timeout_s = config.timeout_s
+        self._trust = trust
+        self._access = access
+        self._locks: dict[str, anyio.Lock] = {}  # per archive digest: one fetch and unpack at a time
+
+    def tree(self, release: Release) -> Path:
+        """The root a release is unpacked under, and loaded from."""
+        return self.folder / "trees" / release.digest.removeprefix("sha256:")
+
+    async def fetch(self, info: VersionInfo, release: Release) -> Path:
+        """The root to load `info` from: its archive fetched (unless kept from before) and verified, then
+        unpacked, and its `metadata.toml` found to say what the index says. `release` is the index's entry for
+        it as it stands now. Raises UntrustedExtension (nothing unpacked, or what was unpacked removed),
+        InvalidExtension for a signed archive that is not safe to unpack (nothing left of it under `trees/`), or
+        Unavailable when the registry cannot be reached for an archive never fetched.
+
+        The release must still be the one judged when the load chose it: a record changed in between (a bucket
+        writer swapping in another archive) is refused, never unpacked into the folder of the release that was
+        trusted. Loads of one archive take turns (a reload may overlap a load)."""
+        folder = self.tree(release) / info.extension_type.folder / info.name / info.version
+        if folder != info.path or self._trust.untrusted(info.extension_type, info.name, release) is not None:
+            raise _refuse(info, release, "its index entry changed while it was being loaded; try again")
+        async with self._lock(release.digest):
+            if not folder.is_dir():
+                await self._fetch_and_unpack(info, release, folder)
+        mismatch = await anyio.to_thread.run_sync(_metadata_mismatch, info, folder)
+        if mismatch is not None:
+            shutil.rmtree(folder, ignore_errors=True)
+            self._prune(folder.parent)
+            raise _refuse(info, release, f"its index entry does not say what its signed archive says: {mismatch}")
+        return self.tree(release)
+
+    def _archive(self, release: Release) -> Path:
+        return self.folder / "archives" / (release.digest.removeprefix("sha256:") + ".tar.gz")
+
+    def _lock(self, digest: str) -> anyio.Lock:
+        lock = self._locks.get(digest)
+        if lock is None:
+            lock = self._locks[digest] = anyio.Lock()
+        return lock
+
+    async def _fetch_and_unpack(self, info: VersionInfo, release: Release, folder: Path) -> None:
+        archive = self._archive(release)
+        kept = archive.is_file()
+        if not kept:
+            await self._download(info, release, archive)  # its bytes are checked against the digest on the way
+        try:
+            # One trip to a worker thread: a kept archive checked again (it may have changed on this disk), then
+            # the archive unpacked.
+            expected = release.digest if kept else None
+            if release.size <= _SMALL_ARCHIVE:
+                digest = self._unpack(archive, folder, expected)
+            else:
+                digest = await anyio.to_thread.run_sync(self._unpack, archive, folder, expected)
+        except ArchiveRefused as exc:
+            raise _broken(info, release, exc.reason) from None
+        if digest is not None:
+            archive.unlink(missing_ok=True)
+            raise _refuse(info, release, f"the kept archive's bytes are {digest}, not the signed {release.digest}")
+
+    def _unpack(self, archive: Path, folder: Path, expected: str | None) -> str | None:
+        """Unpacks the archive into `folder`, after checking that it holds the `expected` digest where one is
+        given; returns the digest it holds instead when that differs (then nothing is unpacked), else None."""
+        if expected is not None:
+            digest = digest_file(archive)
+            if digest != expected:
+                return digest
+        if folder.is_dir():  # another load unpacked it meanwhile
+            return None
+        try:
+            with contextlib.suppress(FileExistsError):
+                unpack(archive, folder, self.limits)
+        except ArchiveRefused:
+            self._prune(folder.parent)  # the folders `unpack` made for it: a refused tree leaves no skeleton
+            raise
+        return None
+
+    def _prune(self, folder: Path) -> None:
+        """Removes `folder` and its parents below `trees/` while they are empty."""
+        trees = self.folder / "trees"
+        while folder != trees and folder.is_relative_to(trees):
+            try:
+                folder.rmdir()
+            except OSError:  # not empty (or gone): what is there is another load's
+                return
+            folder = folder.parent
+
+    async def _download(self, info: VersionInfo, release: Release, archive: Path) -> None:
+        archives = self._access.archives()
+        if archives is None:
+            why = self._access.last_error or "not connected"
+            raise Unavailable(f"the registry cannot be reached ({why}), and {info.key} was never fetched here")
+        archive.parent.mkdir(parents=True, exist_ok=True)
+        temporary = archive.with_name(f".{archive.name}.{os.getpid()}.{uuid.uuid4().hex}.part")
+        try:
+            digest = await archives.fetch(
+                release.object, temporary, max_bytes=self.limits.max_archive_bytes, timeout_s=self._timeout_s
+            )
+            if digest != release.digest:
+                raise _refuse(info, release, f"its bytes are {digest}, not the signed {release.digest}")
+            temporary.replace(archive)
+        except ArchiveTooLarge as exc:
+            raise _broken(info, release, str(exc)) from None
+        except RegistryUnavailable as exc:
+            raise Unavailable(f"fetching {info.key} from the registry failed: {exc}") from None
+        finally:
+            temporary.unlink(missing_ok=True)
+        self.fetched += 1
+        audit.record("fetched", info.key, digest=release.digest, signer=release.signer)
+
+
+def _metadata_mismatch(info: VersionInfo, folder: Path) -> str | None:
+    """What the unpacked `metadata.toml` says otherwise than the index entry `info` was made from (the
+    signature covers the archive, not the index's copy of its metadata, which a load's dependencies come from);
+    None when they agree."""
+    unpacked = read_version(info.extension_type, info.name, folder, info.version)
+    if unpacked.metadata is None:
+        return "; ".join(unpacked.problems) or "no metadata"
+    if unpacked.metadata != info.metadata:
+        indexed = msgspec.structs.asdict(info.metadata) if info.metadata is not None else {}
+        fields = [k for k, v in msgspec.structs.asdict(unpacked.metadata).items() if indexed.get(k) != v]
+        return f"{', '.join(fields)} differ"
+    return None
+
+
+def _refuse(info: VersionInfo, release: Release, reason: str) -> UntrustedExtension:
+    """A release this loader will not load: the caller counts it (`Releases.fetch`)."""
+    error = UntrustedExtension(info.extension_type.value, info.name, info.version, reason, signer=release.signer)
+    audit.record("refused", info.key, error.code, reason, digest=release.digest, signer=release.signer)
+    return error
+
+
+def _broken(info: VersionInfo, release: Release, reason: str) -> InvalidExtension:
+    """A signed archive that is not a safe extension (a bomb, a path out of its folder, a link): the
+    signature says who made it, not that it may be unpacked."""
+    error = InvalidExtension(f"registry:{info.key}", [f"archive {release.digest}: {reason}"])
+    audit.record("refused", info.key, error.code, reason, digest=release.digest, signer=release.signer)
+    return error

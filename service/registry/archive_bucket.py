@@ -1,0 +1,147 @@
+"""The archives' Object Store bucket: one object per archive, stored in chunks, read back whole into a file.
+
+An object's metadata (its size, chunk count and digest) is read here, straight from its stream; reading its
+chunks is `chunks.py`'s. What an archive holds, and how it is packed and unpacked, is `archive.py`'s.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+from pathlib import Path
+from typing import IO, Any, Final
+
+import msgspec
+import nats.js.errors
+from nats.js import api
+from nats.js.object_store import ObjectStore
+
+from .calls import Calls
+from .chunks import Chunks, read_chunks
+from .errors import ArchiveTooLarge, RegistryUnavailable
+
+CHUNK_SIZE: Final = 512 * 1024  # below the server's max_payload (1 MB in nats.conf); puts faster than 128 KiB
+_SLOWEST_BYTES_PER_S: Final = 1024 * 1024  # an archive moving slower than this counts as a link that is down
+_DIGEST_PREFIX: Final = "SHA-256="
+
+
+class _Options(msgspec.Struct, frozen=True):
+    max_chunk_size: int | None = None
+    link: dict[str, Any] | None = None
+
+
+class _ObjectMeta(msgspec.Struct, frozen=True):
+    """What the Object Store keeps on `$O.<bucket>.M.<base64url(name)>` (nats-py's ObjectInfo as JSON)."""
+
+    nuid: str = ""
+    size: int | None = None
+    chunks: int | None = None
+    digest: str | None = None
+    deleted: bool | None = False
+    options: _Options | None = None
+
+
+class ArchiveBucket:
+    """The archive bucket as bound by `RegistryBuckets.create` or `open`."""
+
+    def __init__(self, calls: Calls, obs: ObjectStore) -> None:
+        self._calls = calls
+        self._obs = obs
+
+    async def info(self, name: str) -> tuple[int, str] | None:
+        """(size, "sha256:<hex>") of the object, as its metadata says; None when absent or deleted."""
+        async with self._calls.bounded(f"read the metadata of archive {name!r}"):
+            meta = await self._meta(name)
+        if meta is None:
+            return None
+        digest = _sha256(meta)
+        if digest is None:
+            raise RegistryUnavailable(f"archive {name!r} has no SHA-256 digest in its metadata ({meta.digest!r})")
+        return meta.size or 0, digest
+
+    async def put(self, name: str, data: bytes) -> None:
+        """Stores `data` as the object `name` in 512 KiB chunks, unless an object of that name with the same
+        digest is there already. A put cut off half-way may leave chunks that no metadata names."""
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        async with self._calls.bounded(f"store archive {name!r}", self._limit(len(data))):
+            meta = await self._meta(name)
+            if meta is not None and meta.size == len(data) and _sha256(meta) == digest:
+                return
+            chunk = min(CHUNK_SIZE, int(self._calls.nc.max_payload))
+            options = api.ObjectMetaOptions(max_chunk_size=chunk)  # without it nats-py's put raises TypeError
+            await self._obs.put(name, data, meta=api.ObjectMeta(name=name, options=options))
+
+    async def delete(self, name: str) -> None:
+        """Deletes the object `name` (its chunks are purged); nothing to do when it is absent."""
+        async with self._calls.bounded(f"delete archive {name!r}"):
+            with contextlib.suppress(nats.js.errors.ObjectNotFoundError):
+                await self._obs.delete(name)
+
+    async def fetch(self, name: str, into: Path, *, max_bytes: int, timeout_s: float | None = None) -> str:
+        """Writes the object `name` into the new file `into` and returns "sha256:<hex>" of what was written.
+
+        ArchiveTooLarge before anything is read when its metadata announces more than `max_bytes`, and while
+        reading as soon as more bytes arrive than it announces (so no more than `max_bytes` are written).
+        RegistryUnavailable when the object is absent or not whole, the connection is lost, no chunk comes
+        for the buckets' `timeout_s`, or the whole takes longer than `timeout_s` (default: the buckets' plus a
+        second a MiB). `into` is gone whenever this raises; the consumer is asked to go in every case.
+        """
+        async with self._calls.bounded(f"read the metadata of archive {name!r}"):
+            meta = await self._meta(name)
+        if meta is None:
+            raise RegistryUnavailable(
+                f"archive {name!r} is not in bucket {self._calls.names.archives!r}: the index names an object that "
+                "was deleted; publish the release again"
+            )
+        if meta.options is not None and meta.options.link is not None:
+            raise RegistryUnavailable(f"archive {name!r} is a link to another object; the registry uses none")
+        size = meta.size or 0
+        if size > max_bytes:
+            raise ArchiveTooLarge(name, size, max_bytes)
+        chunks = Chunks(name, meta.nuid, size, meta.chunks or 0, meta.options.max_chunk_size if meta.options else None)
+        limit = self._limit(size) if timeout_s is None else timeout_s
+        sink = _create(into)
+        try:
+            with sink:
+                return await read_chunks(self._calls, chunks, sink, limit)
+        except BaseException:
+            _remove(into)
+            raise
+
+    async def _meta(self, name: str) -> _ObjectMeta | None:
+        if not name:
+            raise ValueError("an archive's object name cannot be empty")
+        names = self._calls.names
+        try:
+            msg = await self._calls.js.get_last_msg(names.archive_stream, names.meta_subject(name), direct=True)
+        except nats.js.errors.NotFoundError:
+            return None
+        try:
+            meta = msgspec.json.decode(msg.data or b"", type=_ObjectMeta)
+        except msgspec.ValidationError as exc:
+            raise RegistryUnavailable(f"the metadata of archive {name!r} is not an object's: {exc}") from exc
+        return None if meta.deleted else meta
+
+    def _limit(self, size: int) -> float:
+        return self._calls.timeout_s + size / _SLOWEST_BYTES_PER_S
+
+
+def _sha256(meta: _ObjectMeta) -> str | None:
+    """The object's digest as "sha256:<hex>", from the store's "SHA-256=<base64url>"; None when it has none."""
+    digest = meta.digest or ""
+    if not digest.startswith(_DIGEST_PREFIX):
+        return None
+    try:
+        raw = base64.urlsafe_b64decode(digest.removeprefix(_DIGEST_PREFIX))
+    except ValueError:
+        return None
+    return "sha256:" + raw.hex() if len(raw) == hashlib.sha256().digest_size else None
+
+
+def _create(path: Path) -> IO[bytes]:
+    return path.open("xb")  # a file that is there already is not ours to overwrite, nor to delete
+
+
+def _remove(path: Path) -> None:
+    path.unlink(missing_ok=True)
