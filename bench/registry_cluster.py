@@ -44,10 +44,20 @@ from service.contract.config import Config, load_config
 from service.registry.jetstream import RegistryBuckets
 from service.registry.signing import Signer, read_seed, write_seed
 
-from . import run
 from .load import summary_ms
+from .options import FULL, QUICK, RESULTS, BenchError, Options
 from .procs import Child
 from .report import judge_registry, render_registry
+from .services import (
+    HEADERS,
+    REQUEST_TIMEOUT_S,
+    SERVICE_MARKER,
+    expected_spares,
+    start_service,
+    toml_string,
+    wait_for_spares,
+    wait_ready,
+)
 
 NAME_ANNOUNCED = "announced"  # the extension published again and again for registry_announce
 NAME_COLD = "cold"  # the extension of registry_cold_load, on disk and in the registry
@@ -55,7 +65,7 @@ PREFIXES = {"announce": "bench-announce", "registry": "bench-registry", "disk": 
 FLOOR_BUCKET = "bench-floor"
 
 
-async def measure(options: run.Options, work: Path, logs: Path) -> dict[str, Any]:
+async def measure(options: Options, work: Path, logs: Path) -> dict[str, Any]:
     """Both measurements on one cluster; `{"registry_announce": ..., "registry_cold_load": ...}`."""
     sizes = options.sizes
     cluster = NatsCluster(work / "registry-cluster", 3)
@@ -77,7 +87,7 @@ async def measure(options: run.Options, work: Path, logs: Path) -> dict[str, Any
             prepare_ns.append(time.perf_counter_ns() - began)
         nc1 = await _connect(node1, clients)
         nc2 = await _connect(node2, clients)
-        buckets = RegistryBuckets(nc1, timeout_s=run.REQUEST_TIMEOUT_S)
+        buckets = RegistryBuckets(nc1, timeout_s=REQUEST_TIMEOUT_S)
         await buckets.create(replicas=3)
         for item in prepared[len(announced) :]:  # the cold load's versions, before any loader starts
             await publish(buckets, item)
@@ -104,12 +114,12 @@ async def measure(options: run.Options, work: Path, logs: Path) -> dict[str, Any
             )
             empty = work / f"registry-{which}-roots"
             empty.mkdir()
-            child = run._start_service(
+            child = start_service(
                 children, loader_options, url, work / f"data-registry-{which}", roots or [empty], logs / f"{which}.log"
             )
-            await run.wait_ready(nc1, f"{PREFIXES[which]}.stats", child)
-            pids[which] = child.main_pid(run.SERVICE_MARKER)
-            spares[which] = run.expected_spares(loader_options)
+            await wait_ready(nc1, f"{PREFIXES[which]}.stats", child)
+            pids[which] = child.main_pid(SERVICE_MARKER)
+            spares[which] = expected_spares(loader_options)
 
         out: dict[str, Any] = {}
         out["registry_cold_load"] = await _cold_loads(nc1, sizes.registry_cold_loads, pids, spares)
@@ -159,18 +169,18 @@ async def _announce(
         for prepared in versions:
             for _ in range(floor_samples):
                 floor_ns.append(await floor.sample())
-            await run.wait_for_spares(pids["announce"], spares["announce"])
+            await wait_for_spares(pids["announce"], spares["announce"])
             version = prepared.release.version
             waiting[version] = loop.create_future()
             began = time.perf_counter_ns()
             await publish(buckets, prepared)
             published = time.perf_counter_ns()
             try:
-                arrived, duration_ms = await asyncio.wait_for(waiting[version], run.REQUEST_TIMEOUT_S)
+                arrived, duration_ms = await asyncio.wait_for(waiting[version], REQUEST_TIMEOUT_S)
             except TimeoutError:
-                raise run.BenchError(
+                raise BenchError(
                     f"{prefix}: no extensions.loaded (reason published) for {NAME_ANNOUNCED} {version} within "
-                    f"{run.REQUEST_TIMEOUT_S} s of its publish"
+                    f"{REQUEST_TIMEOUT_S} s of its publish"
                 ) from None
             publish_ns.append(published - began)
             announce_ns.append(arrived - began)
@@ -214,7 +224,7 @@ class _Floor:
         began = time.perf_counter_ns()
         await self._kv.put("k", value)
         while True:
-            entry = await self._watcher.updates(timeout=run.REQUEST_TIMEOUT_S)  # type: ignore[no-untyped-call]
+            entry = await self._watcher.updates(timeout=REQUEST_TIMEOUT_S)  # type: ignore[no-untyped-call]
             if entry is not None and entry.value == value:
                 return time.perf_counter_ns() - began
 
@@ -241,15 +251,13 @@ async def _cold_loads(nc: Client, count: int, pids: dict[str, int], spares: dict
         for i in range(count):
             body = msgspec.json.encode({"extension_type": "taskserv", "name": NAME_COLD, "version": f"2.0.{i}"})
             for which in ("registry", "disk") if i % 2 == 0 else ("disk", "registry"):
-                await run.wait_for_spares(pids[which], spares[which])
+                await wait_for_spares(pids[which], spares[which])
                 began = time.perf_counter_ns()
-                reply = await nc.request(
-                    f"{PREFIXES[which]}.load", body, timeout=run.REQUEST_TIMEOUT_S, headers=run.HEADERS
-                )
+                reply = await nc.request(f"{PREFIXES[which]}.load", body, timeout=REQUEST_TIMEOUT_S, headers=HEADERS)
                 elapsed = time.perf_counter_ns() - began
                 envelope = msgspec.json.decode(reply.data)
                 if not envelope.get("success"):
-                    raise run.BenchError(f"{PREFIXES[which]}.load {NAME_COLD} 2.0.{i}: {envelope.get('error')}")
+                    raise BenchError(f"{PREFIXES[which]}.load {NAME_COLD} 2.0.{i}: {envelope.get('error')}")
                 samples[which].append(elapsed)
         await nc.flush()  # the last events arrive behind this round trip's PONG
     finally:
@@ -259,7 +267,7 @@ async def _cold_loads(nc: Client, count: int, pids: dict[str, int], spares: dict
     fetched = stats_after["registry"]["fetched"] - stats_before["registry"]["fetched"]
     cold = stats_after["loads"]["cold"] - stats_before["loads"]["cold"]
     if fetched != count or cold != count:
-        raise run.BenchError(f"the registry loader fetched {fetched} and loaded cold {cold} of {count} versions")
+        raise BenchError(f"the registry loader fetched {fetched} and loaded cold {cold} of {count} versions")
     out: dict[str, Any] = {"loads": count, "fetched": fetched}
     for which in samples:
         out[which] = summary_ms(samples[which])
@@ -270,10 +278,10 @@ async def _cold_loads(nc: Client, count: int, pids: dict[str, int], spares: dict
 
 
 async def _stats(nc: Client, which: str) -> Any:
-    reply = await nc.request(f"{PREFIXES[which]}.stats", b"{}", timeout=run.REQUEST_TIMEOUT_S, headers=run.HEADERS)
+    reply = await nc.request(f"{PREFIXES[which]}.stats", b"{}", timeout=REQUEST_TIMEOUT_S, headers=HEADERS)
     envelope = msgspec.json.decode(reply.data)
     if not envelope.get("success"):
-        raise run.BenchError(f"{PREFIXES[which]}.stats: {envelope.get('error')}")
+        raise BenchError(f"{PREFIXES[which]}.stats: {envelope.get('error')}")
     return envelope["data"]
 
 
@@ -289,13 +297,13 @@ def _signer(work: Path) -> Signer:
     return read_seed(seed)
 
 
-def _publishing_config(options: run.Options, work: Path) -> Config:
+def _publishing_config(options: Options, work: Path) -> Config:
     """What `prepare` needs: the Nushell that checks each folder as a load would."""
     return load_config(
         environ={},
         overrides=[
-            f"nushell.path={run._toml(str(options.nu))}",
-            f"orchestrator.paths.data_dir={run._toml(str(work / 'data-publisher'))}",
+            f"nushell.path={toml_string(str(options.nu))}",
+            f"orchestrator.paths.data_dir={toml_string(str(work / 'data-publisher'))}",
         ],
     )
 
@@ -319,13 +327,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--json", type=Path, help="also write the result here")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a loader setting")
     args = p.parse_args(argv)
-    options = run.Options(sizes=run.QUICK if args.quick else run.FULL, service_sets=tuple(args.set))
-    logs = run.RESULTS.parent / "logs"
+    options = Options(sizes=QUICK if args.quick else FULL, service_sets=tuple(args.set))
+    logs = RESULTS.parent / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="extension-loader-bench-registry-cluster-") as tmp:
         try:
             result = asyncio.run(measure(options, Path(tmp), logs))
-        except run.BenchError as exc:
+        except BenchError as exc:
             print(f"bench: {exc}\n(the loaders' logs: {logs})", file=sys.stderr)
             return 1
     for verdict in judge_registry(result):

@@ -35,14 +35,13 @@ import json
 import os
 import platform
 import shlex
-import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -54,114 +53,41 @@ import nats.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-import service
 from service.app.natsserver import NatsServer, nats_server_binary
-from service.contract.config import NO_AUTH_USER, defaults, inbox_prefix_for
+from service.contract.config import NO_AUTH_USER, inbox_prefix_for
 
 from . import churn, registry_cluster, registry_fetch
 from .load import RunStats, closed_loop, medians, summary_ms
+from .options import EXAMPLES, FULL, NU, QUICK, RESULTS, ROOT, SERVICE_SOURCE, BenchError, Options, Sizes
 from .procs import (
     Child,
-    command_line,
     cpu_seconds,
-    descendants,
     memory_kb,
-    reading_a_pipe,
     reaped_children_cpu_seconds,
     shared_memory_kb,
 )
 from .report import judge, render
-
-ROOT = Path(__file__).resolve().parents[1]
-EXAMPLES = ROOT / "examples" / "extensions"
-NU = ROOT / "node_modules" / "@nushell" / "linux-x64" / "bin" / "nu"
-SERVICE_SOURCE = Path(service.__file__).resolve().parent  # PYTHONPATH may point the run at another copy
-MODULE = SERVICE_SOURCE / "runtime" / "nushell" / "provisioning.nu"
-RESULTS = ROOT / "bench" / "results" / "latest.json"
-
-PREFIX = "extensions"
-ECHO_SUBJECT = "bench.echo"
-ECHO_CT_SUBJECT = "bench.echo-ct"
-SERVICE_PING = "$SRV.PING.extension-loader"
-SERVICE_MARKER = " serve --nats-url "  # in the service's command line, not in a wrapper's or Nushell's
-LOAD = {"extension_type": "taskserv", "name": "kubernetes", "version": "1.28.0"}
-HEADERS = {"Content-Type": "application/json"}
-READY_WITHIN_S = 30.0
-REQUEST_TIMEOUT_S = 30.0
-# The limits the service's runner puts on a Nushell run with the default configuration (service/runtime/sandbox.py).
-PRLIMIT = ["--as=536870912", "--cpu=30", "--fsize=67108864", "--nofile=1024", "--core=0", "--"]
-
-
-@dataclass(frozen=True, slots=True)
-class Sizes:
-    levels: tuple[int, ...] = (1, 16, 128)
-    repetitions: int = 3
-    run_seconds: float = 2.0  # per closed-loop run; it also stops at run_max_requests
-    run_max_requests: int = 200_000
-    warmup_requests: int = 2_000
-    rss_requests: int = 10_000
-    rss_in_flight: int = 16
-    cold_loads: int = 30
-    bare_runs: int = 30
-    simultaneous: int = 64
-    simultaneous_repetitions: int = 3
-    tree_names: int = 2_000
-    tree_versions: int = 5
-    discover_repeats: int = 10
-    tree_cold_loads: int = 20
-    burst: int = 32  # different cold loads sent at once, to a service with spares and to one without
-    burst_repetitions: int = 5
-    dependency_loads: int = 5
-    contention_seconds: float = 5.0
-    contention_discover_every_s: float = 0.1  # the other client's pace of discovers; 0: back to back
-    registry_bytes: int = registry_fetch.SIZE  # the archive the registry phase reads
-    registry_runs: int = registry_fetch.RUNS
-    announce_versions: int = 10  # versions published, each announced by a loader on another node
-    announce_floor_samples: int = 3  # bare Key-Value puts seen by a watch on another node, before each publish
-    registry_cold_loads: int = 15  # distinct versions, each loaded cold from the registry and from disk
-
-
-FULL = Sizes()
-QUICK = Sizes(
-    levels=(1, 4),
-    repetitions=1,
-    run_seconds=1.0,
-    run_max_requests=20,
-    warmup_requests=10,
-    rss_requests=20,
-    rss_in_flight=4,
-    cold_loads=2,
-    bare_runs=2,
-    simultaneous=8,
-    simultaneous_repetitions=1,
-    tree_names=10,
-    tree_versions=2,
-    discover_repeats=2,
-    tree_cold_loads=2,
-    burst=4,
-    burst_repetitions=1,
-    dependency_loads=1,
-    contention_seconds=0.5,
-    registry_bytes=600_000,
-    registry_runs=1,
-    announce_versions=2,
-    announce_floor_samples=1,
-    registry_cold_loads=2,
+from .services import (
+    ECHO_CT_SUBJECT,
+    ECHO_SUBJECT,
+    HEADERS,
+    LOAD,
+    PREFIX,
+    READY_WITHIN_S,
+    REQUEST_TIMEOUT_S,
+    SERVICE_MARKER,
+    SERVICE_PING,
+    call,
+    expected_spares,
+    start_child,
+    start_service,
+    wait_for_spares,
+    wait_ready,
 )
 
-
-@dataclass(frozen=True, slots=True)
-class Options:
-    sizes: Sizes = FULL
-    output: Path = RESULTS
-    nu: Path = NU
-    service_sets: tuple[str, ...] = ()  # extra `--set KEY=VALUE` for the service
-    wrap: tuple[str, ...] = ()  # a command the service runs under, e.g. a profiler
-    log_dir: Path | None = None  # where child logs go; `logs/` beside the output when None
-
-
-class BenchError(RuntimeError):
-    pass
+MODULE = SERVICE_SOURCE / "runtime" / "nushell" / "provisioning.nu"
+# The limits the service's runner puts on a Nushell run with the default configuration (service/runtime/sandbox.py).
+PRLIMIT = ["--as=536870912", "--cpu=30", "--fsize=67108864", "--nofile=1024", "--core=0", "--"]
 
 
 # --- entry ----------------------------------------------------------------------------------------------------
@@ -243,14 +169,14 @@ async def _measure(options: Options, work: Path, logs: Path) -> dict[str, Any]:
     children: list[Child] = []
     server = NatsServer(["-a", "127.0.0.1", "-p", "-1"]).start()
     try:
-        echo = _start(children, "echo", [sys.executable, "-m", "bench.echo", server.url, ECHO_SUBJECT], logs)
-        echo_ct = _start(
+        echo = start_child(children, "echo", [sys.executable, "-m", "bench.echo", server.url, ECHO_SUBJECT], logs)
+        echo_ct = start_child(
             children,
             "echo-ct",
             [sys.executable, "-m", "bench.echo", server.url, ECHO_CT_SUBJECT, "--content-type"],
             logs,
         )
-        svc = _start_service(children, options, server.url, work / "data", [EXAMPLES], logs / "service.log")
+        svc = start_service(children, options, server.url, work / "data", [EXAMPLES], logs / "service.log")
         nc = await nats.connect(
             server.url,
             name="bench-client",
@@ -299,71 +225,6 @@ async def _measure(options: Options, work: Path, logs: Path) -> dict[str, Any]:
 def _pid(server: NatsServer) -> int:
     assert server.process is not None
     return server.process.pid
-
-
-def _start(children: list[Child], name: str, argv: Sequence[str], logs: Path, **kw: Any) -> Child:
-    child = Child(name, argv, log=logs / f"{name}.log", env=_child_env(), cwd=ROOT, **kw)
-    children.append(child)
-    return child.start()
-
-
-def _start_service(
-    children: list[Child], options: Options, url: str, data: Path, roots: Sequence[Path], log: Path
-) -> Child:
-    exe = Path(sys.executable).with_name("extension-loader")
-    command = [str(exe)] if exe.exists() else [sys.executable, "-m", "service"]
-    sets = {
-        "orchestrator.paths.data_dir": _toml(str(data)),
-        "orchestrator.extensions.paths": "[" + ", ".join(_toml(str(r)) for r in roots) + "]",
-        "orchestrator.extensions.auto_load": "false",
-        "nushell.path": _toml(str(options.nu)),
-    }
-    wrap = [part.replace("{name}", log.stem) for part in options.wrap]
-    argv = [*wrap, *command, "serve", "--nats-url", url]
-    for key, value in sets.items():
-        argv += ["--set", f"{key}={value}"]
-    for item in options.service_sets:
-        argv += ["--set", item]
-    # SIGINT stops the service as SIGTERM does, and lets a profiler that wraps it write its output.
-    stop = signal.SIGINT if options.wrap else signal.SIGTERM
-    return _start(children, log.stem, argv, log.parent, stop_signal=stop)
-
-
-def _child_env() -> dict[str, str]:
-    """This environment without the service's own settings and OpenTelemetry's, so every run is alike."""
-    return {k: v for k, v in os.environ.items() if not k.startswith(("EXTENSION_LOADER__", "OTEL_"))}
-
-
-def _toml(text: str) -> str:
-    return json.dumps(text)  # a JSON string with no control characters is a TOML basic string
-
-
-async def wait_ready(nc: Client, subject: str, child: Child, within_s: float = READY_WITHIN_S) -> float:
-    """Sends requests to `subject` until one is answered; returns the seconds that took."""
-    began = time.perf_counter()
-    while True:
-        code = child.exited()
-        if code is not None:
-            raise BenchError(f"{child.name} exited with status {code} before it was ready:\n{child.log_tail()}")
-        try:
-            await nc.request(subject, b"", timeout=0.5)
-            return round(time.perf_counter() - began, 3)
-        except (TimeoutError, nats.errors.Error):
-            pass
-        if time.perf_counter() - began > within_s:
-            raise BenchError(f"{child.name} did not answer {subject} within {within_s} s:\n{child.log_tail()}")
-        await asyncio.sleep(0.02)  # a poll interval while the process starts, not a wait for an outcome
-
-
-async def call(nc: Client, suffix: str, body: dict[str, Any] | None = None) -> Any:
-    """One request to the service; its `data`, or BenchError with the error reply."""
-    reply = await nc.request(
-        f"{PREFIX}.{suffix}", msgspec.json.encode(body or {}), timeout=REQUEST_TIMEOUT_S, headers=HEADERS
-    )
-    envelope = msgspec.json.decode(reply.data)
-    if not envelope.get("success"):
-        raise BenchError(f"{PREFIX}.{suffix} {body}: {envelope.get('error')}")
-    return envelope.get("data")
 
 
 # --- phases ---------------------------------------------------------------------------------------------------
@@ -616,7 +477,7 @@ async def discovery_phase(
     began = time.perf_counter()
     generate_tree(tree, sizes.tree_names, sizes.tree_versions)
     generated_s = time.perf_counter() - began
-    svc = _start_service(children, options, url, work / "data-tree", [tree], logs / "tree.log")
+    svc = start_service(children, options, url, work / "data-tree", [tree], logs / "tree.log")
     ready_s = await wait_ready(nc, SERVICE_PING, svc)
     pid = svc.main_pid(SERVICE_MARKER)
 
@@ -674,35 +535,6 @@ async def discovery_phase(
     }
 
 
-# --- spare Nushell processes ----------------------------------------------------------------------------------
-
-SPARE_MARKER = " module serve-one --ahead"  # in a waiting spare's command line (prlimit's, then nu's)
-SPARES_READY_WITHIN_S = 10.0
-
-
-def expected_spares(options: Options) -> int:
-    """How many spares the service keeps: the last `--set nushell.spares=N`, else the packaged default."""
-    count = int(defaults()["nushell"]["spares"])
-    for item in options.service_sets:
-        key, _, value = item.partition("=")
-        if key.strip() == "nushell.spares":
-            count = int(value)
-    return count
-
-
-async def wait_for_spares(pid: int, count: int, within_s: float = SPARES_READY_WITHIN_S) -> list[int]:
-    """Polls /proc until the service `pid` has `count` spares started and blocked reading their request (done
-    with their start, parse and warm-up); their pids."""
-    began = time.perf_counter()
-    while True:
-        spares = [p for p in descendants(pid) if SPARE_MARKER in command_line(p)]
-        if len(spares) >= count and all(reading_a_pipe(p) for p in spares):
-            return spares
-        if time.perf_counter() - began > within_s:
-            raise BenchError(f"the service (pid {pid}) has {len(spares)} spare processes, not {count}")
-        await asyncio.sleep(0.02)  # a poll interval: the service process cannot be asked
-
-
 async def spare_memory_phase(pid: int, options: Options) -> dict[str, Any]:
     """The service's RSS with its spares waiting idle, and the spares' own beside it (Pss: their share of the
     pages they map, most of them the `nu` binary's, which every Nushell process shares)."""
@@ -738,7 +570,7 @@ async def burst_phase(
     }
     started: dict[str, tuple[Child, int]] = {}
     for name, opts in services.items():
-        child = _start_service(children, opts, url, work / f"data-burst-{name}", [tree], logs / f"burst-{name}.log")
+        child = start_service(children, opts, url, work / f"data-burst-{name}", [tree], logs / f"burst-{name}.log")
         await wait_ready(nc, f"{prefixes[name]}.stats", child)
         started[name] = (child, child.main_pid(SERVICE_MARKER))
     bodies = [
@@ -841,7 +673,7 @@ async def contention_phase(nc: Client, url: str, sizes: Sizes, logs: Path, child
     sub = await nc.subscribe(churn.READY, cb=on_ready)
     await nc.flush()
     pace = ["--discover-every", str(sizes.contention_discover_every_s)]
-    child = _start(children, "churn", [sys.executable, "-m", "bench.churn", url, PREFIX, *reloaded, *pace], logs)
+    child = start_child(children, "churn", [sys.executable, "-m", "bench.churn", url, PREFIX, *reloaded, *pace], logs)
     try:
         began = time.perf_counter()
         while not ready.done():  # its readiness is a message; the child's exit, checked between waits, is not

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from bench.load import percentile, summary_ms
+from bench.options import QUICK
 from bench.report import (
     ANNOUNCE_TARGET_MS,
     COLD_TARGET,
@@ -25,7 +26,7 @@ from bench.report import (
     judge_registry,
     render,
 )
-from bench.run import QUICK, quick
+from bench.run import quick
 
 
 def test_percentile_is_nearest_rank() -> None:
