@@ -47,7 +47,7 @@ from service.registry.signing import Signer, read_seed, write_seed
 from .load import summary_ms
 from .options import FULL, QUICK, RESULTS, BenchError, Options
 from .procs import Child
-from .report import judge_registry, render_registry
+from .report import render_registry
 from .services import (
     HEADERS,
     REQUEST_TIMEOUT_S,
@@ -58,6 +58,7 @@ from .services import (
     wait_for_spares,
     wait_ready,
 )
+from .targets import judge_registry
 
 NAME_ANNOUNCED = "announced"  # the extension published again and again for registry_announce
 NAME_COLD = "cold"  # the extension of registry_cold_load, on disk and in the registry

@@ -29,7 +29,7 @@ module that holds each is named after it:
    a publish on node 1 until a loader on node 2 announces it (beside a bare Key-Value put on node 1 seen by a
    watch on node 2), and cold loads from the registry, their fetch included, against the same from disk.
 
-Then `report` judges the figures and renders them as Markdown. Timings are only reported here, never
+Then `targets` judges the figures and `report` renders them as Markdown. Timings are only reported here, never
 asserted in tests.
 """
 
@@ -60,7 +60,7 @@ from .cold import cold_phase, dependencies_phase, simultaneous_phase
 from .machine import machine_info
 from .options import EXAMPLES, FULL, NU, QUICK, RESULTS, ROOT, BenchError, Options
 from .procs import Child, memory_kb
-from .report import judge, render
+from .report import render_run
 from .services import (
     ECHO_CT_SUBJECT,
     ECHO_SUBJECT,
@@ -71,6 +71,7 @@ from .services import (
     wait_ready,
 )
 from .spares import burst_phase, spare_memory_phase
+from .targets import judge
 from .tree import contention_phase, discovery_phase
 
 
@@ -102,7 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"bench: {exc}\n(the children's logs: {options.log_dir or options.output.parent / 'logs'})", file=sys.stderr
         )
         return 1
-    print(report(result))
+    print(render_run(result))
     print(f"\nJSON: {options.output}")
     return 0
 
@@ -129,16 +130,8 @@ def run(options: Options) -> dict[str, Any]:
     result["targets"] = [v.as_dict() for v in judge(result)]
     options.output.parent.mkdir(parents=True, exist_ok=True)
     options.output.write_text(json.dumps(result, indent=2) + "\n")
-    options.output.with_suffix(".md").write_text(report(result) + "\n")
+    options.output.with_suffix(".md").write_text(render_run(result) + "\n")
     return result
-
-
-def report(result: dict[str, Any]) -> str:
-    """The table and figures of `report.render`, then the registry fetch's."""
-    parts = [render(result)]
-    if "registry_fetch" in result:
-        parts.append(registry_fetch.render(result["registry_fetch"]))
-    return "\n\n".join(parts)
 
 
 async def _measure(options: Options, work: Path, logs: Path) -> dict[str, Any]:
