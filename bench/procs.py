@@ -1,14 +1,16 @@
-"""Child processes of a benchmark run: started in their own session, logged to a file, always killed."""
+"""Processes of a benchmark run: the children it starts (in their own session, logged to a file, always killed),
+and what /proc tells of a process (its descendants, CPU time, memory, what it waits on)."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import signal
+import statistics
 import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 
 class Child:
@@ -149,6 +151,15 @@ def reaped_children_cpu_seconds(pid: int) -> float:
     its Nushell processes used once they are over. 0.0 once the process is gone."""
     fields = _stat_fields(Path(f"/proc/{pid}/stat"))
     return (int(fields[13]) + int(fields[14])) / _TICK if fields else 0.0  # cutime and cstime, fields 16 and 17
+
+
+def cpu_floor(seconds: Sequence[float]) -> dict[str, Any]:
+    """The median CPU time the Nushell processes of a run used, and the least wall time that much CPU takes on
+    this machine's cores: what no scheduling of those processes can go below. (Spares taken by the run count
+    with what they used before it; replacements still waiting at its end do not.)"""
+    cpus = os.cpu_count() or 1
+    used_ms = statistics.median(seconds) * 1000 if seconds else 0.0
+    return {"nushell_cpu_ms": round(used_ms, 1), "cpus": cpus, "cpu_floor_ms": round(used_ms / cpus, 1)}
 
 
 def memory_kb(pid: int) -> dict[str, int]:

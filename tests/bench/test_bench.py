@@ -14,7 +14,10 @@ from typing import Any
 import pytest
 
 from bench.load import percentile, summary_ms
-from bench.report import (
+from bench.options import QUICK
+from bench.report import render
+from bench.run import quick
+from bench.targets import (
     ANNOUNCE_TARGET_MS,
     COLD_TARGET,
     P99_TARGET_US,
@@ -23,9 +26,7 @@ from bench.report import (
     RSS_TARGET_MB,
     judge,
     judge_registry,
-    render,
 )
-from bench.run import QUICK, quick
 
 
 def test_percentile_is_nearest_rank() -> None:
