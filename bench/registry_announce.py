@@ -21,7 +21,7 @@ from nats.js import api
 from nats.js.kv import KeyValue
 
 from service.app.publishing import Prepared, publish
-from service.registry.jetstream import RegistryBuckets
+from service.registry.buckets import RegistryBuckets
 
 from .load import summary_ms
 from .options import BenchError
