@@ -123,9 +123,9 @@ EVENTS: tuple[EventRoute, ...] = (
 # the schemas say that a body of that code holds it.
 ERROR_DETAILS: dict[str, type[msgspec.Struct]] = {"dependency_error": DependencyErrorDetails}
 
-# msgspec names a generic struct after its parameters' qualified names ("Success_list_service.messages.X__");
-# the published names drop the module path.
-_QUALIFIER = re.compile(re.escape(f"{Success.__module__}."))
+# msgspec names a generic struct after its parameters' qualified names
+# ("Success_list_service.contract.replies.Extension__"); the published names drop the module path.
+_QUALIFIER = re.compile(re.escape(Success.__module__.rpartition(".")[0]) + r"\.\w+\.")
 
 # --- message schemas ---
 

@@ -1,6 +1,7 @@
 """The contract: the vocabulary every layer speaks, and the bottom of the layout.
 
-    messages.py   the wire messages of CONTRACT.md as msgspec structs (what schemas/ is generated from)
+    messages.py   the wire messages of CONTRACT.md as msgspec structs (what schemas/ is generated from), one
+                  import for values.py, requests.py, replies.py, envelopes.py and events.py
     errors.py     the error tree, one class per contract error code
     headers.py    the NATS header names and content types
     config.py     the typed configuration and how it is read (its keys are part of the contract too)

@@ -25,13 +25,12 @@ from nats.js.errors import APIError, NotFoundError, ServiceUnavailableError
 from opentelemetry import trace
 
 from ..contract.headers import CONTENT_TYPE, JSON, MSG_ID
-from ..contract.messages import ExtensionLoaded, ExtensionUnloaded
+from ..contract.messages import Event, ExtensionLoaded
 from .tracing import inject
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer(__name__)
 
-Event = ExtensionLoaded | ExtensionUnloaded
 _encoder = msgspec.json.Encoder()
 
 

@@ -39,6 +39,7 @@ from service.contract.messages import (
     Cleared,
     DiscoverRequest,
     EmptyRequest,
+    Event,
     Extension,
     ExtensionLoaded,
     ExtensionMetadata,
@@ -62,7 +63,7 @@ from service.contract.messages import (
 )
 from service.core.manager import ExtensionManager
 from service.wire.codec import Codec, failure, success
-from service.wire.events import Event, EventPublisher
+from service.wire.events import EventPublisher
 from service.wire.handlers import FLEET
 from service.wire.service import ExtensionService
 
