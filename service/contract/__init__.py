@@ -4,7 +4,8 @@
                   import for values.py, requests.py, replies.py, envelopes.py and events.py
     errors.py     the error tree, one class per contract error code
     headers.py    the NATS header names and content types
-    config.py     the typed configuration and how it is read (its keys are part of the contract too)
+    config.py     how the configuration is read, in layers, and validated (its keys are part of the contract
+                  too: the typed sections are in sections.py)
 
 Pure values and their validation: nothing here touches NATS, Nushell or the disk (but for reading the
 configuration file it is given), and nothing here imports any other part of the service.
