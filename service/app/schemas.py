@@ -6,8 +6,8 @@
 One JSON Schema (draft 2020-12, standing alone with its own `$defs`) per request, per subject's reply envelope
 and per event, and an AsyncAPI 3.0.0 document of every subject. Every message schema comes from
 `msgspec.json.schema_components`; this module only names, composes (`oneOf`) and places them. The subjects
-and their request and reply types are the one table `ROUTES` below: the wire's `RequestHandlers.routes()` builds
-its own, so there is nothing to import, and tests/contract/test_schemas.py checks the two agree.
+and their request and reply types are the subjects table, `service/contract/subjects.py`, which the wire
+serves too.
 """
 
 from __future__ import annotations
@@ -27,29 +27,8 @@ import msgspec
 from ..contract.config import load_config
 from ..contract.errors import ERROR_CODES
 from ..contract.headers import JSON, MSGPACK
-from ..contract.messages import (
-    Available,
-    Cleared,
-    DependencyErrorDetails,
-    DiscoverRequest,
-    EmptyRequest,
-    ErrorBody,
-    Extension,
-    ExtensionLoaded,
-    ExtensionUnloaded,
-    Failure,
-    Graph,
-    GraphRequest,
-    GraphText,
-    InstanceReply,
-    ListRequest,
-    LoadRequest,
-    ReloadRequest,
-    Stats,
-    Status,
-    StatusRequest,
-    Success,
-)
+from ..contract.messages import DependencyErrorDetails, ErrorBody, Failure, Success
+from ..contract.subjects import EVENTS, ROUTES, Route
 
 JSON_SCHEMA = "https://json-schema.org/draft/2020-12/schema"
 BASE_ID = "https://extension-loader.dev/schemas/"
@@ -58,66 +37,6 @@ GENERATED = (
     "Generated from service/contract/messages.py by `python -m service.app.schemas`; do not edit, run `make schemas`."
 )
 
-
-@dataclass(frozen=True, slots=True)
-class Route:
-    """One request-reply subject: what it takes and what `data` a successful reply holds."""
-
-    suffix: str  # the subject after the prefix
-    request: type[msgspec.Struct]
-    data: tuple[Any, ...]  # the types `data` may hold; more than one: any of them
-    summary: str
-    queue: bool = True  # served in the queue group (one instance answers); False: every instance answers
-
-    @property
-    def reply_file(self) -> str:
-        return f"{self.suffix}.reply.json"
-
-
-@dataclass(frozen=True, slots=True)
-class EventRoute:
-    """One event subject the service publishes."""
-
-    suffix: str
-    event: type[msgspec.Struct]
-    summary: str
-
-
-_SINGLE: tuple[Route, ...] = (
-    Route("load", LoadRequest, (Extension,), "Load one extension; answered from the cache when it is there."),
-    Route("reload", ReloadRequest, (Extension,), "Drop every cached version of an extension and load it again."),
-    Route("list", ListRequest, (list[Extension],), "What the instance that answers has loaded now."),
-    Route("status", StatusRequest, (Status,), "Whether the instance that answers has an extension loaded now."),
-    Route("discover", DiscoverRequest, (list[Available],), "What is available on disk."),
-    Route(
-        "cache.clear", EmptyRequest, (Cleared,), "Empty the cache of the instance that answers; how many it dropped."
-    ),
-    Route("stats", EmptyRequest, (Stats,), "Cache, load and Nushell statistics of the instance that answers."),
-    Route("graph", GraphRequest, (Graph, GraphText), "The resolved dependency graph of one extension."),
-)
-# The subjects whose answer is about the one instance that gives it have a fleet twin, `all.<suffix>`: every
-# instance subscribes outside the queue group and answers for itself (service/wire/handlers.py, FLEET; the
-# tests check that the two agree).
-FLEET = ("list", "status", "stats", "cache.clear")
-ROUTES: tuple[Route, ...] = _SINGLE + tuple(
-    Route(
-        f"all.{route.suffix}",
-        route.request,
-        tuple(InstanceReply[data] for data in route.data),  # type: ignore[valid-type]
-        f"Every instance answers, each with its instance id and its own {route.suffix} reply.",
-        queue=False,
-    )
-    for route in _SINGLE
-    if route.suffix in FLEET
-)
-EVENTS: tuple[EventRoute, ...] = (
-    EventRoute(
-        "loaded",
-        ExtensionLoaded,
-        "Published after every load that was not answered from the cache, and after every reload.",
-    ),
-    EventRoute("unloaded", ExtensionUnloaded, "Published whenever an entry leaves the cache."),
-)
 
 # ErrorBody's `details` is one free-form object for every code; the codes here have a struct of their own, and
 # the schemas say that a body of that code holds it.

@@ -61,10 +61,10 @@ from service.contract.messages import (
     Status,
     StatusRequest,
 )
+from service.contract.subjects import EVENTS, ROUTES
 from service.core.manager import ExtensionManager
 from service.wire.codec import Codec, failure, success
 from service.wire.events import EventPublisher
-from service.wire.handlers import FLEET
 from service.wire.service import ExtensionService
 
 CHECKED_IN = Path(__file__).resolve().parents[2] / "schemas"
@@ -139,17 +139,14 @@ def test_the_subject_table_agrees_with_the_server() -> None:
     manager = cast(ExtensionManager, SimpleNamespace(instance_id="SCHEMA-TEST", releases=None))
     service = ExtensionService(config, manager, version="0.0.0")
     served = {endpoint.subject: endpoint.request for endpoint in service.endpoints}
-    assert served == {f"extensions.{route.suffix}": route.request for route in schemas.ROUTES}
+    assert served == {f"extensions.{route.suffix}": route.request for route in ROUTES}
     queued = {endpoint.subject: endpoint.stats.queue_group for endpoint in service.endpoints}
-    assert queued == {
-        f"extensions.{route.suffix}": "extension-loader" if route.queue else "" for route in schemas.ROUTES
-    }
-    assert schemas.FLEET == FLEET
+    assert queued == {f"extensions.{route.suffix}": "extension-loader" if route.queue else "" for route in ROUTES}
     assert [s for s, group in queued.items() if not group] == FLEET_SUBJECTS
 
     publisher = EventPublisher(cast(Client, None), config.nats.subject_prefix)
     samples: tuple[Event, ...] = (LOADED, UNLOADED)
-    for event, sample in zip(schemas.EVENTS, samples, strict=True):
+    for event, sample in zip(EVENTS, samples, strict=True):
         assert isinstance(sample, event.event)
         assert publisher.subject(sample) == f"extensions.{event.suffix}"
 
@@ -391,7 +388,7 @@ def test_a_fleet_reply_names_its_instance_and_holds_the_single_subject_s_data(su
 @pytest.mark.parametrize("error", ERRORS, ids=lambda e: e.code)
 def test_every_error_reply_validates_against_every_reply_schema(error: LoaderError) -> None:
     body = json.loads(failure(error, Codec.JSON))
-    for route in schemas.ROUTES:
+    for route in ROUTES:
         assert validator(route.reply_file).is_valid(body), route.reply_file
 
 
