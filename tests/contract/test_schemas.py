@@ -19,6 +19,8 @@ from jsonschema import Draft7Validator, Draft202012Validator
 from nats.aio.client import Client
 
 from service.app import schemas
+from service.app.schemas_asyncapi import asyncapi
+from service.app.schemas_json import message_schemas
 from service.contract.config import load_config
 from service.contract.errors import (
     ERROR_CODES,
@@ -68,7 +70,7 @@ from service.wire.events import EventPublisher
 from service.wire.service import ExtensionService
 
 CHECKED_IN = Path(__file__).resolve().parents[2] / "schemas"
-SCHEMAS = schemas.message_schemas()
+SCHEMAS = message_schemas()
 SUBJECTS = [
     "extensions.load",
     "extensions.reload",
@@ -180,7 +182,7 @@ def test_each_file_is_a_valid_draft_2020_12_schema(file: str) -> None:
 
 
 def test_asyncapi_has_every_subject_and_its_operation() -> None:
-    doc = schemas.asyncapi()
+    doc = asyncapi()
     assert doc["asyncapi"] == "3.0.0"
     assert doc["info"]["title"] == "extension-loader"
     assert (doc["servers"]["nats"]["host"], doc["servers"]["nats"]["protocol"]) == ("127.0.0.1:4222", "nats")
@@ -208,7 +210,7 @@ def test_asyncapi_has_every_subject_and_its_operation() -> None:
 
 
 def test_asyncapi_references_resolve_and_its_schemas_are_valid() -> None:
-    doc = schemas.asyncapi()
+    doc = asyncapi()
     for ref in _refs(doc):
         _resolve(doc, ref)
     for schema in doc["components"]["schemas"].values():
