@@ -8,6 +8,8 @@ from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from msgspec import Meta, Struct
 
+__all__ = ["DependencyErrorDetails", "ErrorBody", "Failure", "InstanceReply", "MissingDependency", "Success"]
+
 
 class MissingDependency(Struct, frozen=True, kw_only=True):
     """A declared dependency that no extension on disk meets."""

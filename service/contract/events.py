@@ -9,6 +9,8 @@ from msgspec import Struct
 from .replies import Extension
 from .values import ExtensionType, Timestamp
 
+__all__ = ["Event", "ExtensionLoaded", "ExtensionUnloaded", "LoadReason", "UnloadReason"]
+
 LoadReason = Literal["load", "reload", "auto_load", "hot_reload", "published"]
 UnloadReason = Literal["evicted", "cleared", "reload", "removed", "yanked"]
 

@@ -10,6 +10,26 @@ from msgspec import Meta, Struct
 
 from .values import ExtensionType, Timestamp
 
+__all__ = [
+    "Available",
+    "CacheStats",
+    "Cleared",
+    "EventStats",
+    "Extension",
+    "ExtensionMetadata",
+    "Graph",
+    "GraphEdge",
+    "GraphNode",
+    "GraphText",
+    "LoadStats",
+    "NushellInfo",
+    "RegistryStats",
+    "Source",
+    "Stats",
+    "Status",
+    "VersionSource",
+]
+
 
 class ExtensionMetadata(Struct, frozen=True, kw_only=True):
     name: str

@@ -13,6 +13,16 @@ from msgspec import Struct
 
 from .values import NAME_PATTERN, VERSION_PATTERN, ExtensionType, Name, TypeName, VersionSpec
 
+__all__ = [
+    "DiscoverRequest",
+    "EmptyRequest",
+    "GraphRequest",
+    "ListRequest",
+    "LoadRequest",
+    "ReloadRequest",
+    "StatusRequest",
+]
+
 _TYPES = {t.value: t for t in ExtensionType}
 
 

@@ -10,6 +10,17 @@ from typing import Annotated
 
 from msgspec import Meta
 
+__all__ = [
+    "NAME_PATTERN",
+    "TYPE_PATTERN",
+    "VERSION_PATTERN",
+    "ExtensionType",
+    "Name",
+    "Timestamp",
+    "TypeName",
+    "VersionSpec",
+]
+
 
 class ExtensionType(enum.StrEnum):
     PROVIDER = "provider"
