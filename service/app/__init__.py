@@ -6,7 +6,8 @@
     telemetry.py   which tracing, metrics and logging providers this process installs
     natsserver.py  a local nats-server (or a JetStream cluster of them), for `extension-loader dev`, the tests
                    and the benchmark
-    schemas.py     writes schemas/ from the contract's structs
+    schemas.py     writes schemas/ from the contract's structs and subjects table: the JSON Schemas of
+                   schemas_json.py and the AsyncAPI document of schemas_asyncapi.py
 
 The only layer that reads the environment and the command line. It may use every layer below it.
 """

@@ -1,8 +1,9 @@
 """A small client for the service, used by the `extension-loader` command line and the tests.
 
 Every call sends a request and returns the reply's `data`, or raises `RemoteError` with the contract's
-error code, message and details. `gather` asks every instance at once (the `<prefix>.all.*` subjects) and
-returns what each answered.
+error code, message and details. `request` takes any request subject of the subjects table
+(`contract/subjects.py`) by its suffix, the other methods are shorthands for the contract's; `gather` asks
+every instance at once (a subject's fleet twin, `<prefix>.all.<suffix>`) and returns what each answered.
 """
 
 from __future__ import annotations
@@ -114,9 +115,9 @@ class LoaderClient:
     async def clear(self) -> Any:
         return await self.request("cache.clear")
 
-    async def graph(self, extension_type: str, name: str, version: str | None = None, fmt: str = "json") -> Any:
+    async def graph(self, extension_type: str, name: str, version: str | None = None, format: str = "json") -> Any:
         return await self.request(
-            "graph", {"extension_type": extension_type, "name": name, "version": version, "format": fmt}
+            "graph", {"extension_type": extension_type, "name": name, "version": version, "format": format}
         )
 
 

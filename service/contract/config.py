@@ -1,4 +1,4 @@
-"""Configuration: typed, layered and validated once, at start.
+"""Configuration: read in layers and validated once, at start.
 
 Layers, each overriding the one before: the packaged `config.defaults.toml`, the user's file (`--config`),
 environment variables `EXTENSION_LOADER__<SECTION>__<KEY>` (read by the key's type: a text key takes the text
@@ -6,6 +6,8 @@ as it is, other keys read it as TOML), and `key=value` overrides from the comman
 takes a bare value as text). String values may refer to other keys as `{{a.b.c}}`.
 The result is a frozen `Config`; a bad file or value raises `ConfigError` naming the key. Keys outside the
 sections this service reads are allowed, so an orchestrator's own file can be reused.
+
+The keys and their types are the sections in `sections.py`, re-exported here: `from .config import Config`.
 """
 
 from __future__ import annotations
@@ -17,164 +19,53 @@ import tomllib
 from collections.abc import Mapping, Sequence
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, Literal, cast
+from typing import Any, cast
 
 import msgspec
 import msgspec.inspect
-from msgspec import Meta, Struct
 
 from .errors import ConfigError
+from .sections import (
+    INBOX_ROOT,
+    NO_AUTH_USER,
+    Config,
+    EventsConfig,
+    ExtensionsConfig,
+    NatsConfig,
+    NushellConfig,
+    OrchestratorConfig,
+    PathsConfig,
+    RegistryConfig,
+    TrustedKey,
+    inbox_prefix_for,
+    is_subject,
+)
+
+__all__ = [
+    "ENV_PREFIX",
+    "INBOX_ROOT",
+    "NO_AUTH_USER",
+    "Config",
+    "EventsConfig",
+    "ExtensionsConfig",
+    "NatsConfig",
+    "NushellConfig",
+    "OrchestratorConfig",
+    "PathsConfig",
+    "RegistryConfig",
+    "TrustedKey",
+    "defaults",
+    "inbox_prefix_for",
+    "is_subject",
+    "load_config",
+    "validate",
+]
 
 ENV_PREFIX = "EXTENSION_LOADER__"
 _REF = re.compile(r"\{\{\s*([A-Za-z0-9_.-]+)\s*\}\}")
-# Tokens of a NATS subject without wildcards: no empty token, no white space, no `*` or `>`.
-_SUBJECT = re.compile(r"[^\s.*>\x00-\x1f\x7f]+(\.[^\s.*>\x00-\x1f\x7f]+)*")
-INBOX_ROOT = "_INBOX"
-NO_AUTH_USER = "orchestrator"  # who a client without a user name is on nats.conf's development server
-
-Positive = Annotated[int, Meta(ge=1)]
-Token = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")]
-
-
-class PathsConfig(Struct, frozen=True, kw_only=True):
-    data_dir: str
-
-
-class ExtensionsConfig(Struct, frozen=True, kw_only=True):
-    auto_load: bool
-    watch: bool
-    cache_dir: Annotated[str, Meta(min_length=1)]
-    paths: Annotated[tuple[Annotated[str, Meta(min_length=1)], ...], Meta(min_length=1)]
-    cache_size: Annotated[int, Meta(ge=1, le=1_000_000)]
-
-
-class OrchestratorConfig(Struct, frozen=True, kw_only=True):
-    paths: PathsConfig
-    extensions: ExtensionsConfig
-
-
-class NushellConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    path: str
-    timeout_s: Annotated[float, Meta(gt=0, le=3600)]
-    max_concurrent: Annotated[int, Meta(ge=1, le=256)]
-    max_pending: Annotated[int, Meta(ge=0, le=100_000)]
-    max_memory_mb: Annotated[int, Meta(ge=64, le=1_048_576)]
-    max_output_kb: Positive
-    max_file_mb: Positive
-    nice: Annotated[int, Meta(ge=0, le=19)]
-    allow_unlimited: bool
-    spares: Annotated[int, Meta(ge=0, le=64)]
-    spare_max_age_s: Annotated[float, Meta(gt=0, le=86_400)]
-
-
-class NatsConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    url: Annotated[str, Meta(min_length=1)]
-    queue_group: Token
-    subject_prefix: Token
-    name: Annotated[str, Meta(min_length=1)]
-    user: str
-    password: str
-    token: str
-    creds: str
-    tls_ca: str
-    tls_cert: str
-    tls_key: str
-    inbox_prefix: str
-    drain_timeout_s: Annotated[float, Meta(gt=0, le=3600)]
-
-    @property
-    def servers(self) -> list[str]:
-        return [u.strip() for u in self.url.split(",") if u.strip()]
-
-    @property
-    def tls(self) -> bool:
-        return bool(self.tls_ca or self.tls_cert or self.tls_key) or any(u.startswith("tls://") for u in self.servers)
-
-    @property
-    def inbox(self) -> str:
-        """Where replies to this client arrive: `inbox_prefix`, else the prefix nats.conf gives `user`."""
-        return self.inbox_prefix or inbox_prefix_for(self.user)
-
-    def credentials(self) -> dict[str, Any]:
-        """The servers, credentials, TLS context and inbox prefix as nats-py's `connect` takes them. The inbox
-        prefix goes with the credentials: nats.conf lets each user receive replies under its own prefix only."""
-        options: dict[str, Any] = {"servers": self.servers, "inbox_prefix": self.inbox}
-        if self.user:
-            options.update(user=self.user, password=self.password)
-        if self.token:
-            options["token"] = self.token
-        if self.creds:
-            options["user_credentials"] = self.creds
-        if self.tls:
-            context = ssl.create_default_context(cafile=self.tls_ca or None)
-            if self.tls_cert:
-                context.load_cert_chain(self.tls_cert, self.tls_key or None)
-            options["tls"] = context
-        return options
-
-
-class EventsConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    jetstream: bool
-    stream: Token
-
-
-Bucket = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]+$", max_length=64)]
-PublicKey = Annotated[str, Meta(pattern=r"^U[A-Z2-7]{55}$", description="an nkey user public key, U...")]
-
-
-class TrustedKey(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """A publisher key this loader trusts, optionally for some types or names only (empty: any)."""
-
-    key: PublicKey
-    types: tuple[Literal["provider", "taskserv", "cluster"], ...] = ()
-    names: tuple[Annotated[str, Meta(min_length=1)], ...] = ()
-    comment: str = ""
-
-    def allows(self, extension_type: str, name: str) -> bool:
-        return (not self.types or extension_type in self.types) and (not self.names or name in self.names)
-
-
-class RegistryConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    enabled: bool
-    index_bucket: Bucket
-    archive_bucket: Bucket
-    auto_update: bool
-    trusted: tuple[TrustedKey, ...]
-    timeout_s: Annotated[float, Meta(gt=0, le=600)]
-    max_archive_mb: Annotated[int, Meta(ge=1, le=4096)]
-    max_unpacked_mb: Annotated[int, Meta(ge=1, le=16384)]
-    max_files: Annotated[int, Meta(ge=1, le=1_000_000)]
-
-
-class Config(Struct, frozen=True, kw_only=True):
-    orchestrator: OrchestratorConfig
-    nushell: NushellConfig
-    nats: NatsConfig
-    events: EventsConfig
-    registry: RegistryConfig
-
-    @property
-    def extension_paths(self) -> tuple[Path, ...]:
-        return tuple(Path(p).expanduser().resolve() for p in self.orchestrator.extensions.paths)
-
-    @property
-    def cache_dir(self) -> Path:
-        return Path(self.orchestrator.extensions.cache_dir).expanduser().resolve()
-
 
 # The keys the service reads and their types: what environment values are read by and what is interpolated.
 _CONFIG_TYPE = cast(msgspec.inspect.StructType, msgspec.inspect.type_info(Config))
-
-
-def inbox_prefix_for(user: str | None) -> str:
-    """The inbox prefix nats.conf gives a user, `_INBOX.<user>`; without a user name, that of its development
-    no_auth_user. A token or creds user has no name here: it sets `nats.inbox_prefix` (or `--inbox-prefix`)."""
-    return f"{INBOX_ROOT}.{user or NO_AUTH_USER}"
-
-
-def is_subject(text: str) -> bool:
-    """A NATS subject of one or more tokens and no wildcard, as an inbox prefix must be."""
-    return _SUBJECT.fullmatch(text) is not None
 
 
 def defaults() -> dict[str, Any]:

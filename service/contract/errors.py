@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
-from .messages import MissingDependency
+from .envelopes import MissingDependency
 
 
 class LoaderError(Exception):

@@ -30,6 +30,7 @@ from ..contract.messages import (
     ReloadRequest,
     StatusRequest,
 )
+from ..contract.subjects import REQUESTS, ROUTES, Route
 from ..core.flights import Miss
 from ..core.graph import render
 from ..core.manager import ExtensionManager, PartialLoad
@@ -40,36 +41,40 @@ Reply = tuple[Any, Sequence[Event]]
 # (request, span), and for a load the dispatcher's `Miss` when it looked at the cache already.
 Handler = Callable[..., Awaitable[Reply]]
 
-# The subjects whose answer describes the one instance that gives it; each has a fleet twin under `all.`.
-FLEET = ("list", "status", "stats", "cache.clear")
-
 
 class RequestHandlers:
     def __init__(self, manager: ExtensionManager, event_stats: Callable[[], EventStats]) -> None:
         self.manager = manager
         self._event_stats = event_stats
 
-    def routes(self) -> list[tuple[str, str, type[Any], Handler]]:
-        """(endpoint name, subject suffix, request struct, handler) for every request subject."""
-        return [
-            ("load", "load", LoadRequest, self.load),
-            ("reload", "reload", ReloadRequest, self.reload),
-            ("list", "list", ListRequest, self.list),
-            ("status", "status", StatusRequest, self.status),
-            ("discover", "discover", DiscoverRequest, self.discover),
-            ("cache_clear", "cache.clear", EmptyRequest, self.clear),
-            ("stats", "stats", EmptyRequest, self.stats),
-            ("graph", "graph", GraphRequest, self.graph),
-        ]
+    def routes(self) -> list[tuple[Route, Handler]]:
+        """Every route of the subjects table (service/contract/subjects.py) with its handler. A fleet twin's
+        (`all.list`, ...) is the single subject's handler, its data wrapped in an `InstanceReply`."""
+        handlers = self._by_subject()
+        missing = [subject.suffix for subject in REQUESTS if subject.suffix not in handlers]
+        extra = sorted(handlers.keys() - {subject.suffix for subject in REQUESTS})
+        if missing or extra:
+            raise RuntimeError(
+                f"the subjects table and the handlers differ: no handler for {missing}, no subject for {extra}"
+            )
+        routes = []
+        for route in ROUTES:
+            handler = handlers[route.subject.suffix]
+            routes.append((route, self._of_this_instance(handler) if route.twin else handler))
+        return routes
 
-    def fleet_routes(self) -> list[tuple[str, str, type[Any], Handler]]:
-        """The same for the fleet subjects (`all.list`, ...): the single subject's handler, its data wrapped in
-        an `InstanceReply`."""
-        return [
-            (f"all_{name}", f"all.{suffix}", kind, self._of_this_instance(handler))
-            for name, suffix, kind, handler in self.routes()
-            if suffix in FLEET
-        ]
+    def _by_subject(self) -> dict[str, Handler]:
+        """The handler of each request subject, by the subject's suffix."""
+        return {
+            "load": self.load,
+            "reload": self.reload,
+            "list": self.list,
+            "status": self.status,
+            "discover": self.discover,
+            "cache.clear": self.clear,
+            "stats": self.stats,
+            "graph": self.graph,
+        }
 
     def _of_this_instance(self, handler: Handler) -> Handler:
         async def answer(req: Any, span: trace.Span) -> Reply:

@@ -1,9 +1,9 @@
 """The service on the wire: where a request enters and its reply leaves.
 
 `ExtensionService` puts the wire's parts together and owns their life: entering it connects
-(`connection`), sets up the event publisher (`events`), subscribes every request subject in the queue group,
-and the fleet subjects (`<prefix>.all.list`, `.status`, `.stats`, `.cache.clear`, which every instance
-answers) outside it, through the `dispatcher` (which calls the `handlers`), the `$SRV` subjects (`micro`) and
+(`connection`), sets up the event publisher (`events`), subscribes every request subject of the subjects table
+(`contract/subjects.py`) in the queue group, and their fleet twins (`<prefix>.all.list`, ..., which every
+instance answers) outside it, through the `dispatcher` (which calls the `handlers`), the `$SRV` subjects (`micro`) and
 the peers' events (`peers`), and returns once the server has them all. With a registry configured it first
 reads the registry's index and then follows it (`registry`). Leaving drains the subscriptions (no
 request already received is dropped), waits for the requests in flight and their events, answers whatever
@@ -24,7 +24,7 @@ from nats.aio.client import Client
 from nats.aio.subscription import Subscription
 
 from ..contract.config import Config
-from ..contract.messages import EmptyRequest, EventStats, ListRequest, LoadRequest
+from ..contract.messages import EventStats, LoadRequest
 from ..core import metrics
 from ..core.manager import ExtensionManager
 from ..notify import Notifier
@@ -49,22 +49,22 @@ class ExtensionService:
         self.identity = ServiceIdentity(id=manager.instance_id, version=version, started=datetime.now(UTC), metadata={})
         prefix, group = config.nats.subject_prefix, config.nats.queue_group
         self.handlers = RequestHandlers(manager, self._event_stats)
-        inline = {ListRequest} | ({EmptyRequest} if not config.events.jetstream else set())
-        # The request subjects in the queue group (one instance answers each request), then their fleet twins
-        # outside it (every instance answers; "" is no queue group, as $SRV.INFO shows it).
-        routes = [(route, group) for route in self.handlers.routes()]
-        routes += [(route, "") for route in self.handlers.fleet_routes()]
+        # Every route of the subjects table: the request subjects in the queue group (one instance answers each
+        # request), their fleet twins outside it (every instance answers; "" is no queue group, as $SRV.INFO
+        # shows it). Events published through JetStream wait for an acknowledgement, so a subject that may
+        # publish them is then answered in a task.
+        jetstream = config.events.jetstream
         self.endpoints = [
             Endpoint(
-                name,
-                f"{prefix}.{suffix}",
-                kind,
+                route.endpoint,
+                f"{prefix}.{route.suffix}",
+                route.request,
                 handler,
-                EndpointStats(name, f"{prefix}.{suffix}", queue),
-                inline=kind in inline,
-                look_up=self.handlers.look_up if kind is LoadRequest else None,
+                EndpointStats(route.endpoint, f"{prefix}.{route.suffix}", group if route.queue else ""),
+                inline=route.subject.inline and not (route.subject.events and jetstream),
+                look_up=self.handlers.look_up if route.subject.request is LoadRequest else None,
             )
-            for (name, suffix, kind, handler), queue in routes
+            for route, handler in self.handlers.routes()
         ]
         self._changed = Notifier()  # whenever reconnects or peer_events grows
         self.connection = NatsConnection(config.nats, on_change=self._changed.notify)

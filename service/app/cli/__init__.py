@@ -2,7 +2,8 @@
 
     serving.py   `serve` and `dev`: the service itself (exit codes 2 for bad configuration, 3 for a refused
                  start, 4 when NATS cannot be reached)
-    calls.py     `load`, `list`, `watch`, ...: a client for people, through `LoaderClient`
+    commands.py  a command per request subject (`load`, `list`, ...), its arguments from the subjects table
+    calls.py     those commands and `watch`: a client for people, through `LoaderClient`
     registry.py  `keygen`, `publish`, `yank`, `search`: the JetStream registry, through `app/publishing.py`
     printing.py  how their results read in a terminal
 
@@ -16,10 +17,10 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
-from typing import Any
 
 from ...contract.config import is_subject
 from ..serve import service_version
+from . import commands
 from .calls import DEFAULT_URL, run_client
 from .registry import run_keygen, run_registry
 from .serving import run_dev, run_serve
@@ -61,9 +62,7 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--nats-config", default="nats.conf", metavar="FILE", help="(default: nats.conf)")
     d.set_defaults(run=run_dev)
 
-    def client(
-        name: str, help: str, *, typed: str = "", versioned: bool = False, fleet: bool = False
-    ) -> argparse.ArgumentParser:
+    def client(name: str, help: str) -> argparse.ArgumentParser:
         c = sub.add_parser(name, help=help)
         c.add_argument("--server", "-s", default=os.environ.get("NATS_URL", DEFAULT_URL), metavar="URL")
         # The nats CLI's variables: NATS_USER, NATS_PASSWORD, NATS_CA. Without a user, nats.conf's no_auth_user.
@@ -87,49 +86,12 @@ def _parser() -> argparse.ArgumentParser:
             "--timeout", type=float, metavar="SECONDS", help="seconds to wait for a reply (default: 40; with --all: 1)"
         )
         c.add_argument("--json", action="store_true", help="print the reply's data as JSON")
-        if typed == "required":
-            c.add_argument("type", help="provider, taskserv or cluster")
-            c.add_argument("name")
-        elif typed == "optional":
-            c.add_argument("type", nargs="?", help="provider, taskserv or cluster")
-        if versioned:
-            c.add_argument("--version", "-v", dest="ext_version", metavar="VERSION", help="version or constraint")
-        if fleet:
-            # The reply of one instance describes that instance only; --all asks every instance.
-            c.add_argument(
-                "--all", action="store_true", dest="fleet", help="ask every instance and print each one's answer"
-            )
-            c.add_argument(
-                "--replies",
-                type=_count,
-                default=0,
-                metavar="N",
-                help="with --all: stop once N instances have answered (default 0: wait out --timeout)",
-            )
         c.set_defaults(run=run_client, action=name, fleet=False, replies=0)
         return c
 
-    load = client("load", "load an extension", typed="required", versioned=True)
-    load.add_argument("--with-dependencies", "-d", action="store_true")
-    client("reload", "drop an extension from the cache and load it again", typed="required", versioned=True)
-    client("list", "what is loaded now (on the instance that answers)", typed="optional", fleet=True)
-    client(
-        "status",
-        "whether an extension is loaded (on the instance that answers)",
-        typed="required",
-        versioned=True,
-        fleet=True,
-    )
-    disc = client("discover", "what is available on disk", typed="optional")
-    # SUPPRESS: a NAME left out must not overwrite a --name given before it.
-    disc.add_argument(
-        "name", nargs="?", default=argparse.SUPPRESS, action=_OneName, metavar="NAME", help="only this extension"
-    )
-    disc.add_argument("--name", action=_OneName, help="same as NAME")
-    client("stats", "cache and load statistics (of the instance that answers)", fleet=True)
-    client("clear", "empty the cache of the instance that answers (extensions.cache.clear)", fleet=True)
-    graph = client("graph", "an extension's dependency graph", typed="required", versioned=True)
-    graph.add_argument("--format", "-f", choices=["json", "dot", "mermaid"], default="json")
+    # One command per request subject of the subjects table, its arguments those of its request.
+    for subject in commands.subjects():
+        commands.add_request_arguments(client(commands.command_name(subject), commands.command_help(subject)), subject)
     client("watch", "print extensions.loaded and extensions.unloaded events as they come")
 
     k = sub.add_parser("keygen", help="write a new signing key (an nkey seed, mode 0600); print its public key")
@@ -170,16 +132,6 @@ def _inbox_prefix(text: str) -> str:
     return text
 
 
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of 0 or more")
-    return value
-
-
 class _Subcommand(argparse.ArgumentParser):
     """A subcommand's parser: what it does not recognise is its own usage error. argparse would hand it up to the
     top-level parser, whose usage (`COMMAND ...`) does not show the options the person was reaching for."""
@@ -191,22 +143,6 @@ class _Subcommand(argparse.ArgumentParser):
         if rest:
             self.error(f"unrecognized arguments: {' '.join(rest)}")
         return parsed, rest
-
-
-class _OneName(argparse.Action):
-    """`discover TYPE NAME` and `discover TYPE --name NAME` mean the same; two different names are an error."""
-
-    def __call__(
-        self,
-        parser: argparse.ArgumentParser,
-        namespace: argparse.Namespace,
-        values: str | Sequence[Any] | None,
-        option_string: str | None = None,
-    ) -> None:
-        given = getattr(namespace, self.dest, None)
-        if given is not None and values is not None and given != values:
-            raise argparse.ArgumentError(self, f"{values!r} differs from the name given before, {given!r}")
-        setattr(namespace, self.dest, values)
 
 
 if __name__ == "__main__":

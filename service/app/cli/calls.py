@@ -1,7 +1,7 @@
-"""The client subcommands (`load`, `reload`, `list`, `status`, `discover`, `stats`, `clear`, `graph`,
-`watch`): connect as the person asks, make the call through `LoaderClient`, print the result, and turn every
-failure into one line and an exit code (1: the service answered an error; 4: NATS or TLS refused or is not
-there). `list`, `status`, `stats` and `clear` with `--all` ask every instance and print each one's answer."""
+"""The client subcommands (one per request subject, `commands.py`, and `watch`): connect as the person asks,
+make the call through `LoaderClient`, print the result, and turn every failure into one line and an exit code
+(1: the service answered an error; 4: NATS or TLS refused or is not there). A command whose subject has a fleet
+twin (`list`, `status`, `stats`, `clear`) asks every instance with `--all` and prints each one's answer."""
 
 from __future__ import annotations
 
@@ -19,8 +19,10 @@ import nats
 from nats.aio.client import Client
 
 from ...contract.config import inbox_prefix_for
+from ...contract.subjects import EVENTS, request_subject
 from ...wire.connection import flush_subscriptions
 from ..client import Gathered, LoaderClient, RemoteError
+from .commands import request_body
 from .printing import event_line, readable, readable_fleet
 
 DEFAULT_URL = "nats://127.0.0.1:4222"
@@ -133,19 +135,8 @@ async def _client_main(args: argparse.Namespace) -> int:
 
 
 async def _gather(c: LoaderClient, args: argparse.Namespace) -> Gathered:
-    version = getattr(args, "ext_version", None)
-    match args.action:
-        case "list":
-            return await c.gather("list", {"extension_type": args.type}, replies=args.replies)
-        case "status":
-            body = {"extension_type": args.type, "name": args.name, "version": version}
-            return await c.gather("status", body, replies=args.replies)
-        case "stats":
-            return await c.gather("stats", replies=args.replies)
-        case "clear":
-            return await c.gather("cache.clear", replies=args.replies)
-        case _:  # pragma: no cover - argparse offers --all on no other
-            raise AssertionError(args.action)
+    body = request_body(args, request_subject(args.subject).request)
+    return await c.gather(args.subject, body, replies=args.replies)
 
 
 def _print_fleet(args: argparse.Namespace, gathered: Gathered) -> int:
@@ -158,26 +149,7 @@ def _print_fleet(args: argparse.Namespace, gathered: Gathered) -> int:
 
 
 async def _call(c: LoaderClient, args: argparse.Namespace) -> Any:
-    version = getattr(args, "ext_version", None)
-    match args.action:
-        case "load":
-            return await c.load(args.type, args.name, version, with_dependencies=args.with_dependencies)
-        case "reload":
-            return await c.reload(args.type, args.name, version)
-        case "list":
-            return await c.list(args.type)
-        case "status":
-            return await c.status(args.type, args.name, version)
-        case "discover":
-            return await c.discover(args.type, args.name)
-        case "stats":
-            return await c.stats()
-        case "clear":
-            return await c.clear()
-        case "graph":
-            return await c.graph(args.type, args.name, version, args.format)
-        case _:  # pragma: no cover - argparse allows no other
-            raise AssertionError(args.action)
+    return await c.request(args.subject, request_body(args, request_subject(args.subject).request))
 
 
 async def unless_forbidden(call: Awaitable[Any], args: argparse.Namespace) -> Any:
@@ -220,13 +192,10 @@ async def unless_forbidden(call: Awaitable[Any], args: argparse.Namespace) -> An
 
 
 async def _watch(nc: Client, args: argparse.Namespace) -> int:
-    sub = await nc.subscribe(f"{args.prefix}.loaded")
-    sub2 = await nc.subscribe(f"{args.prefix}.unloaded")
+    subjects = [f"{args.prefix}.{event.suffix}" for event in EVENTS]
+    subs = [await nc.subscribe(subject) for subject in subjects]
     await flush_subscriptions(nc)  # say "watching" only once the server has the subscriptions
-    print(
-        f"watching {args.prefix}.loaded and {args.prefix}.unloaded on {args.server} (Ctrl-C stops)",
-        file=sys.stderr,
-    )
+    print(f"watching {' and '.join(subjects)} on {args.server} (Ctrl-C stops)", file=sys.stderr)
     send, receive = anyio.create_memory_object_stream[Any](100)
 
     async def pump(s: Any) -> None:
@@ -234,8 +203,8 @@ async def _watch(nc: Client, args: argparse.Namespace) -> int:
             await send.send(msg)
 
     async with anyio.create_task_group() as tg:
-        tg.start_soon(pump, sub)
-        tg.start_soon(pump, sub2)
+        for sub in subs:
+            tg.start_soon(pump, sub)
         async for msg in receive:
             event = msgspec.json.decode(msg.data)
             print(json.dumps(event) if args.json else event_line(msg.subject, event), flush=True)
