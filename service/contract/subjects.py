@@ -178,3 +178,8 @@ def request_subject(suffix: str) -> RequestSubject:
         if subject.suffix == suffix:
             return subject
     raise KeyError(f"no request subject {suffix!r}; there are {', '.join(s.suffix for s in REQUESTS)}")
+
+
+def event_suffix(event: type[Struct]) -> str:
+    """The subject suffix an event of that struct is published on (`loaded`)."""
+    return next(subject.suffix for subject in EVENTS if subject.event is event)

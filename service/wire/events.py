@@ -26,6 +26,7 @@ from opentelemetry import trace
 
 from ..contract.headers import CONTENT_TYPE, JSON, MSG_ID
 from ..contract.messages import Event, ExtensionLoaded
+from ..contract.subjects import EVENTS
 from .tracing import inject
 
 log = logging.getLogger(__name__)
@@ -45,8 +46,9 @@ class StreamConflict(EventStreamError):
 class EventPublisher:
     def __init__(self, nc: Client, prefix: str, *, stream: str | None = None, deadline_s: float = 10.0) -> None:
         self._nc = nc
-        self.loaded_subject = f"{prefix}.loaded"
-        self.unloaded_subject = f"{prefix}.unloaded"
+        # Each event's subject, from the contract's table.
+        self.subjects: dict[type[Event], str] = {e.event: f"{prefix}.{e.suffix}" for e in EVENTS}  # type: ignore[misc]
+        self.loaded_subject = self.subjects[ExtensionLoaded]
         self.stream = stream
         self.deadline_s = deadline_s
         self._js: JetStreamContext | None = None
@@ -55,7 +57,7 @@ class EventPublisher:
         self.retries = 0
 
     def subject(self, event: Event) -> str:
-        return self.loaded_subject if isinstance(event, ExtensionLoaded) else self.unloaded_subject
+        return self.subjects[type(event)]
 
     async def setup(self, request_subjects: Sequence[str]) -> None:
         """With a stream name: creates or updates it to hold exactly the event subjects."""
@@ -75,7 +77,7 @@ class EventPublisher:
     async def _setup(self, request_subjects: Sequence[str]) -> None:
         assert self.stream is not None
         js = self._nc.jetstream()
-        subjects = [self.loaded_subject, self.unloaded_subject]
+        subjects = list(self.subjects.values())
         for subject in request_subjects:
             try:
                 owner = await js.find_stream_name_by_subject(subject)

@@ -24,7 +24,8 @@ from nats.aio.client import Client
 from nats.aio.subscription import Subscription
 
 from ..contract.config import Config
-from ..contract.messages import EventStats, LoadRequest
+from ..contract.messages import EventStats, ExtensionLoaded, LoadRequest
+from ..contract.subjects import event_suffix
 from ..core import metrics
 from ..core.manager import ExtensionManager
 from ..notify import Notifier
@@ -85,7 +86,9 @@ class ExtensionService:
         self._tg: TaskGroup | None = None
         self._publisher: EventPublisher | None = None
         self._dispatcher: Dispatcher | None = None
-        self._peers = PeerListener(manager, loaded_subject=f"{prefix}.loaded", on_event=self._changed.notify)
+        self._peers = PeerListener(
+            manager, loaded_subject=f"{prefix}.{event_suffix(ExtensionLoaded)}", on_event=self._changed.notify
+        )
         self._subs: list[Subscription] = []
         self._closed = False
         self._drained = False
@@ -151,7 +154,7 @@ class ExtensionService:
         for verb, subject in self.identity.subjects():
             cb = responder(nc, self.identity, verb, lambda: [e.stats for e in self.endpoints])
             self._subs.append(await nc.subscribe(subject, cb=cb))
-        for subject in (self._publisher.loaded_subject, self._publisher.unloaded_subject):
+        for subject in self._publisher.subjects.values():
             self._subs.append(await nc.subscribe(subject, cb=self._peers.on_message))
         await flush_subscriptions(nc)  # the server's refusals, if any, arrive before its PONG
         self.connection.check_subscriptions()
