@@ -4,7 +4,7 @@
   other), with contract and the `notify` module below them all; a module may import its
   own layer and those below it, never one above;
 - no import cycle between modules, whether the import runs at start or only for type checking;
-- every module opens with a docstring saying what it is for;
+- every module opens with a docstring saying what it is for, and reads in one sitting (at most 350 lines);
 - the benchmark (`bench/`) stands on the service: it may import the service's public parts (no module or name
   that starts with `_`), nothing in the service imports it, and its own modules form no cycle either (an import
   read late, inside a function, counts as much as one at the top).
@@ -173,6 +173,16 @@ def test_every_module_says_what_it_is_for(module: str) -> None:
         return
     doc = ast.get_docstring(ast.parse(path.read_text()))
     assert doc and len(doc.split()) >= 5, f"{path} has no docstring that says what it is for"
+
+
+MAX_LINES = 350
+
+
+def test_every_module_reads_in_one_sitting() -> None:
+    """A module over this holds more than one idea, as a rule: split it by responsibility."""
+    paths = [*modules().values(), *modules(BENCH).values()]
+    long = {str(p.relative_to(ROOT)): n for p in paths if (n := len(p.read_text().splitlines())) > MAX_LINES}
+    assert long == {}
 
 
 def test_the_rules_catch_an_upward_import(tmp_path: Path) -> None:
