@@ -54,6 +54,10 @@ class NushellConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
     spare_max_age_s: Annotated[float, Meta(gt=0, le=86_400)]
 
 
+# The start of a reply subject: tokens ending with a dot, no wildcard, no white space (`_INBOX.`).
+ReplyPrefix = Annotated[str, Meta(min_length=2, pattern=r"^[^\s*>]+\.$")]
+
+
 class NatsConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     url: Annotated[str, Meta(min_length=1)]
     queue_group: Token
@@ -67,6 +71,10 @@ class NatsConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     tls_cert: str
     tls_key: str
     inbox_prefix: str
+    # A reply subject the service answers must start with one of these (NATS checks no permission on it).
+    reply_prefixes: Annotated[
+        tuple[Annotated[str, Meta(min_length=1, pattern=r"^[^\s*>]+\.$")], ...], Meta(min_length=1)
+    ]
     drain_timeout_s: Annotated[float, Meta(gt=0, le=3600)]
 
     @property

@@ -68,8 +68,10 @@ class Dispatcher:
         *,
         publisher: EventPublisher,
         tracing: Tracing,
+        reply_prefixes: tuple[str, ...],
     ) -> None:
         self._nc = nc
+        self._reply_prefixes = reply_prefixes
         self._tg = tg
         self._publisher = publisher
         self._tracing = tracing
@@ -88,6 +90,9 @@ class Dispatcher:
         """The subscription callback of one endpoint."""
 
         async def dispatch(msg: Msg) -> None:
+            if msg.reply and not msg.reply.startswith(self._reply_prefixes):
+                self._refuse(endpoint, msg)  # nothing is done for a request whose answer would go astray
+                return
             started = time.perf_counter_ns()
             encoding = codec.Codec.of(msg.headers)
             self.active += 1
@@ -115,6 +120,13 @@ class Dispatcher:
                 self._tg.start_soon(self.handle, endpoint, msg, encoding, request, found)
 
         return dispatch
+
+    def _refuse(self, endpoint: Endpoint, msg: Msg) -> None:
+        why = replies.refused_reply(msg.reply, self._reply_prefixes) or ""
+        log.warning("refused a request on %s: %s", msg.subject, why, extra={"reply": msg.reply})
+        endpoint.stats.record(0, why)
+        if self._metrics:
+            metrics.requests.add(1, {"messaging.destination.name": endpoint.subject, "outcome": "refused_reply"})
 
     def _look_up(self, endpoint: Endpoint, request: Any) -> Extension | Miss | None:
         if endpoint.look_up is None:

@@ -17,6 +17,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from ..contract.headers import CONTENT_TYPE, JSON
+from .replies import refused_reply
 
 log = logging.getLogger(__name__)
 
@@ -101,12 +102,20 @@ class ServiceIdentity:
 
 
 def responder(
-    nc: Client, identity: ServiceIdentity, verb: str, endpoints: Callable[[], list[EndpointStats]]
+    nc: Client,
+    identity: ServiceIdentity,
+    verb: str,
+    endpoints: Callable[[], list[EndpointStats]],
+    reply_prefixes: tuple[str, ...],
 ) -> Callable[[Msg], Awaitable[None]]:
-    """The subscription callback that answers one `$SRV` verb for this instance."""
+    """The subscription callback that answers one `$SRV` verb for this instance, into an inbox only."""
 
     async def answer(msg: Msg) -> None:
         if not msg.reply:
+            return
+        why = refused_reply(msg.reply, reply_prefixes)
+        if why is not None:
+            log.warning("refused $SRV.%s: %s", verb, why)
             return
         reply = identity.reply(verb, endpoints())
         try:

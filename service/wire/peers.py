@@ -12,8 +12,10 @@ from collections.abc import Callable
 import msgspec
 from nats.aio.msg import Msg
 
-from ..contract.messages import Extension, ExtensionType
+from ..contract.messages import Extension, ExtensionLoaded, ExtensionType
+from ..contract.subjects import EVENTS, event_suffix
 from ..core.manager import ExtensionManager
+from .event_filter import genuine_event
 
 log = logging.getLogger(__name__)
 
@@ -41,15 +43,20 @@ _decoder = msgspec.json.Decoder(PeerEvent)
 
 
 class PeerListener:
-    def __init__(
-        self, manager: ExtensionManager, *, loaded_subject: str, on_event: Callable[[], None] = lambda: None
-    ) -> None:
+    def __init__(self, manager: ExtensionManager, *, prefix: str, on_event: Callable[[], None] = lambda: None) -> None:
         self.manager = manager
-        self.loaded_subject = loaded_subject
+        self.subjects = frozenset(f"{prefix}.{event.suffix}" for event in EVENTS)
+        self.loaded_subject = f"{prefix}.{event_suffix(ExtensionLoaded)}"
         self.handled = 0  # peers' events acted on
+        self.ignored = 0  # messages on the event subjects that were not events (event_filter.py)
         self._on_event = on_event
 
     async def on_message(self, msg: Msg) -> None:
+        if not genuine_event(msg, self.subjects):
+            self.ignored += 1
+            log.warning("ignored a message on %s that is not an event a loader published", msg.subject)
+            self._on_event()
+            return
         try:
             event = _decoder.decode(msg.data)
         except msgspec.DecodeError as exc:

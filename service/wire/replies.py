@@ -30,6 +30,16 @@ def ok_block(headers: dict[str, str]) -> bytes | None:
     return None
 
 
+def refused_reply(reply: str, prefixes: tuple[str, ...]) -> str | None:
+    """Why a reply subject is not answered, or None when it may be: the service answers only into a
+    requester's inbox or a reply mapped through a service import (`nats.reply_prefixes`). NATS checks no
+    permission on a reply subject, and `allow_responses` would let the service publish its answer anywhere,
+    onto an event or request subject included."""
+    if reply.startswith(prefixes):
+        return None
+    return f"reply subject {reply!r} is not an inbox ({', '.join(prefixes)}): not answered"
+
+
 def success(data: Any, encoding: codec.Codec, max_payload: int) -> bytes:
     """The success envelope; LoadFailed when it is larger than the server would take."""
     return sized(codec.success(data, encoding), max_payload)

@@ -24,8 +24,7 @@ from nats.aio.client import Client
 from nats.aio.subscription import Subscription
 
 from ..contract.config import Config
-from ..contract.messages import EventStats, ExtensionLoaded, LoadRequest
-from ..contract.subjects import event_suffix
+from ..contract.messages import EventStats, LoadRequest
 from ..core import metrics
 from ..core.manager import ExtensionManager
 from ..notify import Notifier
@@ -86,9 +85,7 @@ class ExtensionService:
         self._tg: TaskGroup | None = None
         self._publisher: EventPublisher | None = None
         self._dispatcher: Dispatcher | None = None
-        self._peers = PeerListener(
-            manager, loaded_subject=f"{prefix}.{event_suffix(ExtensionLoaded)}", on_event=self._changed.notify
-        )
+        self._peers = PeerListener(manager, prefix=prefix, on_event=self._changed.notify)
         self._subs: list[Subscription] = []
         self._closed = False
         self._drained = False
@@ -114,6 +111,11 @@ class ExtensionService:
     @property
     def peer_events(self) -> int:
         return self._peers.handled
+
+    @property
+    def ignored_events(self) -> int:
+        """Messages on the event subjects that were not events a loader published (`event_filter`)."""
+        return self._peers.ignored
 
     # --- life cycle ---
 
@@ -146,13 +148,16 @@ class ExtensionService:
         if self.follower is not None:
             # The index is read before the first request is taken (or found unreachable, within its bound).
             await self._tg.start(self._follow_registry)
-        self._dispatcher = Dispatcher(nc, self._tg, publisher=self._publisher, tracing=self.tracing)
+        prefixes = cfg.nats.reply_prefixes
+        self._dispatcher = Dispatcher(
+            nc, self._tg, publisher=self._publisher, tracing=self.tracing, reply_prefixes=prefixes
+        )
         group = cfg.nats.queue_group
         for endpoint in self.endpoints:
             cb = self._dispatcher.callback(endpoint)
             self._subs.append(await nc.subscribe(endpoint.subject, queue=endpoint.stats.queue_group, cb=cb))
         for verb, subject in self.identity.subjects():
-            cb = responder(nc, self.identity, verb, lambda: [e.stats for e in self.endpoints])
+            cb = responder(nc, self.identity, verb, lambda: [e.stats for e in self.endpoints], prefixes)
             self._subs.append(await nc.subscribe(subject, cb=cb))
         for subject in self._publisher.subjects.values():
             self._subs.append(await nc.subscribe(subject, cb=self._peers.on_message))
@@ -211,9 +216,15 @@ class ExtensionService:
                 self._following.cancel()
             await self._stack.aclose()
 
-    async def wait_until(self, *, reconnects: int = 0, peer_events: int = 0) -> None:
+    async def wait_until(self, *, reconnects: int = 0, peer_events: int = 0, ignored_events: int = 0) -> None:
         """Returns once at least that many reconnects and peer events have been handled (for tests and tools)."""
-        await self._changed.wait_until(lambda: self.reconnects >= reconnects and self.peer_events >= peer_events)
+        await self._changed.wait_until(
+            lambda: (
+                self.reconnects >= reconnects
+                and self.peer_events >= peer_events
+                and self.ignored_events >= ignored_events
+            )
+        )
 
     def _event_stats(self) -> EventStats:
         return EventStats(published=self.publisher.published, failed=self.publisher.failed)

@@ -13,6 +13,7 @@ from typing import Literal
 
 import anyio
 import msgspec
+import nats
 import pytest
 
 from service.app.cli import _parser as cli_parser
@@ -103,6 +104,38 @@ async def test_watch_prints_events_as_they_come(nats_server: NatsServer, service
                     line += await watcher.stdout.receive()
             event = json.loads(line.split(b"\n")[0])
             assert event["reason"] == "load" and event["extension"]["metadata"]["name"] == "aws"
+        finally:
+            watcher.kill()
+
+
+async def test_watch_skips_what_is_not_an_event(nats_server: NatsServer, service: ExtensionService) -> None:
+    """A stream's answer sent onto an event subject (it carries `Nats-Stream`) and a body that is not JSON are
+    said on standard error and skipped; the real event after them is printed, and `watch` runs on."""
+    async with await anyio.open_process([CLI, "watch", "--json", "--server", nats_server.url]) as watcher:
+        assert watcher.stdout is not None and watcher.stderr is not None
+        try:
+            with anyio.fail_after(WAIT):
+                said = b""
+                while b"watching" not in said:
+                    said += await watcher.stderr.receive()
+                nc = await nats.connect(nats_server.url, inbox_prefix="_INBOX.orchestrator")
+                try:
+                    forged = json.dumps({"reason": "cleared", "name": "aws"}).encode()
+                    await nc.publish("extensions.unloaded", forged, headers={"Nats-Stream": "KV_extension-index"})
+                    await nc.publish("extensions.unloaded", b"not json")
+                    await nc.flush()
+                finally:
+                    await nc.close()
+                code, _, _ = await cli(nats_server, "load", "provider", "aws")
+                assert code == 0
+                line = b""
+                while b"\n" not in line:
+                    line += await watcher.stdout.receive()
+                while said.count(b"ignored") < 2:
+                    said += await watcher.stderr.receive()
+            event = json.loads(line.split(b"\n")[0])
+            assert event["reason"] == "load" and event["extension"]["metadata"]["name"] == "aws"
+            assert b"not an event" in said and b"unreadable" in said and b"Traceback" not in said
         finally:
             watcher.kill()
 

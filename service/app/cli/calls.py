@@ -21,6 +21,7 @@ from nats.aio.client import Client
 from ...contract.config import inbox_prefix_for
 from ...contract.subjects import EVENTS, request_subject
 from ...wire.connection import flush_subscriptions
+from ...wire.event_filter import genuine_event
 from ..client import Gathered, LoaderClient, RemoteError
 from .commands import request_body
 from .printing import event_line, readable, readable_fleet
@@ -206,6 +207,13 @@ async def _watch(nc: Client, args: argparse.Namespace) -> int:
         for sub in subs:
             tg.start_soon(pump, sub)
         async for msg in receive:
-            event = msgspec.json.decode(msg.data)
+            if not genuine_event(msg, subjects):  # a stream's answer or delivery sent here: not an event
+                print(f"ignored a message on {msg.subject} that is not an event", file=sys.stderr)
+                continue
+            try:
+                event = msgspec.json.decode(msg.data)
+            except msgspec.DecodeError:
+                print(f"ignored an unreadable message on {msg.subject}", file=sys.stderr)
+                continue
             print(json.dumps(event) if args.json else event_line(msg.subject, event), flush=True)
     return 0
