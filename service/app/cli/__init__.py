@@ -5,6 +5,7 @@
     commands.py  a command per request subject (`load`, `list`, ...), its arguments from the subjects table
     calls.py     those commands and `watch`: a client for people, through `LoaderClient`
     registry.py  `keygen`, `publish`, `yank`, `search`: the JetStream registry, through `app/publishing.py`
+    certs.py     `certs`: the development CA and the NATS server's certificate, through `app/certs.py`
     printing.py  how their results read in a terminal
 
 This package is the command line's edge: it parses arguments and prints; what it runs lives in the layers
@@ -22,6 +23,7 @@ from ...contract.config import is_subject
 from ..serve import service_version
 from . import commands
 from .calls import DEFAULT_URL, run_client
+from .certs import add_certs_command
 from .registry import run_keygen, run_registry
 from .serving import run_dev, run_serve
 
@@ -97,6 +99,7 @@ def _parser() -> argparse.ArgumentParser:
     k = sub.add_parser("keygen", help="write a new signing key (an nkey seed, mode 0600); print its public key")
     k.add_argument("file", metavar="FILE", help="where to write the seed; an existing file is never overwritten")
     k.set_defaults(run=run_keygen)
+    add_certs_command(sub)
 
     def registry(name: str, help: str) -> argparse.ArgumentParser:
         r = client(name, help)
