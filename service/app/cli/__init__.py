@@ -15,6 +15,7 @@ below (`service.app.serve` for the service, `service.app.client` for the calls).
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -31,6 +32,7 @@ __all__ = ["main"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    _quiet_tls_close()
     parser = _parser()
     args = parser.parse_args(argv)
     if getattr(args, "replies", 0) and not args.fleet:
@@ -127,6 +129,13 @@ def _parser() -> argparse.ArgumentParser:
     se = registry("search", "find extensions in the registry by name and description")
     se.add_argument("words", nargs="+", metavar="WORD")
     return p
+
+
+def _quiet_tls_close() -> None:
+    """nats-py turns its connection into TLS under asyncio's stream protocol, which then logs "returning true from
+    eof_received() has no effect when using ssl" whenever a TLS connection closes: nothing is wrong, so a person's
+    command does not print it."""
+    logging.getLogger("asyncio").addFilter(lambda record: "eof_received()" not in record.getMessage())
 
 
 def _inbox_prefix(text: str) -> str:
