@@ -152,12 +152,10 @@ def _read_pair(
     if not isinstance(key, _SIGNING_KEYS) or _public(key) != _public(cert):
         return cert, None, f"{key_name} is not the key of {cert_name}"
     ends = cert.not_valid_after_utc
+    if ends <= now:
+        return cert, key, f"expired on {ends:%Y-%m-%d}"
     if ends - now <= RENEW_WITHIN:
-        return (
-            cert,
-            key,
-            f"{'expired' if ends <= now else 'expires'} on {ends:%Y-%m-%d} (renewed within {RENEW_WITHIN.days} days)",
-        )
+        return cert, key, f"expires on {ends:%Y-%m-%d}, within {RENEW_WITHIN.days} days"
     if cert.not_valid_before_utc > now + BACKDATE:
         return cert, key, f"not valid before {cert.not_valid_before_utc:%Y-%m-%d %H:%M} UTC"
     return cert, key, None
