@@ -61,6 +61,9 @@ def find_module(name: str) -> importlib.machinery.ModuleSpec | None:
             spec = importlib.util.find_spec(candidate)
         except ModuleNotFoundError:  # a parent is missing, or is a module rather than a package
             continue
+        except ValueError:  # imported already, in a wrapper without a spec (cryptography's deprecated names)
+            origin = getattr(sys.modules[candidate], "__file__", None)
+            spec = importlib.util.spec_from_file_location(candidate, origin) if origin else None
         if spec is not None:
             return spec
     return None

@@ -3,11 +3,14 @@
 Docker need not run here: the compose file is read as YAML and the Dockerfile as its instructions, and both are
 held against the real sources of truth: `service/contract/config.defaults.toml` for every configuration variable,
 pyproject.toml and the Makefile's install steps for the image, package.json and its lock file for Nushell, a real
-`nats-server -t` for both NATS configuration files, and a real NATS server and service for the health check.
+`nats-server -t` for both NATS configuration files, the command line's own parser for the commands the one-shot
+services run, the `certs` service's command run here for what its volume holds, and a real NATS server over TLS
+and service for the health check.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import posixpath
@@ -29,10 +32,11 @@ import yaml
 from packaging.specifiers import SpecifierSet
 from packaging.utils import canonicalize_name
 
+from service.app import certs
+from service.app.cli import _parser as cli_parser
 from service.app.natsserver import NatsServer, nats_server_binary
-from service.contract.config import ENV_PREFIX, load_config
-from service.wire.service import ExtensionService
-from tests.conftest import project_requirements
+from service.contract.config import ENV_PREFIX, Config, load_config
+from tests.conftest import make_config, project_requirements, running_service
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
@@ -97,6 +101,18 @@ def depends_on(svc: Mapping[str, Any]) -> dict[str, str]:
     if isinstance(deps, list):
         return dict.fromkeys(deps, "service_started")
     return {name: (spec or {}).get("condition", "service_started") for name, spec in deps.items()}
+
+
+def command(svc: Mapping[str, Any]) -> list[str]:
+    """A service's `command`, in either form (none: the image's)."""
+    value = svc.get("command") or []
+    return [str(v) for v in value] if isinstance(value, list) else shlex.split(value)
+
+
+def runs_after(name: str, before: str) -> bool:
+    """Whether `name` starts only once `before` has (directly, or through what it depends on)."""
+    deps = depends_on(compose_service(name))
+    return before in deps or any(runs_after(dep, before) for dep in deps)
 
 
 @cache
@@ -299,12 +315,21 @@ PASSWORD_VARIABLES = (
     "NATS_OBSERVER_PASSWORD",
     "NATS_PUBLISHER_PASSWORD",
 )
+# The user that alone may create, change or delete streams, for the compose `setup` service.
+ADMIN_PASSWORD = "NATS_ADMIN_PASSWORD"
 
 
-def nats_check(config: Path, env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def given_passwords() -> dict[str, str]:
+    """A value for each password variable (the admin's too), as nats.conf reads them."""
+    return {name: f"test{i}secret" for i, name in enumerate((*PASSWORD_VARIABLES, ADMIN_PASSWORD))}
+
+
+def nats_check(
+    config: Path, env: Mapping[str, str] | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
     """`nats-server -t`, with test passwords for nats.conf's users unless `env` is given."""
     if env is None:
-        env = {**os.environ, **{name: f"test{i}secret" for i, name in enumerate(PASSWORD_VARIABLES)}}
+        env = {**os.environ, **given_passwords()}
     return subprocess.run(
         [nats_server_binary(), "-t", "-c", str(config)],
         capture_output=True,
@@ -312,6 +337,7 @@ def nats_check(config: Path, env: Mapping[str, str] | None = None) -> subprocess
         timeout=30,
         check=False,
         env=env,
+        cwd=cwd,
     )
 
 
@@ -329,11 +355,57 @@ def interpolate(value: str, env: Mapping[str, str]) -> str:
     return re.sub(r"\$\{(\w+)(?:(:[?-])([^}]*))?\}", one, value)
 
 
+# --- the certs volume, as the `certs` service fills it ----------------------------------------------------------
+
+
+def certs_volume_name() -> str:
+    """The named volume the `certs` service writes: the one mounted where its command puts the files."""
+    folder = cli_parser().parse_args(command(compose_service("certs"))).folder
+    (mount,) = [m for m in mounts(compose_service("certs")) if m.target == folder]
+    assert mount.kind == "volume" and not mount.read_only, f"{folder} is not a writable named volume"
+    return mount.source
+
+
+def fill_certs_volume(into: Path) -> Path:
+    """Runs the `certs` service's own command, parsed by the command line's parser, with its folder under `into`:
+    what the `certs` volume holds once the service has run. Returns that folder."""
+    args = cli_parser().parse_args(command(compose_service("certs")))
+    assert args.command == "certs"
+    folder = into / str(args.folder).lstrip("/")
+    args.folder = str(folder)
+    code: int = args.run(args)
+    assert code == 0
+    return folder
+
+
+@pytest.fixture(scope="module")
+def certs_volume(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return fill_certs_volume(tmp_path_factory.mktemp("volumes"))
+
+
+def in_volume(svc: Mapping[str, Any], path: str, volume: str, files: Path) -> Path:
+    """Where `path`, as a container of `svc` sees it, is among `files`, the contents of `volume`; it must lie in
+    the service's mount of that volume."""
+    (mount,) = [m for m in mounts(svc) if m.kind == "volume" and m.source == volume]
+    inside = PurePosixPath(path)
+    assert PurePosixPath(mount.target) in inside.parents, f"{path} is not in the {volume} volume ({mount.target})"
+    return files / inside.relative_to(mount.target)
+
+
+def loader_in_container(environ: Mapping[str, str], volume: Path) -> Config:
+    """deploy/loader.toml as the loader's container reads it, with `environ`: its nats.tls_ca, a file of the certs
+    volume as the loader mounts it, taken from `volume` (what the `certs` service put there)."""
+    with LOADER_TOML.open("rb") as fh:
+        tls_ca = tomllib.load(fh)["nats"]["tls_ca"]
+    here = in_volume(compose_service("loader"), tls_ca, certs_volume_name(), volume)
+    return load_config(LOADER_TOML, environ={**environ, f"{ENV_PREFIX}NATS__TLS_CA": str(here)})
+
+
 # --- docker-compose.yml ---------------------------------------------------------------------------------------
 
 
-def test_compose_has_the_three_services_and_no_version_key() -> None:
-    assert set(compose()["services"]) == {"nats", "loader", "jaeger"}
+def test_compose_has_its_services_and_no_version_key() -> None:
+    assert set(compose()["services"]) == {"certs", "nats", "setup", "loader", "jaeger"}
     assert "version" not in compose(), "the Compose specification has no `version:`"
 
 
@@ -347,7 +419,7 @@ def test_loader_is_built_from_the_dockerfile() -> None:
     assert compose_service("loader").get("platform") == "linux/amd64"
 
 
-def test_loader_environment_names_only_real_configuration_keys() -> None:
+def test_loader_environment_names_only_real_configuration_keys(certs_volume: Path) -> None:
     env = environment(compose_service("loader"))
     assert env, "the loader gets no environment"
     for name in env:
@@ -359,15 +431,15 @@ def test_loader_environment_names_only_real_configuration_keys() -> None:
     # The values, as Compose gives them when only the required passwords are set, pass the service's own
     # validation over the file the image serves with; so do they with the registry turned on as the file says.
     passwords = {name: "k0given" for name in PASSWORD_VARIABLES}
-    config = load_config(LOADER_TOML, environ={k: interpolate(v, passwords) for k, v in env.items()})
+    config = loader_in_container({k: interpolate(v, passwords) for k, v in env.items()}, certs_volume)
     assert not config.registry.enabled
     key = "UAMHFHOTCCG5XCWH27EETK5NN76VRYUONKDVPXHZYFHRFA5CDNF7XK4P"
     registry = {**passwords, "REGISTRY_ENABLED": "true", "REGISTRY_TRUSTED": f'[{{key = "{key}"}}]'}
-    config = load_config(LOADER_TOML, environ={k: interpolate(v, registry) for k, v in env.items()})
+    config = loader_in_container({k: interpolate(v, registry) for k, v in env.items()}, certs_volume)
     assert config.registry.enabled and config.registry.trusted[0].key == key
 
 
-def test_loader_file_names_only_real_configuration_keys() -> None:
+def test_loader_file_names_only_real_configuration_keys(certs_volume: Path) -> None:
     def leaves(node: Mapping[str, Any], prefix: str = "") -> Iterator[str]:
         for key, value in node.items():
             if isinstance(value, dict):
@@ -380,13 +452,13 @@ def test_loader_file_names_only_real_configuration_keys() -> None:
     assert keys
     for key in keys:
         assert key_in_defaults(key), f"deploy/loader.toml sets {key}, which config.defaults.toml does not have"
-    load_config(LOADER_TOML, environ={})
+    loader_in_container({}, certs_volume)
 
 
-def test_loader_reaches_nats_by_its_service_name() -> None:
+def test_loader_reaches_nats_by_its_service_name(certs_volume: Path) -> None:
     passwords = {name: "k0given" for name in PASSWORD_VARIABLES}
     env = {k: interpolate(v, passwords) for k, v in environment(compose_service("loader")).items()}
-    config = load_config(LOADER_TOML, environ=env)
+    config = loader_in_container(env, certs_volume)
     container_conf = nats_settings((ROOT / "deploy" / "nats.container.conf").read_text(encoding="utf-8"))
     listen_port = int(container_conf["listen"].rpartition(":")[2])
     for url in config.nats.servers:
@@ -394,7 +466,7 @@ def test_loader_reaches_nats_by_its_service_name() -> None:
         assert parts.hostname == "nats", f"{url}: the host is not the compose service `nats`"
         assert (parts.port or 4222) == listen_port
     # The file alone (no environment) also points at the compose service.
-    assert all(urlsplit(u).hostname == "nats" for u in load_config(LOADER_TOML, environ={}).nats.servers)
+    assert all(urlsplit(u).hostname == "nats" for u in loader_in_container({}, certs_volume).nats.servers)
 
 
 def test_loader_sends_traces_to_jaeger_over_otlp_http() -> None:
@@ -423,6 +495,97 @@ def test_dependencies_wait_for_health() -> None:
                 assert compose_service(dep).get("healthcheck"), (
                     f"{svc_name} waits for {dep} to be healthy: it has no check"
                 )
+            if condition == "service_completed_successfully":
+                # A service restarted whenever it stops never completes: whatever waits for it never starts.
+                assert compose_service(dep).get("restart", "no") in ("no", "on-failure"), (
+                    f"{svc_name} waits for {dep} to complete: it must be a one-shot service"
+                )
+
+
+def test_one_shot_services_run_in_order() -> None:
+    """certs, then nats (its tls block reads the certificate), then setup (the streams, once NATS answers), then
+    the loaders (which no longer create streams). Each one-shot must have succeeded, not merely started."""
+    assert depends_on(compose_service("nats")).get("certs") == "service_completed_successfully"
+    assert depends_on(compose_service("setup")).get("nats") == "service_healthy"
+    assert depends_on(compose_service("loader")).get("setup") == "service_completed_successfully"
+    assert not runs_after("certs", "nats") and not runs_after("setup", "loader"), "a dependency cycle"
+    # Whoever reads the certs volume starts after the certs service has succeeded, directly or through another.
+    volume = certs_volume_name()
+    for name in compose()["services"]:
+        if name != "certs" and any(m.source == volume for m in mounts(compose_service(name))):
+            assert runs_after(name, "certs"), f"{name} reads the {volume} volume but may start before certs"
+            assert all(m.read_only for m in mounts(compose_service(name)) if m.source == volume), name
+
+
+def test_one_shot_services_run_the_project_image_and_commands_it_has() -> None:
+    """certs and setup run the image the loader service builds (Compose builds it before it creates any
+    container), once per `up`, with a command the command line accepts as written."""
+    loader = compose_service("loader")
+    (choices,) = [a.choices for a in cli_parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    subcommands = set(choices)
+    for name in ("certs", "setup"):
+        svc = compose_service(name)
+        assert svc["image"] == loader["image"] and svc.get("platform") == loader["platform"], name
+        assert "build" not in svc, f"{name}: the loader service builds the image; a second build would race it"
+        assert svc.get("restart", "no") == "no", f"{name} is one-shot: it must not be restarted when it stops"
+        assert "healthcheck" not in svc and "ports" not in svc, name
+        argv = command(svc)
+        assert argv[0] == name, f"{name} runs `extension-loader {argv[0]}`"
+        if argv[0] in PENDING_SUBCOMMANDS:
+            assert argv[0] not in subcommands, f"`{argv[0]}` is a command now: drop it from PENDING_SUBCOMMANDS"
+            continue
+        assert cli_parser().parse_args(argv).command == name
+
+
+# Commands that docker-compose.yml already runs but that are built elsewhere (the lead merges them): checked for
+# their shape only until then; the test above fails once one exists, to have its arguments parsed too.
+PENDING_SUBCOMMANDS = {"setup"}
+
+
+def test_setup_runs_as_admin_over_tls_with_the_admin_password(certs_volume: Path) -> None:
+    setup = compose_service("setup")
+    argv = command(setup)
+    assert argv[argv.index("--user") + 1] == "admin"
+    server = urlsplit(argv[argv.index("--server") + 1])
+    assert (server.scheme, server.hostname) == ("tls", "nats")
+    ca = in_volume(setup, argv[argv.index("--tls-ca") + 1], certs_volume_name(), certs_volume)
+    assert ca.name == certs.CA_CERT and ca.is_file()
+    # The password comes from the environment (the command line's NATS_PASSWORD), never from the command line,
+    # and has no default: `docker compose` stops while it is unset.
+    assert not any("PASSWORD" in word for word in argv)
+    password = environment(setup)["NATS_PASSWORD"]
+    assert interpolate(password, {ADMIN_PASSWORD: "k9admin"}) == "k9admin"
+    with pytest.raises(ValueError, match=ADMIN_PASSWORD):
+        interpolate(password, {})
+
+
+def test_certs_service_makes_a_certificate_for_the_names_clients_dial(certs_volume: Path) -> None:
+    """The server certificate names `nats` (the host the containers dial) and the address the port is published
+    on (the host's clients); the keys are root's alone, away from the loaders' user, which reads ca.pem only."""
+    files = {p.name: p.stat().st_mode & 0o777 for p in certs_volume.iterdir()}
+    assert files == {certs.CA_CERT: 0o644, certs.CA_KEY: 0o600, certs.SERVER_CERT: 0o644, certs.SERVER_KEY: 0o600}
+    names = certs.describe(certs_volume).partition(", valid until")[0].split(", ")
+    assert "nats" in names and "nats" in compose()["services"]
+    published = {str(p).rsplit(":", 2)[0] for p in compose_service("nats")["ports"]}
+    assert published <= set(names), f"published on {published}, certificate for {names}"
+    assert str(compose_service("certs").get("user")).split(":")[0] in ("0", "root")
+    assert final_stage().all("USER")[-1].split(":")[0] not in ("", "0", "root")
+
+
+def test_every_client_container_speaks_tls(certs_volume: Path) -> None:
+    """The loaders (deploy/loader.toml and their environment) and the setup service reach nats over TLS only,
+    trusting the CA of the certs volume."""
+    passwords = {name: "k0given" for name in (*PASSWORD_VARIABLES, ADMIN_PASSWORD)}
+    env = {k: interpolate(v, passwords) for k, v in environment(compose_service("loader")).items()}
+    config = loader_in_container(env, certs_volume)
+    assert config.nats.servers and all(urlsplit(u).scheme == "tls" for u in config.nats.servers)
+    assert Path(config.nats.tls_ca).name == certs.CA_CERT and config.nats.tls
+    with LOADER_TOML.open("rb") as fh:
+        assert urlsplit(tomllib.load(fh)["nats"]["url"]).scheme == "tls", "the image's own file must say tls://"
+    for name in compose()["services"]:
+        svc = compose_service(name)
+        for word in (*command(svc), *environment(svc).values()):
+            assert not word.startswith("nats://"), f"{name}: {word} is not TLS"
 
 
 def test_named_volumes_are_declared_and_used() -> None:
@@ -498,39 +661,66 @@ def test_nats_conf_takes_every_password_from_the_environment() -> None:
         assert done.returncode != 0 and missing in done.stderr, f"{missing} unset: {done.stderr}"
 
 
-def test_compose_gives_nats_the_passwords_and_the_loader_its_own() -> None:
+def test_compose_gives_nats_the_passwords_and_the_loader_its_own(certs_volume: Path) -> None:
     nats_env = environment(compose_service("nats"))
     loader_env = environment(compose_service("loader"))
-    assert set(PASSWORD_VARIABLES) <= set(nats_env)
-    given = {name: f"k{i}given" for i, name in enumerate(PASSWORD_VARIABLES)}
-    for name in PASSWORD_VARIABLES:
+    assert {*PASSWORD_VARIABLES, ADMIN_PASSWORD} <= set(nats_env)
+    given = {name: f"k{i}given" for i, name in enumerate((*PASSWORD_VARIABLES, ADMIN_PASSWORD))}
+    for name in (*PASSWORD_VARIABLES, ADMIN_PASSWORD):
         assert interpolate(nats_env[name], given) == given[name]
         # No default: `docker compose up` stops while a password is unset, rather than run with a known one.
         with pytest.raises(ValueError, match=name):
             interpolate(nats_env[name], {k: v for k, v in given.items() if k != name})
     resolved = {k: interpolate(v, given) for k, v in loader_env.items()}
-    config = load_config(LOADER_TOML, environ=resolved)
+    config = loader_in_container(resolved, certs_volume)
     assert (config.nats.user, config.nats.password) == ("loader", given["NATS_LOADER_PASSWORD"])
+    assert ADMIN_PASSWORD not in " ".join(loader_env.values()), "the loaders must not get the admin's password"
     # The image's own file names the user and never a password.
-    file_only = load_config(LOADER_TOML, environ={})
+    file_only = loader_in_container({}, certs_volume)
     assert (file_only.nats.user, file_only.nats.password) == ("loader", "")
 
 
-def test_container_nats_conf_is_accepted_as_mounted(tmp_path: Path) -> None:
-    """Lays the bind mounts out as the container sees them, then has nats-server test the file it runs."""
+def lay_out_nats_container(root: Path, certs_files: Path) -> tuple[Path, Path]:
+    """The nats container's files under `root`: its bind mounts copied, the certs volume holding `certs_files`.
+    Returns the configuration file it runs, as mounted, and a copy beside it whose absolute paths (into the
+    mounts) lead under `root`, which a nats-server here can run."""
     nats = compose_service("nats")
-    command = nats["command"] if isinstance(nats["command"], list) else shlex.split(nats["command"])
-    conf_in_container = command[command.index("-c") + 1]
+    argv = command(nats)
+    conf_in_container = argv[argv.index("-c") + 1]
     by_target = {m.target: m for m in mounts(nats)}
     assert conf_in_container in by_target, f"{conf_in_container} is not mounted into the nats container"
     for m in by_target.values():
+        copy = root / m.target.lstrip("/")
         if m.kind == "bind":
-            copy = tmp_path / m.target.lstrip("/")
             copy.parent.mkdir(parents=True, exist_ok=True)
             copy.write_bytes((ROOT / m.source).read_bytes())
-    conf = tmp_path / conf_in_container.lstrip("/")
-    done = nats_check(conf)
+        elif m.source == certs_volume_name():
+            copy.mkdir(parents=True, exist_ok=True)
+            for f in certs_files.iterdir():
+                (copy / f.name).write_bytes(f.read_bytes())
+        else:
+            copy.mkdir(parents=True, exist_ok=True)
+
+    def moved(match: re.Match[str]) -> str:
+        path = match.group(1)
+        into_mount = any(path == t or path.startswith(t.rstrip("/") + "/") for t in by_target)
+        return f'"{root}{path}"' if into_mount else match.group(0)
+
+    conf = root / conf_in_container.lstrip("/")
+    here = conf.with_name("here." + conf.name)  # beside it: `include` is relative to the file's folder
+    here.write_text(re.sub(r'"(/[^"]*)"', moved, conf.read_text(encoding="utf-8")), encoding="utf-8")
+    return conf, here
+
+
+def test_container_nats_conf_is_accepted_as_mounted(tmp_path: Path, certs_volume: Path) -> None:
+    """Lays the mounts out as the container sees them (the certs volume as the certs service fills it), then has
+    nats-server test the file it runs."""
+    nats = compose_service("nats")
+    conf, here = lay_out_nats_container(tmp_path, certs_volume)
+    done = nats_check(here)
     assert done.returncode == 0, done.stderr
+    by_target = {m.target: m for m in mounts(nats)}
+    conf_in_container = command(nats)[command(nats).index("-c") + 1]
 
     settings = nats_settings(conf.read_text(encoding="utf-8"))
     included = nats_settings((conf.parent / settings["include"]).read_text(encoding="utf-8"))
@@ -547,6 +737,14 @@ def test_container_nats_conf_is_accepted_as_mounted(tmp_path: Path) -> None:
     store = PurePosixPath(settings["jetstream.store_dir"])
     volumes = [PurePosixPath(m.target) for m in mounts(nats) if m.kind == "volume"]
     assert any(store == v or v in store.parents for v in volumes), f"JetStream's {store} is in no volume"
+    # Acknowledged writes survive a power failure (Jepsen, NATS 2.12.1): fsync before the acknowledgement.
+    assert settings["jetstream.sync_interval"] == "always"
+    # Clients speak TLS, with the certs service's files; the monitoring port stays plain HTTP for the health check.
+    for key, name in (("cert_file", certs.SERVER_CERT), ("key_file", certs.SERVER_KEY), ("ca_file", certs.CA_CERT)):
+        path = in_volume(nats, settings[f"tls.{key}"], certs_volume_name(), certs_volume)
+        assert path.name == name and path.is_file(), f"tls.{key}: {settings[f'tls.{key}']}"
+    assert "tls.verify" not in settings, "clients log in with passwords: no client certificate is asked for"
+    assert "https" not in settings and "http" in settings
 
 
 # --- Dockerfile -----------------------------------------------------------------------------------------------
@@ -564,7 +762,7 @@ def test_base_image_is_debian_bookworm_python_that_pyproject_allows() -> None:
         assert version == pyproject()["tool"]["mypy"]["python_version"]
 
 
-def test_nushell_is_installed_with_npm_ci_and_only_its_native_binary_is_copied() -> None:
+def test_nushell_is_installed_with_npm_ci_and_only_its_native_binary_is_copied(certs_volume: Path) -> None:
     nushell = stage("nushell")
     runs = " ; ".join(nushell.all("RUN"))
     assert re.search(r"\bnpm ci\b[^;&|]*--omit=dev", runs), "the Nushell stage must run `npm ci --omit=dev`"
@@ -577,7 +775,7 @@ def test_nushell_is_installed_with_npm_ci_and_only_its_native_binary_is_copied()
     # The file exists where `npm ci` puts it (the Makefile's install ran here), and it is the native binary.
     assert (ROOT / NU_IN_NODE_MODULES).read_bytes()[:4] == b"\x7fELF"
     # The service runs it from where the image puts it.
-    assert load_config(LOADER_TOML, environ={}).nushell.path == nu.dest
+    assert loader_in_container({}, certs_volume).nushell.path == nu.dest
 
 
 def test_nushell_version_is_pinned_the_same_in_package_json_and_its_lock() -> None:
@@ -635,7 +833,7 @@ def test_every_copy_source_exists_and_is_in_the_build_context() -> None:
         assert dockerignore_excludes(private), f".dockerignore lets {private} into the build context"
 
 
-def test_final_image_serves_the_examples_as_a_non_root_user() -> None:
+def test_final_image_serves_the_examples_as_a_non_root_user(certs_volume: Path) -> None:
     final = final_stage()
     assert final.all("WORKDIR")[-1] == "/app"
     user = final.all("USER")[-1].split(":")[0]
@@ -647,7 +845,7 @@ def test_final_image_serves_the_examples_as_a_non_root_user() -> None:
     cmd = exec_form(final.all("CMD")[-1])
     assert cmd[0] == "serve"
     assert cmd[cmd.index("--config") + 1] == image_path(final, "deploy/loader.toml")
-    config = load_config(LOADER_TOML, environ={})
+    config = loader_in_container({}, certs_volume)
     assert config.orchestrator.paths.data_dir == "/app/data"
     examples = image_path(final, "examples/extensions")
     assert list(config.orchestrator.extensions.paths) == [examples]
@@ -657,30 +855,42 @@ def test_final_image_serves_the_examples_as_a_non_root_user() -> None:
 # --- the health check, run for real ---------------------------------------------------------------------------
 
 
-def _healthcheck(nats_url: str) -> tuple[list[str], dict[str, str]]:
-    """The image's health check command, run here against `nats_url`."""
+def tls_nats_server(folder: Path, *more: str) -> NatsServer:
+    """A nats-server on loopback that speaks TLS only, with the server certificate of `certs` in `folder`."""
+    tls = ("--tls", "--tlscert", str(folder / certs.SERVER_CERT), "--tlskey", str(folder / certs.SERVER_KEY))
+    return NatsServer(["-a", "127.0.0.1", "-p", "-1", *tls, *more])
+
+
+def _healthcheck(nats_url: str, ca: Path) -> tuple[list[str], dict[str, str]]:
+    """The image's health check command, run here against `nats_url` (TLS, as deploy/loader.toml says), trusting
+    `ca` where the container has the certs volume's ca.pem."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
     env[f"{ENV_PREFIX}NATS__URL"] = nats_url
+    env[f"{ENV_PREFIX}NATS__TLS_CA"] = str(ca)
     return [sys.executable, str(HEALTHCHECK), str(LOADER_TOML)], env
 
 
 @pytest.mark.anyio
-async def test_healthcheck_passes_when_the_service_answers(nats_server: NatsServer, service: ExtensionService) -> None:
-    argv, env = _healthcheck(nats_server.url)
-    with anyio.fail_after(30):
-        done = await anyio.run_process(argv, env=env, cwd=ROOT, check=False)
+async def test_healthcheck_passes_when_the_service_answers(tmp_path: Path, certs_volume: Path) -> None:
+    with tls_nats_server(certs_volume, "-js", "-sd", str(tmp_path / "jetstream")) as server:
+        url = f"tls://127.0.0.1:{server.port}"
+        ca = certs_volume / certs.CA_CERT
+        async with running_service(make_config(url, tmp_path, overrides={"nats.tls_ca": str(ca)})) as service:
+            argv, env = _healthcheck(url, ca)
+            with anyio.fail_after(30):
+                done = await anyio.run_process(argv, env=env, cwd=ROOT, check=False)
     assert done.returncode == 0, done.stderr.decode()
     assert service.manager.instance_id in done.stdout.decode()
 
 
 @pytest.mark.parametrize("running", [True, False], ids=["no-service", "no-nats"])
-def test_healthcheck_fails_without_an_answer(running: bool) -> None:
-    server = NatsServer(["-a", "127.0.0.1", "-p", "-1"]).start()
-    url = server.url
+def test_healthcheck_fails_without_an_answer(running: bool, certs_volume: Path) -> None:
+    server = tls_nats_server(certs_volume).start()
+    url = f"tls://127.0.0.1:{server.port}"
     if not running:
         server.stop()  # nothing listens on its port now
     try:
-        argv, env = _healthcheck(url)
+        argv, env = _healthcheck(url, certs_volume / certs.CA_CERT)
         done = subprocess.run(argv, env=env, cwd=ROOT, capture_output=True, text=True, timeout=30, check=False)
     finally:
         server.stop()

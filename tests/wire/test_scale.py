@@ -20,6 +20,7 @@ import pytest
 from anyio.streams.buffered import BufferedByteReceiveStream
 from nats.aio.client import Client
 
+from service.app import certs
 from service.app.client import LoaderClient
 from service.app.natsserver import NatsServer, nats_server_binary
 from service.app.serve import build_manager, run, service_version
@@ -422,14 +423,21 @@ def test_repeated_discovery_reads_no_metadata_again(tmp_path: Path, monkeypatch:
 
 
 @pytest.mark.parametrize("node", [1, 2, 3])
-def test_the_documented_cluster_configuration_is_valid(node: int) -> None:
+def test_the_documented_cluster_configuration_is_valid(node: int, tmp_path: Path) -> None:
     """deploy/cluster/node-N.conf: accepted by nats-server, each on its own ports, all routing to one another."""
     root = Path(__file__).resolve().parents[2]
     conf = root / "deploy" / "cluster" / f"node-{node}.conf"
     users = ("ORCHESTRATOR", "LOADER", "OBSERVER", "PUBLISHER")  # nats.conf's, whose passwords it reads
     env = {**os.environ, **{f"NATS_{u}_PASSWORD": f"k{u.lower()}" for u in users}}
+    # Its TLS files are relative to the folder it starts in (tests/deploy/test_tls.py runs the cluster itself).
+    certs.ensure(tmp_path / "data" / "certs")
     checked = subprocess.run(
-        [nats_server_binary(), "-t", "-c", str(conf)], env=env, capture_output=True, text=True, check=False
+        [nats_server_binary(), "-t", "-c", str(conf)],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=tmp_path,
     )
     assert checked.returncode == 0, checked.stderr + checked.stdout
     text = conf.read_text()

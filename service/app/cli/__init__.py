@@ -5,6 +5,7 @@
     commands.py  a command per request subject (`load`, `list`, ...), its arguments from the subjects table
     calls.py     those commands and `watch`: a client for people, through `LoaderClient`
     registry.py  `keygen`, `publish`, `yank`, `search`: the JetStream registry, through `app/publishing.py`
+    certs.py     `certs`: the development CA and the NATS server's certificate, through `app/certs.py`
     printing.py  how their results read in a terminal
 
 This package is the command line's edge: it parses arguments and prints; what it runs lives in the layers
@@ -14,6 +15,7 @@ below (`service.app.serve` for the service, `service.app.client` for the calls).
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -22,6 +24,7 @@ from ...contract.config import is_subject
 from ..serve import service_version
 from . import commands
 from .calls import DEFAULT_URL, run_client
+from .certs import add_certs_command
 from .registry import run_keygen, run_registry
 from .serving import run_dev, run_serve
 
@@ -29,6 +32,7 @@ __all__ = ["main"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    _quiet_tls_close()
     parser = _parser()
     args = parser.parse_args(argv)
     if getattr(args, "replies", 0) and not args.fleet:
@@ -97,6 +101,7 @@ def _parser() -> argparse.ArgumentParser:
     k = sub.add_parser("keygen", help="write a new signing key (an nkey seed, mode 0600); print its public key")
     k.add_argument("file", metavar="FILE", help="where to write the seed; an existing file is never overwritten")
     k.set_defaults(run=run_keygen)
+    add_certs_command(sub)
 
     def registry(name: str, help: str) -> argparse.ArgumentParser:
         r = client(name, help)
@@ -124,6 +129,13 @@ def _parser() -> argparse.ArgumentParser:
     se = registry("search", "find extensions in the registry by name and description")
     se.add_argument("words", nargs="+", metavar="WORD")
     return p
+
+
+def _quiet_tls_close() -> None:
+    """nats-py turns its connection into TLS under asyncio's stream protocol, which then logs "returning true from
+    eof_received() has no effect when using ssl" whenever a TLS connection closes: nothing is wrong, so a person's
+    command does not print it."""
+    logging.getLogger("asyncio").addFilter(lambda record: "eof_received()" not in record.getMessage())
 
 
 def _inbox_prefix(text: str) -> str:
