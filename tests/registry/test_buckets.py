@@ -492,6 +492,69 @@ async def test_a_read_only_loader_reads_and_is_told_that_writing_is_refused(tmp_
                 await write()
 
 
+NO_PURGE = """
+jetstream {{ store_dir: "{store}" }}
+authorization {{
+  users = [
+    {{user: admin, password: admin1}}
+    {{user: publisher, password: publisher1, permissions: {{
+      publish: {{deny: [
+        "$JS.API.STREAM.PURGE.>", "$JS.API.STREAM.CREATE.>", "$JS.API.STREAM.UPDATE.>", "$JS.API.STREAM.DELETE.>"
+      ]}}
+      subscribe: {{allow: ["_INBOX.>"]}}
+    }}}}
+  ]
+}}
+"""
+
+
+async def test_archives_are_put_replaced_and_deleted_by_a_publisher_that_may_not_purge(
+    tmp_path: Path, connect: Connect
+) -> None:
+    """nats-py's Object Store purges the chunks of an object it replaces or deletes; the publisher may not
+    (only admin may manage streams). Every archive write goes through without a purge: the chunks of what is
+    replaced or deleted are rolled up into one empty message, and nothing is refused."""
+    conf = tmp_path / "nats.conf"
+    conf.write_text(NO_PURGE.format(store=tmp_path / "jetstream"))
+    with NatsServer(["-c", str(conf), "-a", "127.0.0.1", "-p", "-1"]) as server:
+        await RegistryBuckets((await connect(server.url, user="admin", password="admin1")).nc).create()
+        refusals: list[str] = []
+
+        async def refused(exc: Exception) -> None:
+            refusals.append(str(exc))
+
+        publisher_nc = await nats.connect(
+            server.url, user="publisher", password="publisher1", error_cb=refused, allow_reconnect=False
+        )
+        try:
+            publisher = RegistryBuckets(publisher_nc, timeout_s=2.0)
+            await publisher.open()
+            name, data, digest = archive(3 * CHUNK_SIZE // 2)
+            await publisher.archives.put(name, data)
+            await publisher.archives.put(name, data)  # there already: not put again
+            state = (await publisher_nc.jetstream().stream_info(ARCHIVES)).state
+            assert (state.messages, state.last_seq) == (3, 3)  # two chunks and the metadata
+
+            _, other, other_digest = archive(CHUNK_SIZE // 2, seed=1)
+            await publisher.archives.put(name, other)  # other bytes under that name: replaced
+            assert await publisher.archives.info(name) == (len(other), other_digest)
+            into = tmp_path / "replaced"
+            assert await publisher.archives.fetch(name, into, max_bytes=MiB) == other_digest
+            assert into.read_bytes() == other
+            state = (await publisher_nc.jetstream().stream_info(ARCHIVES)).state
+            assert state.messages == 3  # its chunk, its metadata, and the old chunks rolled up into one message
+
+            await publisher.archives.delete(name)
+            assert await publisher.archives.info(name) is None
+            state = (await publisher_nc.jetstream().stream_info(ARCHIVES)).state
+            assert state.messages == 3  # the metadata says deleted, both chunk subjects hold one empty message
+            await publisher_nc.flush()
+            assert refusals == []
+            assert digest != other_digest
+        finally:
+            await publisher_nc.close()
+
+
 # --- a cluster ----------------------------------------------------------------------------------------------
 
 
