@@ -45,7 +45,7 @@ class _ObjectMeta(msgspec.Struct, frozen=True):
 
 
 class ArchiveBucket:
-    """The archive bucket as bound by `RegistryBuckets.create` or `open`."""
+    """The archive bucket as bound by `RegistryBuckets.open`."""
 
     def __init__(self, calls: Calls, obs: ObjectStore) -> None:
         self._calls = calls

@@ -94,14 +94,6 @@ def _parser() -> argparse.ArgumentParser:
     pub = registry("publish", "check, pack, sign and publish one extension version to the registry")
     pub.add_argument("folder", metavar="DIR", help="the folder of one version (it holds metadata.toml)")
     pub.add_argument("--key", "-k", required=True, metavar="FILE", help="the signing key (`keygen` writes one)")
-    pub.add_argument(
-        "--replicas",
-        type=int,
-        default=1,
-        choices=range(1, 6),
-        metavar="N",
-        help="copies of the buckets when this creates them (1-5)",
-    )
     y = registry("yank", "mark a published version yanked: never chosen by a constraint, still loaded when pinned")
     y.add_argument("type", help="provider, taskserv or cluster")
     y.add_argument("name")
