@@ -23,7 +23,7 @@ from service.app.natsserver import NatsCluster, NatsServer
 from service.app.stream_settings import changes as changes_of
 from service.app.stream_settings import events_target
 from tests.app.test_cli import CLI, cli, run
-from tests.conftest import WAIT
+from tests.conftest import NU, WAIT
 
 pytestmark = pytest.mark.anyio
 
@@ -245,6 +245,19 @@ async def test_setup_runs_as_admin_unless_told_otherwise(nats_server: NatsServer
                 )
             assert done.returncode == expected, done.stderr.decode()
         assert done.stdout.decode().splitlines() == CREATED
+
+
+async def test_the_service_before_setup_exits_3_naming_setup(nats_server: NatsServer, tmp_path: Path) -> None:
+    code, _, err = await run(
+        "serve",
+        "--nats-url",
+        nats_server.url,
+        *("--set", "events.jetstream=true"),
+        *("--set", f'nushell.path="{NU}"', "--set", f"orchestrator.paths.data_dir={tmp_path / 'data'}"),
+        *("--set", "orchestrator.extensions.auto_load=false"),
+    )
+    assert code == 3
+    assert "JetStream stream 'EXTENSION_EVENTS' (events.stream) is not there: run `extension-loader setup`" in err
 
 
 # --- helpers ------------------------------------------------------------------------------------------------
