@@ -1,12 +1,15 @@
 """`extension-loader setup`, the only maker of streams: it creates the events stream and the registry's buckets,
-changes nothing the second time, refuses a change that would lose data unless forced, and gives each the copies
-asked for on a cluster. Real nats-servers (one, or three clustered), the command as a person runs it."""
+changes nothing the second time, refuses a change that would lose data unless forced, gives each the copies
+asked for on a cluster, and is what `extension-loader dev` runs before the service. Real nats-servers (one, or
+three clustered), the command as a person runs it."""
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import signal
 import socket
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -19,11 +22,13 @@ import pytest
 from nats.aio.client import Client
 from nats.js.api import RetentionPolicy, StorageType, StreamConfig
 
+from service.app.cli.serving import DEV_PASSWORDS
+from service.app.client import LoaderClient
 from service.app.natsserver import NatsCluster, NatsServer
 from service.app.stream_settings import changes as changes_of
 from service.app.stream_settings import events_target
 from tests.app.test_cli import CLI, cli, run
-from tests.conftest import NU, WAIT
+from tests.conftest import EXAMPLES, NU, WAIT
 
 pytestmark = pytest.mark.anyio
 
@@ -258,6 +263,87 @@ async def test_the_service_before_setup_exits_3_naming_setup(nats_server: NatsSe
     )
     assert code == 3
     assert "JetStream stream 'EXTENSION_EVENTS' (events.stream) is not there: run `extension-loader setup`" in err
+
+
+# --- `extension-loader dev` ---------------------------------------------------------------------------------
+
+DEV_CONF = """
+listen: 127.0.0.1:{port}
+jetstream {{ store_dir: "{store}" }}
+authorization {{
+  users = [
+    {{user: admin, password: $NATS_ADMIN_PASSWORD}}
+    {{user: loader, password: $NATS_LOADER_PASSWORD}}
+  ]
+}}
+"""
+
+
+async def test_dev_runs_setup_as_admin_before_the_service(tmp_path: Path) -> None:
+    """`make run`: the streams made by setup as admin (with the development password), then the service, which
+    publishes its events through JetStream into the stream setup made."""
+    port = free_port()
+    (tmp_path / "dev.conf").write_text(DEV_CONF.format(port=port, store=tmp_path / "jetstream"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("NATS_", "EXTENSION_LOADER__"))}
+    url = f"nats://127.0.0.1:{port}"
+    argv = [
+        *(sys.executable, "-m", "service", "dev", "--nats-config", "dev.conf", "--nats-url", url),
+        *("--set", f'orchestrator.extensions.paths=["{EXAMPLES}"]', "--set", f'nushell.path="{NU}"'),
+        *("--set", "orchestrator.extensions.auto_load=false", "--set", "events.jetstream=true"),
+    ]
+    stdout, stderr = bytearray(), bytearray()
+    ready = anyio.Event()
+    async with await anyio.open_process(argv, env=env, cwd=tmp_path) as process, anyio.create_task_group() as tg:
+        assert process.stdout is not None and process.stderr is not None
+
+        async def read(stream: Any, into: bytearray) -> None:
+            async for chunk in stream:
+                into.extend(chunk)
+                if b"Ctrl-C stops" in stdout:
+                    ready.set()
+
+        tg.start_soon(read, process.stdout, stdout)
+        tg.start_soon(read, process.stderr, stderr)
+        try:
+            with anyio.fail_after(WAIT):
+                await ready.wait()
+            assert [f"setup: {line}" for line in CREATED] == stdout.decode().splitlines()[:3]
+            async with connected(url, user="admin", password=DEV_PASSWORDS["NATS_ADMIN_PASSWORD"]) as nc:
+                await LoaderClient(nc, timeout=WAIT).load("provider", "local")
+                stored = await nc.jetstream().stream_info("EXTENSION_EVENTS")
+                assert stored.state.messages == 1
+        finally:
+            process.send_signal(signal.SIGINT)
+            with anyio.fail_after(WAIT):
+                code = await process.wait()
+    assert code == 0, stderr.decode()
+    assert "NATS_ADMIN_PASSWORD" in stderr.decode().splitlines()[0]  # said to be a development password
+
+
+async def test_dev_stops_when_setup_cannot_run_as_admin(tmp_path: Path) -> None:
+    """A nats.conf without `admin`: dev says so and stops its nats-server; the service never starts."""
+    port = free_port()
+    conf = DEV_CONF.replace("    {{user: admin, password: $NATS_ADMIN_PASSWORD}}\n", "")
+    (tmp_path / "dev.conf").write_text(conf.format(port=port, store=tmp_path / "jetstream"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("NATS_", "EXTENSION_LOADER__"))}
+    argv = [
+        sys.executable,
+        "-m",
+        "service",
+        "dev",
+        "--nats-config",
+        "dev.conf",
+        "--nats-url",
+        f"nats://127.0.0.1:{port}",
+    ]
+    with anyio.fail_after(WAIT):
+        done = await anyio.run_process(argv, env=env, cwd=tmp_path, check=False)
+    err = done.stderr.decode()
+    assert done.returncode == 4, err
+    assert "extension-loader: setup as admin failed: nats: 'Authorization Violation'" in err
+    assert b"serving" not in done.stdout
+    with pytest.raises(ConnectionRefusedError):  # its nats-server is gone
+        socket.create_connection(("127.0.0.1", port), timeout=WAIT).close()
 
 
 # --- helpers ------------------------------------------------------------------------------------------------

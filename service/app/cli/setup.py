@@ -1,5 +1,5 @@
 """`extension-loader setup`: the events stream and the registry's buckets made or brought to their settings
-(`app/setup.py`), one line each, as a person runs it.
+(`app/setup.py`), one line each, as a person (or `dev`) runs it.
 
 Exit codes: 0 done (each created, updated or unchanged); 1 refused (a change that would lose data without
 `--force`, or one the server refused); 2 a bad configuration; 4 NATS cannot be reached, or refuses this user.
@@ -10,11 +10,13 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 import anyio
+import msgspec
 import nats
 
-from ...contract.config import Config, load_config
+from ...contract.config import Config, inbox_prefix_for, load_config
 from ...contract.errors import ConfigError
 from ..setup import Outcome, SetupUnreachable, Status, set_up
 from ..stream_settings import targets
@@ -63,3 +65,37 @@ def report(outcomes: Sequence[Outcome], *, lead: str = "") -> int:
         print(f"{lead}refused {len(refused)} of {len(outcomes)}: left as they were", file=sys.stderr)
         return 1
     return 0
+
+
+async def _ignore(exc: Exception) -> None:
+    pass
+
+
+def set_up_for_dev(config: Config, password: str) -> int:
+    """What `extension-loader dev` runs before the service: setup as `admin` on the server it started, through
+    the service's own server list and TLS settings. The exit code as `setup`'s."""
+    nats_cfg = msgspec.structs.replace(
+        config.nats, user=ADMIN, password=password, token="", creds="", inbox_prefix=inbox_prefix_for(ADMIN)
+    )
+    options: dict[str, Any] = {
+        **nats_cfg.credentials(),
+        "name": "extension-loader-setup",
+        "connect_timeout": 5,
+        "allow_reconnect": False,
+        "max_reconnect_attempts": 1,
+        "error_cb": _ignore,  # what fails is raised and said once, below
+    }
+
+    async def run() -> list[Outcome]:
+        nc = await nats.connect(**options)
+        try:
+            return await set_up(nc, targets(config))
+        finally:
+            await nc.drain()
+
+    try:
+        outcomes = anyio.run(run)
+    except (SetupUnreachable, OSError, nats.errors.Error) as exc:
+        print(f"extension-loader: setup as {ADMIN} failed: {exc}", file=sys.stderr)
+        return 4
+    return report(outcomes, lead="setup: ")
