@@ -138,6 +138,23 @@ async def test_a_storage_type_is_never_changed_not_even_with_force(nats_server: 
     assert (await nc.jetstream().stream_info("EXTENSION_EVENTS")).config.storage == StorageType.MEMORY
 
 
+async def test_a_sealed_stream_is_refused_with_what_to_do(nats_server: NatsServer, nc: Client) -> None:
+    """A sealed stream takes no more writes and cannot be unsealed: setup says so, even with --force."""
+    assert (await cli(nats_server, "setup"))[0] == 0
+    js = nc.jetstream()
+    sealed = (await js.stream_info("EXTENSION_EVENTS")).config
+    sealed.sealed = True
+    await js.update_stream(sealed)
+    for force in ((), ("--force",)):
+        code, out, _ = await cli(nats_server, "setup", *force)
+        assert code == 1
+        assert out.splitlines()[0] == (
+            "events stream EXTENSION_EVENTS: refused (sealed: nothing more can be written to it, and a stream cannot "
+            "be unsealed; delete it (losing what it holds) and run setup again)"
+        )
+        assert out.splitlines()[1:] == UNCHANGED[1:]
+
+
 def test_what_a_change_would_lose() -> None:
     """The rules, for every setting: a time to live (or a shorter one), a retention other than limits, a smaller
     limit, fewer copies and another storage lose data; their opposites do not."""
