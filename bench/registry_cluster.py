@@ -30,8 +30,11 @@ from nats.aio.client import Client
 
 from service.app.natsserver import NatsCluster
 from service.app.publishing import Prepared, prepare, publish
+from service.app.setup import set_up
+from service.app.stream_settings import registry_targets
 from service.contract.config import Config, load_config
 from service.registry.buckets import RegistryBuckets
+from service.registry.names import DEFAULT_NAMES
 from service.registry.signing import Signer, read_seed, write_seed
 
 from . import registry_announce, registry_cold_load
@@ -74,8 +77,9 @@ async def measure(options: Options, work: Path, logs: Path) -> dict[str, Any]:
             prepare_ns.append(time.perf_counter_ns() - began)
         nc1 = await _connect(node1, clients)
         nc2 = await _connect(node2, clients)
+        await set_up(nc1, registry_targets(DEFAULT_NAMES), replicas=3)  # as `extension-loader setup --replicas 3`
         buckets = RegistryBuckets(nc1, timeout_s=REQUEST_TIMEOUT_S)
-        await buckets.create(replicas=3)
+        await buckets.open()
         for item in prepared[len(announced) :]:  # the cold load's versions, before any loader starts
             await publish(buckets, item)
 

@@ -38,8 +38,11 @@ from nats.aio.client import Client
 from nats.js import api
 
 from service.app.natsserver import NatsServer
+from service.app.setup import set_up
+from service.app.stream_settings import registry_targets
 from service.registry.archive_bucket import CHUNK_SIZE
 from service.registry.buckets import RegistryBuckets
+from service.registry.names import DEFAULT_NAMES
 
 SIZE = 10_000_000
 RUNS = 11
@@ -53,8 +56,9 @@ async def measure(url: str, work: Path, *, size: int = SIZE, runs: int = RUNS) -
         raise ValueError("the size and the number of runs are positive")
     nc = await nats.connect(url, name="bench-registry", allow_reconnect=False)
     try:
+        await set_up(nc, registry_targets(DEFAULT_NAMES))  # as `extension-loader setup`
         buckets = RegistryBuckets(nc, timeout_s=30.0)
-        await buckets.create()
+        await buckets.open()
         data = random.Random(size).randbytes(size)
         digest = "sha256:" + hashlib.sha256(data).hexdigest()
         name = "sha256/" + digest.removeprefix("sha256:")

@@ -36,6 +36,8 @@ from service.app.client import LoaderClient
 from service.app.natsserver import NatsCluster, NatsServer
 from service.app.publishing import prepare, publish
 from service.app.serve import build_manager, service_version
+from service.app.setup import Outcome, Status, set_up
+from service.app.stream_settings import targets
 from service.contract.config import Config, load_config
 from service.notify import Notifier
 from service.registry.buckets import RegistryBuckets
@@ -488,9 +490,21 @@ def registry_settings(*keys: str, auto_update: bool = False, **more: Any) -> dic
     }
 
 
-async def publish_folder(nc: Client, folder: Path, signer: Signer, config: Config, *, replicas: int = 1) -> Release:
-    """Publishes one extension folder as `extension-loader publish --replicas N` does; returns its index entry."""
+async def set_up_streams(nc: Client, config: Config | None = None, *, replicas: int | None = None) -> list[Outcome]:
+    """`extension-loader setup [--replicas N]` on the test's server: the events stream and the registry's buckets
+    as `config` names them (the defaults without one). A stream it would refuse to change fails the test."""
+    outcomes = await set_up(nc, targets(config or load_config(environ={})), replicas=replicas)
+    assert [o for o in outcomes if o.status is Status.REFUSED] == [], [o.line for o in outcomes]
+    return outcomes
+
+
+async def publish_folder(
+    nc: Client, folder: Path, signer: Signer, config: Config, *, replicas: int | None = None
+) -> Release:
+    """Publishes one extension folder as `extension-loader publish` does, after `extension-loader setup
+    [--replicas N]` (which changes nothing from the second time on); returns its index entry."""
+    await set_up_streams(nc, config, replicas=replicas)
     buckets = RegistryBuckets(nc)
-    await buckets.create(replicas=replicas)
+    await buckets.open()
     outcome = await publish(buckets, await prepare(folder, signer, config))
     return outcome.release

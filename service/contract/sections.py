@@ -21,6 +21,9 @@ NO_AUTH_USER = "orchestrator"  # who a client without a user name is on nats.con
 
 Positive = Annotated[int, Meta(ge=1)]
 Token = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")]
+# A JetStream API prefix: `$JS.API` (this account's own), or where an import maps another account's API.
+ApiPrefix = Annotated[str, Meta(pattern=r"^[^\s.*>]+(\.[^\s.*>]+)*$")]
+DEFAULT_API_PREFIX = "$JS.API"
 
 
 class PathsConfig(Struct, frozen=True, kw_only=True):
@@ -111,6 +114,8 @@ class NatsConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
 class EventsConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     jetstream: bool
     stream: Token
+    api_prefix: ApiPrefix  # where the stream's JetStream API is, seen from this connection
+    require_stream: bool  # without jetstream: still check at start that the stream is there
 
 
 Bucket = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]+$", max_length=64)]
@@ -133,6 +138,7 @@ class RegistryConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     enabled: bool
     index_bucket: Bucket
     archive_bucket: Bucket
+    api_prefix: ApiPrefix  # where the buckets' JetStream API is, seen from this connection
     auto_update: bool
     trusted: tuple[TrustedKey, ...]
     timeout_s: Annotated[float, Meta(gt=0, le=600)]

@@ -7,8 +7,9 @@ chunks is `chunks.py`'s. What an archive holds, and how it is packed and unpacke
 from __future__ import annotations
 
 import base64
-import contextlib
 import hashlib
+import json
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any, Final
 
@@ -16,6 +17,7 @@ import msgspec
 import nats.js.errors
 from nats.js import api
 from nats.js.object_store import ObjectStore
+from nats.nuid import NUID
 
 from .calls import Calls
 from .chunks import Chunks, read_chunks
@@ -43,7 +45,7 @@ class _ObjectMeta(msgspec.Struct, frozen=True):
 
 
 class ArchiveBucket:
-    """The archive bucket as bound by `RegistryBuckets.create` or `open`."""
+    """The archive bucket as bound by `RegistryBuckets.open`."""
 
     def __init__(self, calls: Calls, obs: ObjectStore) -> None:
         self._calls = calls
@@ -62,21 +64,53 @@ class ArchiveBucket:
 
     async def put(self, name: str, data: bytes) -> None:
         """Stores `data` as the object `name` in 512 KiB chunks, unless an object of that name with the same
-        digest is there already. A put cut off half-way may leave chunks that no metadata names."""
-        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        digest is there already (archives are named by their sha256: the same name is the same bytes).
+
+        Without STREAM.PURGE, which a publisher may not use: nats-py's `ObjectStore.put` purges the chunks of the
+        object it replaces, and those of a put that fails half-way. Here the chunks go on a subject of their own,
+        then the metadata (a rollup of its subject) names them, and the chunks of an object replaced are rolled
+        up into one empty message. A put cut off half-way may leave chunks that no metadata names."""
+        sha = hashlib.sha256(data)
         async with self._calls.bounded(f"store archive {name!r}", self._limit(len(data))):
             meta = await self._meta(name)
-            if meta is not None and meta.size == len(data) and _sha256(meta) == digest:
+            if meta is not None and meta.size == len(data) and _sha256(meta) == "sha256:" + sha.hexdigest():
                 return
             chunk = min(CHUNK_SIZE, int(self._calls.nc.max_payload))
-            options = api.ObjectMetaOptions(max_chunk_size=chunk)  # without it nats-py's put raises TypeError
-            await self._obs.put(name, data, meta=api.ObjectMeta(name=name, options=options))
+            nuid = NUID().next().decode()
+            for start in range(0, len(data), chunk):
+                await self._calls.js.publish(self._calls.names.chunk_subject(nuid), data[start : start + chunk])
+            digest = _DIGEST_PREFIX + base64.urlsafe_b64encode(sha.digest()).decode()
+            await self._write_meta(
+                name,
+                nuid=nuid,
+                size=len(data),
+                chunks=-(-len(data) // chunk),
+                mtime=datetime.now(UTC).isoformat(),
+                digest=digest,
+                options=api.ObjectMetaOptions(max_chunk_size=chunk),
+            )
+            if meta is not None:
+                await self._roll_up(meta.nuid)
 
     async def delete(self, name: str) -> None:
-        """Deletes the object `name` (its chunks are purged); nothing to do when it is absent."""
+        """Deletes the object `name`: its metadata says deleted and its chunks are rolled up into one empty
+        message, without STREAM.PURGE (as `put`); nothing to do when it is absent."""
         async with self._calls.bounded(f"delete archive {name!r}"):
-            with contextlib.suppress(nats.js.errors.ObjectNotFoundError):
-                await self._obs.delete(name)
+            meta = await self._meta(name)
+            if meta is None:
+                return
+            await self._write_meta(name, nuid=meta.nuid, size=0, chunks=0, mtime="", digest="", deleted=True)
+            await self._roll_up(meta.nuid)
+
+    async def _write_meta(self, name: str, **fields: Any) -> None:
+        """The object's metadata as nats-py writes it (its `ObjectInfo` as JSON), replacing any before it."""
+        info = api.ObjectInfo(name=name, bucket=self._calls.names.archives, **fields)
+        subject = self._calls.names.meta_subject(name)
+        await self._calls.js.publish(subject, json.dumps(info.as_dict()).encode(), headers={api.Header.ROLLUP: "sub"})
+
+    async def _roll_up(self, nuid: str) -> None:
+        """The chunks on `nuid`'s subject replaced by one empty message: what a purge of them would free."""
+        await self._calls.js.publish(self._calls.names.chunk_subject(nuid), b"", headers={api.Header.ROLLUP: "sub"})
 
     async def fetch(self, name: str, into: Path, *, max_bytes: int, timeout_s: float | None = None) -> str:
         """Writes the object `name` into the new file `into` and returns "sha256:<hex>" of what was written.

@@ -1,22 +1,20 @@
-"""The registry's two buckets on NATS JetStream, made or bound on one connection: the index (Key-Value, one
+"""The registry's two buckets on NATS JetStream, bound on one connection: the index (Key-Value, one
 record per extension, written with compare-and-set: `index_bucket.py`) and the archives (Object Store, one object
 per archive: `archive_bucket.py`).
 
-The publisher calls `create`, loaders `open`; both check nothing is missing, and `problems` says what is wrong
-with buckets someone made by hand. Every call is bounded by `timeout_s` (`calls.py`).
+`extension-loader setup` makes them (`app/setup.py`, keeping `HISTORY` revisions of each record); the publisher
+and loaders `open` them, creating nothing, and `problems` says what is wrong with buckets someone changed by
+hand. Every call is bounded by `timeout_s` (`calls.py`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from typing import Final
 
 import nats.js.errors
 from nats.aio.client import Client
 from nats.js import JetStreamContext, api
-from nats.js.kv import KeyValue
-from nats.js.object_store import ObjectStore
 
 from .archive_bucket import ArchiveBucket
 from .calls import Calls
@@ -24,10 +22,9 @@ from .errors import RegistryUnavailable
 from .index_bucket import IndexBucket
 from .names import DEFAULT_NAMES, BucketNames
 
-HISTORY: Final = 16
+HISTORY: Final = 16  # revisions the index keeps of each record
 
 log = logging.getLogger(__name__)
-_STREAM_NAME_IN_USE: Final = 10058
 
 
 class RegistryBuckets:
@@ -43,23 +40,14 @@ class RegistryBuckets:
     @property
     def index(self) -> IndexBucket:
         if self._index is None:
-            raise RuntimeError("call open() or create() before using the index")
+            raise RuntimeError("call open() before using the index")
         return self._index
 
     @property
     def archives(self) -> ArchiveBucket:
         if self._archives is None:
-            raise RuntimeError("call open() or create() before using the archives")
+            raise RuntimeError("call open() before using the archives")
         return self._archives
-
-    async def create(self, *, replicas: int = 1) -> None:
-        """For the publisher: makes both buckets when missing (index history 16, no ttl on either, file storage,
-        `replicas` copies), else binds to them."""
-        async with self._calls.bounded("create the registry buckets"):
-            self._index = IndexBucket(self._calls, await self._index_bucket(replicas))
-            self._archives = ArchiveBucket(self._calls, await self._archive_bucket(replicas))
-        for problem in await self.problems():
-            log.warning("registry: %s", problem)
 
     async def problems(self) -> list[str]:
         """What is wrong with buckets that were there already (made by hand, say): a time to live deletes
@@ -75,12 +63,12 @@ class RegistryBuckets:
             if info.config.max_age:
                 found.append(
                     f"stream {stream} deletes what is older than {info.config.max_age:g} s (a bucket ttl): "
-                    "published versions would vanish; make the bucket again without a ttl"
+                    "published versions would vanish; `extension-loader setup` removes the ttl"
                 )
         return found
 
     async def open(self, *, archives: bool = True) -> None:
-        """For loaders: binds to both buckets (`archives=False`: the index only, for a reader of the index such
+        """Binds to both buckets (`archives=False`: the index only, for a reader of the index such
         as `search`, whom nats.conf does not let near the archives), creating nothing; RegistryUnavailable names
         any that is missing."""
         missing: list[str] = []
@@ -101,30 +89,6 @@ class RegistryBuckets:
         if missing:
             raise RegistryUnavailable(
                 f"{' and '.join(missing)} of the registry {'are' if len(missing) > 1 else 'is'} not on this server: "
-                "publish an extension first (the publisher creates the buckets), or check the bucket names in the "
-                "configuration"
+                "run `extension-loader setup` (as admin) to create the registry's buckets, or check the bucket names "
+                "in the configuration"
             )
-
-    async def _index_bucket(self, replicas: int) -> KeyValue:
-        js = self._calls.js
-        with contextlib.suppress(nats.js.errors.BucketNotFoundError):
-            return await js.key_value(self.names.index)
-        try:
-            return await js.create_key_value(
-                bucket=self.names.index, history=HISTORY, storage=api.StorageType.FILE, replicas=replicas, direct=True
-            )
-        except nats.js.errors.APIError as exc:
-            if exc.err_code != _STREAM_NAME_IN_USE:
-                raise
-        return await js.key_value(self.names.index)  # another publisher made it meanwhile, otherwise set
-
-    async def _archive_bucket(self, replicas: int) -> ObjectStore:
-        js = self._calls.js
-        with contextlib.suppress(nats.js.errors.BucketNotFoundError):
-            return await js.object_store(self.names.archives)
-        try:
-            return await js.create_object_store(self.names.archives, storage=api.StorageType.FILE, replicas=replicas)
-        except nats.js.errors.APIError as exc:
-            if exc.err_code != _STREAM_NAME_IN_USE:
-                raise
-        return await js.object_store(self.names.archives)

@@ -65,7 +65,7 @@ class Calls:
             if exc.err_code == _STREAM_NOT_FOUND:
                 raise RegistryUnavailable(
                     f"cannot {doing}: a registry bucket was deleted ({self.names.index!r} or "
-                    f"{self.names.archives!r}); the publisher creates them again"
+                    f"{self.names.archives!r}); `extension-loader setup` creates them again"
                 ) from exc
             raise RegistryUnavailable(f"cannot {doing}: JetStream refused: {exc.description} ({exc.err_code})") from exc
         except (

@@ -51,7 +51,7 @@ CAUGHT_UP: Final = CaughtUp()
 
 
 class IndexBucket:
-    """The index bucket as bound by `RegistryBuckets.create` or `open`."""
+    """The index bucket as bound by `RegistryBuckets.open`."""
 
     def __init__(self, calls: Calls, kv: KeyValue) -> None:
         self._calls = calls

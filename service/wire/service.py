@@ -138,10 +138,13 @@ class ExtensionService:
         nc = await self.connection.connect()
         self._stack.push_async_callback(self.connection.close)
         self._tg = await self._stack.enter_async_context(anyio.create_task_group())
+        events = cfg.events
         self._publisher = EventPublisher(
             nc,
             cfg.nats.subject_prefix,
-            stream=cfg.events.stream if cfg.events.jetstream else None,
+            stream=events.stream if events.jetstream or events.require_stream else None,
+            jetstream=events.jetstream,
+            api_prefix=events.api_prefix,
             deadline_s=cfg.nats.drain_timeout_s,
         )
         await self._publisher.setup([e.subject for e in self.endpoints])

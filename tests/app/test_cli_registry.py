@@ -1,5 +1,6 @@
-"""The registry commands as a person runs them: `keygen`, `publish`, `yank`, `search`, and `discover` showing
-where each version comes from, against a real JetStream nats-server and a real loader."""
+"""The registry commands as a person runs them: `keygen`, `setup` (which alone makes the buckets), `publish`,
+`yank`, `search`, and `discover` showing where each version comes from, against a real JetStream nats-server and
+a real loader."""
 
 from __future__ import annotations
 
@@ -43,8 +44,11 @@ async def test_publish_search_yank_and_discover(nats_server: NatsServer, nc: Cli
     second = write_extension(checkout / "next", "taskserv", "vault", "1.1.0")
     nu = ("--set", f'nushell.path="{NU}"')
 
+    code, _, err = await cli(nats_server, "setup")
+    assert code == 0, err
     code, out, err = await cli(nats_server, "publish", str(first), "--key", str(key), *nu)
     assert code == 0, err
+    assert "warning" not in err
     assert out.startswith("published taskserv vault 1.0.0: ") and public in out
     code, out, err = await cli(nats_server, "publish", str(second), "--key", str(key), *nu, "--json")
     assert code == 0, err
@@ -103,3 +107,36 @@ async def test_a_mistyped_trusted_key_stops_the_loader_at_start(tmp_path: Path) 
         f'nushell.path="{NU}"',
     )
     assert code == 2 and "registry.trusted.0.key" in err
+
+
+async def test_publish_yank_and_search_before_setup_say_to_run_it_and_create_nothing(
+    nats_server: NatsServer, nc: Client, tmp_path: Path
+) -> None:
+    key = tmp_path / "publisher.nk"
+    await keygen(key)
+    folder = write_extension(tmp_path / "checkout", "taskserv", "vault", "1.0.0")
+    for command in (
+        ("publish", str(folder), "--key", str(key), "--set", f'nushell.path="{NU}"'),
+        ("yank", "taskserv", "vault", "1.0.0"),
+        ("search", "vault"),
+    ):
+        code, out, err = await cli(nats_server, *command)
+        assert code == 4, (command, out, err)
+        assert "not on this server: run `extension-loader setup` (as admin)" in err, err
+    assert await nc.jetstream().streams_info() == []
+
+
+async def test_publish_warns_of_a_bucket_that_would_lose_published_versions(
+    nats_server: NatsServer, nc: Client, tmp_path: Path
+) -> None:
+    """An index bucket someone made by hand with a time to live: the publish goes through, and says so (the
+    loader says it too, in its log); `setup` takes the ttl away."""
+    key = tmp_path / "publisher.nk"
+    await keygen(key)
+    await nc.jetstream().create_key_value(bucket="extension-index", ttl=3600)
+    await nc.jetstream().create_object_store("extension-archives")
+    folder = write_extension(tmp_path / "checkout", "taskserv", "vault", "1.0.0")
+    code, _, err = await cli(nats_server, "publish", str(folder), "--key", str(key), "--set", f'nushell.path="{NU}"')
+    assert code == 0, err
+    assert "warning: registry: stream KV_extension-index deletes what is older than 3600 s" in err
+    assert "`extension-loader setup` removes the ttl" in err

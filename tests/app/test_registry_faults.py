@@ -47,6 +47,7 @@ from tests.conftest import (
     publish_folder,
     registry_settings,
     running_service,
+    set_up_streams,
     write_extension,
 )
 
@@ -299,8 +300,9 @@ async def publish_by_hand(nc: Client, signer: Signer, name: str, version: str, a
         signature=signer.sign(statement(T.value, name, version, digest)),
         published_at=datetime.now(UTC),
     )
+    await set_up_streams(nc)
     buckets = RegistryBuckets(nc)
-    await buckets.create()
+    await buckets.open()
     key = index_key(T, name)
     value, revision = await buckets.index.get(key)
     record = with_release(decode_record(value) if value is not None else None, T, name, release)
@@ -494,8 +496,8 @@ async def test_a_loader_started_before_the_buckets_exist_says_why_and_follows_th
         assert registry["reachable"] is False
         assert registry["last_error"] == (
             "the index (Key-Value bucket 'extension-index') and the archives (Object Store bucket "
-            "'extension-archives') of the registry are not on this server: publish an extension first (the "
-            "publisher creates the buckets), or check the bucket names in the configuration"
+            "'extension-archives') of the registry are not on this server: run `extension-loader setup` (as admin) "
+            "to create the registry's buckets, or check the bucket names in the configuration"
         )
 
         release = await publish_folder(nc, source(tmp_path, "etcd", "3.6.0"), signer, config)

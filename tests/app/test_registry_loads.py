@@ -25,6 +25,7 @@ from tests.conftest import (
     publish_folder,
     registry_settings,
     running_service,
+    set_up_streams,
     write_extension,
 )
 
@@ -87,8 +88,9 @@ async def test_a_version_is_published_once_and_of_two_racing_publishers_exactly_
     nats_server: NatsServer, nc: Client, tmp_path: Path, signer: Signer
 ) -> None:
     config = make_config(nats_server.url, tmp_path)
+    await set_up_streams(nc, config)
     buckets = RegistryBuckets(nc)
-    await buckets.create()
+    await buckets.open()
     first = await prepare(source(tmp_path / "a", "redis", "7.0.0"), signer, config)
     other = write_extension(tmp_path / "b", "taskserv", "redis", "7.0.0", module="export def other [] { 2 }\n")
     second = await prepare(other, signer, config)

@@ -21,7 +21,7 @@ from service.registry.archive import digest_bytes, pack
 from service.registry.buckets import RegistryBuckets
 from service.registry.index import decode_record, encode_record, index_key, object_name
 from service.registry.signing import Signer, new_seed, statement
-from tests.conftest import make_config, registry_settings, running_service, write_extension
+from tests.conftest import make_config, registry_settings, running_service, set_up_streams, write_extension
 
 pytestmark = pytest.mark.anyio
 T = ExtensionType.TASKSERV
@@ -56,8 +56,9 @@ async def rewrite(nc: Client, releases: Releases, change: dict[str, object]) -> 
 @pytest.fixture
 async def published(nats_server: NatsServer, nc: Client, tmp_path: Path, signer: Signer) -> Config:
     config = make_config(nats_server.url, tmp_path, overrides=registry_settings(signer.public_key))
+    await set_up_streams(nc, config)
     buckets = RegistryBuckets(nc)
-    await buckets.create()
+    await buckets.open()
     folder = write_extension(tmp_path / "checkout", "taskserv", "demo", "1.0.0", dependencies=["etcd"])
     await publish(buckets, await prepare(folder, signer, config))
     return config
@@ -74,7 +75,7 @@ async def test_a_record_swapped_while_a_load_is_under_way_is_refused_and_nothing
     digest = digest_bytes(archive)
     attacker = Signer.from_seed(new_seed())
     buckets = RegistryBuckets(nc)
-    await buckets.create()
+    await buckets.open()
     await buckets.archives.put(object_name(digest), archive)
     await rewrite(
         nc,
@@ -133,8 +134,9 @@ async def test_a_yank_of_a_version_the_disk_also_has_leaves_the_disk_s_copy_load
     config = make_config(
         nats_server.url, tmp_path, roots=[root], overrides=registry_settings(signer.public_key, auto_update=True)
     )
+    await set_up_streams(nc, config)
     buckets = RegistryBuckets(nc)
-    await buckets.create()
+    await buckets.open()
     await publish(buckets, await prepare(folder, signer, config))
     async with running_service(config) as service:
         assert service.follower is not None

@@ -19,6 +19,8 @@ def test_defaults_are_the_documented_ones() -> None:
     assert config.nats.queue_group == "extension-loader" and config.nats.subject_prefix == "extensions"
     assert config.nushell.timeout_s == 30 and config.nushell.max_concurrent == 4
     assert config.events.stream == "EXTENSION_EVENTS" and config.events.jetstream is False
+    assert (config.events.api_prefix, config.events.require_stream) == ("$JS.API", False)
+    assert config.registry.api_prefix == "$JS.API"
 
 
 def test_the_watch_is_on_by_default_and_set_apart_from_auto_load() -> None:
@@ -116,6 +118,8 @@ def test_command_line_text_keys_take_a_bare_value_as_text() -> None:
         ('nats.subject_prefix="a b"', "nats.subject_prefix", "regex"),
         ("orchestrator.extensions.paths=[]", "orchestrator.extensions.paths", "length"),
         ("events.jetstream=3", "events.jetstream", "bool"),
+        ('events.api_prefix="$JS.events.*"', "events.api_prefix", "regex"),
+        ('registry.api_prefix="$JS reg"', "registry.api_prefix", "regex"),
     ],
 )
 def test_bad_values_name_the_key(override: str, key: str, words: str) -> None:

@@ -50,9 +50,12 @@ from service.app.cli.serving import DEV_PASSWORDS
 from service.app.client import LoaderClient
 from service.app.natsserver import NatsServer
 from service.app.publishing import prepare, publish, yank
+from service.app.setup import set_up
+from service.app.stream_settings import registry_targets
 from service.contract.config import ENV_PREFIX, Config, inbox_prefix_for
 from service.contract.messages import ExtensionType
 from service.registry.buckets import RegistryBuckets
+from service.registry.names import DEFAULT_NAMES
 from service.registry.signing import Signer
 from service.wire.connection import ConnectRefused
 from service.wire.events import EventStreamError
@@ -1120,8 +1123,9 @@ async def test_the_registry_works_as_publisher_and_loader_with_nothing_refused(
         for subject in ("extensions.loaded", "extensions.unloaded"):
             await observer.nc.subscribe(subject, cb=events.add)
         await flush_subscriptions(observer.nc)
+        await set_up(publisher.nc, registry_targets(DEFAULT_NAMES))  # the only user nats.conf lets make them
         buckets = RegistryBuckets(publisher.nc)
-        await buckets.create()
+        await buckets.open()
         async with running_service(config), connect(secured.url, "orchestrator") as orchestrator:
             await publish(buckets, await prepare(folder, signer, config))
             (loaded,) = await events.wait_for(1, ".loaded")
@@ -1147,8 +1151,9 @@ async def test_a_person_searches_the_registry_but_only_the_publisher_publishes_o
     config = make_config(secured.url, tmp_path)
     folder = write_extension(tmp_path / "checkout", "taskserv", "vault", "1.0.0")
     async with connect(secured.url, "publisher") as publisher:
+        await set_up(publisher.nc, registry_targets(DEFAULT_NAMES))  # the only user nats.conf lets make them
         buckets = RegistryBuckets(publisher.nc)
-        await buckets.create()
+        await buckets.open()
         await publish(buckets, await prepare(folder, signer, config))
     cli = [str(Path(sys.executable).with_name("extension-loader"))]
     server = ("--server", secured.url)

@@ -1,7 +1,8 @@
-"""The registry's buckets against a real JetStream nats-server: buckets made and bound, compare-and-set on the
-index, the watch (and its restart after the server restarts), archives stored and fetched, and every way a
-call can fail (server gone, server stalled, no JetStream, permission refused, an object that is not whole)
-ending in one of the registry's errors within the time given, with no file and no consumer left behind.
+"""The registry's buckets against a real JetStream nats-server: buckets made (by `setup`) and bound,
+compare-and-set on the index, the watch (and its restart after the server restarts), archives stored and
+fetched, and every way a call can fail (server gone, server stalled, no JetStream, permission refused, an
+object that is not whole) ending in one of the registry's errors within the time given, with no file and no
+consumer left behind.
 """
 
 from __future__ import annotations
@@ -24,11 +25,13 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from service.app.natsserver import NatsCluster, NatsServer
+from service.app.setup import Status, set_up
+from service.app.stream_settings import registry_targets
 from service.registry.archive_bucket import CHUNK_SIZE
 from service.registry.buckets import RegistryBuckets
 from service.registry.errors import ArchiveTooLarge, Conflict, RegistryUnavailable
 from service.registry.index_bucket import CAUGHT_UP, CaughtUp, Update
-from service.registry.names import BucketNames
+from service.registry.names import DEFAULT_NAMES, BucketNames
 from service.wire.service import flush_subscriptions
 from tests.conftest import WAIT, JetStreamServer, lead
 
@@ -42,11 +45,20 @@ ARCHIVES = "OBJ_extension-archives"
 KEY = "taskserv.kubernetes"
 
 
+async def made(
+    nc: Client, names: BucketNames = DEFAULT_NAMES, *, replicas: int | None = None, timeout_s: float = 5.0
+) -> RegistryBuckets:
+    """The buckets as `extension-loader setup` makes them, bound as the publisher and loaders bind them."""
+    outcomes = await set_up(nc, registry_targets(names), replicas=replicas)
+    assert [o for o in outcomes if o.status is Status.REFUSED] == [], [o.line for o in outcomes]
+    buckets = RegistryBuckets(nc, names, timeout_s=timeout_s)
+    await buckets.open()
+    return buckets
+
+
 @pytest.fixture
 async def buckets(js_nc: Client) -> RegistryBuckets:
-    made = RegistryBuckets(js_nc)
-    await made.create()
-    return made
+    return await made(js_nc)
 
 
 def archive(size: int, seed: int = 0) -> tuple[str, bytes, str]:
@@ -69,34 +81,39 @@ async def first(updates: AsyncGenerator[Update | CaughtUp, None], count: int) ->
 # --- buckets ------------------------------------------------------------------------------------------------
 
 
-async def test_create_makes_both_buckets_to_keep_history_and_never_expire(js_nc: Client) -> None:
-    await RegistryBuckets(js_nc).create()
+async def test_setup_makes_both_buckets_to_keep_history_and_never_expire(js_nc: Client) -> None:
+    await made(js_nc)
     js = js_nc.jetstream()
     index, archives = await js.stream_info(INDEX), await js.stream_info(ARCHIVES)
     assert index.config.max_msgs_per_subject == 16
     for stream in (index, archives):
         assert not stream.config.max_age, "a ttl would delete records and archives"
         assert stream.config.storage == "file"
-    await RegistryBuckets(js_nc).create()  # a second publisher binds to them
+    again = await set_up(js_nc, registry_targets(DEFAULT_NAMES))  # run again: binds to them, changes nothing
+    assert [o.status for o in again] == [Status.UNCHANGED, Status.UNCHANGED]
     loader = RegistryBuckets(js_nc)
     await loader.open()
     assert await loader.index.get(KEY) == (None, 0)
 
 
-async def test_buckets_made_with_a_time_to_live_are_said_to_lose_published_versions(
-    js_nc: Client, caplog: pytest.LogCaptureFixture
+async def test_buckets_made_with_a_time_to_live_are_said_to_lose_published_versions_until_setup(
+    js_nc: Client,
 ) -> None:
-    """Buckets someone made by hand with a ttl would delete what was published: both sides say so."""
+    """Buckets someone made by hand with a ttl would delete what was published: `problems` says so (the publish
+    command and the loader warn with it: tests/app/test_cli_registry.py), and setup takes the ttl away, which
+    loses nothing."""
     await js_nc.jetstream().create_key_value(bucket="extension-index", ttl=3600)
+    await js_nc.jetstream().create_object_store("extension-archives")
     publisher = RegistryBuckets(js_nc)
-    await publisher.create()
+    await publisher.open()
     problems = await publisher.problems()
     assert len(problems) == 1 and "KV_extension-index" in problems[0] and "ttl" in problems[0]
-    assert any("KV_extension-index" in r.getMessage() for r in caplog.records if r.levelname == "WARNING")
-    await RegistryBuckets(js_nc).create()
+    assert "extension-loader setup" in problems[0]
     assert await RegistryBuckets(js_nc).problems() == problems
-    fresh = RegistryBuckets(js_nc, BucketNames(index="fresh-index", archives="fresh-archives"))
-    await fresh.create()
+    index, _ = await set_up(js_nc, registry_targets(DEFAULT_NAMES))
+    assert index.status is Status.UPDATED and "max_age 3600s -> none" in index.detail, index.line
+    assert await RegistryBuckets(js_nc).problems() == []
+    fresh = await made(js_nc, BucketNames(index="fresh-index", archives="fresh-archives"))
     assert await fresh.problems() == []
 
 
@@ -105,7 +122,9 @@ async def test_open_names_every_bucket_that_is_missing(js_nc: Client) -> None:
         await RegistryBuckets(js_nc).open()
     assert "'extension-index'" in str(both.value) and "'extension-archives'" in str(both.value)
 
-    await RegistryBuckets(js_nc, BucketNames(index="other-index")).create()
+    assert "extension-loader setup" in str(both.value)
+
+    await set_up(js_nc, registry_targets(BucketNames(index="other-index")))
     with pytest.raises(RegistryUnavailable) as one:
         await RegistryBuckets(js_nc).open()
     assert "'extension-index'" in str(one.value) and "extension-archives" not in str(one.value)
@@ -135,8 +154,7 @@ async def test_put_writes_only_over_the_revision_read(buckets: RegistryBuckets) 
 
 
 async def test_of_two_writers_of_one_revision_exactly_one_wins(js_server: JetStreamServer, connect: Connect) -> None:
-    one = RegistryBuckets((await connect(js_server.url)).nc)
-    await one.create()
+    one = await made((await connect(js_server.url)).nc)
     other = RegistryBuckets((await connect(js_server.url)).nc)
     await other.open()
     revision = 0
@@ -203,8 +221,7 @@ async def test_a_watch_restarted_after_a_server_restart_sees_what_changed_meanwh
     js_server: JetStreamServer, connect: Connect
 ) -> None:
     client = await connect(js_server.url)
-    buckets = RegistryBuckets(client.nc)
-    await buckets.create()
+    buckets = await made(client.nc)
     a = await buckets.index.put("taskserv.a", b"a1", 0)
     async with aclosing(buckets.index.watch()) as updates:
         assert await first(updates, 2) == [Update("taskserv.a", b"a1", a), CAUGHT_UP]
@@ -349,8 +366,7 @@ async def test_every_call_fails_at_once_while_the_server_is_down(
     js_server: JetStreamServer, connect: Connect, tmp_path: Path
 ) -> None:
     client = await connect(js_server.url)
-    buckets = RegistryBuckets(client.nc, timeout_s=10.0)
-    await buckets.create()
+    buckets = await made(client.nc, timeout_s=10.0)
     await buckets.index.put(KEY, b"one", 0)
     name, data, _ = archive(1000)
     await buckets.archives.put(name, data)
@@ -362,7 +378,6 @@ async def test_every_call_fails_at_once_while_the_server_is_down(
             await anext(updates)
 
     calls: dict[str, Callable[[], Awaitable[object]]] = {
-        "create": lambda: buckets.create(),
         "open": lambda: buckets.open(),
         "index.get": lambda: buckets.index.get(KEY),
         "index.put": lambda: buckets.index.put(KEY, b"two", 1),
@@ -384,8 +399,7 @@ async def test_a_server_that_does_not_answer_is_given_up_after_the_time_out(
     js_server: JetStreamServer, connect: Connect
 ) -> None:
     client = await connect(js_server.url)
-    buckets = RegistryBuckets(client.nc, timeout_s=0.5)
-    await buckets.create()
+    buckets = await made(client.nc, timeout_s=0.5)
     js_server.pause()
     calls: list[Callable[[], Awaitable[object]]] = [
         lambda: buckets.index.get(KEY),
@@ -402,8 +416,7 @@ async def test_a_fetch_cut_off_by_the_server_going_away_fails_and_leaves_no_file
     js_server: JetStreamServer, connect: Connect, tmp_path: Path
 ) -> None:
     client = await connect(js_server.url)
-    buckets = RegistryBuckets(client.nc)
-    await buckets.create()
+    buckets = await made(client.nc)
     name, data, _ = archive(48 * MiB)
     await buckets.archives.put(name, data)
     # Another client sees the fetch's pull requests (8 MiB each); the server dies after the second.
@@ -468,8 +481,7 @@ async def test_a_read_only_loader_reads_and_is_told_that_writing_is_refused(tmp_
     conf.write_text(PERMISSIONS.format(store=tmp_path / "jetstream", allowed=allowed))
     with NatsServer(["-c", str(conf), "-a", "127.0.0.1", "-p", "-1"]) as server:
         publisher_nc = (await connect(server.url, user="publisher", password="publisher1")).nc
-        publisher = RegistryBuckets(publisher_nc)
-        await publisher.create()
+        publisher = await made(publisher_nc)
         revision = await publisher.index.put(KEY, b"record", 0)
         name, data, digest = archive(CHUNK_SIZE + 1)
         await publisher.archives.put(name, data)
@@ -492,6 +504,69 @@ async def test_a_read_only_loader_reads_and_is_told_that_writing_is_refused(tmp_
                 await write()
 
 
+NO_PURGE = """
+jetstream {{ store_dir: "{store}" }}
+authorization {{
+  users = [
+    {{user: admin, password: admin1}}
+    {{user: publisher, password: publisher1, permissions: {{
+      publish: {{deny: [
+        "$JS.API.STREAM.PURGE.>", "$JS.API.STREAM.CREATE.>", "$JS.API.STREAM.UPDATE.>", "$JS.API.STREAM.DELETE.>"
+      ]}}
+      subscribe: {{allow: ["_INBOX.>"]}}
+    }}}}
+  ]
+}}
+"""
+
+
+async def test_archives_are_put_replaced_and_deleted_by_a_publisher_that_may_not_purge(
+    tmp_path: Path, connect: Connect
+) -> None:
+    """nats-py's Object Store purges the chunks of an object it replaces or deletes; the publisher may not
+    (only admin may manage streams). Every archive write goes through without a purge: the chunks of what is
+    replaced or deleted are rolled up into one empty message, and nothing is refused."""
+    conf = tmp_path / "nats.conf"
+    conf.write_text(NO_PURGE.format(store=tmp_path / "jetstream"))
+    with NatsServer(["-c", str(conf), "-a", "127.0.0.1", "-p", "-1"]) as server:
+        await made((await connect(server.url, user="admin", password="admin1")).nc)
+        refusals: list[str] = []
+
+        async def refused(exc: Exception) -> None:
+            refusals.append(str(exc))
+
+        publisher_nc = await nats.connect(
+            server.url, user="publisher", password="publisher1", error_cb=refused, allow_reconnect=False
+        )
+        try:
+            publisher = RegistryBuckets(publisher_nc, timeout_s=2.0)
+            await publisher.open()
+            name, data, digest = archive(3 * CHUNK_SIZE // 2)
+            await publisher.archives.put(name, data)
+            await publisher.archives.put(name, data)  # there already: not put again
+            state = (await publisher_nc.jetstream().stream_info(ARCHIVES)).state
+            assert (state.messages, state.last_seq) == (3, 3)  # two chunks and the metadata
+
+            _, other, other_digest = archive(CHUNK_SIZE // 2, seed=1)
+            await publisher.archives.put(name, other)  # other bytes under that name: replaced
+            assert await publisher.archives.info(name) == (len(other), other_digest)
+            into = tmp_path / "replaced"
+            assert await publisher.archives.fetch(name, into, max_bytes=MiB) == other_digest
+            assert into.read_bytes() == other
+            state = (await publisher_nc.jetstream().stream_info(ARCHIVES)).state
+            assert state.messages == 3  # its chunk, its metadata, and the old chunks rolled up into one message
+
+            await publisher.archives.delete(name)
+            assert await publisher.archives.info(name) is None
+            state = (await publisher_nc.jetstream().stream_info(ARCHIVES)).state
+            assert state.messages == 3  # the metadata says deleted, both chunk subjects hold one empty message
+            await publisher_nc.flush()
+            assert refusals == []
+            assert digest != other_digest
+        finally:
+            await publisher_nc.close()
+
+
 # --- a cluster ----------------------------------------------------------------------------------------------
 
 
@@ -510,8 +585,7 @@ async def published_r3(cluster: NatsCluster, node: int) -> tuple[str, str]:
     Returns once every copy is current (a copy still being made has no one to answer a direct read yet)."""
     name, data, digest = archive(3 * CHUNK_SIZE // 2)
     async with cluster_client(cluster, node) as nc:
-        publisher = RegistryBuckets(nc)
-        await publisher.create(replicas=3)
+        publisher = await made(nc, replicas=3)
         await publisher.index.put(KEY, b"v1", 0)
         await publisher.archives.put(name, data)
     await anyio.to_thread.run_sync(cluster.wait_settled, (INDEX, ARCHIVES))

@@ -6,6 +6,7 @@
     calls.py     those commands and `watch`: a client for people, through `LoaderClient`
     registry.py  `keygen`, `publish`, `yank`, `search`: the JetStream registry, through `app/publishing.py`
     certs.py     `certs`: the development CA and the NATS server's certificate, through `app/certs.py`
+    setup.py     `setup`: the events stream and the registry's buckets made or updated, through `app/setup.py`
     printing.py  how their results read in a terminal
 
 This package is the command line's edge: it parses arguments and prints; what it runs lives in the layers
@@ -27,6 +28,7 @@ from .calls import DEFAULT_URL, run_client
 from .certs import add_certs_command
 from .registry import run_keygen, run_registry
 from .serving import run_dev, run_serve
+from .setup import ADMIN, run_setup
 
 __all__ = ["main"]
 
@@ -68,23 +70,7 @@ def _parser() -> argparse.ArgumentParser:
 
     def client(name: str, help: str) -> argparse.ArgumentParser:
         c = sub.add_parser(name, help=help)
-        c.add_argument("--server", "-s", default=os.environ.get("NATS_URL", DEFAULT_URL), metavar="URL")
-        # The nats CLI's variables: NATS_USER, NATS_PASSWORD, NATS_CA. Without a user, nats.conf's no_auth_user.
-        c.add_argument("--user", default=os.environ.get("NATS_USER") or None, help="(default: $NATS_USER)")
-        c.add_argument("--password", default=os.environ.get("NATS_PASSWORD") or None, help="(default: $NATS_PASSWORD)")
-        # nats.conf lets each user receive replies under its own prefix only (the nats CLI's --inbox-prefix).
-        c.add_argument(
-            "--inbox-prefix",
-            type=_inbox_prefix,
-            metavar="PREFIX",
-            help="where replies arrive (default: _INBOX.<user>, or _INBOX.orchestrator without --user)",
-        )
-        c.add_argument(
-            "--tls-ca",
-            default=os.environ.get("NATS_CA") or None,
-            metavar="FILE",
-            help="CA file that signed the server's certificate; turns TLS on (default: $NATS_CA)",
-        )
+        _connection_options(c)
         c.add_argument("--prefix", default="extensions", help="subject prefix (default: extensions)")
         c.add_argument(
             "--timeout", type=float, metavar="SECONDS", help="seconds to wait for a reply (default: 40; with --all: 1)"
@@ -113,14 +99,6 @@ def _parser() -> argparse.ArgumentParser:
     pub = registry("publish", "check, pack, sign and publish one extension version to the registry")
     pub.add_argument("folder", metavar="DIR", help="the folder of one version (it holds metadata.toml)")
     pub.add_argument("--key", "-k", required=True, metavar="FILE", help="the signing key (`keygen` writes one)")
-    pub.add_argument(
-        "--replicas",
-        type=int,
-        default=1,
-        choices=range(1, 6),
-        metavar="N",
-        help="copies of the buckets when this creates them (1-5)",
-    )
     y = registry("yank", "mark a published version yanked: never chosen by a constraint, still loaded when pinned")
     y.add_argument("type", help="provider, taskserv or cluster")
     y.add_argument("name")
@@ -128,6 +106,22 @@ def _parser() -> argparse.ArgumentParser:
     y.add_argument("--undo", action="store_true", help="restore a yanked version")
     se = registry("search", "find extensions in the registry by name and description")
     se.add_argument("words", nargs="+", metavar="WORD")
+
+    st = sub.add_parser("setup", help="create or update the events stream and the registry's buckets (as admin)")
+    _connection_options(st, user=ADMIN)
+    st.add_argument(
+        "--config", "-c", metavar="FILE", help="TOML file over the packaged defaults ([events], [registry])"
+    )
+    st.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one key")
+    st.add_argument(
+        "--replicas",
+        type=int,
+        choices=range(1, 6),
+        metavar="N",
+        help="copies of each stream (1-5; default: 1 for a stream it creates, the count one has for one that is there)",
+    )
+    st.add_argument("--force", action="store_true", help="apply changes that lose data too (a time to live, ...)")
+    st.set_defaults(run=run_setup)
     return p
 
 
@@ -136,6 +130,37 @@ def _quiet_tls_close() -> None:
     eof_received() has no effect when using ssl" whenever a TLS connection closes: nothing is wrong, so a person's
     command does not print it."""
     logging.getLogger("asyncio").addFilter(lambda record: "eof_received()" not in record.getMessage())
+
+
+def _connection_options(sp: argparse.ArgumentParser, *, user: str | None = None) -> None:
+    """--server, --user, --password, --inbox-prefix and --tls-ca; `user`: the user without --user or $NATS_USER."""
+    sp.add_argument("--server", "-s", default=os.environ.get("NATS_URL", DEFAULT_URL), metavar="URL")
+    # The nats CLI's variables: NATS_USER, NATS_PASSWORD, NATS_CA. Without a user, nats.conf's no_auth_user.
+    if user is None:
+        sp.add_argument("--user", default=os.environ.get("NATS_USER") or None, help="(default: $NATS_USER)")
+        sp.add_argument("--password", default=os.environ.get("NATS_PASSWORD") or None, help="(default: $NATS_PASSWORD)")
+    else:
+        # nats.conf's password variable of that user, as the server reads it, serves where $NATS_PASSWORD is unset.
+        variable = f"NATS_{user.upper()}_PASSWORD"
+        sp.add_argument("--user", default=os.environ.get("NATS_USER") or user, help=f"(default: $NATS_USER, or {user})")
+        sp.add_argument(
+            "--password",
+            default=os.environ.get("NATS_PASSWORD") or os.environ.get(variable) or None,
+            help=f"(default: $NATS_PASSWORD, or ${variable})",
+        )
+    # nats.conf lets each user receive replies under its own prefix only (the nats CLI's --inbox-prefix).
+    sp.add_argument(
+        "--inbox-prefix",
+        type=_inbox_prefix,
+        metavar="PREFIX",
+        help="where replies arrive (default: _INBOX.<user>, or _INBOX.orchestrator without --user)",
+    )
+    sp.add_argument(
+        "--tls-ca",
+        default=os.environ.get("NATS_CA") or None,
+        metavar="FILE",
+        help="CA file that signed the server's certificate; turns TLS on (default: $NATS_CA)",
+    )
 
 
 def _inbox_prefix(text: str) -> str:

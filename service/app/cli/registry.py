@@ -1,7 +1,8 @@
 """The registry subcommands: `keygen`, `publish`, `yank` and `search` (what they do is `app/publishing.py`'s).
 
 Exit codes: 0 done; 1 refused (the folder does not load, the version is already published, no such version);
-2 a bad key file or configuration; 4 NATS or the registry cannot be reached, or refuses this user.
+2 a bad key file or configuration; 4 NATS or the registry cannot be reached (its buckets not made yet by
+`extension-loader setup`, say), or refuses this user.
 """
 
 from __future__ import annotations
@@ -81,7 +82,9 @@ async def _main(args: argparse.Namespace, config: Config) -> int:
         signer = read_seed(Path(args.key))  # before any work: a bad key is found at once
         prepared = await prepare(Path(args.folder), signer, config)
         async with _buckets(args, config) as buckets:
-            await buckets.create(replicas=args.replicas)
+            await buckets.open()  # `extension-loader setup` makes them; a publisher only writes
+            for problem in await buckets.problems():
+                print(f"warning: registry: {problem}", file=sys.stderr)
             outcome = await publish(buckets, prepared)
         r = outcome.release
         _print(

@@ -1,5 +1,6 @@
 """`extension-loader serve` and `extension-loader dev`: configuration in, the service run until a signal, an
-exit code out. `dev` first starts nats-server with nats.conf and development passwords."""
+exit code out. `dev` first starts nats-server with nats.conf and development passwords, and runs `setup` on it
+as `admin` (the service itself creates no stream)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from ...wire.service import ConnectRefused
 from ..natsserver import NatsServer, nats_server_binary
 from ..serve import serve, service_version
 from ..telemetry import setup_logging, setup_telemetry
+from .setup import set_up_for_dev
 
 
 def _config(args: argparse.Namespace) -> Config:
@@ -75,6 +77,7 @@ DEV_PASSWORDS = {
     "NATS_LOADER_PASSWORD": "dev-loader-not-secret",
     "NATS_OBSERVER_PASSWORD": "dev-observer-not-secret",
     "NATS_PUBLISHER_PASSWORD": "dev-publisher-not-secret",
+    "NATS_ADMIN_PASSWORD": "dev-admin-not-secret",
 }
 DEV_USER = "loader"  # the nats.conf user the service connects as, unless the configuration names credentials
 
@@ -130,6 +133,8 @@ def run_dev(args: argparse.Namespace) -> int:
         f"and nats-server.\n"
     )
     try:
-        return _run_service(config, hint)
+        # The streams first, as admin: the service creates none, and stops when one it needs is missing.
+        code = set_up_for_dev(config, server_env["NATS_ADMIN_PASSWORD"])
+        return code if code != 0 else _run_service(config, hint)
     finally:
         server.stop()

@@ -1,0 +1,101 @@
+"""`extension-loader setup`: the events stream and the registry's buckets made or brought to their settings
+(`app/setup.py`), one line each, as a person (or `dev`) runs it.
+
+Exit codes: 0 done (each created, updated or unchanged); 1 refused (a change that would lose data without
+`--force`, or one the server refused); 2 a bad configuration; 4 NATS cannot be reached, or refuses this user.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import anyio
+import msgspec
+import nats
+
+from ...contract.config import Config, inbox_prefix_for, load_config
+from ...contract.errors import ConfigError
+from ..setup import Outcome, SetupUnreachable, Status, set_up
+from ..stream_settings import targets
+from .calls import CaFileError, Forbidden, connect, unless_forbidden
+
+ADMIN = "admin"  # the user that may manage streams (nats.conf)
+
+
+def run_setup(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(args.config, overrides=args.set)
+        outcomes = anyio.run(_guarded, args, config)
+    except (ConfigError, CaFileError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except Forbidden as exc:
+        print(f"error: {exc}\nhint: setup needs a user that may manage streams (admin)", file=sys.stderr)
+        return 4
+    except SetupUnreachable as exc:
+        print(f"error: {args.server}: {exc}", file=sys.stderr)
+        return 4
+    except (OSError, nats.errors.Error) as exc:
+        print(f"error: {args.server}: {exc}", file=sys.stderr)
+        return 4
+    return report(outcomes)
+
+
+async def _guarded(args: argparse.Namespace, config: Config) -> list[Outcome]:
+    """Ended at once when the server refuses this user a stream's API (only `admin` may manage streams)."""
+    nc = await connect(args)
+    try:
+        found: list[Outcome] = await unless_forbidden(
+            set_up(nc, targets(config), replicas=args.replicas, force=args.force), args
+        )
+        return found
+    finally:
+        await nc.drain()
+
+
+def report(outcomes: Sequence[Outcome], *, lead: str = "") -> int:
+    """One line per stream on standard output; 1 when one was refused, else 0."""
+    for outcome in outcomes:
+        print(f"{lead}{outcome.line}", flush=True)
+    refused = [o for o in outcomes if o.status is Status.REFUSED]
+    if refused:
+        print(f"{lead}refused {len(refused)} of {len(outcomes)}: left as they were", file=sys.stderr)
+        return 1
+    return 0
+
+
+async def _ignore(exc: Exception) -> None:
+    pass
+
+
+def set_up_for_dev(config: Config, password: str) -> int:
+    """What `extension-loader dev` runs before the service: setup as `admin` on the server it started, through
+    the service's own server list and TLS settings. The exit code as `setup`'s."""
+    nats_cfg = msgspec.structs.replace(
+        config.nats, user=ADMIN, password=password, token="", creds="", inbox_prefix=inbox_prefix_for(ADMIN)
+    )
+    options: dict[str, Any] = {
+        **nats_cfg.credentials(),
+        "name": "extension-loader-setup",
+        "connect_timeout": 5,
+        "allow_reconnect": False,
+        "max_reconnect_attempts": 1,
+        "error_cb": _ignore,  # what fails is raised and said once, below
+    }
+
+    async def run() -> list[Outcome]:
+        nc = await nats.connect(**options)
+        try:
+            return await set_up(nc, targets(config))
+        finally:
+            await nc.drain()
+
+    try:
+        outcomes = anyio.run(run)
+    except (SetupUnreachable, OSError, nats.errors.Error) as exc:
+        print(f"extension-loader: setup as {ADMIN} failed: {exc}", file=sys.stderr)
+        return 4
+    return report(outcomes, lead="setup: ")
