@@ -7,7 +7,8 @@
     index_bucket.py    the index's Key-Value bucket: records read, written with compare-and-set, watched
     archive_bucket.py  the archives' Object Store bucket: an archive stored, described, deleted, fetched
     chunks.py          one archive's chunks read off its stream into a file, hashed as they arrive
-    calls.py           every call on JetStream bounded in time, nats-py's errors turned into ours
+    pull.py            the pull consumers both read with (no push consumer: readers may be in another account)
+    calls.py           every call on JetStream bounded in time and under one API prefix, nats-py's errors ours
     errors.py          those errors: RegistryUnavailable, Conflict, ArchiveTooLarge
     names.py           the buckets' names, and the streams and subjects JetStream keeps them in
 

@@ -3,7 +3,9 @@ record per extension, written with compare-and-set: `index_bucket.py`) and the a
 per archive: `archive_bucket.py`).
 
 The publisher calls `create`, loaders `open`; both check nothing is missing, and `problems` says what is wrong
-with buckets someone made by hand. Every call is bounded by `timeout_s` (`calls.py`).
+with buckets someone made by hand. Every call is bounded by `timeout_s` and goes through the JetStream API prefix
+`api_prefix` (`calls.py`): a reader in another account than the buckets' reaches them through the prefix its
+account imports their read API under, with direct gets and pull consumers only.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
 
 from .archive_bucket import ArchiveBucket
-from .calls import Calls
+from .calls import DEFAULT_API_PREFIX, Calls
 from .errors import RegistryUnavailable
 from .index_bucket import IndexBucket
 from .names import DEFAULT_NAMES, BucketNames
@@ -33,10 +35,18 @@ _STREAM_NAME_IN_USE: Final = 10058
 class RegistryBuckets:
     """The index and archive buckets on one NATS connection, which the caller owns (and reconnects)."""
 
-    def __init__(self, nc: Client, names: BucketNames = DEFAULT_NAMES, *, timeout_s: float = 5.0) -> None:
+    def __init__(
+        self,
+        nc: Client,
+        names: BucketNames = DEFAULT_NAMES,
+        *,
+        timeout_s: float = 5.0,
+        api_prefix: str = DEFAULT_API_PREFIX,
+    ) -> None:
         self.names = names
         self.timeout_s = timeout_s
-        self._calls = Calls(nc, names, timeout_s)
+        self.api_prefix = api_prefix
+        self._calls = Calls(nc, names, timeout_s, api_prefix)
         self._index: IndexBucket | None = None
         self._archives: ArchiveBucket | None = None
 
