@@ -5,6 +5,7 @@
     index.py           the index records: one per extension, each version a release
     buckets.py         the two buckets on JetStream, made (publisher) or bound (loaders) on one connection
     index_bucket.py    the index's Key-Value bucket: records read, written with compare-and-set, watched
+    index_watch.py     the index watched with a pull consumer: current values, CAUGHT_UP, each change
     archive_bucket.py  the archives' Object Store bucket: an archive stored, described, deleted, fetched
     chunks.py          one archive's chunks read off its stream into a file, hashed as they arrive
     pull.py            the pull consumers both read with (no push consumer: readers may be in another account)

@@ -558,7 +558,7 @@ async def test_a_watch_whose_consumer_s_node_stops_says_so_while_the_connection_
         for _ in range(10):
             async with aclosing(loader.index.watch()) as updates:
                 assert await first(updates, 2) == [Update(KEY, b"v1", 1), CAUGHT_UP]
-                (watching,) = [c for c in await nc.jsm().consumers_info(INDEX) if c.push_bound]
+                (watching,) = await nc.jsm().consumers_info(INDEX)  # the watch's pull consumer, the only one
                 assert watching.cluster is not None and watching.cluster.leader is not None
                 node = js_cluster.names.index(watching.cluster.leader)
                 if node == 2:
