@@ -107,7 +107,14 @@ def validate(data: Mapping[str, Any]) -> Config:
 
 
 def _check_registry(registry: RegistryConfig) -> None:
-    """Each pinned key's checksum is checked where the registry is set up (a typo would trust nobody)."""
+    """The API prefix is a subject; an enabled registry trusts some key (each pinned key's checksum is checked
+    where the registry is set up: a typo would trust nobody)."""
+    if not is_subject(registry.api_prefix):
+        raise ConfigError(
+            "registry.api_prefix",
+            f"{registry.api_prefix!r} is not a NATS subject of dot-separated tokens without wildcards "
+            '(e.g. "$JS.API", or "$JS.reg.API" where the registry\'s API is imported under that prefix)',
+        )
     if registry.enabled and not registry.trusted:
         raise ConfigError(
             "registry.trusted",

@@ -125,6 +125,7 @@ class RegistryConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     enabled: bool
     index_bucket: Bucket
     archive_bucket: Bucket
+    api_prefix: str  # the JetStream API prefix the buckets are reached under: a subject, checked in config.py
     auto_update: bool
     trusted: tuple[TrustedKey, ...]
     timeout_s: Annotated[float, Meta(gt=0, le=600)]

@@ -5,10 +5,10 @@ goes to the core's `Releases` (which judges trust) and from there to the cache: 
 (`extensions.unloaded`, reason `yanked`); with `auto_update`, a newly published version that is now the
 latest is fetched and loaded ahead of any request (`extensions.loaded`, reason `published`).
 
-The watch is started anew after every reconnect, and at once when it breaks while the connection holds (in a
-cluster its consumer may be on another server, which stopped): nats-py's ordered consumer would otherwise resume
-10 s or more late (its heartbeats have to notice first). While JetStream cannot be reached the follower says so
-(stats, log), keeps serving what was fetched, and tries again at each reconnect and every `_RETRY_S` seconds.
+The watch is started anew after every reconnect, and at once when it breaks while the connection holds (its
+consumer was deleted, or in a cluster it may be on another server, which stopped). While JetStream cannot be
+reached the follower says so (stats, log), keeps serving what was fetched, and tries again at each reconnect and
+every `_RETRY_S` seconds. The buckets are reached under `registry.api_prefix`.
 """
 
 from __future__ import annotations
@@ -103,7 +103,8 @@ class RegistryFollower:
         if not nc.is_connected:
             raise RegistryUnavailable("not connected to NATS")
         names = BucketNames(index=self.config.index_bucket, archives=self.config.archive_bucket)
-        buckets = RegistryBuckets(nc, names, timeout_s=min(_INDEX_TIMEOUT_S, self.config.timeout_s))
+        timeout_s = min(_INDEX_TIMEOUT_S, self.config.timeout_s)
+        buckets = RegistryBuckets(nc, names, timeout_s=timeout_s, api_prefix=self.config.api_prefix)
         await buckets.open()
         if not self._settings_checked:  # the first time only, not at every reconnect
             for problem in await buckets.problems():
