@@ -36,7 +36,7 @@ from .errors import RegistryUnavailable
 from .pull import ENDED, EXPIRED, HEARTBEAT, NO_MESSAGES, NO_RESPONDERS, PullConsumer, pause_unanswered, pull_consumer
 from .pull import status as status_of
 
-BATCH: Final = 256  # messages one pull request asks for
+_BATCH: Final = 256  # messages one pull request asks for
 _EXPIRES_S: Final = 5.0  # a pull request waits this long for changes, then another is sent
 _HEARTBEAT_S: Final = 1.0  # the server says it is still there this often while nothing changes
 _MISSED_S: Final = 2 * _HEARTBEAT_S + POLL_S  # heard nothing for this long: ask whether the consumer is there
@@ -196,8 +196,8 @@ class _Follower:
 
     async def _pull(self) -> None:
         assert self._consumer is not None
-        await self._consumer.pull(BATCH, expires_s=_EXPIRES_S, heartbeat_s=_HEARTBEAT_S)
-        self._owed = BATCH
+        await self._consumer.pull(_BATCH, expires_s=_EXPIRES_S, heartbeat_s=_HEARTBEAT_S)
+        self._owed = _BATCH
         self._heard = self._now()
 
     @staticmethod
