@@ -14,8 +14,9 @@ What could go wrong, and what is done:
 - a message skipped (the consumer's sequence jumps, or a heartbeat says more was delivered than came: someone
   else pulled from it, or a message was lost on the way): a new consumer starts from the stream sequence after
   the last message seen, so nothing is missed and nothing comes twice.
-- the server holds on to a consumer no one pulls from for `_IDLE_LIMIT_S` (a watcher gone without a word);
-  closing the watch deletes it at once.
+- the server deletes a consumer no one pulled from for `_IDLE_LIMIT_S` (a watcher gone without a word, or one
+  whose connection was lost); closing the watch deletes it at once. A caller that keeps the watch waiting longer
+  than that between two updates finds the consumer gone, and starts anew.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ _BATCH: Final = 256  # messages one pull request asks for
 _EXPIRES_S: Final = 5.0  # a pull request waits this long for changes, then another is sent
 _HEARTBEAT_S: Final = 1.0  # the server says it is still there this often while nothing changes
 _MISSED_S: Final = 2 * _HEARTBEAT_S + POLL_S  # heard nothing for this long: ask whether the consumer is there
-_IDLE_LIMIT_S: Final = 300.0  # the server deletes the consumer once no one has pulled from it for this long
+_IDLE_LIMIT_S: Final = 120.0  # longer than a caller spends on one update (the follower's automatic loads)
 _LEADERSHIP_CHANGE: Final = "leadership change"
 _DOING: Final = "watch the index"
 
@@ -74,19 +75,19 @@ CAUGHT_UP: Final = CaughtUp()
 async def watch(calls: Calls) -> AsyncGenerator[Update | CaughtUp, None]:
     """`IndexBucket.watch`, which says what it promises."""
     reconnects = calls.reconnects()
-    follower = _Follower(calls, reconnects)
+    state = _Watch(calls, reconnects)
     async with contextlib.AsyncExitStack() as stack:
-        await follower.start(stack)
+        await state.start(stack)
         while True:
-            item = await follower.next()
+            item = await state.next()
             if item is None:  # a gap: a new consumer from the last sequence seen, the old one deleted
                 await stack.aclose()
-                await follower.start(stack)
+                await state.start(stack)
                 continue
             yield item
 
 
-class _Follower:
+class _Watch:
     """The state of one watch across the consumers it goes through."""
 
     def __init__(self, calls: Calls, reconnects: int) -> None:
@@ -162,7 +163,7 @@ class _Follower:
             else:
                 raise RegistryUnavailable(f"{_DOING}: JetStream refused its pull request ({code} {description})")
 
-    def _stored(self, msg: Msg, consumer: PullConsumer) -> Update | CaughtUp | None:
+    def _stored(self, msg: Msg, consumer: PullConsumer) -> Update | None:
         try:
             meta = msg.metadata
         except nats.errors.Error:
@@ -187,7 +188,7 @@ class _Follower:
         calls = self._calls
         if not self._caught_up and now - self._progress >= calls.timeout_s:
             raise RegistryUnavailable(f"{_DOING}: the current values did not arrive within {calls.timeout_s} s")
-        elif now - self._heard >= _MISSED_S:
+        if now - self._heard >= _MISSED_S:
             assert self._consumer is not None
             why = await self._consumer.alive()
             if why is not None:
