@@ -2,9 +2,9 @@
 
 Every call looks at the connection first and gives up after `timeout_s`, so a loader whose server is gone fails
 at once instead of waiting out nats-py's own time-outs (a KV get on a dead connection waits 5 s). The reads that
-bind the buckets are sent again each second they go unanswered within that bound (`asked`): while a cluster
-elects new leaders (a node stopped), its servers drop requests rather than answer them. What nats-py raises
-becomes one of `errors.py`'s, saying what to do.
+bind the buckets, and the making of a consumer, are sent again each second they go unanswered within that bound
+(`asked`): while a cluster elects new leaders (a node stopped), its servers drop requests rather than answer
+them. What nats-py raises becomes one of `errors.py`'s, saying what to do.
 
 Every JetStream request goes through `api_prefix`: `$JS.API` on the registry's own account, or the prefix under
 which another account imports the registry's read API (`$JS.reg.API`); subjects written by hand take it from
@@ -21,6 +21,7 @@ from typing import Final, TypeVar
 import nats.errors
 import nats.js.errors
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from .errors import RegistryError, RegistryUnavailable
@@ -42,7 +43,8 @@ class Calls:
         self.timeout_s = timeout_s
         self.api_prefix = api_prefix
         self.js = nc.jetstream(prefix=api_prefix, timeout=timeout_s)
-        self._attempt = nc.jetstream(prefix=api_prefix, timeout=min(_ATTEMPT_S, timeout_s))  # for `asked`
+        self._attempt_s = min(_ATTEMPT_S, timeout_s)
+        self._attempt = nc.jetstream(prefix=api_prefix, timeout=self._attempt_s)  # for `asked`
 
     def api(self, request: str) -> str:
         """The subject of a JetStream API request (`CONSUMER.DELETE.<stream>.<name>`) under `api_prefix`."""
@@ -98,6 +100,12 @@ class Calls:
             except nats.errors.TimeoutError:
                 if not self.nc.is_connected:
                     raise
+
+    async def requested(self, request: str, payload: bytes) -> Msg:
+        """The answer to the API request `request` (under `api_prefix`), sent again as `asked` does: for a
+        request that may be repeated, such as making a consumer of a given name and configuration."""
+        subject = self.api(request)
+        return await self.asked(lambda _: self.nc.request(subject, payload, timeout=self._attempt_s))
 
     async def stream_answers(self, stream: str) -> None:
         """Returns once JetStream answers for `stream`, whether it is there or not (see `asked`)."""

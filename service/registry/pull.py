@@ -109,7 +109,7 @@ async def pull_consumer(
     made = False
     try:
         body = json.dumps({"stream_name": stream, "config": config.as_dict()}).encode()
-        reply = await nc.request(calls.api(f"CONSUMER.CREATE.{stream}.{name}"), body, timeout=calls.timeout_s)
+        reply = await calls.requested(f"CONSUMER.CREATE.{stream}.{name}", body)  # the same again: the same one
         answer = json.loads(reply.data)
         if "error" in answer:
             nats.js.errors.APIError.from_error(answer["error"])  # raises the error JetStream sent
