@@ -9,9 +9,9 @@ inbox of its own: what comes there is a stored message, or a status (`Status`, `
 404 no messages (a `no_wait` pull), 408 a pull request that expired, 409 the consumer deleted (or another end of a
 pull), 503 no one took the request.
 
-The subjects written by hand here (create, `MSG.NEXT`, delete) are the bare `CONSUMER.CREATE.<stream>.<name>`
-forms, which a service export of `CONSUMER.CREATE.<stream>.>` covers: a filter in the subject may hold a
-wildcard, which is no subject to publish on.
+The subjects written here (create, `MSG.NEXT`, delete) take the API prefix; a consumer is made on the named
+`CONSUMER.CREATE.<stream>.<name>`, which an export of `CONSUMER.CREATE.<stream>.>` covers, without the filter
+nats-py would add to the subject (the watch's ends in `>`, a wildcard token in a subject that is published).
 """
 
 from __future__ import annotations
