@@ -102,12 +102,27 @@ def validate(data: Mapping[str, Any]) -> Config:
         raise _config_error(exc) from None
     _check_inbox(config.nats)
     _check_tls(config.nats)
+    for key, prefix in (
+        ("events.api_prefix", config.events.api_prefix),
+        ("registry.api_prefix", config.registry.api_prefix),
+    ):
+        _check_api_prefix(key, prefix)
     _check_registry(config.registry)
     return config
 
 
+def _check_api_prefix(key: str, prefix: str) -> None:
+    if not is_subject(prefix):
+        raise ConfigError(
+            key,
+            f"{prefix!r} is not a NATS subject of dot-separated tokens without wildcards "
+            '(e.g. "$JS.API", or the prefix another account\'s JetStream API is imported under, "$JS.reg.API")',
+        )
+
+
 def _check_registry(registry: RegistryConfig) -> None:
-    """Each pinned key's checksum is checked where the registry is set up (a typo would trust nobody)."""
+    """An enabled registry trusts some key (each pinned key's checksum is checked where the registry is set up:
+    a typo would trust nobody)."""
     if registry.enabled and not registry.trusted:
         raise ConfigError(
             "registry.trusted",

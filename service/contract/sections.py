@@ -21,8 +21,6 @@ NO_AUTH_USER = "orchestrator"  # who a client without a user name is on nats.con
 
 Positive = Annotated[int, Meta(ge=1)]
 Token = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")]
-# A JetStream API prefix: `$JS.API` (this account's own), or where an import maps another account's API.
-ApiPrefix = Annotated[str, Meta(pattern=r"^[^\s.*>]+(\.[^\s.*>]+)*$")]
 DEFAULT_API_PREFIX = "$JS.API"
 
 
@@ -114,7 +112,7 @@ class NatsConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
 class EventsConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     jetstream: bool
     stream: Token
-    api_prefix: ApiPrefix  # where the stream's JetStream API is, seen from this connection
+    api_prefix: str  # where the stream's JetStream API is, seen from this connection (a subject: config.py)
     require_stream: bool  # without jetstream: still check at start that the stream is there
 
 
@@ -138,7 +136,7 @@ class RegistryConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     enabled: bool
     index_bucket: Bucket
     archive_bucket: Bucket
-    api_prefix: ApiPrefix  # where the buckets' JetStream API is, seen from this connection
+    api_prefix: str  # where the buckets' JetStream API is, seen from this connection (a subject: config.py)
     auto_update: bool
     trusted: tuple[TrustedKey, ...]
     timeout_s: Annotated[float, Meta(gt=0, le=600)]

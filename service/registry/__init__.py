@@ -5,9 +5,11 @@
     index.py           the index records: one per extension, each version a release
     buckets.py         the two buckets on JetStream, made (publisher) or bound (loaders) on one connection
     index_bucket.py    the index's Key-Value bucket: records read, written with compare-and-set, watched
+    index_watch.py     the index watched with a pull consumer: current values, CAUGHT_UP, each change
     archive_bucket.py  the archives' Object Store bucket: an archive stored, described, deleted, fetched
     chunks.py          one archive's chunks read off its stream into a file, hashed as they arrive
-    calls.py           every call on JetStream bounded in time, nats-py's errors turned into ours
+    pull.py            the pull consumers both read with (no push consumer: readers may be in another account)
+    calls.py           every call on JetStream bounded in time and under one API prefix, nats-py's errors ours
     errors.py          those errors: RegistryUnavailable, Conflict, ArchiveTooLarge
     names.py           the buckets' names, and the streams and subjects JetStream keeps them in
 

@@ -4,7 +4,9 @@ per archive: `archive_bucket.py`).
 
 `extension-loader setup` makes them (`app/setup.py`, keeping `HISTORY` revisions of each record); the publisher
 and loaders `open` them, creating nothing, and `problems` says what is wrong with buckets someone changed by
-hand. Every call is bounded by `timeout_s` (`calls.py`).
+hand. Every call is bounded by `timeout_s` and goes through the JetStream API prefix `api_prefix`
+(`calls.py`): a reader in another account than the buckets' reaches them through the prefix its account
+imports their read API under, with direct gets and pull consumers only.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext, api
 
 from .archive_bucket import ArchiveBucket
-from .calls import Calls
+from .calls import DEFAULT_API_PREFIX, Calls
 from .errors import RegistryUnavailable
 from .index_bucket import IndexBucket
 from .names import DEFAULT_NAMES, BucketNames
@@ -30,10 +32,18 @@ log = logging.getLogger(__name__)
 class RegistryBuckets:
     """The index and archive buckets on one NATS connection, which the caller owns (and reconnects)."""
 
-    def __init__(self, nc: Client, names: BucketNames = DEFAULT_NAMES, *, timeout_s: float = 5.0) -> None:
+    def __init__(
+        self,
+        nc: Client,
+        names: BucketNames = DEFAULT_NAMES,
+        *,
+        timeout_s: float = 5.0,
+        api_prefix: str = DEFAULT_API_PREFIX,
+    ) -> None:
         self.names = names
         self.timeout_s = timeout_s
-        self._calls = Calls(nc, names, timeout_s)
+        self.api_prefix = api_prefix
+        self._calls = Calls(nc, names, timeout_s, api_prefix)
         self._index: IndexBucket | None = None
         self._archives: ArchiveBucket | None = None
 

@@ -2,9 +2,13 @@
 
 Every call looks at the connection first and gives up after `timeout_s`, so a loader whose server is gone fails
 at once instead of waiting out nats-py's own time-outs (a KV get on a dead connection waits 5 s). The reads that
-bind the buckets and size the index before a watch are sent again each second they go unanswered within that
-bound (`asked`): while a cluster elects new leaders (a node stopped), its servers drop requests rather than
-answer them. What nats-py raises becomes one of `errors.py`'s, saying what to do.
+bind the buckets, and the making of a consumer, are sent again each second they go unanswered within that bound
+(`asked`): while a cluster elects new leaders (a node stopped), its servers drop requests rather than answer
+them. What nats-py raises becomes one of `errors.py`'s, saying what to do.
+
+Every JetStream request goes through `api_prefix`: `$JS.API` on the registry's own account, or the prefix under
+which another account imports the registry's read API (`$JS.reg.API`); subjects written by hand take it from
+`api`.
 """
 
 from __future__ import annotations
@@ -17,11 +21,13 @@ from typing import Final, TypeVar
 import nats.errors
 import nats.js.errors
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from .errors import RegistryError, RegistryUnavailable
 from .names import BucketNames
 
+DEFAULT_API_PREFIX: Final = "$JS.API"
 POLL_S: Final = 0.25  # how often a wait looks at the connection: nats-py tells only its own callbacks
 _ATTEMPT_S: Final = 1.0  # a read that JetStream has not answered in this long is sent again (see `asked`)
 _STREAM_NOT_FOUND: Final = 10059
@@ -31,12 +37,18 @@ _T = TypeVar("_T")
 class Calls:
     """The registry's calls on one connection, which the caller owns (and reconnects)."""
 
-    def __init__(self, nc: Client, names: BucketNames, timeout_s: float) -> None:
+    def __init__(self, nc: Client, names: BucketNames, timeout_s: float, api_prefix: str = DEFAULT_API_PREFIX) -> None:
         self.nc = nc
         self.names = names
         self.timeout_s = timeout_s
-        self.js = nc.jetstream(timeout=timeout_s)
-        self._attempt = nc.jetstream(timeout=min(_ATTEMPT_S, timeout_s))  # for `asked`
+        self.api_prefix = api_prefix
+        self.js = nc.jetstream(prefix=api_prefix, timeout=timeout_s)
+        self._attempt_s = min(_ATTEMPT_S, timeout_s)
+        self._attempt = nc.jetstream(prefix=api_prefix, timeout=self._attempt_s)  # for `asked`
+
+    def api(self, request: str) -> str:
+        """The subject of a JetStream API request (`CONSUMER.DELETE.<stream>.<name>`) under `api_prefix`."""
+        return f"{self.api_prefix}.{request}"
 
     @contextlib.asynccontextmanager
     async def bounded(self, doing: str, limit: float | None = None) -> AsyncIterator[None]:
@@ -89,6 +101,12 @@ class Calls:
                 if not self.nc.is_connected:
                     raise
 
+    async def requested(self, request: str, payload: bytes) -> Msg:
+        """The answer to the API request `request` (under `api_prefix`), sent again as `asked` does: for a
+        request that may be repeated, such as making a consumer of a given name and configuration."""
+        subject = self.api(request)
+        return await self.asked(lambda _: self.nc.request(subject, payload, timeout=self._attempt_s))
+
     async def stream_answers(self, stream: str) -> None:
         """Returns once JetStream answers for `stream`, whether it is there or not (see `asked`)."""
 
@@ -130,6 +148,11 @@ class Calls:
         return f"cannot {doing}: NATS did not answer within {seconds:g} s; is JetStream up and the server reachable?"
 
     def _no_jetstream(self) -> str:
+        if self.api_prefix != DEFAULT_API_PREFIX:
+            return (
+                f"JetStream did not answer under {self.api_prefix}: this account imports no registry API there "
+                "(check registry.api_prefix and the server's imports), or a registry bucket's stream is missing"
+            )
         return (
             "JetStream did not answer: the server runs without JetStream (start nats-server with -js or a "
             "jetstream block), or a registry bucket's stream is missing"

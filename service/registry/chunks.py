@@ -1,42 +1,36 @@
 """Reading one archive's chunks off the Object Store's stream into a file, hashing them as they arrive.
 
-`ObjectStore.get` is ~16x slower above 2 MB and writes into its file before it checks the digest; here an
-archive of a few chunks is read a get at a time, a larger one with a pull consumer of our own, and its bytes are
-written and hashed in a worker thread while the next chunks arrive. The digest returned is of the bytes written;
-the caller checks it against the signed one. Nothing more is read than the object's metadata announces.
+`ObjectStore.get` is ~16x slower above 2 MB, writes into its file before it checks the digest, and reads with
+a push consumer (which a reader in another account cannot be given safely: `pull.py`); here an archive of a few
+chunks is read a get at a time, a larger one with a pull consumer of our own, and its bytes are written and
+hashed in a worker thread while the next chunks arrive. The digest returned is of the bytes written; the caller
+checks it against the signed one. Nothing more is read than the object's metadata announces.
 
-A read-only loader needs, beyond what REGISTRY-NOTES lists, `$JS.API.CONSUMER.DELETE.OBJ_<archives>.*` to
-remove its fetch consumer at once; without it the server removes the consumer once it has been idle for 10 s
-(or twice `timeout_s`).
+A read-only loader needs `CONSUMER.DELETE.OBJ_<archives>.*` under its API prefix to remove its fetch consumer at
+once; without it the server removes the consumer once it has been idle for 10 s (or twice `timeout_s`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
-import json
 import queue
-import secrets
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import IO, Final
 
-import nats.errors
 import nats.js.errors
 from nats.aio.msg import Msg
-from nats.aio.subscription import Subscription
 from nats.js import api
 from nats.js.api import RawStreamMsg
 
 from .calls import POLL_S, Calls
 from .errors import ArchiveTooLarge, RegistryUnavailable
+from .pull import NO_RESPONDERS, PullConsumer, pause_unanswered, pull_consumer, status
 
-_CLEANUP_S: Final = 1.0  # a consumer delete that takes longer is left to the consumer's inactivity limit
 _WINDOW_BYTES: Final = 8 * 1024 * 1024  # chunks asked for at once while fetching
 _FEW_CHUNKS: Final = 4  # up to this many chunks an archive is read a get at a time, with no consumer
-_NO_RESPONDERS: Final = "503"  # the status of a request no subscriber took
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,25 +91,30 @@ async def _receive(calls: Calls, chunks: Chunks, put: Callable[[bytes], None], l
         window = max(1, _WINDOW_BYTES // max(per_chunk, 1))
         reconnects = calls.reconnects()
         unanswered = 0
-        async with calls.bounded(doing, limit), _consumer(calls, chunks.nuid) as (sub, pull):
+        config = api.ConsumerConfig(
+            filter_subject=calls.names.chunk_subject(chunks.nuid),
+            deliver_policy=api.DeliverPolicy.ALL,
+            inactive_threshold=max(10.0, 2 * calls.timeout_s),
+        )
+        stream = calls.names.archive_stream
+        async with calls.bounded(doing, limit), pull_consumer(calls, stream, config, prefix="fetch") as consumer:
             while received < count:
                 batch = min(window, count - received)
-                await pull(batch)
+                await consumer.pull(batch, no_wait=True)  # what is not there is answered by a 404 at once
                 for _ in range(batch):
-                    msg = await _next(calls, sub, doing, reconnects)
-                    headers = msg.headers
-                    status = headers.get("Status") if headers else None
-                    if status == _NO_RESPONDERS:
+                    msg = await _next(calls, consumer, doing, reconnects)
+                    code, _ = status(msg)
+                    if code == NO_RESPONDERS:
                         # In a cluster the consumer may live on another server that has not yet told this
                         # one of it (or is gone): no one took the request. Ask again, a little later each
                         # time, for up to timeout_s.
                         unanswered += 1
-                        await _pause_unanswered(calls, doing, unanswered)
+                        await pause_unanswered(calls, doing, unanswered)
                         break
-                    if status is not None:  # 404: no more chunks
+                    if code is not None:  # 404: no more chunks
                         raise RegistryUnavailable(
                             f"archive {name!r} is not whole: {received} of its {count} chunks are in the bucket "
-                            f"(status {status}); publish it again"
+                            f"(status {code}); publish it again"
                         )
                     total += len(msg.data)
                     if total > size:  # and size is at most max_bytes
@@ -141,76 +140,18 @@ async def _chunk_after(calls: Calls, chunks: Chunks, sequence: int, received: in
         ) from None
 
 
-async def _pause_unanswered(calls: Calls, doing: str, times: int) -> None:
-    """The pause before asking again a consumer that no one answered for (status 503): 1 ms, doubling up to
-    `POLL_S`; RegistryUnavailable once such pauses add up to `timeout_s`."""
-    waited = sum(min(POLL_S, 0.001 * 2**n) for n in range(times - 1))
-    if waited >= calls.timeout_s:
-        raise RegistryUnavailable(
-            f"{doing}: no server answered for its consumer within {calls.timeout_s} s (status 503): "
-            "the server holding it may have stopped; try again"
-        )
-    await asyncio.sleep(min(POLL_S, 0.001 * 2 ** (times - 1)))
-
-
-@contextlib.asynccontextmanager
-async def _consumer(calls: Calls, nuid: str) -> AsyncIterator[tuple[Subscription, Callable[[int], Awaitable[None]]]]:
-    """An ephemeral pull consumer of the chunks on `$O.<bucket>.C.<nuid>`: the subscription its messages
-    come on, and `pull(n)` that asks for the next n (without waiting: what is not there is answered by a
-    404 status at once). The subscription and the consumer go at the end."""
-    nc = calls.nc
-    stream = calls.names.archive_stream
-    consumer = f"fetch-{secrets.token_hex(8)}"
-    inbox = nc.new_inbox()
-    next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}"
-
-    async def pull(batch: int) -> None:
-        await nc.publish(next_subject, json.dumps({"batch": batch, "no_wait": True}).encode(), reply=inbox)
-
-    sub = await nc.subscribe(inbox)
-    try:
-        await calls.js.add_consumer(
-            stream,
-            api.ConsumerConfig(
-                name=consumer,
-                filter_subject=calls.names.chunk_subject(nuid),
-                deliver_policy=api.DeliverPolicy.ALL,
-                ack_policy=api.AckPolicy.NONE,
-                mem_storage=True,
-                num_replicas=1,
-                inactive_threshold=max(10.0, 2 * calls.timeout_s),
-            ),
-        )
-        try:
-            yield sub, pull
-        finally:
-            await _forget_consumer(calls, stream, consumer)
-    finally:
-        if not nc.is_closed:
-            with contextlib.suppress(nats.errors.Error):
-                await sub.unsubscribe()
-
-
-async def _next(calls: Calls, sub: Subscription, doing: str, reconnects: int) -> Msg:
-    """The subscription's next message; RegistryUnavailable when the connection goes or nothing comes for
+async def _next(calls: Calls, consumer: PullConsumer, doing: str, reconnects: int) -> Msg:
+    """The consumer's next message; RegistryUnavailable when the connection goes or nothing comes for
     `timeout_s`."""
     waited = 0.0
     while True:
-        try:
-            msg: Msg = await sub.next_msg(timeout=POLL_S)
+        msg = await consumer.next_msg()
+        if msg is not None:
             return msg
-        except nats.errors.TimeoutError:
-            calls.check_same_connection(doing, reconnects)
-            waited += POLL_S
-            if waited >= calls.timeout_s:
-                raise RegistryUnavailable(f"{doing}: nothing arrived for {calls.timeout_s} s") from None
-
-
-async def _forget_consumer(calls: Calls, stream: str, consumer: str) -> None:
-    if not calls.nc.is_connected:
-        return  # its inactivity limit removes it
-    with contextlib.suppress(nats.errors.Error, TimeoutError):
-        await calls.nc.request(f"$JS.API.CONSUMER.DELETE.{stream}.{consumer}", b"", timeout=_CLEANUP_S)
+        calls.check_same_connection(doing, reconnects)
+        waited += POLL_S
+        if waited >= calls.timeout_s:
+            raise RegistryUnavailable(f"{doing}: nothing arrived for {calls.timeout_s} s")
 
 
 class _Writer:

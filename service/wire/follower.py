@@ -5,10 +5,11 @@ goes to the core's `Releases` (which judges trust) and from there to the cache: 
 (`extensions.unloaded`, reason `yanked`); with `auto_update`, a newly published version that is now the
 latest is fetched and loaded ahead of any request (`extensions.loaded`, reason `published`).
 
-The watch is started anew after every reconnect, and at once when it breaks while the connection holds (in a
-cluster its consumer may be on another server, which stopped): nats-py's ordered consumer would otherwise resume
-10 s or more late (its heartbeats have to notice first). While JetStream cannot be reached the follower says so
+The watch is started anew after every reconnect, and at once when it breaks while the connection holds (its
+consumer was deleted, or in a cluster it may be on another server, which stopped): the registry counts as
+reachable meanwhile, unless that new watch fails too. While JetStream cannot be reached the follower says so
 (stats, log), keeps serving what was fetched, and tries again at each reconnect and every `_RETRY_S` seconds.
+The buckets are reached under `registry.api_prefix`.
 """
 
 from __future__ import annotations
@@ -83,13 +84,19 @@ class RegistryFollower:
             try:
                 await self._follow(seen, ready)
             except RegistryUnavailable as exc:
-                self._unreachable(str(exc))
-                broke = self.updates > applied  # the watch worked, then broke (its consumer's server stopped)
+                broke = self.updates > applied and self._client().is_connected
+                if broke:
+                    # The watch worked, then broke while the connection holds (its consumer was deleted, or the
+                    # server holding it stopped): a new one starts at once, and fetches go on meanwhile with
+                    # the buckets as they are. Only if that one fails is the registry unreachable.
+                    log.info("registry: the index watch ended (%s); starting a new one", exc)
+                else:
+                    self._unreachable(str(exc))
             except Exception as exc:  # a defect here must not take the requests down with it
                 log.exception("registry: following the index failed; starting again")
                 self._unreachable(f"internal error ({type(exc).__name__}); see the service log")
             ready()
-            if broke and self._client().is_connected:
+            if broke:
                 continue  # start it again at once
             with anyio.move_on_after(_RETRY_S):
                 await self._changed.wait_until(lambda: self._connection_changes() != seen)  # noqa: B023 (awaited here)
@@ -103,7 +110,8 @@ class RegistryFollower:
         if not nc.is_connected:
             raise RegistryUnavailable("not connected to NATS")
         names = BucketNames(index=self.config.index_bucket, archives=self.config.archive_bucket)
-        buckets = RegistryBuckets(nc, names, timeout_s=min(_INDEX_TIMEOUT_S, self.config.timeout_s))
+        timeout_s = min(_INDEX_TIMEOUT_S, self.config.timeout_s)
+        buckets = RegistryBuckets(nc, names, timeout_s=timeout_s, api_prefix=self.config.api_prefix)
         await buckets.open()
         if not self._settings_checked:  # the first time only, not at every reconnect
             for problem in await buckets.problems():

@@ -118,8 +118,8 @@ def test_command_line_text_keys_take_a_bare_value_as_text() -> None:
         ('nats.subject_prefix="a b"', "nats.subject_prefix", "regex"),
         ("orchestrator.extensions.paths=[]", "orchestrator.extensions.paths", "length"),
         ("events.jetstream=3", "events.jetstream", "bool"),
-        ('events.api_prefix="$JS.events.*"', "events.api_prefix", "regex"),
-        ('registry.api_prefix="$JS reg"', "registry.api_prefix", "regex"),
+        ('events.api_prefix="$JS.events.*"', "events.api_prefix", "without wildcards"),
+        ('registry.api_prefix="$JS reg"', "registry.api_prefix", "without wildcards"),
     ],
 )
 def test_bad_values_name_the_key(override: str, key: str, words: str) -> None:
@@ -216,3 +216,18 @@ def test_a_user_name_that_makes_no_inbox_prefix_asks_for_one() -> None:
     assert info.value.key == "nats.inbox_prefix" and "set nats.inbox_prefix" in str(info.value)
     config = load_config(environ={}, overrides=['nats.user="svc loader"', "nats.inbox_prefix=_INBOX.svc"])
     assert config.nats.inbox == "_INBOX.svc"
+
+
+def test_the_registry_is_reached_under_the_plain_api_prefix_unless_given() -> None:
+    """A single-account server needs nothing set; in another account, the prefix its imports map the API to."""
+    assert load_config(environ={}).registry.api_prefix == "$JS.API"
+    env = {"EXTENSION_LOADER__REGISTRY__API_PREFIX": "$JS.reg.API"}
+    assert load_config(environ=env).registry.api_prefix == "$JS.reg.API"
+    assert load_config(environ={}, overrides=["registry.api_prefix=$JS.reg.API"]).registry.api_prefix == "$JS.reg.API"
+
+
+@pytest.mark.parametrize("prefix", ["", "$JS.>", "$JS.*.API", "$JS.API.", ".API", "$JS..API", "$JS API"])
+def test_a_registry_api_prefix_must_be_a_subject_without_wildcards(prefix: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(environ={"EXTENSION_LOADER__REGISTRY__API_PREFIX": prefix})
+    assert info.value.key == "registry.api_prefix" and "without wildcards" in str(info.value)

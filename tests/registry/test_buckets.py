@@ -23,6 +23,7 @@ import nats
 import pytest
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.js.api import AckPolicy
 
 from service.app.natsserver import NatsCluster, NatsServer
 from service.app.setup import Status, set_up
@@ -244,6 +245,56 @@ async def test_a_watch_restarted_after_a_server_restart_sees_what_changed_meanwh
             ]
             c = await buckets.index.put("taskserv.c", b"c1", 0)
             assert await anext(updates) == Update("taskserv.c", b"c1", c)
+
+
+async def test_the_watch_pulls_and_its_consumer_goes_when_it_is_closed(buckets: RegistryBuckets, js_nc: Client) -> None:
+    """No push consumer (it would deliver wherever its maker says), no acknowledgements; nothing left behind."""
+    async with aclosing(buckets.index.watch()) as updates:
+        assert await first(updates, 1) == [CAUGHT_UP]
+        (watching,) = await js_nc.jsm().consumers_info(INDEX)
+        assert watching.config.deliver_subject is None and watching.config.ack_policy == AckPolicy.NONE
+    assert await consumers(js_nc, INDEX) == 0
+
+
+async def test_a_watch_whose_consumer_is_deleted_says_so_and_the_next_sees_what_changed(
+    buckets: RegistryBuckets, js_nc: Client
+) -> None:
+    a = await buckets.index.put("taskserv.a", b"a1", 0)
+    async with aclosing(buckets.index.watch()) as updates:
+        assert await first(updates, 2) == [Update("taskserv.a", b"a1", a), CAUGHT_UP]
+        (watching,) = await js_nc.jsm().consumers_info(INDEX)
+        assert await js_nc.jsm().delete_consumer(INDEX, watching.name)
+        a = await buckets.index.put("taskserv.a", b"a2", a)  # while no watch runs
+        with anyio.fail_after(WAIT), pytest.raises(RegistryUnavailable, match="its consumer is gone"):
+            await anext(updates)
+    async with aclosing(buckets.index.watch()) as updates:
+        assert await first(updates, 2) == [Update("taskserv.a", b"a2", a), CAUGHT_UP]
+
+
+async def test_a_change_someone_else_pulled_is_read_again_from_the_last_sequence_seen(
+    buckets: RegistryBuckets, js_nc: Client
+) -> None:
+    """Whoever may pull from the index can take a message off the watch's consumer (a message can also be lost
+    on the way): the watch sees its consumer's sequence jump, and a new consumer from the last message it saw
+    delivers what it missed, in order and once."""
+    async with aclosing(buckets.index.watch()) as updates:
+        assert await first(updates, 1) == [CAUGHT_UP]
+        (watching,) = await js_nc.jsm().consumers_info(INDEX)
+        # Another pull request for one message waits beside the watch's; the server serves them in turn.
+        other = await js_nc.subscribe(js_nc.new_inbox())
+        request = json.dumps({"batch": 1, "expires": int(WAIT * 1e9)}).encode()
+        await js_nc.publish(f"$JS.API.CONSUMER.MSG.NEXT.{INDEX}.{watching.name}", request, reply=other.subject)
+        with anyio.fail_after(WAIT):
+            while (await js_nc.jsm().consumer_info(INDEX, watching.name)).num_waiting < 2:
+                await js_nc.flush()  # a round trip, and ask again
+        put = [await buckets.index.put(f"taskserv.k{i}", b"k", 0) for i in range(3)]
+        taken = await other.next_msg(timeout=WAIT)
+        assert taken.subject in [f"$KV.extension-index.taskserv.k{i}" for i in range(3)]
+        assert await first(updates, 3) == [Update(f"taskserv.k{i}", b"k", r) for i, r in enumerate(put)]
+        last = await buckets.index.put("taskserv.last", b"l", 0)
+        assert await first(updates, 1) == [Update("taskserv.last", b"l", last)]
+        (now,) = await js_nc.jsm().consumers_info(INDEX)
+        assert now.name != watching.name  # the one that skipped a message was deleted
 
 
 # --- archives -----------------------------------------------------------------------------------------------
@@ -632,7 +683,7 @@ async def test_a_watch_whose_consumer_s_node_stops_says_so_while_the_connection_
         for _ in range(10):
             async with aclosing(loader.index.watch()) as updates:
                 assert await first(updates, 2) == [Update(KEY, b"v1", 1), CAUGHT_UP]
-                (watching,) = [c for c in await nc.jsm().consumers_info(INDEX) if c.push_bound]
+                (watching,) = await nc.jsm().consumers_info(INDEX)  # the watch's pull consumer, the only one
                 assert watching.cluster is not None and watching.cluster.leader is not None
                 node = js_cluster.names.index(watching.cluster.leader)
                 if node == 2:

@@ -147,6 +147,6 @@ async def _buckets(args: argparse.Namespace, config: Config) -> AsyncIterator[Re
     names = BucketNames(index=config.registry.index_bucket, archives=config.registry.archive_bucket)
     nc = await connect(args)
     try:
-        yield RegistryBuckets(nc, names, timeout_s=config.registry.timeout_s)
+        yield RegistryBuckets(nc, names, timeout_s=config.registry.timeout_s, api_prefix=config.registry.api_prefix)
     finally:
         await nc.drain()
