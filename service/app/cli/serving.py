@@ -75,6 +75,7 @@ DEV_PASSWORDS = {
     "NATS_LOADER_PASSWORD": "dev-loader-not-secret",
     "NATS_OBSERVER_PASSWORD": "dev-observer-not-secret",
     "NATS_PUBLISHER_PASSWORD": "dev-publisher-not-secret",
+    "NATS_ADMIN_PASSWORD": "dev-admin-not-secret",
 }
 DEV_USER = "loader"  # the nats.conf user the service connects as, unless the configuration names credentials
 
