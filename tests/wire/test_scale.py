@@ -426,7 +426,7 @@ def test_the_documented_cluster_configuration_is_valid(node: int) -> None:
     """deploy/cluster/node-N.conf: accepted by nats-server, each on its own ports, all routing to one another."""
     root = Path(__file__).resolve().parents[2]
     conf = root / "deploy" / "cluster" / f"node-{node}.conf"
-    users = ("ORCHESTRATOR", "LOADER", "OBSERVER", "PUBLISHER")  # nats.conf's, whose passwords it reads
+    users = ("ORCHESTRATOR", "LOADER", "OBSERVER", "PUBLISHER", "ADMIN")  # nats.conf's, whose passwords it reads
     env = {**os.environ, **{f"NATS_{u}_PASSWORD": f"k{u.lower()}" for u in users}}
     checked = subprocess.run(
         [nats_server_binary(), "-t", "-c", str(conf)], env=env, capture_output=True, text=True, check=False
