@@ -1019,7 +1019,6 @@ async def test_admin_makes_changes_and_deletes_streams_in_reg_and_events(adminis
 @dataclass(frozen=True)
 class Planted:
     replies: list[str]  # where the value i is to be sent
-    bodies: list[bytes]
     nuids: list[str]  # the archive cmd/<i>'s chunks ("" when empty: no chunk)
     log_seqs: list[int]  # the event's sequence in EXTENSION_EVENTS
 
@@ -1039,7 +1038,7 @@ async def plant(others: Others, pairs: Sequence[tuple[str, bytes]]) -> Planted:
     await others.conns["genuine"].nc.flush()
     logged = await others.log.next(len(pairs))
     await others.settle()  # everyone has heard the planted events
-    return Planted([r for r, _ in pairs], [b for _, b in pairs], nuids, [m.metadata.sequence.stream for m in logged])
+    return Planted([reply for reply, _ in pairs], nuids, [msg.metadata.sequence.stream for msg in logged])
 
 
 @dataclass(frozen=True)
@@ -1244,7 +1243,7 @@ async def test_a_read_answered_onto_another_s_subject_stays_in_the_reader_s_acco
     assert stored == [], "the event log stored what an attack sent"
     for path, msgs in heard.items():
         _, subject, _ = PATHS[path]
-        if lands(user, path):
+        if lands(user, path):  # one answer from each way of reading
             assert len(msgs) == len(sent), (path, sent, msgs)
             assert all(not_an_event(msg, subject) for msg in msgs), [(m.subject, m.reply, m.headers) for m in msgs]
         else:
@@ -1316,11 +1315,12 @@ async def _respond(msg: Msg, *, only_inboxes: bool) -> None:
 
 @pytest.mark.parametrize("only_inboxes", [False, True], ids=["answering-anywhere", "answering-only-inboxes"])
 async def test_a_request_whose_reply_is_an_event_subject(administered: NatsServer, only_inboxes: bool) -> None:
-    """The orchestrator sends extensions.load with the reply extensions.unloaded. NATS checks no permission on a
-    reply subject, and the loader may publish events anyway: a responder that answers wherever it is asked puts
-    its answer onto the event subject, where every listener hears it and the log stores it. That is why the
-    service answers only into inboxes (`nats.reply_prefixes`): a responder that does so (as the service does;
-    its own test is the service's) leaves the events and the log alone, and the next request gets its answer."""
+    """The orchestrator sends a request (extensions.reload) with the reply extensions.unloaded. NATS checks no
+    permission on a reply subject, and the loader may publish events anyway: a responder that answers wherever it
+    is asked puts its answer onto the event subject, where every listener hears it and the log stores it. That is
+    why the service answers only into inboxes (`nats.reply_prefixes`): a responder that does so, as the service
+    will (its own test is the service's), leaves the events and the log alone, and the next request gets its
+    answer."""
     async with others_listening(administered.url) as others:
         responder = others.conns["genuine"]
         await responder.nc.subscribe(
