@@ -1,6 +1,7 @@
 """The subjects table (service/contract/subjects.py) against what must agree with it and is written by hand:
-CONTRACT.md's subjects and their `$SRV` endpoint names, nats.conf's permission lists and README.md's table of
-subjects. Both files are parsed as text; a failure names the file, the list, and what is missing or extra.
+CONTRACT.md's subjects and their `$SRV` endpoint names, nats.conf's permission lists and accounts, and README.md's
+table of subjects. Both files are parsed as text; a failure names the file, the list or account, and what is
+missing or extra.
 """
 
 from __future__ import annotations
@@ -159,8 +160,77 @@ def expected_permissions(user: str) -> Permissions:
     )
 
 
+@dataclass
+class Account:
+    users: list[str] = field(default_factory=list)
+    stream_imports: list[tuple[str, str]] = field(default_factory=list)  # (exporting account, subject)
+    stream_exports: dict[str, list[str]] = field(default_factory=dict)  # subject -> the accounts it goes to
+
+
+GLOBAL = "$G"  # the account of the users of a file without `accounts`
+
+
+def parse_accounts(text: str) -> dict[str, Account]:
+    """Account name -> its users, and the streams it imports and exports, as nats.conf's `accounts` block writes
+    them; a file without one has every user in the global account."""
+    text = "\n".join(_uncommented(line) for line in text.splitlines())
+    found = re.search(r"\baccounts\s*\{", text)
+    if found is None:
+        return {GLOBAL: Account(users=re.findall(r"\{\s*user:\s*([\w-]+)", text))}
+    inner = _block(text, found.end() - 1)
+    accounts: dict[str, Account] = {}
+    end = 0
+    for match in re.finditer(r"\b([A-Z][A-Z0-9_]*)\s*:?\s*\{", inner):
+        if match.start() < end:
+            continue  # inside the account before
+        block = _block(inner, match.end() - 1)
+        end = match.end() + len(block)
+        account = Account(users=re.findall(r"\buser:\s*([\w-]+)", block))
+        subject = r'"?([^\s",}]+)"?'
+        account.stream_imports = re.findall(
+            rf"\{{\s*stream:\s*\{{\s*account:\s*(\w+)\s*,\s*subject:\s*{subject}\s*\}}", block
+        )
+        for exported, to in re.findall(rf"\{{\s*stream:\s*{subject}\s*,\s*accounts:\s*\[([^\]]*)\]", block):
+            account.stream_exports[exported] = re.findall(r"\w+", to)
+        accounts[match.group(1)] = account
+    return accounts
+
+
+def account_problems(text: str) -> list[str]:
+    """Each way nats.conf's accounts keep apart what the subjects table joins: whoever sends a request subject must
+    be in the loader's account (the service serves it there), and whoever reads an event in another account
+    must have it exported to that account as a stream and imported there."""
+    accounts = parse_accounts(text)
+    account_of = {user: name for name, account in accounts.items() for user in account.users}
+    home = account_of.get(LOADER)
+    if home is None:
+        return [f"nats.conf has no user {LOADER!r} in any account"]
+    problems = []
+    for user in sorted({user for subject in REQUESTS for user in subject.callers}):
+        if account_of.get(user, home) != home:
+            problems.append(
+                f"nats.conf, user {user} (account {account_of[user]}) sends requests that {LOADER} serves in "
+                f"account {home}: the service never hears them"
+            )
+    for event in EVENTS:
+        subject = f"{PREFIX}.{event.suffix}"
+        for user in event.readers:
+            there = account_of.get(user, home)
+            if there == home:
+                continue
+            exported = there in accounts[home].stream_exports.get(subject, [])
+            imported = (home, subject) in accounts[there].stream_imports
+            if not (exported and imported):
+                problems.append(
+                    f"nats.conf, user {user} (account {there}) reads {subject}, which {LOADER} publishes in account "
+                    f"{home}: {home} must export it to {there} as a stream ({'yes' if exported else 'no'}) and {there} "
+                    f"import it ({'yes' if imported else 'no'})"
+                )
+    return problems
+
+
 def nats_conf_problems(text: str) -> list[str]:
-    """Each way nats.conf's lists differ from the subjects table, as a sentence; [] when they agree."""
+    """Each way nats.conf's lists and accounts differ from the subjects table, as a sentence; [] when they agree."""
     users = parse_nats_conf(text)
     problems = []
     named = {user for subject in REQUESTS for user in subject.callers}
@@ -179,7 +249,7 @@ def nats_conf_problems(text: str) -> list[str]:
                 problems.append(
                     f"nats.conf, user {user}, {direction} allow: missing {missing}, not in the subjects table {extra}"
                 )
-    return problems
+    return problems + account_problems(text)
 
 
 def test_nats_conf_allows_what_the_table_says() -> None:
@@ -196,6 +266,34 @@ def test_the_nats_conf_check_names_what_is_missing_or_extra() -> None:
         f"nats.conf, user loader, subscribe allow: missing ['{PREFIX}.stats {GROUP}'], not in the subjects table []",
         f"nats.conf, user observer, subscribe allow: missing [], not in the subjects table ['{PREFIX}.load']",
     ]
+
+
+def test_the_nats_conf_check_names_an_account_that_keeps_a_reader_or_a_caller_apart() -> None:
+    text = (ROOT / "nats.conf").read_text()
+    accounts = parse_accounts(text)
+    assert accounts["LIVE"].users == ["orchestrator", LOADER]
+    assert ("LIVE", f"{PREFIX}.unloaded") in accounts["OBS"].stream_imports
+    assert accounts["LIVE"].stream_exports[f"{PREFIX}.loaded"] == ["EVENTS", "OBS"]
+    unheard = text.replace(f"{{stream: {{account: LIVE, subject: {PREFIX}.unloaded}}}}", "", 1)
+    assert nats_conf_problems(unheard) == [
+        f"nats.conf, user observer (account OBS) reads {PREFIX}.unloaded, which loader publishes in account LIVE: "
+        "LIVE must export it to OBS as a stream (yes) and OBS import it (no)"
+    ]
+    moved = text.replace("{user: orchestrator,", "{user: elsewhere,", 1).replace(
+        "{user: observer,",
+        "{user: observer, password: $NATS_OBSERVER_PASSWORD, permissions: $OBSERVER}\n"
+        "      {user: orchestrator, password: $NATS_ORCHESTRATOR_PASSWORD, permissions: $ORCHESTRATOR}\n"
+        "      {user: unused,",
+        1,
+    )
+    assert parse_accounts(moved)["OBS"].users == ["observer", "orchestrator", "unused"]
+    assert account_problems(moved) == [
+        "nats.conf, user orchestrator (account OBS) sends requests that loader serves in account LIVE: the service "
+        "never hears them"
+    ]
+    single = "authorization {\n  users = [\n    {user: loader, password: x, permissions: $LOADER}\n  ]\n}\n"
+    assert parse_accounts(single) == {GLOBAL: Account(users=[LOADER])}
+    assert account_problems(single) == []
 
 
 # --- README.md ---------------------------------------------------------------------------------------------

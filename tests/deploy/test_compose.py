@@ -314,6 +314,7 @@ PASSWORD_VARIABLES = (
     "NATS_LOADER_PASSWORD",
     "NATS_OBSERVER_PASSWORD",
     "NATS_PUBLISHER_PASSWORD",
+    "NATS_ADMIN_PASSWORD",
 )
 # The user that alone may create, change or delete streams, for the compose `setup` service.
 ADMIN_PASSWORD = "NATS_ADMIN_PASSWORD"
@@ -635,13 +636,17 @@ def test_nats_conf_is_accepted_by_nats_server() -> None:
 def test_nats_conf_takes_every_password_from_the_environment() -> None:
     """No password is written in nats.conf, and nats-server will not start while one of the variables is unset."""
     settings = nats_settings((ROOT / "nats.conf").read_text(encoding="utf-8"))
-    users = re.findall(r"\{([^{}]*)\}", settings["authorization.users"])
+    # every account's users (accounts.<NAME>.users)
+    users = [
+        user for key, value in settings.items() if key.endswith(".users") for user in re.findall(r"\{([^{}]*)\}", value)
+    ]
     fields = [dict(re.findall(r"(\w+)\s*:\s*(\S+?)\s*(?:,|$)", user.strip())) for user in users]
     assert {f["user"]: f["password"] for f in fields} == {
         "orchestrator": "$NATS_ORCHESTRATOR_PASSWORD",
         "loader": "$NATS_LOADER_PASSWORD",
         "observer": "$NATS_OBSERVER_PASSWORD",
         "publisher": "$NATS_PUBLISHER_PASSWORD",
+        "admin": "$NATS_ADMIN_PASSWORD",
     }
     assert all(f["permissions"].startswith("$") for f in fields), "every user has a permissions block"
     # The development shortcut is there, for `make run`, and marked as such.

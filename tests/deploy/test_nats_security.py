@@ -1,23 +1,35 @@
-"""Who may do what on NATS: the users and permissions of the repo's own nats.conf, against a real nats-server.
+"""Who may do what on NATS, and what no one can do to another: the accounts, users and permissions of the repo's own
+nats.conf, against a real nats-server.
 
 The server runs nats.conf as it is, with test passwords in its environment; `-p -1 -m -1` move its client and
 monitoring ports to free ones, and its JetStream store (`./data/jetstream`) lands in the test's folder, the
-server's working folder (`-sd` cannot replace a store_dir that the file sets). The matrix test tries every
-action as every user and reads the outcome from the wire: an allowed action shows its effect (a reply, a
-message received, a record read back), a refused one a "Permissions Violation" for the client (nats-py's error
-callback) and in the server's log. A refused JetStream write also leaves the client waiting for an
-acknowledgement that never comes: the test takes the violation as the answer instead of waiting that out.
-Nothing waits for a fixed time.
+server's working folder (`-sd` cannot replace a store_dir that the file sets). Every test starts from what
+`extension-loader setup` leaves: `admin` has made the event log EXTENSION_EVENTS (in account EVENTS, through
+`$JS.events.API`) and the registry's two buckets (in REG), with plain nats-py calls.
 
-Every client connects with its user's inbox prefix (`_INBOX.<user>`), the only inbox nats.conf lets it read.
-The registry's rows run against its two buckets as the publisher makes them: the Key-Value index (allowing
-direct gets, as buckets made by nats.go or the `nats` CLI do) and the Object Store of archives.
+The matrix test tries every action as every user and reads the outcome from the wire: an allowed action shows its
+effect (a reply, a message received, a record read back), a refused one a "Permissions Violation" for the client
+(nats-py's error callback) and in the server's log. A refused JetStream write also leaves the client waiting for
+an acknowledgement that never comes: the test takes the violation as the answer instead of waiting that out.
+
+The attack tests judge by the outcome for the others: every place another user listens (each inbox, the event
+subjects, the request subject in the service's queue group) is subscribed before the attack, and afterwards a
+marker is sent down each of those paths: what a subscription got before its marker is everything the attack sent
+it. The attack's own last step is answered first (a request of the same kind into the attacker's inbox), and the
+server answers in order, so nothing of the attack is still on its way then. A stream is compared, settings and
+contents, before and after, and the event log is read up to the markers to show what it stored. Nothing waits for
+a fixed time.
+
+Every client connects with its user's inbox prefix (`_INBOX.<user>`), the only inbox nats.conf lets it read, and
+reaches a JetStream API under the prefix its account imports it with: `$JS.reg.API` (the registry) and
+`$JS.events.API` (the event log); only `admin`, in REG, uses `$JS.API` itself.
 
 The TLS tests make their own certificate authority and certificates with the openssl command.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -31,6 +43,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from hashlib import sha256
+from itertools import count
 from pathlib import Path
 from typing import Any
 
@@ -41,21 +54,26 @@ import nats.errors
 import pytest
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-from nats.js.api import AckPolicy, ConsumerConfig, KeyValueConfig, ObjectMeta, ObjectMetaOptions, StreamConfig
-from nats.js.errors import KeyNotFoundError, ObjectNotFoundError
+from nats.js import JetStreamContext
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    KeyValueConfig,
+    ObjectMeta,
+    ObjectMetaOptions,
+    StorageType,
+    StreamConfig,
+)
+from nats.js.errors import APIError, KeyNotFoundError, ObjectNotFoundError
 from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
 
 from service.app.cli.serving import DEV_PASSWORDS
 from service.app.client import LoaderClient
 from service.app.natsserver import NatsServer
-from service.app.publishing import prepare, publish, yank
-from service.app.setup import set_up
-from service.app.stream_settings import registry_targets
 from service.contract.config import ENV_PREFIX, Config, inbox_prefix_for
-from service.contract.messages import ExtensionType
-from service.registry.buckets import RegistryBuckets
-from service.registry.names import DEFAULT_NAMES
+from service.contract.events import ExtensionUnloaded
 from service.registry.signing import Signer
 from service.wire.connection import ConnectRefused
 from service.wire.events import EventStreamError
@@ -81,22 +99,39 @@ PASSWORDS = {
     "loader": "testLoader1",
     "observer": "testObserver1",
     "publisher": "testPublisher1",
+    "admin": "testAdmin1",
 }
 VARIABLES = {
     "orchestrator": "NATS_ORCHESTRATOR_PASSWORD",
     "loader": "NATS_LOADER_PASSWORD",
     "observer": "NATS_OBSERVER_PASSWORD",
     "publisher": "NATS_PUBLISHER_PASSWORD",
+    "admin": "NATS_ADMIN_PASSWORD",
 }
 ANONYMOUS = "anonymous"  # no credentials at all: nats.conf's no_auth_user (orchestrator)
-USERS = ("orchestrator", ANONYMOUS, "loader", "observer", "publisher")
+# The account each user is in (README.md, "Security").
+ACCOUNTS = {
+    "orchestrator": "LIVE",
+    ANONYMOUS: "LIVE",
+    "loader": "LIVE",
+    "observer": "OBS",
+    "publisher": "PUB",
+    "admin": "REG",
+}
+RUNTIME = ("orchestrator", "loader", "observer", "publisher")  # every user but admin
+USERS = ("orchestrator", ANONYMOUS, "loader", "observer", "publisher")  # the matrix's columns
 STREAM = "EXTENSION_EVENTS"
+EVENT_SUBJECTS = ["extensions.loaded", "extensions.unloaded"]
 # The registry's buckets, as nats.conf names them.
 INDEX, ARCHIVES = "extension-index", "extension-archives"
 INDEX_STREAM, ARCHIVES_STREAM = f"KV_{INDEX}", f"OBJ_{ARCHIVES}"
+STREAMS = (STREAM, INDEX_STREAM, ARCHIVES_STREAM)
+# The JetStream APIs as the accounts see them: REG's own (admin), REG's exports, EVENTS's exports.
+JS_API, REG_API, EVENTS_API = "$JS.API", "$JS.reg.API", "$JS.events.API"
+PREFIXES = (JS_API, REG_API, EVENTS_API)
 CHUNK = 512 * 1024
 RECORD_KEY = "taskserv.etcd"
-LARGE_VALUE = 900_000  # bytes of one large index record: three of them make the server ask for flow control
+LARGE_VALUE = 900_000  # bytes of one large index record
 
 
 def server_environment() -> dict[str, str]:
@@ -116,6 +151,13 @@ def secured(tmp_path: Path) -> Iterator[NatsServer]:
         server.stop()
 
 
+@pytest.fixture
+async def administered(secured: NatsServer) -> NatsServer:
+    """The server once `admin` has made the event log and the registry's buckets."""
+    await administer(secured.url)
+    return secured
+
+
 def loader_config(url: str, tmp_path: Path, **overrides: Any) -> Config:
     """The service's configuration as the `loader` user of nats.conf."""
     return make_config(
@@ -123,6 +165,16 @@ def loader_config(url: str, tmp_path: Path, **overrides: Any) -> Config:
         tmp_path,
         overrides={"nats.user": "loader", "nats.password": PASSWORDS["loader"], **overrides},
     )
+
+
+# The keys a loader sets in the account layout: the registry and the event log through their imports, events
+# published plainly (EVENTS captures them).
+LAYOUT = {"registry.api_prefix": REG_API, "events.jetstream": False, "events.api_prefix": EVENTS_API}
+
+
+def logged_as(user: str) -> str:
+    """How the server's log names a user's connection: `"<account>/user:<name>"`."""
+    return f'"{ACCOUNTS[user]}/user:{"orchestrator" if user == ANONYMOUS else user}"'
 
 
 async def wait_for_log(server: NatsServer, text: str, count: int = 1) -> None:
@@ -193,7 +245,17 @@ async def connect(url: str, user: str, password: str | None = None, **options: A
         await nc.close()
 
 
-async def attempt(who: Conn, action: Callable[[], Awaitable[None]]) -> str:
+def registry_js(conn: Conn) -> JetStreamContext:
+    """JetStream for the registry's buckets, as `conn`'s account reaches them."""
+    return conn.nc.jetstream(prefix=JS_API if conn.user == "admin" else REG_API, timeout=WAIT)
+
+
+def events_js(conn: Conn) -> JetStreamContext:
+    """JetStream for the event log, as `conn`'s account reaches it (LIVE, OBS and REG import it alike)."""
+    return conn.nc.jetstream(prefix=EVENTS_API, timeout=WAIT)
+
+
+async def attempt(who: Conn, action: Callable[[], Awaitable[object]]) -> str:
     """Runs the action: "allowed" when it shows its effect, "refused" when the server refuses a step of it."""
     outcome = ""
     with anyio.fail_after(2 * WAIT):
@@ -226,6 +288,199 @@ async def attempt(who: Conn, action: Callable[[], Awaitable[None]]) -> str:
         if who.violations:
             return f"allowed, but also refused: {who.violations}"
     return outcome
+
+
+# --- what `extension-loader setup` makes, as admin ----------------------------------------------------------------
+
+
+async def administer(url: str) -> None:
+    """As `admin`, with plain nats-py calls: EXTENSION_EVENTS in EVENTS (through `$JS.events.API`) over the event
+    subjects, and in REG the index (Key-Value, history, direct gets) and the archives (Object Store). The log
+    answers direct gets too, so that the attacks have that way of reading it as well."""
+    async with connect(url, "admin") as admin:
+        log = StreamConfig(name=STREAM, subjects=EVENT_SUBJECTS, storage=StorageType.FILE, allow_direct=True)
+        await events_js(admin).add_stream(log)
+        js = registry_js(admin)
+        await js.create_key_value(KeyValueConfig(bucket=INDEX, history=16, direct=True, storage=StorageType.FILE))
+        await js.create_object_store(ARCHIVES, storage=StorageType.FILE)
+
+
+@dataclass(frozen=True)
+class StreamState:
+    config: dict[str, Any]
+    messages: int
+    first_seq: int
+    last_seq: int
+
+
+async def streams(admin: Conn) -> dict[str, StreamState]:
+    """Every stream of REG and EVENTS, as admin sees it: settings and contents."""
+    found: dict[str, StreamState] = {}
+    for js in (registry_js(admin), events_js(admin)):
+        for info in await js.streams_info():
+            state = info.state
+            found[info.config.name or ""] = StreamState(
+                info.config.as_dict(), state.messages, state.first_seq, state.last_seq
+            )
+    return found
+
+
+async def settled_streams(admin: Conn) -> dict[str, StreamState]:
+    """`streams`, once JetStream has taken up every API request queued before now in REG and EVENTS: it handles
+    them in a pool of workers, in the order they came, and admin's own unchanged update of each stream goes
+    through the same queue."""
+    for name, state in (await streams(admin)).items():
+        js = events_js(admin) if name == STREAM else registry_js(admin)
+        await js.update_stream(StreamConfig.from_response(dict(state.config)))
+    return await streams(admin)
+
+
+class LogReader:
+    """Reads EXTENSION_EVENTS from what it holds now on, as admin (through its import of EVENTS's API)."""
+
+    def __init__(self, admin: Conn) -> None:
+        self._js = events_js(admin)
+        self._sub: JetStreamContext.PullSubscription | None = None
+
+    async def start(self) -> None:
+        last = (await self._js.stream_info(STREAM)).state.last_seq
+        config = ConsumerConfig(
+            deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+            opt_start_seq=last + 1,
+            ack_policy=AckPolicy.NONE,
+            inactive_threshold=2 * WAIT,
+            mem_storage=True,
+        )
+        self._sub = await self._js.pull_subscribe("extensions.>", stream=STREAM, config=config)
+
+    async def next(self, count: int) -> list[Msg]:
+        """The next `count` messages the log stores."""
+        assert self._sub is not None
+        with anyio.fail_after(WAIT):
+            return [(await self._sub.fetch(1, timeout=WAIT))[0] for _ in range(count)]
+
+    async def until(self, data: bytes) -> list[Msg]:
+        """What the log stored before the message `data` (a marker), once it has stored that."""
+        assert self._sub is not None
+        stored: list[Msg] = []
+        with anyio.fail_after(WAIT):
+            while True:
+                (msg,) = await self._sub.fetch(1, timeout=WAIT)
+                if msg.data == data:
+                    return stored
+                stored.append(msg)
+
+
+# --- where others listen, and the markers that show what reached them ---------------------------------------------
+
+
+class Heard:
+    """What one subscription received, in order."""
+
+    def __init__(self) -> None:
+        self.msgs: list[Msg] = []
+        self._more = anyio.Event()
+
+    async def add(self, msg: Msg) -> None:
+        self.msgs.append(msg)
+        self._more.set()
+        self._more = anyio.Event()
+
+    async def wait_for(self, count: int) -> None:
+        with anyio.fail_after(WAIT):
+            while len(self.msgs) < count:
+                await self._more.wait()
+
+    async def before(self, data: bytes) -> list[Msg]:
+        """Waits for the message `data` (a marker); returns what came before it since the last marker."""
+        with anyio.fail_after(WAIT):
+            while not any(m.data == data for m in self.msgs):
+                await self._more.wait()
+        i = next(i for i, m in enumerate(self.msgs) if m.data == data)
+        before, self.msgs = self.msgs[:i], self.msgs[i + 1 :]
+        return before
+
+
+VICTIM = "victim"  # the last token of each inbox subject an attack aims at: `_INBOX.<user>.victim`
+# Every place another user listens: (user, subject, queue group).
+PATHS: dict[str, tuple[str, str, str]] = {
+    **{f"{user} inbox": (user, f"{inbox(user)}.{VICTIM}", "") for user in RUNTIME},
+    **{
+        f"{user} {subject}": (user, subject, "")
+        for user in ("orchestrator", "loader", "observer")
+        for subject in EVENT_SUBJECTS
+    },
+    "loader extensions.load": ("loader", "extensions.load", "extension-loader"),
+}
+QUEUE_PATH = "loader extensions.load"
+MARK_KEY = "mark"
+
+
+@dataclass
+class Others:
+    """Connections of every user listening on the paths of PATHS, a loader that publishes genuine events, and
+    admin reading the event log."""
+
+    conns: dict[str, Conn]
+    heard: dict[str, Heard]
+    log: LogReader
+    marks: Iterator[int] = field(default_factory=count)
+
+    async def settle(self) -> tuple[dict[str, list[Msg]], list[Msg]]:
+        """Sends a marker down every path; returns what each path heard before its marker, and what the event log
+        stored before the markers (both since the last settle)."""
+        mark = f"marker-{next(self.marks)}".encode()
+        publisher_index = await registry_js(self.conns["publisher"]).key_value(INDEX)
+        await publisher_index.put(MARK_KEY, mark)
+        for user in RUNTIME:  # a direct get of the marker, answered into that user's own victim inbox
+            nc = self.conns[user].nc
+            await nc.publish(
+                f"{REG_API}.DIRECT.GET.{INDEX_STREAM}.$KV.{INDEX}.{MARK_KEY}", b"", reply=f"{inbox(user)}.{VICTIM}"
+            )
+        for subject in EVENT_SUBJECTS:  # a genuine loader's events
+            await self.conns["genuine"].nc.publish(subject, mark)
+        if QUEUE_PATH in self.heard:  # a request, as the orchestrator sends it
+            await self.conns["orchestrator"].nc.publish("extensions.load", mark)
+        for conn in self.conns.values():
+            await conn.nc.flush()
+        heard = {path: await self.heard[path].before(mark) for path in self.heard}
+        stored = await self.log.until(mark)
+        second = await self.log.until(mark)  # both event subjects carry the marker: nothing stored between them
+        return heard, stored + second
+
+
+@asynccontextmanager
+async def others_listening(url: str, *, serving: bool = False) -> AsyncIterator[Others]:
+    """`serving`: the service is running, in the queue group of the request subjects, where it would take its
+    share of the markers: no one else listens there."""
+    async with AsyncExitStack() as stack:
+        conns = {user: await stack.enter_async_context(connect(url, user)) for user in (*RUNTIME, "admin")}
+        conns["genuine"] = await stack.enter_async_context(connect(url, "loader"))
+        heard = {path: Heard() for path in PATHS if not (serving and path == QUEUE_PATH)}
+        for path in heard:
+            user, subject, queue = PATHS[path]
+            await conns[user].nc.subscribe(subject, queue=queue, cb=heard[path].add)
+        for conn in conns.values():
+            await flush_subscriptions(conn.nc)
+        log = LogReader(conns["admin"])
+        await log.start()
+        others = Others(conns, heard, log)
+        await others.settle()  # every path works, and the log is read up to now
+        yield others
+        assert all(not conn.violations for conn in conns.values()), {u: c.violations for u, c in conns.items()}
+
+
+def marked(msg: Msg, subject: str) -> bool:
+    """Whether a message that arrived on `subject` is recognisably not what a client published there: a
+    JetStream delivery keeps its stored subject and carries a `$JS.ACK.` reply, a direct-get answer carries
+    `Nats-Stream`, a pull consumer's end of batch is a status without a body."""
+    headers = msg.headers or {}
+    return (
+        msg.subject != subject
+        or "Nats-Stream" in headers
+        or (msg.reply or "").startswith("$JS.ACK.")
+        or ("Status" in headers and not msg.data)
+    )
 
 
 # --- the actions of the matrix ----------------------------------------------------------------------------------
@@ -284,7 +539,7 @@ async def srv_stats(world: World, who: Conn) -> None:
     await _srv("STATS", world, who)
 
 
-async def _receive_one(sub_conn: Conn, subject: str, send: Callable[[], Awaitable[None]], **sub: Any) -> Msg:
+async def _receive_one(sub_conn: Conn, subject: str, send: Callable[[], Awaitable[object]], **sub: Any) -> Msg:
     received = anyio.Event()
     got: list[Msg] = []
 
@@ -300,7 +555,7 @@ async def _receive_one(sub_conn: Conn, subject: str, send: Callable[[], Awaitabl
 
 
 async def publish_event(world: World, who: Conn) -> None:
-    """Publish on extensions.loaded; another client (observer) receives it."""
+    """Publish on extensions.loaded; another client (observer, in its own account) receives it."""
     msg = await _receive_one(
         world.helpers["observer"], "extensions.loaded", partial(who.nc.publish, "extensions.loaded", b"forged")
     )
@@ -353,37 +608,40 @@ async def snoop_requests(world: World, who: Conn) -> None:
 
 
 async def replay_events(world: World, who: Conn) -> None:
-    """Replay EXTENSION_EVENTS through a durable pull consumer: create it, fetch an event, acknowledge it."""
-    loader = world.helpers["loader"]
-    ack = await loader.nc.jetstream().publish("extensions.loaded", b"stored", headers={"Nats-Msg-Id": "m1"})
-    assert ack.stream == STREAM
-    sub = await who.nc.jetstream().pull_subscribe("extensions.loaded", durable="replay", stream=STREAM)
+    """Replay EXTENSION_EVENTS through a durable pull consumer (`$JS.events.API`): create it, fetch an event that a
+    loader published plainly (the log captured it), acknowledge it."""
+    await world.helpers["loader"].nc.publish("extensions.loaded", b"stored")
+    sub = await events_js(who).pull_subscribe("extensions.loaded", durable="replay", stream=STREAM)
     (msg,) = await sub.fetch(1, timeout=WAIT)
     assert msg.data == b"stored"
     await msg.ack_sync()
 
 
+async def check_the_log(world: World, who: Conn) -> None:
+    """Read EXTENSION_EVENTS's settings (`$JS.events.API.STREAM.INFO`): the loader checks that the log is there."""
+    info = await events_js(who).stream_info(STREAM)
+    assert info.config.subjects == EVENT_SUBJECTS
+
+
 async def create_event_stream(world: World, who: Conn) -> None:
-    """Create EXTENSION_EVENTS over the event subjects (as the service does when it is not there yet)."""
-    await who.nc.jetstream().add_stream(
-        StreamConfig(name=STREAM, subjects=["extensions.loaded", "extensions.unloaded"])
-    )
+    """Create EXTENSION_EVENTS over the event subjects (`$JS.events.API`), as the loader did before `setup`."""
+    await events_js(who).add_stream(StreamConfig(name=STREAM, subjects=EVENT_SUBJECTS))
 
 
 async def create_stream(world: World, who: Conn) -> None:
-    """Create a JetStream stream other than EXTENSION_EVENTS."""
-    await who.nc.jetstream().add_stream(StreamConfig(name="OTHER", subjects=["other.>"]))
+    """Create a JetStream stream beside the registry's (`$JS.reg.API`)."""
+    await registry_js(who).add_stream(StreamConfig(name="OTHER", subjects=["other.>"]))
 
 
 async def delete_event_stream(world: World, who: Conn) -> None:
-    """Delete EXTENSION_EVENTS (which the service made)."""
-    assert await who.nc.jetstream().delete_stream(STREAM)
+    """Delete EXTENSION_EVENTS (`$JS.events.API`)."""
+    assert await events_js(who).delete_stream(STREAM)
 
 
 # --- private inboxes ---
 
-# The server answers a JetStream API request itself, into the requester's inbox; every user may ask this one.
-INFO_REQUEST = f"$JS.API.STREAM.INFO.{INDEX_STREAM}"
+# JetStream answers a request itself, into the requester's inbox; every runtime user may ask this one.
+INFO_REQUEST = f"{REG_API}.STREAM.INFO.{INDEX_STREAM}"
 
 
 def _someone_else(who: Conn) -> str:
@@ -424,11 +682,11 @@ async def forge_a_reply(world: World, who: Conn) -> None:
 
 
 async def make_registry(publisher: Conn) -> Registry:
-    """The two buckets as a publisher makes them, with one index record and one archive."""
-    js = publisher.nc.jetstream()
-    index = await js.create_key_value(KeyValueConfig(bucket=INDEX, history=16, direct=True))
+    """One index record and one archive, written by the publisher into the buckets admin made."""
+    js = registry_js(publisher)
+    index = await js.key_value(INDEX)
     await index.create(RECORD_KEY, b'{"name": "etcd"}')
-    archives = await js.create_object_store(ARCHIVES)
+    archives = await js.object_store(ARCHIVES)
     archive = bytes(range(256)) * (5 * CHUNK // 256 // 2)  # two and a half chunks
     name = f"sha256/{sha256(archive).hexdigest()}"
     await archives.put(name, archive, meta=ObjectMeta(name=name, options=ObjectMetaOptions(max_chunk_size=CHUNK)))
@@ -441,71 +699,64 @@ def _registry(world: World) -> Registry:
 
 
 async def _index(conn: Conn) -> KeyValue:
-    return await conn.nc.jetstream().key_value(INDEX)
+    return await registry_js(conn).key_value(INDEX)
 
 
 async def _archives(conn: Conn) -> ObjectStore:
-    return await conn.nc.jetstream().object_store(ARCHIVES)
+    return await registry_js(conn).object_store(ARCHIVES)
+
+
+def _reader(**config: Any) -> ConsumerConfig:
+    """A pull consumer as readers make them: acknowledging nothing, in memory, gone once left alone."""
+    return ConsumerConfig(ack_policy=AckPolicy.NONE, inactive_threshold=WAIT, mem_storage=True, **config)
 
 
 async def create_buckets(world: World, who: Conn) -> None:
-    """Create the registry's buckets: the Key-Value index and the Object Store of archives."""
-    js = who.nc.jetstream()
-    await js.create_key_value(KeyValueConfig(bucket=INDEX, history=16))
-    await js.create_object_store(ARCHIVES)
-    for stream in (INDEX_STREAM, ARCHIVES_STREAM):
-        assert (await js.stream_info(stream)).config.name == stream
+    """Create the registry's buckets: the Key-Value index and the Object Store of archives (`$JS.reg.API`)."""
+    js = registry_js(who)
+    await js.create_key_value(KeyValueConfig(bucket="another-index", history=16))
+    await js.create_object_store("another-archive")
 
 
 async def change_a_bucket(world: World, who: Conn) -> None:
     """Change a bucket's settings: the index's history."""
-    js = who.nc.jetstream()
+    js = registry_js(who)
     config = (await js.stream_info(INDEX_STREAM)).config
     config.max_msgs_per_subject = 32
     assert (await js.update_stream(config)).config.max_msgs_per_subject == 32
 
 
-async def _watch_until(
-    index: KeyValue, keys: Sequence[str], then: Callable[[], Awaitable[object]] | None = None
-) -> None:
-    """Watches the index until every one of `keys` has come, `then()` run once the first has.
-
-    nats-py 2.16 may send the watch's end-of-history marker (None) before the history itself: it compares the
-    consumer's pending count with the messages its callback has handled so far, and the first may be queued
-    still. So the marker says nothing here (and `keys()`, built on it, may miss a key): wait for the keys.
-    """
-    watcher = await index.watch("taskserv.*")
-    try:
-        waiting = list(keys)
-        while waiting:
-            entry = await watcher.updates(timeout=WAIT)  # type: ignore[no-untyped-call]
-            if entry is not None and entry.key in waiting:
-                if entry.key == keys[0] and then is not None:
-                    await then()
-                waiting.remove(entry.key)
-    finally:
-        await watcher.stop()  # type: ignore[no-untyped-call]
-
-
 async def read_the_index(world: World, who: Conn) -> None:
-    """Read the index: a record (direct get and message get), and a watch (the ordered consumer behind keys,
-    history and watch) that sees the record, then a live update by the publisher."""
-    index = await _index(who)
-    assert (await index.get(RECORD_KEY)).value == b'{"name": "etcd"}'
-    js = who.nc.jetstream()
-    assert (await js.get_last_msg(INDEX_STREAM, f"$KV.{INDEX}.{RECORD_KEY}", direct=False)).data is not None
-    publisher = await _index(world.helpers["publisher"])
-    await _watch_until(index, [RECORD_KEY, "taskserv.live"], partial(publisher.put, "taskserv.live", b"{}"))
+    """Read the index as readers do across accounts: a record by direct get (by key and by revision) and by
+    message get, and a pull consumer of one's own (last per key, then what comes) that gets the record, then a
+    live update by the publisher, and is deleted once read."""
+    js = registry_js(who)
+    index = await js.key_value(INDEX)
+    entry = await index.get(RECORD_KEY)
+    assert entry.value == b'{"name": "etcd"}'
+    assert (await index.get(RECORD_KEY, revision=entry.revision)).value == entry.value
+    assert (await js.get_last_msg(INDEX_STREAM, f"$KV.{INDEX}.{RECORD_KEY}", direct=False)).data == entry.value
+    config = _reader(deliver_policy=DeliverPolicy.LAST_PER_SUBJECT)
+    sub = await js.pull_subscribe(f"$KV.{INDEX}.taskserv.>", stream=INDEX_STREAM, config=config)
+    (first,) = await sub.fetch(1, timeout=WAIT)
+    assert first.subject == f"$KV.{INDEX}.{RECORD_KEY}"
+    await (await _index(world.helpers["publisher"])).put("taskserv.live", b"{}")
+    (live,) = await sub.fetch(1, timeout=WAIT)
+    assert live.subject == f"$KV.{INDEX}.taskserv.live"
+    consumer = (await sub.consumer_info()).name
+    assert await js.delete_consumer(INDEX_STREAM, consumer)
 
 
 async def follow_a_large_index(world: World, who: Conn) -> None:
-    """Watch an index of a few megabytes to its end: on the way the server asks for flow control, which the
-    reader answers on $JS.FC."""
+    """Read an index of a few megabytes with one fetch of a pull consumer: the whole batch arrives (its API is
+    exported as a stream of answers; as a single answer only the first record would)."""
     publisher = await _index(world.helpers["publisher"])
     large = [f"taskserv.large{i}" for i in range(3)]
     for key in large:
         await publisher.put(key, bytes(LARGE_VALUE))
-    await _watch_until(await _index(who), [RECORD_KEY, *large])
+    sub = await registry_js(who).pull_subscribe(f"$KV.{INDEX}.taskserv.>", stream=INDEX_STREAM, config=_reader())
+    batch = await sub.fetch(4, timeout=WAIT)
+    assert [msg.subject.removeprefix(f"$KV.{INDEX}.") for msg in batch] == [RECORD_KEY, *large]
 
 
 async def write_the_index(world: World, who: Conn) -> None:
@@ -522,33 +773,18 @@ async def delete_from_the_index(world: World, who: Conn) -> None:
 
 
 async def read_an_archive(world: World, who: Conn) -> None:
-    """Read an archive as the loader does: its info, then its chunks through a pull consumer of one's own."""
+    """Read an archive as the loader does: its info, then its chunks through a pull consumer of one's own,
+    deleted once read."""
     registry = _registry(world)
     info = await (await _archives(who)).get_info(registry.name)
-    consumer = ConsumerConfig(ack_policy=AckPolicy.NONE, inactive_threshold=WAIT, mem_storage=True)
-    sub = await who.nc.jetstream().pull_subscribe(
-        f"$O.{ARCHIVES}.C.{info.nuid}", stream=ARCHIVES_STREAM, config=consumer
-    )
+    js = registry_js(who)
+    sub = await js.pull_subscribe(f"$O.{ARCHIVES}.C.{info.nuid}", stream=ARCHIVES_STREAM, config=_reader())
     received = bytearray()
     while len(received) < len(registry.archive):
         for msg in await sub.fetch(8, timeout=WAIT):
             received += msg.data
     assert bytes(received) == registry.archive
-    await sub.unsubscribe()
-
-
-async def get_an_archive(world: World, who: Conn) -> None:
-    """Read an archive with ObjectStore.get (an ordered consumer; nats-py checks the digest)."""
-    registry = _registry(world)
-    assert (await (await _archives(who)).get(registry.name)).data == registry.archive
-
-
-async def get_a_large_archive(world: World, who: Conn) -> None:
-    """ObjectStore.get of an archive of a few megabytes: on the way the server asks for flow control."""
-    archive = bytes(range(256)) * (6 * CHUNK // 256)
-    meta = ObjectMeta(name="sha256/large", options=ObjectMetaOptions(max_chunk_size=CHUNK))
-    await (await _archives(world.helpers["publisher"])).put("sha256/large", archive, meta=meta)
-    assert (await (await _archives(who)).get("sha256/large")).data == archive
+    assert await js.delete_consumer(ARCHIVES_STREAM, (await sub.consumer_info()).name)
 
 
 async def put_an_archive(world: World, who: Conn) -> None:
@@ -559,7 +795,8 @@ async def put_an_archive(world: World, who: Conn) -> None:
 
 
 async def delete_an_archive(world: World, who: Conn) -> None:
-    """Delete the archive (its metadata marked deleted, its chunks purged); the loader finds it gone."""
+    """Delete the archive with nats-py's ObjectStore.delete: it marks the metadata deleted, then purges the
+    chunks, a stream purge that only admin may make; the loader finds it gone."""
     name = _registry(world).name
     await (await _archives(who)).delete(name)
     with pytest.raises(ObjectNotFoundError):
@@ -568,47 +805,26 @@ async def delete_an_archive(world: World, who: Conn) -> None:
 
 async def purge_the_archives(world: World, who: Conn) -> None:
     """Purge the archives' stream: every chunk and all metadata gone."""
-    js = who.nc.jetstream()
-    assert await js.purge_stream(ARCHIVES_STREAM)
-    assert (await world.helpers["publisher"].nc.jetstream().stream_info(ARCHIVES_STREAM)).state.messages == 0
+    assert await registry_js(who).purge_stream(ARCHIVES_STREAM)
+    assert (await registry_js(world.helpers["admin"]).stream_info(ARCHIVES_STREAM)).state.messages == 0
 
 
-async def redirect_the_index(world: World, who: Conn) -> None:
-    """Have a push consumer of the index deliver its record onto an event subject: NATS checks no permission on
-    a delivery subject, so whoever may read a stream through consumers can do this; an event subscriber gets
-    the record, as it is."""
-    consumer = ConsumerConfig(
-        deliver_subject="extensions.loaded", filter_subject=f"$KV.{INDEX}.{RECORD_KEY}", ack_policy=AckPolicy.NONE
-    )
-
-    async def create() -> None:
-        await who.nc.jetstream().add_consumer(INDEX_STREAM, config=consumer)
-
-    msg = await _receive_one(world.helpers["observer"], "extensions.loaded", create)
-    assert msg.data == b'{"name": "etcd"}'
-
-
-# What an action needs before it: the service started as the loader user ("core", or "jetstream" to have the
-# stream), or the registry's buckets as the publisher makes them ("registry").
+# What an action needs before it beside what admin made: the service started as the loader user, or the
+# registry's buckets with a record and an archive.
 NEEDS = {
-    "request": "core",
-    "fleet_request": "core",
-    "srv_ping": "core",
-    "srv_stats": "core",
-    "replay_events": "jetstream",
-    "delete_event_stream": "jetstream",
+    "request": "service",
+    "fleet_request": "service",
+    "srv_ping": "service",
+    "srv_stats": "service",
     "change_a_bucket": "registry",
     "read_the_index": "registry",
     "follow_a_large_index": "registry",
-    "get_a_large_archive": "registry",
     "write_the_index": "registry",
     "delete_from_the_index": "registry",
     "read_an_archive": "registry",
-    "get_an_archive": "registry",
     "put_an_archive": "registry",
     "delete_an_archive": "registry",
     "purge_the_archives": "registry",
-    "redirect_the_index": "registry",
 }
 
 ACTIONS: dict[str, Action] = {
@@ -623,6 +839,7 @@ ACTIONS: dict[str, Action] = {
     "serve_fleet": serve_fleet,
     "snoop_requests": snoop_requests,
     "replay_events": replay_events,
+    "check_the_log": check_the_log,
     "create_event_stream": create_event_stream,
     "create_stream": create_stream,
     "delete_event_stream": delete_event_stream,
@@ -634,25 +851,23 @@ ACTIONS: dict[str, Action] = {
     "change_a_bucket": change_a_bucket,
     "read_the_index": read_the_index,
     "follow_a_large_index": follow_a_large_index,
-    "get_a_large_archive": get_a_large_archive,
     "write_the_index": write_the_index,
     "delete_from_the_index": delete_from_the_index,
     "read_an_archive": read_an_archive,
-    "get_an_archive": get_an_archive,
     "put_an_archive": put_an_archive,
     "delete_an_archive": delete_an_archive,
     "purge_the_archives": purge_the_archives,
-    "redirect_the_index": redirect_the_index,
 }
 
 A, R = "allowed", "refused"
 # Replies from the loader reach the requester's private inbox through allow_responses: `request`,
-# `fleet_request`, `srv_*` and `serve_*` show it for every user that may ask.
+# `fleet_request`, `srv_*` and `serve_*` show it for every user that may ask. No runtime user creates, changes,
+# purges or deletes a stream: admin alone does (`extension-loader setup`).
 #                         orchestrator anonymous loader observer publisher
 MATRIX: dict[str, tuple[str, str, str, str, str]] = {
     "request": (A, A, R, R, R),
     "fleet_request": (A, A, R, R, R),  # as the single-instance requests
-    "srv_ping": (A, A, A, A, R),  # the loader: its container health check
+    "srv_ping": (A, A, A, A, R),  # the loader: its container health check; the observer: through its import
     "srv_stats": (A, A, R, A, R),
     "publish_event": (R, R, A, R, R),
     "subscribe_event": (A, A, A, A, R),
@@ -661,26 +876,24 @@ MATRIX: dict[str, tuple[str, str, str, str, str]] = {
     "serve_fleet": (R, R, A, R, R),
     "snoop_requests": (R, R, R, R, R),
     "replay_events": (R, R, R, A, R),
-    "create_event_stream": (R, R, A, R, R),
+    "check_the_log": (R, R, A, A, R),
+    "create_event_stream": (R, R, R, R, R),
     "create_stream": (R, R, R, R, R),
     "delete_event_stream": (R, R, R, R, R),
     "reply_to_own_inbox": (A, A, A, A, A),
     "read_another_inbox": (R, R, R, R, R),
     "read_every_inbox": (R, R, R, R, R),
     "forge_a_reply": (R, R, R, R, R),
-    "create_buckets": (R, R, R, R, A),
-    "change_a_bucket": (R, R, R, R, A),
+    "create_buckets": (R, R, R, R, R),
+    "change_a_bucket": (R, R, R, R, R),
     "read_the_index": (A, A, A, A, A),  # `extension-loader search`, for people too
     "follow_a_large_index": (A, A, A, A, A),
     "write_the_index": (R, R, R, R, A),
     "delete_from_the_index": (R, R, R, R, A),
     "read_an_archive": (R, R, A, R, A),
-    "get_an_archive": (R, R, A, R, A),
-    "get_a_large_archive": (R, R, A, R, A),
     "put_an_archive": (R, R, R, R, A),
-    "delete_an_archive": (R, R, R, R, A),
-    "purge_the_archives": (R, R, R, R, A),
-    "redirect_the_index": (A, A, A, A, A),  # a limit of NATS (README.md, Security): trust signatures, not subjects
+    "delete_an_archive": (R, R, R, R, R),  # the publisher: its metadata is marked deleted, the purge refused
+    "purge_the_archives": (R, R, R, R, R),
 }
 
 
@@ -698,15 +911,17 @@ CASES = [
 
 
 @pytest.mark.parametrize(("user", "action", "expected"), CASES)
-async def test_permission_matrix(secured: NatsServer, tmp_path: Path, user: str, action: str, expected: str) -> None:
+async def test_permission_matrix(
+    administered: NatsServer, tmp_path: Path, user: str, action: str, expected: str
+) -> None:
+    secured = administered
     async with AsyncExitStack() as stack:
         helpers = {u: await stack.enter_async_context(connect(secured.url, u)) for u in PASSWORDS}
         service = registry = None
         if (need := NEEDS.get(action)) == "registry":
             registry = await make_registry(helpers["publisher"])
         elif need:
-            config = loader_config(secured.url, tmp_path, **{"events.jetstream": need == "jetstream"})
-            service = await stack.enter_async_context(running_service(config))
+            service = await stack.enter_async_context(running_service(loader_config(secured.url, tmp_path)))
         world = World(secured, helpers, service, registry)
         who = await stack.enter_async_context(connect(secured.url, user))
         outcome = await attempt(who, partial(ACTIONS[action], world, who))
@@ -715,10 +930,9 @@ async def test_permission_matrix(secured: NatsServer, tmp_path: Path, user: str,
             f"{who.violations}\n\n{matrix_table()}"
         )
         if expected == R:
-            # The server logs it too, with the user (anonymous is the no_auth_user, orchestrator).
+            # The server logs it too, with the account and the user (anonymous is the no_auth_user, orchestrator).
             kind = "Publish" if "for publish to" in who.violations[0] else "Subscription"
-            logged_as = "orchestrator" if user == ANONYMOUS else user
-            await wait_for_log(secured, f'"$G/user:{logged_as}" - {kind} Violation - Subject ')
+            await wait_for_log(secured, f"{logged_as(user)} - {kind} Violation - Subject ")
 
 
 def test_the_matrix_covers_every_user_and_action() -> None:
@@ -726,10 +940,491 @@ def test_the_matrix_covers_every_user_and_action() -> None:
     print("\n" + matrix_table())
 
 
+# --- streams: admin alone makes, changes and deletes them ------------------------------------------------------------
+
+
+def stream_commands(states: dict[str, StreamState]) -> list[tuple[str, bytes]]:
+    """(subject after the API prefix, body) of every command that would make, change, empty or delete a stream:
+    each stream taken over the orchestrator's inbox and the event and request subjects, sealed, purged, deleted;
+    and a new stream over every inbox."""
+    commands: list[tuple[str, bytes]] = []
+    for name in STREAMS:
+        config = states[name].config
+        subjects = config.get("subjects") or []
+        taken = [
+            *subjects,
+            "_INBOX.orchestrator.>",
+            *(s for s in [*EVENT_SUBJECTS, "extensions.load"] if s not in subjects),
+        ]
+        for change in ({"subjects": taken}, {"sealed": True}, {"deny_delete": True, "max_age": 1_000_000}):
+            body = json.dumps({**config, **change}).encode()
+            commands += [(f"STREAM.UPDATE.{name}", body), (f"STREAM.CREATE.{name}", body)]
+        commands += [(f"STREAM.PURGE.{name}", b"{}"), (f"STREAM.DELETE.{name}", b"")]
+    spy = json.dumps({"name": "SPY", "subjects": ["_INBOX.>"]}).encode()
+    return [*commands, ("STREAM.CREATE.SPY", spy)]
+
+
+async def _a_publish_still_works(others: Others) -> None:
+    """A loader's event is logged and heard, the publisher's write is read back by a loader."""
+    heard, stored = await others.settle()
+    assert stored == [] and all(msgs == [] for msgs in heard.values())
+    revision = await (await _index(others.conns["publisher"])).put("taskserv.after", b"{}")
+    assert (await (await _index(others.conns["loader"])).get("taskserv.after")).revision == revision
+
+
+@pytest.mark.parametrize("user", [*RUNTIME, ANONYMOUS])
+async def test_no_runtime_user_makes_changes_empties_or_deletes_a_stream(administered: NatsServer, user: str) -> None:
+    """Every stream command under every JetStream API prefix (`$JS.API`, `$JS.reg.API`, `$JS.events.API`), for
+    every stream (the log, the index, the archives): taking the orchestrator's inbox or the event subjects into a
+    stream, sealing, a time to live, purging, deleting, making a new stream. Each is refused; every stream keeps
+    its settings and contents; events and writes still work afterwards."""
+    async with others_listening(administered.url) as others:
+        await make_registry(others.conns["publisher"])
+        admin = others.conns["admin"]
+        before = await streams(admin)
+        for prefix in PREFIXES:
+            for subject, body in stream_commands(before):
+                async with connect(administered.url, user) as who:
+                    outcome = await attempt(who, partial(who.nc.request, f"{prefix}.{subject}", body, timeout=WAIT))
+                assert outcome == R, f"{user}: {prefix}.{subject}: {outcome}"
+        assert await settled_streams(admin) == before
+        await _a_publish_still_works(others)
+
+
+async def test_admin_makes_changes_and_deletes_streams_in_reg_and_events(administered: NatsServer) -> None:
+    """`admin` alone manages streams: in REG with `$JS.API`, in EVENTS through `$JS.events.API`; it takes no part
+    in live traffic."""
+    async with connect(administered.url, "admin") as admin:
+        for js in (registry_js(admin), events_js(admin)):
+            await js.add_stream(StreamConfig(name="SCRATCH", subjects=["scratch.>"]))
+            config = (await js.stream_info("SCRATCH")).config
+            config.max_msgs = 10
+            assert (await js.update_stream(config)).config.max_msgs == 10
+            assert await js.purge_stream("SCRATCH")
+            assert await js.delete_stream("SCRATCH")
+        assert set(await streams(admin)) == set(STREAMS)
+        await admin.nc.publish("extensions.unloaded", b"{}")
+        await flush_subscriptions(admin.nc)  # two round trips: the PUB has reached the server before a PING
+        assert admin.violations == ['nats: permissions violation for publish to "extensions.unloaded"']
+    await wait_for_log(administered, f'{logged_as("admin")} - Publish Violation - Subject "extensions.unloaded"')
+
+
+# --- what a reader can have JetStream send elsewhere -----------------------------------------------------------------
+# NATS checks no permission on a reply subject, and JetStream publishes its answers itself: whoever reads a stored
+# message by request (a direct get, a message get, a pull consumer's next messages) can have it sent onto any
+# subject of the account the answer goes back to. The values read are planted first, one per place they are to
+# be sent: as index records `cmd.<i>` and archives `cmd/<i>` (by the publisher) and events (by a loader).
+
+
+@dataclass(frozen=True)
+class Planted:
+    replies: list[str]  # where the value i is to be sent
+    nuids: list[str]  # the archive cmd/<i>'s chunks ("" when empty: no chunk)
+    log_seqs: list[int]  # the event's sequence in EXTENSION_EVENTS
+
+
+async def plant(others: Others, pairs: Sequence[tuple[str, bytes]]) -> Planted:
+    publisher = others.conns["publisher"]
+    index, archives = await _index(publisher), await _archives(publisher)
+    nuids = []
+    for i, (_, body) in enumerate(pairs):
+        await index.put(f"cmd.{i}", body)
+        if body:
+            meta = ObjectMeta(name=f"cmd/{i}", options=ObjectMetaOptions(max_chunk_size=CHUNK))
+            nuids.append((await archives.put(f"cmd/{i}", body, meta=meta)).nuid)
+        else:
+            nuids.append("")  # an empty object has no chunk to read
+        await others.conns["genuine"].nc.publish("extensions.loaded", body)
+    await others.conns["genuine"].nc.flush()
+    logged = await others.log.next(len(pairs))
+    await others.settle()  # everyone has heard the planted events
+    return Planted([reply for reply, _ in pairs], nuids, [msg.metadata.sequence.stream for msg in logged])
+
+
+@dataclass(frozen=True)
+class Route:
+    """One way to read a planted value by request. After the requests, one of the same kind into the reader's own
+    inbox: once that is answered, every answer before it has been sent. A pull consumer's answers come from that
+    consumer alone, so each value is read by a consumer of its own, and each consumer asked again."""
+
+    name: str
+    users: tuple[str, ...]  # who may
+    api: str
+    stream: str
+    kind: str  # "direct", "get", "info", "pull"
+
+    async def run(self, who: Conn, planted: Planted) -> int:
+        """Sends each planted value to its reply subject; returns how many were sent."""
+        sent = 0
+        for i, reply in enumerate(planted.replies):
+            if self.stream == ARCHIVES_STREAM and not planted.nuids[i]:
+                continue  # an empty archive has no chunk to read
+            if self.kind == "pull":
+                consumer = f"{self.name.replace(' ', '-')}-{i}"
+                config = _reader(name=consumer, **self._one(planted, i))
+                await who.nc.jetstream(prefix=self.api, timeout=WAIT).add_consumer(self.stream, config=config)
+                subject = f"{self.api}.CONSUMER.MSG.NEXT.{self.stream}.{consumer}"
+                await who.nc.publish(subject, json.dumps({"batch": 1}).encode(), reply=reply)
+                await _ask(who, subject, json.dumps({"batch": 1, "no_wait": True}).encode())
+            else:
+                await who.nc.publish(*self._request(planted, i), reply=reply)
+            sent += 1
+        if self.kind != "pull":
+            await who.nc.request(*self._request(planted, 0), timeout=WAIT)
+        return sent
+
+    def _one(self, planted: Planted, i: int) -> dict[str, Any]:
+        """A consumer whose first message is the planted value i."""
+        if self.stream == STREAM:
+            return {"deliver_policy": DeliverPolicy.BY_START_SEQUENCE, "opt_start_seq": planted.log_seqs[i]}
+        if self.stream == INDEX_STREAM:
+            return {"filter_subject": f"$KV.{INDEX}.cmd.{i}"}
+        return {"filter_subject": f"$O.{ARCHIVES}.C.{planted.nuids[i]}"}
+
+    def _request(self, planted: Planted, i: int) -> tuple[str, bytes]:
+        api, stream = self.api, self.stream
+        if self.kind == "info":
+            return f"{api}.STREAM.INFO.{stream}", b""
+        if stream == STREAM:  # the log: by sequence
+            body = json.dumps({"seq": planted.log_seqs[i]}).encode()
+            return (f"{api}.DIRECT.GET.{stream}" if self.kind == "direct" else f"{api}.STREAM.MSG.GET.{stream}"), body
+        subject = f"$KV.{INDEX}.cmd.{i}" if stream == INDEX_STREAM else f"$O.{ARCHIVES}.C.{planted.nuids[i]}"
+        if self.kind == "direct":
+            return f"{api}.DIRECT.GET.{stream}.{subject}", b""
+        return f"{api}.STREAM.MSG.GET.{stream}", json.dumps({"last_by_subj": subject}).encode()
+
+
+async def _ask(who: Conn, subject: str, body: bytes) -> Msg:
+    """The first answer to a request, whatever its subject (a pull consumer's message keeps its stored subject, so
+    nats-py's `request`, which matches answers by subject, never sees it)."""
+    answers = Heard()
+    reply = who.nc.new_inbox()
+    sub = await who.nc.subscribe(reply, cb=answers.add)
+    await who.nc.publish(subject, body, reply=reply)
+    await answers.wait_for(1)
+    await sub.unsubscribe()
+    return answers.msgs[0]
+
+
+READERS = ("orchestrator", "loader", "observer", "publisher")
+ROUTES = (
+    Route("index direct get", READERS, REG_API, INDEX_STREAM, "direct"),
+    Route("index message get", READERS, REG_API, INDEX_STREAM, "get"),
+    Route("index info", READERS, REG_API, INDEX_STREAM, "info"),
+    Route("index pull", READERS, REG_API, INDEX_STREAM, "pull"),
+    Route("archive direct get", ("loader", "publisher"), REG_API, ARCHIVES_STREAM, "direct"),
+    Route("archive message get", ("loader", "publisher"), REG_API, ARCHIVES_STREAM, "get"),
+    Route("archive pull", ("loader", "publisher"), REG_API, ARCHIVES_STREAM, "pull"),
+    Route("log info", ("loader", "observer"), EVENTS_API, STREAM, "info"),
+    Route("log direct get", ("observer",), EVENTS_API, STREAM, "direct"),
+    Route("log message get", ("observer",), EVENTS_API, STREAM, "get"),
+    Route("log pull", ("observer",), EVENTS_API, STREAM, "pull"),
+)
+
+
+@pytest.mark.parametrize("user", RUNTIME)
+async def test_no_jetstream_answer_becomes_a_stream_command(administered: NatsServer, user: str) -> None:
+    """Every reader reads, in every way it may (direct get, message get, stream info, a pull consumer's next
+    message; the index, the archives, the log), values shaped as the bodies of stream commands (empty: delete;
+    `{}`: purge; a stream's settings sealed, or over the orchestrator's inbox and the event subjects: update; a
+    new stream over every inbox: create), each sent onto its command's subject under every API prefix. Inside an
+    account with JetStream such an answer is taken as the command (test_nats_takes_a_jetstream_answer_as_a_request
+    shows it); every answer to these users comes back into their own account, where no JetStream API is, so none
+    acts: every stream keeps its settings and contents, none is added, and writes and events still work."""
+    async with others_listening(administered.url) as others:
+        admin = others.conns["admin"]
+        commands = [
+            (f"{prefix}.{subject}", body)
+            for prefix in PREFIXES
+            for subject, body in stream_commands(await streams(admin))
+        ]
+        planted = await plant(others, commands)
+        before = await streams(admin)
+        attacker = others.conns[user]
+        for route in ROUTES:
+            if user in route.users:
+                assert await route.run(attacker, planted) > 0
+        assert await settled_streams(admin) == before
+        assert attacker.violations == []
+        await _a_publish_still_works(others)
+
+
+async def test_nats_takes_a_jetstream_answer_as_a_request(tmp_path: Path) -> None:
+    """Why no user but admin is in an account with JetStream (nats.conf, PUB): in one account, a user that may only
+    write a bucket and read it by direct get deletes a stream, by naming `$JS.API.STREAM.DELETE.<stream>` as
+    the reply of a direct get of an empty value. (Not nats.conf: a server of this test's own, whose admin hears
+    JetStream's advisories.)"""
+    conf = tmp_path / "one-account.conf"
+    conf.write_text(
+        'listen: 127.0.0.1:-1\njetstream { store_dir: "./js" }\n'
+        "accounts { REG: { jetstream: enabled, users: [\n"
+        '  {user: admin, password: a, permissions: {publish: ["$JS.API.>"],\n'
+        '   subscribe: ["_INBOX.admin.>", "$JS.EVENT.ADVISORY.>"]}}\n'
+        '  {user: writer, password: w, permissions: {publish: ["$KV.bucket.>", "$JS.API.DIRECT.GET.KV_bucket.>"],\n'
+        '   subscribe: ["_INBOX.writer.>"]}}\n'
+        "] } }\n"
+    )
+    server = NatsServer(["-c", str(conf), "-p", "-1", "-m", "-1"], cwd=tmp_path).start()
+    try:
+        admin_nc = await nats.connect(server.url, user="admin", password="a", inbox_prefix="_INBOX.admin")
+        writer_nc = await nats.connect(server.url, user="writer", password="w", inbox_prefix="_INBOX.writer")
+        try:
+            admin_js = admin_nc.jetstream()
+            await admin_js.create_key_value(KeyValueConfig(bucket="bucket", direct=True))
+            await admin_js.add_stream(StreamConfig(name="VICTIM", subjects=["victim.>"]))
+            deleted = Heard()
+            await admin_nc.subscribe("$JS.EVENT.ADVISORY.STREAM.DELETED.VICTIM", cb=deleted.add)
+            await flush_subscriptions(admin_nc)
+            await writer_nc.jetstream().publish("$KV.bucket.empty", b"")
+            direct_get = "$JS.API.DIRECT.GET.KV_bucket.$KV.bucket.empty"
+            await writer_nc.publish(direct_get, b"", reply="$JS.API.STREAM.DELETE.VICTIM")
+            await deleted.wait_for(1)
+            assert [info.config.name for info in await admin_js.streams_info()] == ["KV_bucket"]
+        finally:
+            await writer_nc.close()
+            await admin_nc.close()
+    finally:
+        server.stop()
+
+
+# --- what a reader can have a consumer deliver, and JetStream answer, onto another user's subjects -----------------
+
+FORGED = msgspec.json.encode(
+    {
+        "event_id": "forged",
+        "reason": "yanked",
+        "extension_type": "taskserv",
+        "name": "etcd",
+        "version": "3.5.0",
+        "instance_id": "forged",
+        "timestamp": "2026-01-01T00:00:00Z",
+    }
+)
+# Every subject another user listens on (PATHS), as an attack names it.
+TARGETS = sorted({subject for _, subject, _ in PATHS.values()})
+
+
+def lands(attacker: str, path: str) -> bool:
+    """Whether something sent in `attacker`'s account onto the path's subject reaches that path: the same account
+    (LIVE is the orchestrator's, anonymous's and the loader's)."""
+    user, _, _ = PATHS[path]
+    return ACCOUNTS[user] == ACCOUNTS[attacker]
+
+
+def not_an_event(msg: Msg, subject: str) -> bool:
+    """A message that arrived on `subject` and is recognisably not what a client published there: `marked`, or a
+    JetStream API answer (its body names its type)."""
+    if marked(msg, subject):
+        return True
+    try:
+        kind = msgspec.json.decode(msg.data).get("type", "")
+    except (msgspec.DecodeError, AttributeError):
+        return False
+    return isinstance(kind, str) and kind.startswith("io.nats.jetstream.api.v1.")
+
+
+@pytest.mark.parametrize("user", [*RUNTIME, ANONYMOUS])
+async def test_a_read_answered_onto_another_s_subject_stays_in_the_reader_s_account(
+    administered: NatsServer, user: str
+) -> None:
+    """A forged event, written into the index and an archive by the publisher (and an event of a loader's, in the
+    log), read in every way each user may and sent onto every subject another user listens on: each inbox, the
+    event subjects, the request subject. NATS delivers what lands in the reader's own account: for LIVE's users,
+    onto LIVE's subscribers, marked as JetStream's (the stored subject and a `$JS.ACK.` reply, a `Nats-Stream`
+    header, a status, an API answer's type), never as a plain event; for the observer and the publisher, alone
+    in their accounts, to no one else. The event log stores none of it."""
+    async with others_listening(administered.url) as others:
+        planted = await plant(others, [(target, FORGED) for target in TARGETS])
+        assert isinstance(msgspec.json.decode(FORGED, type=ExtensionUnloaded), ExtensionUnloaded)
+        async with connect(administered.url, user) as attacker:
+            sent = {route.name: await route.run(attacker, planted) for route in ROUTES if _reads(user) in route.users}
+            assert attacker.violations == []
+        heard, stored = await others.settle()
+    assert stored == [], "the event log stored what an attack sent"
+    for path, msgs in heard.items():
+        _, subject, _ = PATHS[path]
+        if lands(user, path):  # one answer from each way of reading
+            assert len(msgs) == len(sent), (path, sent, msgs)
+            assert all(not_an_event(msg, subject) for msg in msgs), [(m.subject, m.reply, m.headers) for m in msgs]
+        else:
+            assert msgs == [], f"{path} heard {user}'s attack: {msgs}"
+
+
+def _reads(user: str) -> str:
+    return "orchestrator" if user == ANONYMOUS else user
+
+
+CONSUMERS = {  # the streams each user may make consumers on
+    "orchestrator": (INDEX_STREAM,),
+    ANONYMOUS: (INDEX_STREAM,),
+    "loader": (INDEX_STREAM, ARCHIVES_STREAM),
+    "observer": (INDEX_STREAM, STREAM),
+    "publisher": (INDEX_STREAM, ARCHIVES_STREAM),
+}
+CYCLE = 10081  # "consumer deliver subject forms a cycle"
+
+
+@pytest.mark.parametrize("user", [*RUNTIME, ANONYMOUS])
+async def test_a_push_consumer_delivers_to_no_one_outside_its_stream_s_account(
+    administered: NatsServer, user: str
+) -> None:
+    """NATS checks no permission on where a push consumer delivers. Every reader makes push consumers on every
+    stream it may (the index with the publisher's forged event, the archives, the log) delivering onto every
+    subject another user listens on. A consumer delivers only to subscribers in its stream's account (REG,
+    EVENTS), where no one else listens: each is made but finds no one (not bound, nothing delivered); one of the
+    log onto an event subject is refused as a cycle. No one hears anything, the log stores nothing. admin's own
+    consumer onto its own inbox, beside them, is bound and delivers: the difference is the account."""
+    async with others_listening(administered.url) as others:
+        await plant(others, [("", FORGED)])
+        async with connect(administered.url, user) as attacker:
+            for stream in CONSUMERS[user]:
+                js = attacker.nc.jetstream(prefix=EVENTS_API if stream == STREAM else REG_API, timeout=WAIT)
+                for target in TARGETS:
+                    config = ConsumerConfig(deliver_subject=target, ack_policy=AckPolicy.NONE, inactive_threshold=WAIT)
+                    try:
+                        info = await js.add_consumer(stream, config=config)
+                    except APIError as exc:
+                        assert (stream, target, exc.err_code) in [(STREAM, s, CYCLE) for s in EVENT_SUBJECTS], exc
+                        continue
+                    assert (stream, target) not in [(STREAM, s) for s in EVENT_SUBJECTS]
+                    assert info.delivered is not None and info.delivered.stream_seq == 0, (stream, target, info)
+                    assert not info.push_bound, (stream, target, info)
+            assert attacker.violations == []
+        heard, stored = await others.settle()
+        assert stored == [] and all(msgs == [] for msgs in heard.values()), (stored, heard)
+        admin = others.conns["admin"]
+        seen = Heard()
+        await admin.nc.subscribe(f"{inbox('admin')}.{VICTIM}", cb=seen.add)
+        await flush_subscriptions(admin.nc)
+        config = ConsumerConfig(
+            deliver_subject=f"{inbox('admin')}.{VICTIM}", ack_policy=AckPolicy.NONE, filter_subject=f"$KV.{INDEX}.cmd.0"
+        )
+        assert (await registry_js(admin).add_consumer(INDEX_STREAM, config=config)).push_bound
+        assert await seen.before(FORGED) == []  # it came, as the first
+
+
+# --- what a loader's reply and a loader's acknowledgement can do -------------------------------------------------
+
+
+async def _respond(msg: Msg, *, only_inboxes: bool) -> None:
+    """A loader's answer, as the service gives it: only into an inbox (a requester's, or one a service import
+    mapped) when `only_inboxes`."""
+    if msg.reply and (not only_inboxes or msg.reply.startswith(("_INBOX.", "_R_."))):
+        await msg.respond(b'{"answered": true}')
+
+
+@pytest.mark.parametrize("only_inboxes", [False, True], ids=["answering-anywhere", "answering-only-inboxes"])
+async def test_a_request_whose_reply_is_an_event_subject(administered: NatsServer, only_inboxes: bool) -> None:
+    """The orchestrator sends a request (extensions.reload) with the reply extensions.unloaded. NATS checks no
+    permission on a reply subject, and the loader may publish events anyway: a responder that answers wherever it
+    is asked puts its answer onto the event subject, where every listener hears it and the log stores it. That is
+    why the service answers only into inboxes (`nats.reply_prefixes`): a responder that does so, as the service
+    will (its own test is the service's), leaves the events and the log alone, and the next request gets its
+    answer."""
+    async with others_listening(administered.url) as others:
+        responder = others.conns["genuine"]
+        await responder.nc.subscribe(
+            "extensions.reload", queue="extension-loader", cb=partial(_respond, only_inboxes=only_inboxes)
+        )
+        await flush_subscriptions(responder.nc)
+        orchestrator = others.conns["orchestrator"]
+        await orchestrator.nc.publish("extensions.reload", b"{}", reply="extensions.unloaded")
+        answer = await orchestrator.nc.request("extensions.reload", b"{}", timeout=WAIT)  # after the one before
+        assert answer.data == b'{"answered": true}'
+        heard, stored = await others.settle()
+    event_paths = [path for path, (_, subject, _) in PATHS.items() if subject == "extensions.unloaded"]
+    if only_inboxes:
+        assert stored == [] and all(msgs == [] for msgs in heard.values())
+    else:
+        assert [msg.data for msg in stored] == [b'{"answered": true}']
+        for path, msgs in heard.items():
+            assert [msg.data for msg in msgs] == ([b'{"answered": true}'] if path in event_paths else []), path
+
+
+READ_A_BODY = ("STREAM.PURGE", "STREAM.UPDATE", "STREAM.MSG.DELETE")  # a single server steps down without one
+LOG_COMMANDS = [
+    f"$JS.API.{command}.{STREAM}"
+    for command in ("STREAM.DELETE", "STREAM.PURGE", "STREAM.UPDATE", "STREAM.MSG.DELETE", "STREAM.LEADER.STEPDOWN")
+] + [f"$JS.API.CONSUMER.DELETE.{STREAM}.replay"]
+
+
+async def test_a_loader_s_acknowledgement_is_no_command_on_the_log(administered: NatsServer) -> None:
+    """An event published with a reply subject has the log's acknowledgement sent there, inside EVENTS, by
+    JetStream itself, where it reaches EVENTS's own JetStream API. A loader names every command on the log (and
+    on the observer's durable consumer) as the reply of its events: an acknowledgement's body is no command's
+    (the server refuses it, and logs why where it reads a body), so the log keeps its settings, contents and
+    consumer. The last event's reply is an event subject: its acknowledgement is logged after the others were
+    sent, which shows they all were."""
+    async with others_listening(administered.url) as others:
+        observer, admin = others.conns["observer"], others.conns["admin"]
+        await events_js(observer).pull_subscribe("extensions.loaded", durable="replay", stream=STREAM)
+        before = await streams(admin)
+        loader = others.conns["genuine"]
+        for command in LOG_COMMANDS:
+            await loader.nc.publish("extensions.loaded", b"{}", reply=command)
+        await loader.nc.publish("extensions.loaded", b"last", reply="extensions.unloaded")
+        await loader.nc.flush()
+        logged = await others.log.next(len(LOG_COMMANDS) + 2)
+        assert [msg.data for msg in logged[:-1]] == [b"{}"] * len(LOG_COMMANDS) + [b"last"]
+        assert logged[-1].subject == "extensions.unloaded"
+        acknowledgement = msgspec.json.decode(logged[-1].data)
+        assert acknowledgement["stream"] == STREAM  # JetStream's own, stored as it was sent
+        for command in READ_A_BODY:
+            await wait_for_log(administered, f"Invalid JetStream request 'EVENTS > $JS.API.{command}.{STREAM}'")
+        after = await settled_streams(admin)
+        assert after[STREAM].config == before[STREAM].config
+        assert after[STREAM].first_seq == before[STREAM].first_seq
+        assert after[STREAM].messages == before[STREAM].messages + len(LOG_COMMANDS) + 2
+        assert (await events_js(observer).consumer_info(STREAM, "replay")).name == "replay"
+        await others.settle()
+
+
+# --- requests, replies and `$SRV` across the accounts --------------------------------------------------------------
+
+
+async def test_an_orchestrator_s_request_and_its_reply_reach_no_one_else(
+    administered: NatsServer, tmp_path: Path
+) -> None:
+    """The service as the loader; the orchestrator asks it; every other place listens: the reply reaches the
+    orchestrator's own inbox and nothing reaches anyone else."""
+    config = loader_config(administered.url, tmp_path)
+    async with running_service(config) as service, others_listening(administered.url, serving=True) as others:
+        stats = await LoaderClient(others.conns["orchestrator"].nc, timeout=WAIT).stats()
+        assert stats["instance_id"] == service.identity.id
+        heard, stored = await others.settle()
+    assert stored == [] and all(msgs == [] for msgs in heard.values())
+
+
+async def test_the_observer_pings_every_loader_through_its_import(administered: NatsServer) -> None:
+    """The observer's `$SRV.PING` crosses into LIVE through LIVE's export: both loaders answer (a stream of
+    answers), each seeing the reply as a `_R_.` subject its import mapped, which allow_responses lets it answer."""
+    async with AsyncExitStack() as stack:
+        loaders = [await stack.enter_async_context(connect(administered.url, "loader")) for _ in range(2)]
+        seen: list[str] = []
+
+        async def pong(msg: Msg, name: str) -> None:
+            seen.append(msg.reply)
+            await msg.respond(name.encode())
+
+        for i, loader in enumerate(loaders):
+            await loader.nc.subscribe(f"$SRV.PING.{SERVICE_NAME}", cb=partial(pong, name=f"loader-{i}"))
+            await flush_subscriptions(loader.nc)
+        observer = await stack.enter_async_context(connect(administered.url, "observer"))
+        answers = Heard()
+        reply = f"{inbox('observer')}.ping"
+        await observer.nc.subscribe(reply, cb=answers.add)
+        await flush_subscriptions(observer.nc)
+        await observer.nc.publish(f"$SRV.PING.{SERVICE_NAME}", b"", reply=reply)
+        await answers.wait_for(2)
+        assert sorted(msg.data for msg in answers.msgs) == [b"loader-0", b"loader-1"]
+        assert len(seen) == 2 and all(r.startswith("_R_.") for r in seen), seen
+        assert all(not conn.violations for conn in [*loaders, observer])
+
+
 # --- logging in -------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("user", ["orchestrator", "loader", "observer", "publisher"])
+@pytest.mark.parametrize("user", ["orchestrator", "loader", "observer", "publisher", "admin"])
 async def test_a_wrong_password_is_refused(secured: NatsServer, user: str) -> None:
     someone_elses = next(p for u, p in PASSWORDS.items() if u != user)
     for password in ("wrong", someone_elses):
@@ -741,7 +1436,7 @@ async def test_a_wrong_password_is_refused(secured: NatsServer, user: str) -> No
 
 async def test_an_unknown_user_is_refused(secured: NatsServer) -> None:
     with pytest.raises(nats.errors.Error, match="Authorization Violation"):
-        async with connect(secured.url, "admin", "anything"):
+        async with connect(secured.url, "root", "anything", inbox_prefix="_INBOX.root"):
             pass
 
 
@@ -753,50 +1448,50 @@ async def test_without_credentials_a_client_is_the_orchestrator(secured: NatsSer
         await anonymous.nc.publish("extensions.unloaded", b"{}")
         await flush_subscriptions(anonymous.nc)  # two round trips: the PUB has reached the server before a PING
         assert anonymous.violations == ['nats: permissions violation for publish to "extensions.unloaded"']
-    await wait_for_log(secured, '"$G/user:orchestrator" - Publish Violation - Subject "extensions.unloaded"')
+    await wait_for_log(secured, f'{logged_as(ANONYMOUS)} - Publish Violation - Subject "extensions.unloaded"')
 
 
 # --- the service under these permissions ------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("jetstream", [False, True], ids=["core", "jetstream"])
+@pytest.mark.parametrize("layout", [False, True], ids=["core", "log"])
 async def test_the_service_works_as_the_loader_user(
-    secured: NatsServer, tmp_path: Path, jetstream: bool, caplog: pytest.LogCaptureFixture
+    administered: NatsServer, tmp_path: Path, layout: bool, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Serves every kind of request, publishes its events and (JetStream) keeps its stream; nothing refused."""
-    if jetstream:
-        # A stream from before with one subject too few: the loader may update its own stream.
-        async with connect(secured.url, "loader") as loader:
-            await loader.nc.jetstream().add_stream(StreamConfig(name=STREAM, subjects=["extensions.loaded"]))
-    config = loader_config(secured.url, tmp_path, **{"events.jetstream": jetstream})
+    """Serves every kind of request and publishes its events; with the account layout's keys (`log`) it checks
+    that the log is there and the log stores every event it published; nothing refused."""
+    secured = administered
+    config = loader_config(secured.url, tmp_path, **(LAYOUT if layout else {}))
     events = EventLog()
     async with connect(secured.url, "observer") as observer, connect(secured.url, "orchestrator") as orchestrator:
-        for subject in ("extensions.loaded", "extensions.unloaded"):
+        for subject in EVENT_SUBJECTS:
             await observer.nc.subscribe(subject, cb=events.add)
         await flush_subscriptions(observer.nc)
-        async with running_service(config) as service:
-            client = LoaderClient(orchestrator.nc, timeout=WAIT)
-            await client.load("taskserv", "kubernetes", with_dependencies=True)
-            await client.reload("taskserv", "etcd")
-            await client.status("taskserv", "etcd")
-            await client.list()
-            await client.discover("taskserv")
-            await client.graph("taskserv", "kubernetes", None, "json")
-            assert (await client.clear())["cleared"] > 0
-            assert (await client.stats())["instance_id"] == service.identity.id
-            for suffix, body in [("list", {}), ("status", {"extension_type": "taskserv", "name": "etcd"})]:
-                assert len((await client.gather(suffix, body, replies=1)).answers) == 1
-            assert len((await client.gather("stats", replies=1)).answers) == 1
-            assert (await client.gather("cache.clear", replies=1)).answers[0]["data"] == {"cleared": 0}
-            await srv_stats(World(secured, {}, service), orchestrator)
-        # Leaving the service waited for the events of every request it answered.
-        published = service.publisher.published
-        assert service.publisher.failed == 0 and published > 0
-        await events.wait_for(published)
-        if jetstream:
-            info = await observer.nc.jetstream().stream_info(STREAM)
-            assert sorted(info.config.subjects or []) == ["extensions.loaded", "extensions.unloaded"]
-            assert info.state.messages == published
+        async with connect(secured.url, "admin") as admin:
+            log = LogReader(admin)
+            await log.start()
+            async with running_service(config) as service:
+                client = LoaderClient(orchestrator.nc, timeout=WAIT)
+                await client.load("taskserv", "kubernetes", with_dependencies=True)
+                await client.reload("taskserv", "etcd")
+                await client.status("taskserv", "etcd")
+                await client.list()
+                await client.discover("taskserv")
+                await client.graph("taskserv", "kubernetes", None, "json")
+                assert (await client.clear())["cleared"] > 0
+                assert (await client.stats())["instance_id"] == service.identity.id
+                for suffix, body in [("list", {}), ("status", {"extension_type": "taskserv", "name": "etcd"})]:
+                    assert len((await client.gather(suffix, body, replies=1)).answers) == 1
+                assert len((await client.gather("stats", replies=1)).answers) == 1
+                assert (await client.gather("cache.clear", replies=1)).answers[0]["data"] == {"cleared": 0}
+                await srv_stats(World(secured, {}, service), orchestrator)
+            # Leaving the service waited for the events of every request it answered.
+            published = service.publisher.published
+            assert service.publisher.failed == 0 and published > 0
+            heard = await events.wait_for(published)
+            # The log (admin made it) captured them all, as the observer heard them, in order.
+            stored = await log.next(published)
+            assert [msgspec.json.decode(m.data) for m in stored] == heard
     assert orchestrator.violations == observer.violations == []
     await log_barrier(secured)
     refused = [line for line in secured.log if "Violation" in line and 'Subject "log.barrier"' not in line]
@@ -885,7 +1580,7 @@ async def test_the_command_line_gets_its_replies_under_its_users_inbox(secured: 
     assert done.returncode == 4, said
     assert "permissions violation for subscription" in said.lower() and "--inbox-prefix" in said
     assert "user 'orchestrator' may not receive replies under _INBOX.loader" in said and "Traceback" not in said
-    await wait_for_log(secured, '"$G/user:orchestrator" - Subscription Violation - Subject "_INBOX.loader.')
+    await wait_for_log(secured, f'{logged_as("orchestrator")} - Subscription Violation - Subject "_INBOX.loader.')
 
 
 async def test_the_service_with_another_users_inbox_prefix_stops_at_once(secured: NatsServer, tmp_path: Path) -> None:
@@ -898,7 +1593,7 @@ async def test_the_service_with_another_users_inbox_prefix_stops_at_once(secured
         async with running_service(config):
             pass
     assert "refuses user 'loader' replies under the inbox prefix '_INBOX.orchestrator'" in str(info.value)
-    await wait_for_log(secured, '"$G/user:loader" - Subscription Violation - Subject "_INBOX.orchestrator.')
+    await wait_for_log(secured, f'{logged_as("loader")} - Subscription Violation - Subject "_INBOX.orchestrator.')
 
 
 async def test_the_container_health_check_passes_as_the_loader_user(secured: NatsServer, tmp_path: Path) -> None:
@@ -1110,33 +1805,50 @@ async def test_a_user_without_jetstream_rights_gets_a_clear_stop(secured: NatsSe
             pass
 
 
+def registry_cli(*args: str, user: str | None = None) -> list[str]:
+    """`extension-loader <args>` as `user` (None: no credentials) through the account layout's registry prefix."""
+    credentials = [] if user is None else ["--user", user, "--password", PASSWORDS[user]]
+    prefix = ["--set", f'registry.api_prefix="{REG_API}"', "--set", f'nushell.path="{NU}"']
+    return [str(Path(sys.executable).with_name("extension-loader")), *args, *credentials, *prefix]
+
+
+async def run_cli(argv: list[str], limit: float = WAIT) -> tuple[int, str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("NATS_USER", "NATS_PASSWORD", "NATS_CA")}
+    with anyio.fail_after(limit):
+        done = await anyio.run_process(argv, env=env, cwd=ROOT, check=False)
+    return done.returncode, done.stdout.decode(), done.stderr.decode()
+
+
 async def test_the_registry_works_as_publisher_and_loader_with_nothing_refused(
-    secured: NatsServer, tmp_path: Path, signer: Signer, caplog: pytest.LogCaptureFixture
+    administered: NatsServer, tmp_path: Path, signer: Signer, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """The publisher publishes and yanks; a loader with auto_update follows the index, fetches the archive with
-    its own consumer (and deletes that consumer), loads it, and announces the yank: every step within nats.conf,
-    no permission refused, no NATS error logged."""
-    config = loader_config(secured.url, tmp_path, **registry_settings(signer.public_key, auto_update=True))
+    """The publisher publishes and yanks (`extension-loader publish`, `yank`) into the buckets admin made; a loader
+    with auto_update follows the index, fetches the archive with its own consumer (and deletes that consumer),
+    loads it, and announces the yank: every step within nats.conf, through the imported registry, no permission
+    refused, no NATS error logged."""
+    secured = administered
+    config = loader_config(secured.url, tmp_path, **registry_settings(signer.public_key, auto_update=True), **LAYOUT)
     folder = write_extension(tmp_path / "checkout", "taskserv", "vault", "1.0.0")
     events = EventLog()
-    async with connect(secured.url, "publisher") as publisher, connect(secured.url, "observer") as observer:
-        for subject in ("extensions.loaded", "extensions.unloaded"):
+    server = ("--server", secured.url)
+    async with connect(secured.url, "observer") as observer:
+        for subject in EVENT_SUBJECTS:
             await observer.nc.subscribe(subject, cb=events.add)
         await flush_subscriptions(observer.nc)
-        await set_up(publisher.nc, registry_targets(DEFAULT_NAMES))  # the only user nats.conf lets make them
-        buckets = RegistryBuckets(publisher.nc)
-        await buckets.open()
         async with running_service(config), connect(secured.url, "orchestrator") as orchestrator:
-            await publish(buckets, await prepare(folder, signer, config))
+            key = str(tmp_path / "publisher.nk")
+            code, _, said = await run_cli(registry_cli("publish", str(folder), "--key", key, *server, user="publisher"))
+            assert code == 0, said
             (loaded,) = await events.wait_for(1, ".loaded")
             assert loaded["reason"] == "published"
             client = LoaderClient(orchestrator.nc, timeout=WAIT)
             assert (await client.load("taskserv", "vault", "1.0.0"))["metadata"]["version"] == "1.0.0"
-            await yank(buckets, ExtensionType.TASKSERV, "vault", "1.0.0")
+            code, _, said = await run_cli(registry_cli("yank", "taskserv", "vault", "1.0.0", *server, user="publisher"))
+            assert code == 0, said
             (unloaded,) = await events.wait_for(1, ".unloaded")
             assert unloaded["reason"] == "yanked"
             assert (await client.stats())["registry"]["fetched"] == 1
-        assert publisher.violations == observer.violations == orchestrator.violations == []
+        assert observer.violations == orchestrator.violations == []
     await log_barrier(secured)
     refused = [line for line in secured.log if "Violation" in line and 'Subject "log.barrier"' not in line]
     assert refused == []
@@ -1144,25 +1856,20 @@ async def test_the_registry_works_as_publisher_and_loader_with_nothing_refused(
 
 
 async def test_a_person_searches_the_registry_but_only_the_publisher_publishes_or_yanks(
-    secured: NatsServer, tmp_path: Path, signer: Signer
+    administered: NatsServer, tmp_path: Path, signer: Signer
 ) -> None:
     """From the command line: `search` works for anyone who may read the index; `publish` and `yank` by anyone
     but `publisher` end at once with the refusal (not after the time-out) and exit 4."""
-    config = make_config(secured.url, tmp_path)
+    secured = administered
     folder = write_extension(tmp_path / "checkout", "taskserv", "vault", "1.0.0")
-    async with connect(secured.url, "publisher") as publisher:
-        await set_up(publisher.nc, registry_targets(DEFAULT_NAMES))  # the only user nats.conf lets make them
-        buckets = RegistryBuckets(publisher.nc)
-        await buckets.open()
-        await publish(buckets, await prepare(folder, signer, config))
-    cli = [str(Path(sys.executable).with_name("extension-loader"))]
     server = ("--server", secured.url)
-    with anyio.fail_after(WAIT):
-        done = await anyio.run_process([*cli, "search", "vault", *server], check=False)
-    assert done.returncode == 0 and "vault" in done.stdout.decode()
-    key = tmp_path / "publisher.nk"
-    for command in (["yank", "taskserv", "vault", "1.0.0"], ["publish", str(folder), "--key", str(key)]):
-        with anyio.fail_after(WAIT / 2):  # well inside the registry's own 30 s time-out
-            done = await anyio.run_process([*cli, *command, *server, "--set", f'nushell.path="{NU}"'], check=False)
-        assert done.returncode == 4, done.stderr
-        assert "permissions violation" in done.stderr.decode() and "may not make this request" in done.stderr.decode()
+    key = str(tmp_path / "publisher.nk")
+    code, _, said = await run_cli(registry_cli("publish", str(folder), "--key", key, *server, user="publisher"))
+    assert code == 0, said
+    code, out, said = await run_cli(registry_cli("search", "vault", *server))
+    assert code == 0 and "vault" in out, said
+    for command in (["yank", "taskserv", "vault", "1.0.0"], ["publish", str(folder), "--key", key]):
+        # well inside the registry's own 30 s time-out
+        code, _, said = await run_cli(registry_cli(*command, *server), limit=WAIT / 2)
+        assert code == 4, said
+        assert "permissions violation" in said and "may not make this request" in said

@@ -427,7 +427,7 @@ def test_the_documented_cluster_configuration_is_valid(node: int, tmp_path: Path
     """deploy/cluster/node-N.conf: accepted by nats-server, each on its own ports, all routing to one another."""
     root = Path(__file__).resolve().parents[2]
     conf = root / "deploy" / "cluster" / f"node-{node}.conf"
-    users = ("ORCHESTRATOR", "LOADER", "OBSERVER", "PUBLISHER")  # nats.conf's, whose passwords it reads
+    users = ("ORCHESTRATOR", "LOADER", "OBSERVER", "PUBLISHER", "ADMIN")  # nats.conf's, whose passwords it reads
     env = {**os.environ, **{f"NATS_{u}_PASSWORD": f"k{u.lower()}" for u in users}}
     # Its TLS files are relative to the folder it starts in (tests/deploy/test_tls.py runs the cluster itself).
     certs.ensure(tmp_path / "data" / "certs")
