@@ -17,6 +17,7 @@ CONTENT_TYPE = "Content-Type"
 REQUESTER = "Requester"  # who asked, for the audit lines; the extension-loader client sends its name@host
 MSG_ID = "Nats-Msg-Id"
 STREAM = "Nats-Stream"  # on a message a JetStream stream hands out (a direct get's answer), never on an event
+STATUS = "Status"  # nats-py's name for a status line (a pull request's 404/408), never on an event
 SERVICE_ERROR = "Nats-Service-Error"
 SERVICE_ERROR_CODE = "Nats-Service-Error-Code"
 TRACE_HEADERS = ("traceparent", "tracestate")

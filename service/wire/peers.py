@@ -59,8 +59,10 @@ class PeerListener:
             return
         try:
             event = _decoder.decode(msg.data)
-        except msgspec.DecodeError as exc:
+        except msgspec.DecodeError as exc:  # JetStream's own answers, sent here, come without a mark but this
+            self.ignored += 1
             log.warning("ignored an unreadable event on %s: %s", msg.subject, exc)
+            self._on_event()
             return
         target = event.target()
         if event.instance_id == self.manager.instance_id or target is None:

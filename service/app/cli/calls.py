@@ -193,7 +193,8 @@ async def unless_forbidden(call: Awaitable[Any], args: argparse.Namespace) -> An
 
 
 async def _watch(nc: Client, args: argparse.Namespace) -> int:
-    subjects = [f"{args.prefix}.{event.suffix}" for event in EVENTS]
+    kinds = {f"{args.prefix}.{event.suffix}": event.event for event in EVENTS}
+    subjects = list(kinds)
     subs = [await nc.subscribe(subject) for subject in subjects]
     await flush_subscriptions(nc)  # say "watching" only once the server has the subscriptions
     print(f"watching {' and '.join(subjects)} on {args.server} (Ctrl-C stops)", file=sys.stderr)
@@ -211,9 +212,10 @@ async def _watch(nc: Client, args: argparse.Namespace) -> int:
                 print(f"ignored a message on {msg.subject} that is not an event", file=sys.stderr)
                 continue
             try:
-                event = msgspec.json.decode(msg.data)
+                msgspec.json.decode(msg.data, type=kinds[msg.subject])  # an event of this subject's kind
+                event = msgspec.json.decode(msg.data)  # printed as it came
             except msgspec.DecodeError:
-                print(f"ignored an unreadable message on {msg.subject}", file=sys.stderr)
+                print(f"ignored an unreadable message on {msg.subject}: not an event", file=sys.stderr)
                 continue
             print(json.dumps(event) if args.json else event_line(msg.subject, event), flush=True)
     return 0

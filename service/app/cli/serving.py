@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 import anyio
@@ -20,7 +21,7 @@ from ...wire.service import ConnectRefused
 from ..natsserver import NatsServer, nats_server_binary
 from ..serve import serve, service_version
 from ..telemetry import setup_logging, setup_telemetry
-from .setup import set_up_for_dev
+from .setup import EVENTS_IMPORT, has_account_layout, set_up_for_dev
 
 
 def _config(args: argparse.Namespace) -> Config:
@@ -80,6 +81,17 @@ DEV_PASSWORDS = {
     "NATS_ADMIN_PASSWORD": "dev-admin-not-secret",
 }
 DEV_USER = "loader"  # the nats.conf user the service connects as, unless the configuration names credentials
+# Where nats.conf's accounts let each of these reach the JetStream APIs (README.md, Security): the loader, in
+# LIVE, imports the registry's read API as $JS.reg.API and the event log's as $JS.events.API, and publishes its
+# events plainly (EVENTS captures them; it checks at start that the log is there); admin, in REG, has the
+# registry's own API and the log's through its import.
+DEV_LOADER = {
+    "registry.api_prefix": "$JS.reg.API",
+    "events.api_prefix": EVENTS_IMPORT,
+    "events.jetstream": False,
+    "events.require_stream": True,
+}
+DEV_ADMIN = {"registry.api_prefix": "$JS.API", "events.api_prefix": EVENTS_IMPORT}
 
 
 def run_dev(args: argparse.Namespace) -> int:
@@ -134,7 +146,28 @@ def run_dev(args: argparse.Namespace) -> int:
     )
     try:
         # The streams first, as admin: the service creates none, and stops when one it needs is missing.
-        code = set_up_for_dev(config, server_env["NATS_ADMIN_PASSWORD"])
+        admin_password = server_env["NATS_ADMIN_PASSWORD"]
+        admin = config
+        if has_account_layout(config, admin_password):
+            admin = _with(config, DEV_ADMIN)
+            if config.nats.user == DEV_USER:
+                config = _with(config, DEV_LOADER)
+        code = set_up_for_dev(admin, admin_password)
         return code if code != 0 else _run_service(config, hint)
     finally:
         server.stop()
+
+
+def _with(config: Config, settings: Mapping[str, object]) -> Config:
+    """The configuration with those `section.key` settings, where it has the default value (what the person set
+    stays as it is)."""
+    defaults = load_config(environ={})
+    sections: dict[str, dict[str, object]] = {}
+    for key, value in settings.items():
+        section, name = key.split(".")
+        if getattr(getattr(config, section), name) == getattr(getattr(defaults, section), name):
+            sections.setdefault(section, {})[name] = value
+    return msgspec.structs.replace(
+        config,
+        **{section: msgspec.structs.replace(getattr(config, section), **keys) for section, keys in sections.items()},
+    )

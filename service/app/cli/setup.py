@@ -71,9 +71,7 @@ async def _ignore(exc: Exception) -> None:
     pass
 
 
-def set_up_for_dev(config: Config, password: str) -> int:
-    """What `extension-loader dev` runs before the service: setup as `admin` on the server it started, through
-    the service's own server list and TLS settings. The exit code as `setup`'s."""
+def _admin_options(config: Config, password: str) -> dict[str, Any]:
     nats_cfg = msgspec.structs.replace(
         config.nats, user=ADMIN, password=password, token="", creds="", inbox_prefix=inbox_prefix_for(ADMIN)
     )
@@ -85,6 +83,36 @@ def set_up_for_dev(config: Config, password: str) -> int:
         "max_reconnect_attempts": 1,
         "error_cb": _ignore,  # what fails is raised and said once, below
     }
+    return options
+
+
+EVENTS_IMPORT = "$JS.events.API"  # where nats.conf's account layout lets admin reach the event log
+
+
+def has_account_layout(config: Config, password: str) -> bool:
+    """Whether the server `dev` started has nats.conf's accounts: admin reaches the event log through an import
+    (any answer there, even "no such stream"), rather than nobody answering under that prefix."""
+
+    async def probe() -> bool:
+        nc = await nats.connect(**_admin_options(config, password))
+        try:
+            await nc.request(f"{EVENTS_IMPORT}.STREAM.INFO.{config.events.stream}", b"", timeout=5)
+        except nats.errors.NoRespondersError:
+            return False
+        finally:
+            await nc.drain()
+        return True
+
+    try:
+        return anyio.run(probe)
+    except (OSError, nats.errors.Error):
+        return False  # setup, next, says what is wrong
+
+
+def set_up_for_dev(config: Config, password: str) -> int:
+    """What `extension-loader dev` runs before the service: setup as `admin` on the server it started, through
+    the service's own server list and TLS settings. The exit code as `setup`'s."""
+    options = _admin_options(config, password)
 
     async def run() -> list[Outcome]:
         nc = await nats.connect(**options)
