@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -51,7 +52,7 @@ def run_keygen(args: argparse.Namespace) -> int:
 
 def run_registry(args: argparse.Namespace) -> int:
     try:
-        config = load_config(args.config, overrides=args.set)
+        config = load_config(args.config, environ=os.environ, overrides=args.set)
         return anyio.run(_guarded, args, config)
     except (ConfigError, SigningKeyError, CaFileError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -8,6 +8,7 @@ Exit codes: 0 done (each created, updated or unchanged); 1 refused (a change tha
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -27,7 +28,7 @@ ADMIN = "admin"  # the user that may manage streams (nats.conf)
 
 def run_setup(args: argparse.Namespace) -> int:
     try:
-        config = load_config(args.config, overrides=args.set)
+        config = load_config(args.config, environ=os.environ, overrides=args.set)
         outcomes = anyio.run(_guarded, args, config)
     except (ConfigError, CaFileError) as exc:
         print(f"error: {exc}", file=sys.stderr)
