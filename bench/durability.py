@@ -45,6 +45,8 @@ from .durability_writes import EVENT_BYTES, LIMIT_S, VALUE_BYTES, Writer, bare_f
 ROUNDS = 5
 PUTS = 300
 PUBLISHES = 300
+QUICK_ROUNDS = 3  # `--quick`: checks the machinery, measures nothing
+QUICK_WRITES = 20
 SERVERS = ("always", "default")
 KINDS = ("kv_put", "publish", "publish_async")
 
@@ -221,18 +223,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m bench.durability", description=__doc__.split("\n\n")[0] if __doc__ else None
     )
-    p.add_argument("--quick", action="store_true", help="3 rounds of 20: checks the machinery, measures nothing")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"{QUICK_ROUNDS} rounds of {QUICK_WRITES}: checks the machinery, measures nothing",
+    )
     p.add_argument("--rounds", type=int, help=f"rounds (default {ROUNDS})")
     p.add_argument("--puts", type=int, help=f"Key-Value puts a round (default {PUTS})")
     p.add_argument("--publishes", type=int, help=f"publishes of each kind a round (default {PUBLISHES})")
     p.add_argument("--json", type=Path, help="also write the result here")
     args = p.parse_args(argv)
-    small = 20 if args.quick else None
+    small = QUICK_WRITES if args.quick else None
     with tempfile.TemporaryDirectory(prefix="extension-loader-bench-durability-") as tmp:
         result = asyncio.run(
             on_own_servers(
                 Path(tmp),
-                rounds=args.rounds or (3 if args.quick else ROUNDS),
+                rounds=args.rounds or (QUICK_ROUNDS if args.quick else ROUNDS),
                 puts=args.puts or small or PUTS,
                 publishes=args.publishes or small or PUBLISHES,
             )
