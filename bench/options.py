@@ -8,7 +8,7 @@ from pathlib import Path
 
 import service
 
-from . import registry_fetch
+from . import durability, registry_fetch
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples" / "extensions"
@@ -44,6 +44,9 @@ class Sizes:
     announce_versions: int = 10  # versions published, each announced by a loader on another node
     announce_floor_samples: int = 3  # bare Key-Value puts seen by a watch on another node, before each publish
     registry_cold_loads: int = 15  # distinct versions, each loaded cold from the registry and from disk
+    durability_rounds: int = durability.ROUNDS  # sync_interval always vs the default, rounds on each server
+    durability_puts: int = durability.PUTS  # Key-Value puts on each server a round
+    durability_publishes: int = durability.PUBLISHES  # awaited publishes, and async ones, on each server a round
 
 
 FULL = Sizes()
@@ -72,6 +75,9 @@ QUICK = Sizes(
     announce_versions=2,
     announce_floor_samples=1,
     registry_cold_loads=2,
+    durability_rounds=durability.QUICK_ROUNDS,
+    durability_puts=durability.QUICK_WRITES,
+    durability_publishes=durability.QUICK_WRITES,
 )
 
 

@@ -12,9 +12,9 @@ three readers, interleaved (the order turns each run), after one warm-up each; m
 
 reported in MB/s (10^6 bytes a second), with each reader's median time over the floor's: 1.00 is the floor.
 
-`python -m bench.registry_fetch [--size BYTES] [--runs N]` starts a server of its own; `make bench` runs it as
-its last phase, also on a server of its own (the others run without JetStream). Timings are reported here,
-never asserted in tests.
+`python -m bench.registry_fetch [--size BYTES] [--runs N]` starts a server of its own; `make bench` runs it
+after the phases on its shared server, also on a server of its own (those run without JetStream). Timings are
+reported here, never asserted in tests.
 """
 
 from __future__ import annotations

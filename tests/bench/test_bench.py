@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from bench.durability_writes import filesystem
 from bench.load import percentile, summary_ms
 from bench.options import QUICK
 from bench.report import render
@@ -36,6 +37,11 @@ def test_percentile_is_nearest_rank() -> None:
     assert percentile(values, 100) == 100.0
     assert percentile([], 99) == 0.0
     assert summary_ms([1_000_000, 3_000_000])["p50_ms"] == 2.0
+
+
+def test_filesystem_is_read_from_the_mounts() -> None:
+    assert filesystem(Path("/proc/self")) == "proc"
+    assert filesystem(Path(__file__))  # whatever holds the project
 
 
 def _positive(section: dict[str, Any], *keys: str) -> None:
@@ -65,6 +71,7 @@ def test_quick_run_writes_every_section(tmp_path: Path) -> None:
         "registry_fetch",
         "registry_announce",
         "registry_cold_load",
+        "durability",
     )
     for section in (*sections, "targets"):
         assert section in result, section
@@ -148,12 +155,48 @@ def test_quick_run_writes_every_section(tmp_path: Path) -> None:
     _positive(cold_registry, "ratio")
     assert {v.name for v in judge_registry(result)} <= names and len(judge_registry(result)) == 2
 
+    # Durability is a reported figure, not a target: its shape is checked here, never its numbers.
+    durability = result["durability"]
+    assert durability["rounds"] == QUICK.durability_rounds
+    assert durability["servers"]["always"]["sync_always"] is True  # as each server's /varz says
+    assert durability["servers"]["default"]["sync_always"] is False
+    assert durability["filesystem"]["always"] and durability["filesystem"]["default"]
+    assert [sorted(turn) for turn in durability["order"]] == [["always", "default"]] * QUICK.durability_rounds
+    assert durability["order"][0] != durability["order"][1]  # the servers' order turns each round
+    counts = {
+        "kv_put": QUICK.durability_puts,
+        "publish": QUICK.durability_publishes,
+        "publish_async": QUICK.durability_publishes,
+    }
+    for server in ("always", "default"):
+        for kind, count in counts.items():
+            figures = durability[server][kind]
+            assert [r["n"] for r in figures["rounds"]] == [count] * QUICK.durability_rounds, (server, kind)
+            _positive(figures, "total_ms", "per_message_ms")
+        for kind in ("kv_put", "publish"):
+            _positive(durability[server][kind], "p50_ms", "p90_ms", "p99_ms")
+    assert durability["bare_fsync"]["n"] == QUICK.durability_puts
+    _positive(durability["bare_fsync"], "p50_ms", "p99_ms")
+    assert set(durability["ratio"]) == {
+        "kv_put_p50",
+        "kv_put_p90",
+        "kv_put_p99",
+        "publish_total",
+        "publish_p50",
+        "publish_p99",
+        "publish_async_total",
+    }
+    _positive(durability["ratio"], *durability["ratio"])
+    assert not any("sync_interval" in name or "durability" in name for name in names)
+
     assert "cached load p99 while discovers and cold loads run" in names
     assert any(n.startswith("repeated discover") for n in names) and any("--with-dependencies" in n for n in names)
     # The verdicts written are the ones the figures written give, and the table shows each of them.
     assert result["targets"] == [v.as_dict() for v in judge(result)]
     table = output.with_suffix(".md").read_text()
     assert "| target | figure | goal | result |" in table
+    assert "**durability: sync_interval always vs default**" in table
+    assert "| figure | always | default | always / default |" in table
     for t in result["targets"]:
         assert verdict_row(t, t["passed"]) in table, t
     flipped = [{**t, "passed": not t["passed"]} for t in result["targets"]]
