@@ -19,6 +19,7 @@ import threading
 import tomllib
 from collections.abc import AsyncIterator, Iterable, Iterator
 from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -508,3 +509,39 @@ async def publish_folder(
     await buckets.open()
     outcome = await publish(buckets, await prepare(folder, signer, config))
     return outcome.release
+
+
+@dataclass
+class DevRun:
+    """What `extension-loader dev` printed so far, and, once it stopped, its exit status."""
+
+    stdout: bytearray = field(default_factory=bytearray)
+    stderr: bytearray = field(default_factory=bytearray)
+    code: int | None = None
+
+
+@asynccontextmanager
+async def dev_running(argv: list[str], *, env: dict[str, str], cwd: Path) -> AsyncIterator[DevRun]:
+    """`extension-loader dev` (argv) started, entered once it says it serves ("Ctrl-C stops"), and stopped with
+    Ctrl-C (SIGINT) on the way out: the service stops, then its nats-server; `code` is its exit status then."""
+    run = DevRun()
+    ready = anyio.Event()
+    async with await anyio.open_process(argv, env=env, cwd=cwd) as process, anyio.create_task_group() as tg:
+        assert process.stdout is not None and process.stderr is not None
+
+        async def read(stream: Any, into: bytearray) -> None:
+            async for chunk in stream:
+                into.extend(chunk)
+                if b"Ctrl-C stops" in run.stdout:
+                    ready.set()
+
+        tg.start_soon(read, process.stdout, run.stdout)
+        tg.start_soon(read, process.stderr, run.stderr)
+        try:
+            with anyio.fail_after(WAIT):
+                await ready.wait()
+            yield run
+        finally:
+            process.send_signal(signal.SIGINT)
+            with anyio.fail_after(WAIT):
+                run.code = await process.wait()

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import signal
 import socket
 import sys
 from collections.abc import AsyncIterator
@@ -28,7 +27,7 @@ from service.app.natsserver import NatsCluster, NatsServer
 from service.app.stream_settings import changes as changes_of
 from service.app.stream_settings import events_target
 from tests.app.test_cli import CLI, cli, run
-from tests.conftest import EXAMPLES, NU, WAIT
+from tests.conftest import EXAMPLES, NU, WAIT, dev_running
 
 pytestmark = pytest.mark.anyio
 
@@ -308,33 +307,14 @@ async def test_dev_runs_setup_as_admin_before_the_service(tmp_path: Path) -> Non
         *("--set", f'orchestrator.extensions.paths=["{EXAMPLES}"]', "--set", f'nushell.path="{NU}"'),
         *("--set", "orchestrator.extensions.auto_load=false", "--set", "events.jetstream=true"),
     ]
-    stdout, stderr = bytearray(), bytearray()
-    ready = anyio.Event()
-    async with await anyio.open_process(argv, env=env, cwd=tmp_path) as process, anyio.create_task_group() as tg:
-        assert process.stdout is not None and process.stderr is not None
-
-        async def read(stream: Any, into: bytearray) -> None:
-            async for chunk in stream:
-                into.extend(chunk)
-                if b"Ctrl-C stops" in stdout:
-                    ready.set()
-
-        tg.start_soon(read, process.stdout, stdout)
-        tg.start_soon(read, process.stderr, stderr)
-        try:
-            with anyio.fail_after(WAIT):
-                await ready.wait()
-            assert [f"setup: {line}" for line in CREATED] == stdout.decode().splitlines()[:3]
-            async with connected(url, user="admin", password=DEV_PASSWORDS["NATS_ADMIN_PASSWORD"]) as nc:
-                await LoaderClient(nc, timeout=WAIT).load("provider", "local")
-                stored = await nc.jetstream().stream_info("EXTENSION_EVENTS")
-                assert stored.state.messages == 1
-        finally:
-            process.send_signal(signal.SIGINT)
-            with anyio.fail_after(WAIT):
-                code = await process.wait()
-    assert code == 0, stderr.decode()
-    assert "NATS_ADMIN_PASSWORD" in stderr.decode().splitlines()[0]  # said to be a development password
+    async with dev_running(argv, env=env, cwd=tmp_path) as run:
+        assert [f"setup: {line}" for line in CREATED] == run.stdout.decode().splitlines()[:3]
+        async with connected(url, user="admin", password=DEV_PASSWORDS["NATS_ADMIN_PASSWORD"]) as nc:
+            await LoaderClient(nc, timeout=WAIT).load("provider", "local")
+            stored = await nc.jetstream().stream_info("EXTENSION_EVENTS")
+            assert stored.state.messages == 1
+    assert run.code == 0, run.stderr.decode()
+    assert "NATS_ADMIN_PASSWORD" in run.stderr.decode().splitlines()[0]  # said to be a development password
 
 
 async def test_dev_stops_when_setup_cannot_run_as_admin(tmp_path: Path) -> None:

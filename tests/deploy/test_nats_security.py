@@ -33,7 +33,6 @@ import json
 import logging
 import os
 import shutil
-import signal
 import socket
 import ssl
 import subprocess
@@ -84,6 +83,7 @@ from tests.conftest import (
     NU,
     WAIT,
     EventLog,
+    dev_running,
     make_config,
     registry_settings,
     running_service,
@@ -1637,38 +1637,19 @@ async def test_dev_runs_with_development_passwords_and_serves_as_the_loader(tmp_
         *("--set", f'orchestrator.extensions.paths=["{EXAMPLES}"]', "--set", f'nushell.path="{NU}"'),
         *("--set", "orchestrator.extensions.auto_load=false"),
     ]
-    stdout, stderr = bytearray(), bytearray()
-    ready = anyio.Event()
-    async with await anyio.open_process(argv, env=env, cwd=tmp_path) as process, anyio.create_task_group() as tg:
-        assert process.stdout is not None and process.stderr is not None
-
-        async def read(stream: Any, into: bytearray) -> None:
-            async for chunk in stream:
-                into.extend(chunk)
-                if b"Ctrl-C stops" in stdout:
-                    ready.set()
-
-        tg.start_soon(read, process.stdout, stdout)
-        tg.start_soon(read, process.stderr, stderr)
-        try:
-            with anyio.fail_after(WAIT):
-                await ready.wait()
-            assert b"as NATS user loader" in stdout
-            async with connect(url, ANONYMOUS) as anonymous:  # a person on the machine, typing no password
-                client = LoaderClient(anonymous.nc, timeout=WAIT)
-                event = await _receive_one(anonymous, "extensions.loaded", partial(client.load, "taskserv", "etcd"))
-                assert msgspec.json.decode(event.data)["extension"]["metadata"]["name"] == "etcd"
-            # The variables are unset here: the passwords on this server are the development ones.
-            for user, variable in VARIABLES.items():
-                async with connect(url, user, DEV_PASSWORDS[variable]):
-                    pass
-            assert b"nats --inbox-prefix _INBOX.orchestrator request extensions.load" in stdout
-        finally:
-            process.send_signal(signal.SIGINT)  # Ctrl-C: the service stops, then its nats-server
-            with anyio.fail_after(WAIT):
-                code = await process.wait()
-    assert code == 0, stderr.decode()
-    lines = stderr.decode().splitlines()
+    async with dev_running(argv, env=env, cwd=tmp_path) as run:
+        assert b"as NATS user loader" in run.stdout
+        async with connect(url, ANONYMOUS) as anonymous:  # a person on the machine, typing no password
+            client = LoaderClient(anonymous.nc, timeout=WAIT)
+            event = await _receive_one(anonymous, "extensions.loaded", partial(client.load, "taskserv", "etcd"))
+            assert msgspec.json.decode(event.data)["extension"]["metadata"]["name"] == "etcd"
+        # The variables are unset here: the passwords on this server are the development ones.
+        for user, variable in VARIABLES.items():
+            async with connect(url, user, DEV_PASSWORDS[variable]):
+                pass
+        assert b"nats --inbox-prefix _INBOX.orchestrator request extensions.load" in run.stdout
+    assert run.code == 0, run.stderr.decode()
+    lines = run.stderr.decode().splitlines()
     warning = lines[0]
     assert "WARNING" in warning and "DEVELOPMENT passwords" in warning
     assert all(name in warning for name in VARIABLES.values())
