@@ -18,7 +18,8 @@ marker is sent down each of those paths: what a subscription got before its mark
 it. The attack's own last step is answered first (a request of the same kind into the attacker's inbox), and the
 server answers in order, so nothing of the attack is still on its way then. A stream is compared, settings and
 contents, before and after, and the event log is read up to the markers to show what it stored. Nothing waits for
-a fixed time.
+a fixed time. The same attacks are made against the service itself, run as `loader`: there its own genuine events
+and its counters (refused requests, ignored events) are the markers.
 
 Every client connects with its user's inbox prefix (`_INBOX.<user>`), the only inbox nats.conf lets it read, and
 reaches a JetStream API under the prefix its account imports it with: `$JS.reg.API` (the registry) and
@@ -73,6 +74,7 @@ from service.app.client import LoaderClient
 from service.app.natsserver import NatsServer
 from service.contract.config import ENV_PREFIX, Config, inbox_prefix_for
 from service.contract.events import ExtensionUnloaded
+from service.contract.messages import Extension, ExtensionType
 from service.registry.signing import Signer
 from service.wire.connection import ConnectRefused
 from service.wire.events import EventStreamError
@@ -393,10 +395,14 @@ class Heard:
 
     async def before(self, data: bytes) -> list[Msg]:
         """Waits for the message `data` (a marker); returns what came before it since the last marker."""
+        return await self.until(lambda msg: msg.data == data)
+
+    async def until(self, marker: Callable[[Msg], bool]) -> list[Msg]:
+        """Waits for a message that `marker` matches; returns what came before it since the last marker."""
         with anyio.fail_after(WAIT):
-            while not any(m.data == data for m in self.msgs):
+            while not any(marker(m) for m in self.msgs):
                 await self._more.wait()
-        i = next(i for i, m in enumerate(self.msgs) if m.data == data)
+        i = next(i for i, m in enumerate(self.msgs) if marker(m))
         before, self.msgs = self.msgs[:i], self.msgs[i + 1 :]
         return before
 
@@ -1377,6 +1383,280 @@ async def test_a_loader_s_acknowledgement_is_no_command_on_the_log(administered:
         assert after[STREAM].messages == before[STREAM].messages + len(LOG_COMMANDS) + 2
         assert (await events_js(observer).consumer_info(STREAM, "replay")).name == "replay"
         await others.settle()
+
+
+# --- the service itself under these attacks ---------------------------------------------------------------------
+# The real service, as `loader` under nats.conf once admin has made the streams, and an attacker with another
+# user's credentials. What the service must do itself (NATS checks no reply subject): answer only into an inbox,
+# and take for a peer's event only what a loader published. "Nothing" is shown by a marker sent afterwards down
+# the same path (the service's own genuine events, a JetStream answer sent from LIVE) or by the service's own
+# counters, never by a wait.
+
+TASKSERV = ExtensionType.TASKSERV
+# Who listens on each event subject beside the service: the orchestrator and another loader's connection (LIVE),
+# the observer (OBS).
+LISTENERS = ("orchestrator", "listener", "observer")
+FORGED_KEY = "forged.cleared"  # the index record the publisher writes in the shape of an event
+MARK = b"marker"  # a record of the index whose direct get, sent onto an event subject from LIVE, is a marker
+
+
+@dataclass
+class Victim:
+    """The service, as `loader`, with etcd cached; the connections of the attackers and of those who listen on
+    each event subject (`heard`, by listener and subject); admin reading the event log from before the service
+    started."""
+
+    service: ExtensionService
+    conns: dict[str, Conn]
+    heard: dict[tuple[str, str], Heard]
+    log: LogReader
+    etcd: list[Extension]  # what the service has cached of etcd
+
+    async def stored(self) -> int:
+        """How many messages EXTENSION_EVENTS holds, read as admin."""
+        return (await events_js(self.conns["admin"]).stream_info(STREAM)).state.messages
+
+    def in_live(self, listener: str) -> bool:
+        return ACCOUNTS[self.conns[listener].user] == "LIVE"
+
+
+def its_event(instance_id: str, subject: str, reason: str) -> Callable[[Msg], bool]:
+    """Matches an event that the instance published itself on `subject`, for `reason`."""
+
+    def match(msg: Msg) -> bool:
+        if marked(msg, subject):
+            return False
+        try:
+            body = msgspec.json.decode(msg.data)
+        except msgspec.DecodeError:
+            return False
+        return isinstance(body, dict) and body.get("instance_id") == instance_id and body.get("reason") == reason
+
+    return match
+
+
+def event_of(msg: Msg) -> tuple[str, str, str]:
+    body = msgspec.json.decode(msg.data)
+    return msg.subject, body["reason"], body["instance_id"]
+
+
+@asynccontextmanager
+async def victim_serving(url: str, tmp_path: Path) -> AsyncIterator[Victim]:
+    async with AsyncExitStack() as stack:
+        conns = {
+            user: await stack.enter_async_context(connect(url, user))
+            for user in ("orchestrator", "loader", "observer", "publisher", "admin")
+        }
+        conns["listener"] = await stack.enter_async_context(connect(url, "loader"))
+        heard: dict[tuple[str, str], Heard] = {}
+        for listener in LISTENERS:
+            for subject in EVENT_SUBJECTS:
+                heard[listener, subject] = Heard()
+                await conns[listener].nc.subscribe(subject, cb=heard[listener, subject].add)
+            await flush_subscriptions(conns[listener].nc)
+        log = LogReader(conns["admin"])
+        await log.start()
+        service = await stack.enter_async_context(running_service(loader_config(url, tmp_path / "victim", **LAYOUT)))
+        await LoaderClient(conns["orchestrator"].nc, timeout=WAIT).load("taskserv", "etcd")
+        loaded = its_event(service.identity.id, "extensions.loaded", "load")
+        assert [event_of(msg) for msg in await log.next(1)] == [("extensions.loaded", "load", service.identity.id)]
+        for (_, subject), listened in heard.items():
+            if subject == "extensions.loaded":
+                assert await listened.until(loaded) == []
+        etcd = service.manager.loaded(TASKSERV, "etcd")
+        assert etcd
+        yield Victim(service, conns, heard, log, etcd)
+        assert all(not conn.violations for conn in conns.values()), {u: c.violations for u, c in conns.items()}
+
+
+async def reload_as_marker(victim: Victim) -> dict[tuple[str, str], list[Msg]]:
+    """The orchestrator has the service reload etcd: answered, one Nushell run, and the service publishes a genuine
+    `unloaded` then `loaded`, after whatever it had sent before. They reach every listener (LIVE's and the
+    observer) and the log stores them, first: returns what each listener heard before them."""
+    service = victim.service
+    runs = service.manager.runs
+    reloaded = await LoaderClient(victim.conns["orchestrator"].nc, timeout=WAIT).reload("taskserv", "etcd")
+    assert reloaded["metadata"]["name"] == "etcd" and service.manager.runs == runs + 1
+    me = service.identity.id
+    heard = {
+        (listener, subject): await listened.until(its_event(me, subject, "reload"))
+        for (listener, subject), listened in victim.heard.items()
+    }
+    assert [event_of(msg) for msg in await victim.log.next(2)] == [
+        ("extensions.unloaded", "reload", me),
+        ("extensions.loaded", "reload", me),
+    ]
+    return heard
+
+
+async def plant_a_forged_clear(victim: Victim) -> str:
+    """The publisher writes into the index a record shaped as a peer's `unloaded` event: another instance cleared
+    the very version of etcd the service has cached. Returns its subject in the index's stream."""
+    forged = msgspec.json.encode(
+        {
+            "event_id": "forged-clear",
+            "reason": "cleared",
+            "extension_type": "taskserv",
+            "name": "etcd",
+            "version": victim.etcd[0].metadata.version,
+            "instance_id": "another-instance",
+            "timestamp": "2026-01-01T00:00:00Z",
+        }
+    )
+    assert isinstance(msgspec.json.decode(forged, type=ExtensionUnloaded), ExtensionUnloaded)
+    index = await _index(victim.conns["publisher"])
+    await index.put(FORGED_KEY, forged)
+    await index.put(MARK_KEY, MARK)
+    return f"$KV.{INDEX}.{FORGED_KEY}"
+
+
+async def ignored_in_all(service: ExtensionService, count: int) -> None:
+    """Waits, within WAIT, until the service has ignored `count` messages on the event subjects since it started;
+    fails saying what it did instead."""
+    try:
+        with anyio.fail_after(WAIT):
+            await service.wait_until(ignored_events=count)
+    except TimeoutError:
+        cached = [e.metadata.version for e in service.manager.loaded(TASKSERV, "etcd")]
+        pytest.fail(f"ignored {service.ignored_events} of {count}; peer events {service.peer_events}; etcd {cached}")
+
+
+async def answer_onto(
+    conn: Conn, reply: str, api: str, stream: str, subject: str, *, seq: int = 0, consumer: str
+) -> int:
+    """Has JetStream answer one stored message (the last on `subject`, or the one at `seq`) onto `reply`, in every
+    way `conn` may ask for it: a direct get naming the subject in the request's subject, a direct get and a
+    message get naming it in the body, a pull consumer of its own whose next message is asked with that reply.
+    Returns how many answers that makes."""
+    body = json.dumps({"seq": seq} if seq else {"last_by_subj": subject}).encode()
+    requests = [
+        (f"{api}.DIRECT.GET.{stream}.{subject}", b""),
+        (f"{api}.DIRECT.GET.{stream}", body),
+        (f"{api}.STREAM.MSG.GET.{stream}", body),
+    ]
+    for request_subject, request_body in requests:
+        await conn.nc.publish(request_subject, request_body, reply=reply)
+    first: dict[str, Any] = (
+        {"deliver_policy": DeliverPolicy.BY_START_SEQUENCE, "opt_start_seq": seq}
+        if seq
+        else {"filter_subject": subject}
+    )
+    await conn.nc.jetstream(prefix=api, timeout=WAIT).add_consumer(stream, config=_reader(name=consumer, **first))
+    await conn.nc.publish(f"{api}.CONSUMER.MSG.NEXT.{stream}.{consumer}", b'{"batch": 1}', reply=reply)
+    await conn.nc.flush()
+    return len(requests) + 1
+
+
+async def test_the_service_answers_no_request_onto_an_event_or_request_subject(
+    administered: NatsServer, tmp_path: Path
+) -> None:
+    """With the orchestrator's credentials, loads whose reply subject is `extensions.unloaded`, `extensions.loaded`
+    or `extensions.load`, of a cached extension (answered at once) and of one not cached (a Nushell run): the
+    service refuses each (its load endpoint counts them as errors, in order before the next request), runs
+    nothing and answers nothing. An answer onto `extensions.load` that the server let through would come back to
+    its own queue group, where it is the only subscriber, before the second load after the attack: the count shows
+    that none came. The next loads are answered; the reload after them (the marker) is the first thing every
+    listener hears on the event subjects, in LIVE and in OBS, and the first thing the log stores."""
+    async with victim_serving(administered.url, tmp_path) as victim:
+        service, orchestrator = victim.service, victim.conns["orchestrator"]
+        load = next(e for e in service.endpoints if e.subject == "extensions.load").stats
+        requests, errors, runs, stored = load.num_requests, load.num_errors, service.manager.runs, await victim.stored()
+        replies = ("extensions.unloaded", "extensions.loaded", "extensions.load")
+        attacks = [(reply, name) for reply in replies for name in ("etcd", "redis")]  # redis: not cached
+        for reply, name in attacks:
+            body = msgspec.json.encode({"extension_type": "taskserv", "name": name})
+            await orchestrator.nc.publish("extensions.load", body, reply=reply)
+        client = LoaderClient(orchestrator.nc, timeout=WAIT)
+        for _ in range(2):
+            assert (await client.load("taskserv", "etcd"))["metadata"]["name"] == "etcd"
+        assert (load.num_requests, load.num_errors) == (requests + len(attacks) + 2, errors + len(attacks))
+        assert "is not an inbox" in load.last_error
+        assert service.manager.runs == runs and service.manager.loaded(TASKSERV, "redis") == []
+        heard = await reload_as_marker(victim)
+        assert all(msgs == [] for msgs in heard.values()), heard
+        assert await victim.stored() == stored + 2  # the reload's two events, nothing else
+
+
+async def test_the_service_ignores_a_forged_event_that_jetstream_answers_onto_its_event_subject(
+    administered: NatsServer, tmp_path: Path
+) -> None:
+    """The publisher writes a record shaped as a peer's `unloaded` (cleared) of the etcd the service has cached;
+    the orchestrator's and a loader's credentials have JetStream answer it onto `extensions.unloaded` in every way
+    they may read the index (`$JS.reg.API`: direct gets, a message get, a pull consumer's next message). Every
+    answer reaches LIVE's listeners and the service, each marked as JetStream's: the service ignores them all
+    (`ignored_events` grows by as many), keeps etcd cached and acts on no peer event; none reaches the observer,
+    none is stored. The service's own reload afterwards reaches every listener and is stored."""
+    async with victim_serving(administered.url, tmp_path) as victim:
+        service = victim.service
+        subject = await plant_a_forged_clear(victim)
+        ignored, peers, stored = service.ignored_events, service.peer_events, await victim.stored()
+        sent = 0
+        for user in ("orchestrator", "loader"):
+            conn = victim.conns[user]
+            sent += await answer_onto(conn, "extensions.unloaded", REG_API, INDEX_STREAM, subject, consumer=user)
+        await ignored_in_all(service, ignored + sent)
+        assert service.manager.loaded(TASKSERV, "etcd") == victim.etcd
+        assert service.peer_events == peers
+        heard = await reload_as_marker(victim)
+        for (listener, on), msgs in heard.items():
+            if on == "extensions.unloaded" and victim.in_live(listener):
+                assert len(msgs) == sent, (listener, msgs)
+                assert all(not_an_event(msg, on) for msg in msgs), [(m.subject, m.reply, m.headers) for m in msgs]
+            else:
+                assert msgs == [], (listener, on, msgs)
+        assert (service.ignored_events, service.peer_events) == (ignored + sent, peers)
+        assert await victim.stored() == stored + 2  # the reload's two events, nothing else
+
+
+async def test_the_observer_s_replays_onto_an_event_subject_stay_in_its_account(
+    administered: NatsServer, tmp_path: Path
+) -> None:
+    """Another loader reloads etcd before the service starts: the log stores its genuine `unloaded`, which would
+    make the service drop etcd. The observer has JetStream answer that stored event (`$JS.events.API`) and the
+    publisher's forged record (`$JS.reg.API`) onto `extensions.unloaded`, every way it may read each: all of it
+    arrives in OBS, to the observer alone. Then, from LIVE, the orchestrator has a marker record answered onto
+    the same subject: it is the first thing LIVE's listeners hear and the only thing the service ignores; the
+    service acts on no peer event and keeps etcd; the log stores nothing but the service's reload afterwards."""
+    url = administered.url
+    async with connect(url, "orchestrator") as orchestrator, connect(url, "admin") as admin:
+        log = LogReader(admin)
+        await log.start()
+        async with running_service(loader_config(url, tmp_path / "peer", **LAYOUT)) as peer:
+            client = LoaderClient(orchestrator.nc, timeout=WAIT)
+            await client.load("taskserv", "etcd")
+            await client.reload("taskserv", "etcd")
+            logged = await log.next(3)
+        other = peer.identity.id
+        assert [event_of(msg) for msg in logged] == [
+            ("extensions.loaded", "load", other),
+            ("extensions.unloaded", "reload", other),
+            ("extensions.loaded", "reload", other),
+        ]
+        seq = logged[1].metadata.sequence.stream
+        assert (await events_js(admin).get_last_msg(STREAM, "extensions.unloaded")).seq == seq
+    async with victim_serving(url, tmp_path) as victim:
+        service, observer = victim.service, victim.conns["observer"]
+        subject = await plant_a_forged_clear(victim)
+        ignored, peers, stored = service.ignored_events, service.peer_events, await victim.stored()
+        reply = "extensions.unloaded"
+        sent = await answer_onto(observer, reply, REG_API, INDEX_STREAM, subject, consumer="observer")
+        sent += await answer_onto(observer, reply, EVENTS_API, STREAM, reply, seq=seq, consumer="observer")
+        await victim.heard["observer", reply].wait_for(sent)  # every answer has arrived, in OBS
+        mark = f"{REG_API}.DIRECT.GET.{INDEX_STREAM}.$KV.{INDEX}.{MARK_KEY}"
+        await victim.conns["orchestrator"].nc.publish(mark, b"", reply=reply)
+        await ignored_in_all(service, ignored + 1)
+        for listener in LISTENERS:
+            if victim.in_live(listener):
+                assert await victim.heard[listener, reply].before(MARK) == [], listener
+        assert (service.ignored_events, service.peer_events) == (ignored + 1, peers)  # the marker alone
+        assert service.manager.loaded(TASKSERV, "etcd") == victim.etcd
+        heard = await reload_as_marker(victim)
+        for (listener, on), msgs in heard.items():
+            if (listener, on) == ("observer", reply):
+                assert len(msgs) == sent, msgs  # its own answers, and neither LIVE's marker nor anything else
+            else:
+                assert msgs == [], (listener, on, msgs)
+        assert await victim.stored() == stored + 2  # the reload's two events, nothing else
 
 
 # --- requests, replies and `$SRV` across the accounts --------------------------------------------------------------
