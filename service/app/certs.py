@@ -22,7 +22,6 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import os
-import re
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -35,21 +34,18 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-CA_CERT = "ca.pem"
-CA_KEY = "ca-key.pem"
-SERVER_CERT = "server-cert.pem"
-SERVER_KEY = "server-key.pem"
+from .cert_settings import CA_CERT as CA_CERT
+from .cert_settings import CA_KEY as CA_KEY
+from .cert_settings import DEFAULT_DAYS as DEFAULT_DAYS
+from .cert_settings import DEFAULT_HOSTS as DEFAULT_HOSTS
+from .cert_settings import RENEW_WITHIN as RENEW_WITHIN
+from .cert_settings import SERVER_CERT as SERVER_CERT
+from .cert_settings import SERVER_KEY as SERVER_KEY
+from .cert_settings import check_host as check_host
 
-# What clients dial: the host's own loopback (compose publishes the port there; the cluster's nodes listen there)
-# and the compose service `nats`, by which the other containers reach it.
-DEFAULT_HOSTS = ("localhost", "127.0.0.1", "::1", "nats")
-DEFAULT_DAYS = 365
-RENEW_WITHIN = dt.timedelta(days=30)
 # Containers and hosts whose clocks are a little behind still accept a certificate made a moment ago.
 BACKDATE = dt.timedelta(minutes=5)
 
-_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-_DNS_NAME = re.compile(rf"(?:\*\.)?{_LABEL}(?:\.{_LABEL})*")
 # Keys that can sign a certificate: ours are EC, a CA put in the folder by hand may have another.
 _SIGNING_KEYS = (ec.EllipticCurvePrivateKey, rsa.RSAPrivateKey, ed25519.Ed25519PrivateKey, ed448.Ed448PrivateKey)
 
@@ -63,17 +59,6 @@ class Renewal:
 
     def __str__(self) -> str:
         return f"{' and '.join(self.files)}: {self.reason}"
-
-
-def check_host(text: str) -> str:
-    """A host name (wildcards only as the first label) or an IP address; ValueError otherwise."""
-    try:
-        return str(ipaddress.ip_address(text))
-    except ValueError:
-        pass
-    if len(text) > 253 or not _DNS_NAME.fullmatch(text):
-        raise ValueError(f"{text!r} is neither a host name nor an IP address")
-    return text.lower()
 
 
 def ensure(

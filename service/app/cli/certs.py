@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .. import certs
+from .. import cert_settings as certs
 
 
 def add_certs_command(sub: argparse._SubParsersAction[Any]) -> None:
@@ -43,8 +43,10 @@ def add_certs_command(sub: argparse._SubParsersAction[Any]) -> None:
 def run_certs(args: argparse.Namespace) -> int:
     folder = Path(args.folder)
     try:
-        made = certs.ensure(folder, args.host or certs.DEFAULT_HOSTS, days=args.days)
-        summary = certs.describe(folder)
+        from .. import certs as making  # the cryptography library, only when certificates are made
+
+        made = making.ensure(folder, args.host or certs.DEFAULT_HOSTS, days=args.days)
+        summary = making.describe(folder)
     except (OSError, ValueError) as exc:
         print(f"error: {folder}: {getattr(exc, 'strerror', None) or exc}", file=sys.stderr)
         return 2
