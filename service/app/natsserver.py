@@ -3,7 +3,8 @@
 Used by `extension-loader dev`, by the test fixtures and by the benchmark. Readiness is the server's own "Server
 is ready" log line, not a guess; the ports it listens on are read from its log, so `-p -1` and `-m -1` (free
 ports) work. `NatsCluster` starts several clustered with JetStream on loopback, ready once JetStream has a
-metadata leader that every other running node is current with.
+metadata leader that every other running node is current with; `wait_settled` waits for that (and for
+streams to have current leaders) on any such servers, those of a cluster started from configuration files too.
 """
 
 from __future__ import annotations
@@ -213,24 +214,8 @@ class NatsCluster:
         self.wait_settled(timeout=timeout)
 
     def wait_settled(self, streams: Sequence[str] = (), timeout: float = 20.0) -> None:
-        """Blocks until one running server leads JetStream's metadata with every other running server current,
-        and each of `streams` has a leader with every other running replica current. Each look is a request
-        to a monitoring endpoint; TimeoutError after `timeout` s, saying what was last seen."""
-        deadline = time.monotonic() + timeout
-        seen = "nothing"
-        while True:
-            running = [(n, s) for n, s in zip(self.names, self.servers, strict=True) if s.running]
-            names = {n for n, _ in running}
-            try:
-                reports = {n: s.monitor("jsz?accounts=true&streams=true") for n, s in running}
-            except (OSError, urllib.error.URLError, ValueError) as exc:
-                seen = f"a monitoring request failed: {exc}"
-            else:
-                seen = _unsettled(reports, names, streams)
-                if not seen:
-                    return
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"the NATS cluster did not settle in {timeout} s: {seen}")
+        """`wait_settled` of this cluster's servers."""
+        wait_settled(dict(zip(self.names, self.servers, strict=True)), streams, timeout)
 
     def stop(self) -> None:
         for server in self.servers:
@@ -243,6 +228,27 @@ class NatsCluster:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
+
+
+def wait_settled(nodes: Mapping[str, NatsServer], streams: Sequence[str] = (), timeout: float = 20.0) -> None:
+    """Blocks until one running server of `nodes` (by server name; each started with a monitoring port) leads
+    JetStream's metadata with every other running one current, and each of `streams` (in whichever account) has a
+    leader with every other running replica current. Each look is a request to a monitoring endpoint;
+    TimeoutError after `timeout` s, saying what was last seen."""
+    deadline = time.monotonic() + timeout
+    seen = "nothing"
+    while True:
+        running = {n: s for n, s in nodes.items() if s.running}
+        try:
+            reports = {n: s.monitor("jsz?accounts=true&streams=true") for n, s in running.items()}
+        except (OSError, urllib.error.URLError, ValueError) as exc:
+            seen = f"a monitoring request failed: {exc}"
+        else:
+            seen = _unsettled(reports, set(running), streams)
+            if not seen:
+                return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the NATS cluster did not settle in {timeout} s: {seen}")
 
 
 def _unsettled(reports: Mapping[str, Any], running: set[str], streams: Sequence[str]) -> str:
