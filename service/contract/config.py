@@ -78,9 +78,14 @@ def load_config(
     *,
     environ: Mapping[str, str] | None = None,
     overrides: Sequence[str] = (),
+    layer: Mapping[str, Any] | None = None,
 ) -> Config:
-    """Builds the configuration from all its layers; raises ConfigError naming the offending key."""
+    """Builds the configuration from all its layers; raises ConfigError naming the offending key. `layer`:
+    `section.key` values over the packaged defaults and under everything else (what `extension-loader dev` knows
+    of the server it started)."""
     data = defaults()
+    for dotted, value in (layer or {}).items():
+        _set(data, dotted, value, origin="the command's own settings")
     if file is not None:
         _merge(data, _read_file(Path(file)))
     for key, value in sorted((environ or {}).items()):

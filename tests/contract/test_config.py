@@ -231,3 +231,16 @@ def test_a_registry_api_prefix_must_be_a_subject_without_wildcards(prefix: str) 
     with pytest.raises(ConfigError) as info:
         load_config(environ={"EXTENSION_LOADER__REGISTRY__API_PREFIX": prefix})
     assert info.value.key == "registry.api_prefix" and "without wildcards" in str(info.value)
+
+
+def test_a_commands_own_layer_sits_under_what_the_person_gives() -> None:
+    """`extension-loader dev`'s settings for nats.conf's accounts fill what is left at the defaults, and give way
+    to a file, the environment or --set, even where those say the default's own value."""
+    layer = {"events.require_stream": True, "registry.api_prefix": "$JS.reg.API"}
+    assert load_config(environ={}, layer=layer).events.require_stream is True
+    said = load_config(
+        environ={}, overrides=["events.require_stream=false", "registry.api_prefix=$JS.API"], layer=layer
+    )
+    assert (said.events.require_stream, said.registry.api_prefix) == (False, "$JS.API")
+    env = {"EXTENSION_LOADER__EVENTS__REQUIRE_STREAM": "false"}
+    assert load_config(environ=env, layer=layer).events.require_stream is False

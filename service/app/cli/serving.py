@@ -24,11 +24,11 @@ from ..telemetry import setup_logging, setup_telemetry
 from .setup import EVENTS_IMPORT, has_account_layout, set_up_for_dev
 
 
-def _config(args: argparse.Namespace) -> Config:
+def _config(args: argparse.Namespace, layer: Mapping[str, object] | None = None) -> Config:
     overrides = list(args.set)
     if args.nats_url:
         overrides.append(f'nats.url="{args.nats_url}"')
-    return load_config(args.config, environ=os.environ, overrides=overrides)
+    return load_config(args.config, environ=os.environ, overrides=overrides, layer=layer)
 
 
 def _start(args: argparse.Namespace) -> Config | None:
@@ -121,12 +121,8 @@ def run_dev(args: argparse.Namespace) -> int:
             file=sys.stderr,
             flush=True,
         )
-    nats_cfg = config.nats
-    if not (nats_cfg.user or nats_cfg.token or nats_cfg.creds):
-        password = server_env["NATS_LOADER_PASSWORD"]
-        config = msgspec.structs.replace(
-            config, nats=msgspec.structs.replace(nats_cfg, user=DEV_USER, password=password)
-        )
+    loader_password = server_env["NATS_LOADER_PASSWORD"]
+    config = _as_loader(config, loader_password)
     url = config.nats.servers[0]
     try:
         server = NatsServer(["-c", str(conf)], binary=binary, env=server_env).start()
@@ -149,25 +145,19 @@ def run_dev(args: argparse.Namespace) -> int:
         admin_password = server_env["NATS_ADMIN_PASSWORD"]
         admin = config
         if has_account_layout(config, admin_password):
-            admin = _with(config, DEV_ADMIN)
+            # The layout's settings under what the person gave (file, environment, --set), not over it.
+            admin = _config(args, DEV_ADMIN)
             if config.nats.user == DEV_USER:
-                config = _with(config, DEV_LOADER)
+                config = _as_loader(_config(args, DEV_LOADER), loader_password)
         code = set_up_for_dev(admin, admin_password)
         return code if code != 0 else _run_service(config, hint)
     finally:
         server.stop()
 
 
-def _with(config: Config, settings: Mapping[str, object]) -> Config:
-    """The configuration with those `section.key` settings, where it has the default value (what the person set
-    stays as it is)."""
-    defaults = load_config(environ={})
-    sections: dict[str, dict[str, object]] = {}
-    for key, value in settings.items():
-        section, name = key.split(".")
-        if getattr(getattr(config, section), name) == getattr(getattr(defaults, section), name):
-            sections.setdefault(section, {})[name] = value
-    return msgspec.structs.replace(
-        config,
-        **{section: msgspec.structs.replace(getattr(config, section), **keys) for section, keys in sections.items()},
-    )
+def _as_loader(config: Config, password: str) -> Config:
+    """The service logs in as nats.conf's `loader`, unless the configuration names credentials of its own."""
+    nats_cfg = config.nats
+    if nats_cfg.user or nats_cfg.token or nats_cfg.creds:
+        return config
+    return msgspec.structs.replace(config, nats=msgspec.structs.replace(nats_cfg, user=DEV_USER, password=password))
