@@ -3,7 +3,8 @@
 A run is a `Flight` under the version's cache key from the moment it starts until it ends; a load that finds
 one joins it and gets its extension or its error. A forced run (a reload, a hot reload) replaces the flight
 before it, so loads that come after it join the new run. `Miss` is what a look at the cache that found
-nothing hands on to the load that follows, so the load does not look again.
+nothing hands on to the load that follows, so the load does not look again (but where the run it saw ended
+in between).
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ class Flight:
 @dataclass(frozen=True, slots=True)
 class Miss:
     """The cache had nothing under `key` when it was looked at; `flight` is the run of that version that was
-    under way then, if any (it may have ended since: joining it still gives its result)."""
+    under way then, if any. The load joins the run under way when it begins; if the one seen has ended by then
+    (or a reload replaced it), the load looks at the cache again, as a load that began then would."""
 
     key: str
     flight: Flight | None

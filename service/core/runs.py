@@ -67,13 +67,16 @@ class VersionLoader:
         """From the cache, or by joining the run under way, or by running the loader. `miss`: the cache was
         looked at already and had nothing for this version; `force`: run whatever is cached or under way."""
         if not force:
-            if miss is None or miss.key != info.key:
+            flight = self._flights.get(info.key)
+            # The cache is looked at here unless the caller's look found nothing; and again when the run that
+            # look saw has ended (or a reload replaced it) before this load began: then this load sees what a load
+            # that began now would, what that run cached if it still stands.
+            looked = miss is not None and miss.key == info.key
+            if not looked or (flight is None and miss is not None and miss.flight is not None):
                 cached = self._cache.get(info.key)
                 if cached is not None:
                     self._counters.hits += 1
                     return LoadResult(cached, cold=False)
-                miss = Miss(info.key, None)
-            flight = miss.flight or self._flights.get(info.key)
             if flight is not None:
                 self._counters.coalesced += 1
                 return LoadResult(await flight.result(), cold=False)
