@@ -123,18 +123,30 @@ async def test_watch_skips_what_is_not_an_event(nats_server: NatsServer, service
                     forged = json.dumps({"reason": "cleared", "name": "aws"}).encode()
                     await nc.publish("extensions.unloaded", forged, headers={"Nats-Stream": "KV_extension-index"})
                     await nc.publish("extensions.unloaded", b"not json")
+                    # An event of a newer loader, with a reason this one does not know: still an event.
+                    newer = {
+                        "event_id": "1" * 32,
+                        "reason": "expired",
+                        "extension_type": "taskserv",
+                        "name": "etcd",
+                        "version": "3.5.9",
+                        "instance_id": "NEWER",
+                        "timestamp": "2026-12-07T00:00:00Z",
+                    }
+                    await nc.publish("extensions.unloaded", json.dumps(newer).encode())
                     await nc.flush()
                 finally:
                     await nc.close()
                 code, _, _ = await cli(nats_server, "load", "provider", "aws")
                 assert code == 0
-                line = b""
-                while b"\n" not in line:
-                    line += await watcher.stdout.receive()
+                lines = b""
+                while lines.count(b"\n") < 2:
+                    lines += await watcher.stdout.receive()
                 while said.count(b"ignored") < 2:
                     said += await watcher.stderr.receive()
-            event = json.loads(line.split(b"\n")[0])
-            assert event["reason"] == "load" and event["extension"]["metadata"]["name"] == "aws"
+            first, second = (json.loads(line) for line in lines.split(b"\n")[:2])
+            assert first["reason"] == "expired" and first["instance_id"] == "NEWER"
+            assert second["reason"] == "load" and second["extension"]["metadata"]["name"] == "aws"
             assert b"not an event" in said and b"unreadable" in said and b"Traceback" not in said
         finally:
             watcher.kill()

@@ -22,6 +22,7 @@ from ...contract.config import inbox_prefix_for
 from ...contract.subjects import EVENTS, request_subject
 from ...wire.connection import flush_subscriptions
 from ...wire.event_filter import genuine_event
+from ...wire.peers import PeerEvent
 from ..client import Gathered, LoaderClient, RemoteError
 from .commands import request_body
 from .printing import event_line, readable, readable_fleet
@@ -193,8 +194,7 @@ async def unless_forbidden(call: Awaitable[Any], args: argparse.Namespace) -> An
 
 
 async def _watch(nc: Client, args: argparse.Namespace) -> int:
-    kinds = {f"{args.prefix}.{event.suffix}": event.event for event in EVENTS}
-    subjects = list(kinds)
+    subjects = [f"{args.prefix}.{event.suffix}" for event in EVENTS]
     subs = [await nc.subscribe(subject) for subject in subjects]
     await flush_subscriptions(nc)  # say "watching" only once the server has the subscriptions
     print(f"watching {' and '.join(subjects)} on {args.server} (Ctrl-C stops)", file=sys.stderr)
@@ -212,7 +212,9 @@ async def _watch(nc: Client, args: argparse.Namespace) -> int:
                 print(f"ignored a message on {msg.subject} that is not an event", file=sys.stderr)
                 continue
             try:
-                msgspec.json.decode(msg.data, type=kinds[msg.subject])  # an event of this subject's kind
+                # Read as the peers' listener reads an event (who sent it, why), so an event a newer loader sends,
+                # with a reason this one does not know, is still printed.
+                msgspec.json.decode(msg.data, type=PeerEvent)
                 event = msgspec.json.decode(msg.data)  # printed as it came
             except msgspec.DecodeError:
                 print(f"ignored an unreadable message on {msg.subject}: not an event", file=sys.stderr)
