@@ -37,7 +37,7 @@ def test_the_statement_is_the_designed_text() -> None:
     assert statement(ExtensionType.TASKSERV, "kubernetes", "1.28.0", DIGEST) == STATEMENT
 
 
-@pytest.mark.parametrize("part", range(4))
+@pytest.mark.parametrize("part", range(4), ids=["type", "name", "version", "digest"])
 def test_no_line_break_in_a_statement(part: int) -> None:
     """Line breaks would let ("a\\nb", "c") and ("a", "b\\nc") share one statement, and so one signature."""
     parts = ["taskserv", "kubernetes", "1.28.0", DIGEST]
@@ -94,6 +94,18 @@ def test_a_signature_is_bound_to_its_key_and_statement() -> None:
         lambda s: ("B" if s[0] != "B" else "C") + s[1:],
         lambda s: "é" * 86,
         lambda s: base64.urlsafe_b64encode(bytes(64)).decode().rstrip("="),
+    ],
+    ids=[
+        "empty",
+        "one-short",
+        "one-more",
+        "padded",
+        "standard-alphabet",
+        "a-space",
+        "last-changed",
+        "first-changed",
+        "not-ascii",
+        "zero-bytes",
     ],
 )
 def test_a_bad_signature_is_false_never_an_error(mangle: Callable[[str], str]) -> None:
@@ -152,6 +164,20 @@ def _other_kind(prefix: int) -> str:
         (_other_kind(nkeys.PREFIX_BYTE_USER | 1), "not a user key (wrong prefix byte)"),
         (SIGNER.public_key[:-1] + ("A" if SIGNER.public_key[-1] != "A" else "B"), "checksum does not match"),
     ],
+    ids=[
+        "empty",
+        "one-short",
+        "one-more",
+        "lower-case",
+        "lower-case-after-U",
+        "digit-1",
+        "padded",
+        "not-ascii",
+        "account-key",
+        "server-key",
+        "no-kind-prefix",
+        "checksum",
+    ],
 )
 def test_a_malformed_public_key_says_what_is_wrong(key: str, check: str) -> None:
     with pytest.raises(SigningKeyError, match=check.replace("(", r"\(").replace(")", r"\)")):
@@ -192,7 +218,7 @@ def test_a_seed_file_is_never_overwritten(tmp_path: Path) -> None:
     assert not (tmp_path / "elsewhere").exists()
 
 
-@pytest.mark.parametrize("mode", [0o640, 0o604, 0o620, 0o602, 0o644, 0o660, 0o666])
+@pytest.mark.parametrize("mode", [0o640, 0o604, 0o620, 0o602, 0o644, 0o660, 0o666], ids=lambda mode: f"{mode:04o}")
 def test_a_seed_file_others_may_use_is_refused(tmp_path: Path, mode: int) -> None:
     path = tmp_path / "publisher.nk"
     write_seed(path)
@@ -242,6 +268,19 @@ def _seed_of(prefix: int) -> bytes:
         (_seed_of(nkeys.PREFIX_BYTE_ACCOUNT), "not a user seed"),
         (_seed_of(nkeys.PREFIX_BYTE_OPERATOR), "not a user seed"),
         (SIGNER.public_key.encode(), "not a user seed"),
+    ],
+    ids=[
+        "empty",
+        "garbage",
+        "not-utf8",
+        "one-short",
+        "four-more",
+        "two-seeds",
+        "digit-1",
+        "checksum",
+        "account-seed",
+        "operator-seed",
+        "public-key",
     ],
 )
 def test_a_seed_file_that_holds_no_user_seed(tmp_path: Path, content: bytes, check: str) -> None:
