@@ -356,3 +356,23 @@ def test_a_failed_seed_write_leaves_no_file(tmp_path: Path, monkeypatch: pytest.
     with pytest.raises(OSError, match="No space left"):
         write_seed(path)
     assert not path.exists()
+
+
+def test_a_seed_file_is_private_from_its_creation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The file is 0600 from the moment it exists, whatever the umask, not only after the fchmod that follows: a
+    file open to others for a moment could be opened by them then, and read once the seed is in it."""
+    modes: list[int] = []
+    fchmod = os.fchmod
+
+    def spy(fd: int, mode: int) -> None:
+        modes.append(stat.S_IMODE(os.fstat(fd).st_mode))
+        fchmod(fd, mode)
+
+    monkeypatch.setattr(os, "fchmod", spy)
+    with_umask = os.umask(0)
+    try:
+        write_seed(tmp_path / "publisher.nk")
+    finally:
+        os.umask(with_umask)
+    assert modes == [0o600]
+    assert stat.S_IMODE((tmp_path / "publisher.nk").stat().st_mode) == 0o600
