@@ -20,6 +20,7 @@ import nacl.signing
 import nkeys
 
 _SEED_LENGTH = 58  # "SU" + base32 of 2 prefix bytes, 32 key bytes and a CRC16, unpadded
+_SEED_FILE_LIMIT = _SEED_LENGTH * 2  # the seed, its line end and some white space around it; never more
 _PUBLIC_KEY_LENGTH = 56  # base32 of a prefix byte, 32 key bytes and a CRC16
 _SIGNATURE = re.compile(r"[A-Za-z0-9_-]{86}")  # 64 bytes in unpadded base64url
 
@@ -81,7 +82,8 @@ def write_seed(path: Path) -> str:
 
 
 def read_seed(path: Path) -> Signer:
-    """The signer of a seed file. Refuses a file that others may read or write, as ssh does with its keys."""
+    """The signer of a seed file. Refuses a file that others may read or write, as ssh does with its keys, and a
+    file that holds anything but the seed and white space around it."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # a FIFO would block the open
     except FileNotFoundError:
@@ -97,9 +99,15 @@ def read_seed(path: Path) -> Signer:
                 f"{path} may be used by others (mode {stat.S_IMODE(mode):04o}); a seed must be private: "
                 f"chmod 600 {path}"
             )
-        seed = os.read(fd, _SEED_LENGTH * 2).strip()
+        content = os.read(fd, _SEED_FILE_LIMIT + 1)  # one byte past the limit tells a longer file
     finally:
         os.close(fd)
+    if len(content) > _SEED_FILE_LIMIT:
+        raise SigningKeyError(
+            f"{path}: not a user seed (over {_SEED_FILE_LIMIT} bytes, where a seed file holds one line of "
+            f"{_SEED_LENGTH} characters starting with SU)"
+        )
+    seed = content.strip()
     try:
         return Signer.from_seed(seed)
     except SigningKeyError as exc:

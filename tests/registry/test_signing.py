@@ -37,11 +37,12 @@ def test_the_statement_is_the_designed_text() -> None:
     assert statement(ExtensionType.TASKSERV, "kubernetes", "1.28.0", DIGEST) == STATEMENT
 
 
+@pytest.mark.parametrize("line_break", ["\n", "\r"], ids=["lf", "cr"])
 @pytest.mark.parametrize("part", range(4), ids=["type", "name", "version", "digest"])
-def test_no_line_break_in_a_statement(part: int) -> None:
+def test_no_line_break_in_a_statement(part: int, line_break: str) -> None:
     """Line breaks would let ("a\\nb", "c") and ("a", "b\\nc") share one statement, and so one signature."""
     parts = ["taskserv", "kubernetes", "1.28.0", DIGEST]
-    parts[part] += "\nx"
+    parts[part] += line_break + "x"
     with pytest.raises(ValueError, match="line break"):
         statement(*parts)
 
@@ -254,20 +255,46 @@ def _seed_of(prefix: int) -> bytes:
     return bytes(nkeys.encode_seed(os.urandom(32), prefix))
 
 
+NOT_A_SEED = "not a user seed (one line of 58 characters starting with SU)"
+
+
+def _user_seed_with_second_byte(second: int) -> bytes:
+    """A seed that starts with SU and has a valid checksum, but whose second prefix byte is not the user's (0)."""
+    raw = bytes([nkeys.PREFIX_BYTE_SEED | nkeys.PREFIX_BYTE_USER >> 5, second]) + os.urandom(32)
+    raw += int(nkeys.crc16(raw)).to_bytes(2, "little")
+    seed = base64.b32encode(raw).rstrip(b"=")
+    assert seed.startswith(b"SU") and len(seed) == 58
+    return seed
+
+
 @pytest.mark.parametrize(
     ("content", "check"),
     [
-        (b"", "not a user seed"),
-        (b"garbage\n", "not a user seed"),
-        (b"\xff\xfe" * 29, "not a user seed"),
-        (new_seed()[:-1], "not a user seed"),
-        (new_seed() + b"AAAA", "not a user seed"),
-        (new_seed() + b"\n" + new_seed(), "not a user seed"),
+        (b"", NOT_A_SEED),
+        (b"garbage\n", NOT_A_SEED),
+        (b"\xff\xfe" * 29, NOT_A_SEED),
+        (new_seed()[:-1], NOT_A_SEED),
+        (new_seed() + b"AAAA", NOT_A_SEED),
+        (new_seed() + b"\n" + new_seed()[:56], NOT_A_SEED),
+        (
+            new_seed() + b"\n" + new_seed(),
+            "not a user seed (over 116 bytes, where a seed file holds one line of 58 characters starting with SU)",
+        ),
+        (
+            new_seed() + b"\n" * 58 + b"x",
+            "not a user seed (over 116 bytes, where a seed file holds one line of 58 characters starting with SU)",
+        ),
+        (
+            new_seed() + b"\n" + b" " * 4096,
+            "not a user seed (over 116 bytes, where a seed file holds one line of 58 characters starting with SU)",
+        ),
         (b"SU" + b"1" * 56, "not a user seed (not base32)"),
-        (_damaged(new_seed()), "the checksum does not match"),
-        (_seed_of(nkeys.PREFIX_BYTE_ACCOUNT), "not a user seed"),
-        (_seed_of(nkeys.PREFIX_BYTE_OPERATOR), "not a user seed"),
-        (SIGNER.public_key.encode(), "not a user seed"),
+        (_damaged(new_seed()), "a damaged user seed (the checksum does not match)"),
+        (_seed_of(nkeys.PREFIX_BYTE_ACCOUNT), NOT_A_SEED),
+        (_seed_of(nkeys.PREFIX_BYTE_OPERATOR), NOT_A_SEED),
+        (_user_seed_with_second_byte(8), "not a user seed (wrong prefix bytes)"),
+        (_user_seed_with_second_byte(16), "not a user seed (wrong prefix bytes)"),
+        (SIGNER.public_key.encode(), NOT_A_SEED),
     ],
     ids=[
         "empty",
@@ -275,11 +302,16 @@ def _seed_of(prefix: int) -> bytes:
         "not-utf8",
         "one-short",
         "four-more",
+        "two-lines",
         "two-seeds",
+        "anything-past-116-bytes",
+        "white-space-past-116-bytes",
         "digit-1",
         "checksum",
         "account-seed",
         "operator-seed",
+        "su-but-prefix-byte-8",
+        "su-but-prefix-byte-16",
         "public-key",
     ],
 )
@@ -290,6 +322,7 @@ def test_a_seed_file_that_holds_no_user_seed(tmp_path: Path, content: bytes, che
     with pytest.raises(SigningKeyError, match=check.replace("(", r"\(").replace(")", r"\)")) as info:
         read_seed(path)
     assert str(path) in str(info.value)
+    assert str(info.value) == f"{path}: {check}"  # the whole reason: a later check must not be the one that refuses
     if content.startswith(b"SU"):
         assert content.decode(errors="replace")[:20] not in str(info.value)  # the seed is never quoted
 
@@ -300,3 +333,46 @@ def test_a_seed_with_spaces_around_it_reads(tmp_path: Path) -> None:
     path.write_bytes(b"  " + seed + b"\r\n\n")
     path.chmod(0o400)
     assert read_seed(path).public_key == Signer.from_seed(seed).public_key
+
+
+def test_a_seed_file_of_116_bytes_reads(tmp_path: Path) -> None:
+    """The limit: the seed and white space up to 116 bytes in all; one byte more is refused (above)."""
+    seed = new_seed()
+    path = tmp_path / "publisher.nk"
+    path.write_bytes(seed + b"\n" + b" " * 57)
+    path.chmod(0o600)
+    assert len(path.read_bytes()) == 116
+    assert read_seed(path).public_key == Signer.from_seed(seed).public_key
+
+
+def test_a_failed_seed_write_leaves_no_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A write that fails after the file is created removes it: a half-written key file would be read later."""
+
+    def fail(fd: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", fail)
+    path = tmp_path / "publisher.nk"
+    with pytest.raises(OSError, match="No space left"):
+        write_seed(path)
+    assert not path.exists()
+
+
+def test_a_seed_file_is_private_from_its_creation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The file is 0600 from the moment it exists, whatever the umask, not only after the fchmod that follows: a
+    file open to others for a moment could be opened by them then, and read once the seed is in it."""
+    modes: list[int] = []
+    fchmod = os.fchmod
+
+    def spy(fd: int, mode: int) -> None:
+        modes.append(stat.S_IMODE(os.fstat(fd).st_mode))
+        fchmod(fd, mode)
+
+    monkeypatch.setattr(os, "fchmod", spy)
+    with_umask = os.umask(0)
+    try:
+        write_seed(tmp_path / "publisher.nk")
+    finally:
+        os.umask(with_umask)
+    assert modes == [0o600]
+    assert stat.S_IMODE((tmp_path / "publisher.nk").stat().st_mode) == 0o600
