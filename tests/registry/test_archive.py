@@ -594,3 +594,105 @@ def test_the_bytes_of_a_fixed_folder_are_pinned(tmp_path: Path) -> None:
 
 TAR_SHA256 = "a43657be3cac76f0c8897e6ccadbccd114b5798ed81e544e024933af71709c08"
 PACK_SHA256 = "e161d566057c6d84cbeae0185a1ba833148bc71d99ab0dd84f7f75e20b6052e6"
+
+
+# --- edges the mutation run showed untested ---
+
+
+def test_kinds_of_file_are_named() -> None:
+    from service.registry.archive import _kind
+
+    assert _kind(stat.S_IFCHR | 0o600) == "a character device"
+    assert _kind(stat.S_IFBLK | 0o600) == "a block device"
+    assert _kind(0o170000) == "a file of mode 170000"  # no kind stat knows
+
+
+def test_unpack_writes_into_a_hidden_sibling(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from service.registry import archive
+
+    seen: list[Path] = []
+    real = archive._extract
+
+    def extract(stream: gzip.GzipFile, into: Path, limits: UnpackLimits) -> None:
+        seen.append(into)
+        real(stream, into, limits)
+
+    monkeypatch.setattr(archive, "_extract", extract)
+    path = tmp_path / "a.tar.gz"
+    path.write_bytes(tar_gz(OK))
+    unpack(path, tmp_path / "out" / "dest", UnpackLimits())
+    (into,) = seen
+    assert into.parent == tmp_path / "out" and into.name.startswith(".dest.")
+    assert os.listdir(tmp_path / "out") == ["dest"]
+
+
+def test_unpack_says_what_exists(tmp_path: Path) -> None:
+    path = tmp_path / "a.tar.gz"
+    path.write_bytes(tar_gz(OK))
+    (tmp_path / "dest").mkdir()
+    with pytest.raises(FileExistsError) as info:
+        unpack(path, tmp_path / "dest", UnpackLimits())
+    assert str(info.value) == f"{tmp_path / 'dest'} already exists"
+
+
+def test_limits_are_inclusive(tmp_path: Path) -> None:
+    """An archive of exactly the limit's size, files adding up to exactly the limit (folders count nothing), and a
+    name part of exactly 255 bytes are taken."""
+    path = tmp_path / "a.tar.gz"
+    path.write_bytes(
+        tar_gz(
+            member("d", tarfile.DIRTYPE),
+            member("d/e", tarfile.DIRTYPE),
+            member("d/e/f", data=b"abc"),
+            member("x" * 255, data=b""),
+        )
+    )
+    limits = UnpackLimits(max_archive_bytes=path.stat().st_size, max_unpacked_bytes=3, max_files=4)
+    unpack(path, tmp_path / "out", limits)
+    assert contents(tmp_path / "out")["d/e/f"] == ("file", b"abc", 0o644)
+    assert contents(tmp_path / "out")["x" * 255] == ("file", b"", 0o644)
+
+
+def test_a_file_of_many_blocks_round_trips(tmp_path: Path) -> None:
+    data = os.urandom(3 * MiB + 17)
+    path = tmp_path / "a.tar.gz"
+    path.write_bytes(tar_gz(member("big", data=data), OK))
+    unpack(path, tmp_path / "out", UnpackLimits())
+    assert (tmp_path / "out" / "big").read_bytes() == data
+
+
+def test_unpack_counts_short_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "a.tar.gz"
+    path.write_bytes(tar_gz(OK))
+    monkeypatch.setattr(tarfile.TarFile, "extractfile", lambda self, member: io.BytesIO(b""))
+    with pytest.raises(ArchiveRefused) as info:
+        unpack(path, tmp_path / "out" / "dest", UnpackLimits())
+    assert info.value.reason == "ok.txt: 0 bytes where its header says 1"
+    assert os.listdir(tmp_path / "out") == []
+
+
+def _x_after_the_end() -> bytes:
+    """Not zeros after the end: an "X" is no more a zero than any other byte."""
+    return gzip.compress(gzip.decompress(_after_the_end(0)) + b"XXXX")
+
+
+def _unknown_type() -> bytes:
+    return tar_gz(OK, member("odd", b"Z"))
+
+
+@pytest.mark.parametrize(
+    ("archive", "reason"),
+    [
+        (_without_end_blocks, "corrupt or truncated archive: it ends without a proper end-of-archive block"),
+        (_x_after_the_end, "corrupt archive: data after its end-of-archive block"),
+        (_unknown_type, "odd: a member of type b'Z' (only regular files and folders are unpacked)"),
+    ],
+    ids=["no-end-block", "x-after-the-end", "unknown-type"],
+)
+def test_reasons_are_exact(tmp_path: Path, archive: Callable[[], bytes], reason: str) -> None:
+    path = tmp_path / "a.tar.gz"
+    path.write_bytes(archive())
+    with pytest.raises(ArchiveRefused) as info:
+        unpack(path, tmp_path / "out" / "dest", UnpackLimits())
+    assert info.value.reason == reason
+    assert os.listdir(tmp_path / "out") == []
