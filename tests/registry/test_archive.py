@@ -696,3 +696,10 @@ def test_reasons_are_exact(tmp_path: Path, archive: Callable[[], bytes], reason:
         unpack(path, tmp_path / "out" / "dest", UnpackLimits())
     assert info.value.reason == reason
     assert os.listdir(tmp_path / "out") == []
+
+
+def test_a_folder_counts_nothing_whatever_its_header_says(tmp_path: Path) -> None:
+    path = tmp_path / "a.tar.gz"
+    path.write_bytes(tar_gz(member("d", tarfile.DIRTYPE, size=100), member("d/f", data=b"abc")))
+    unpack(path, tmp_path / "out", UnpackLimits(max_unpacked_bytes=3))
+    assert contents(tmp_path / "out") == {"d": ("dir", b"", 0o755), "d/f": ("file", b"abc", 0o644)}
