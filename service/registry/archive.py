@@ -8,6 +8,7 @@ hidden sibling folder that becomes the destination only when everything was writ
 
 from __future__ import annotations
 
+import errno
 import gzip
 import hashlib
 import io
@@ -98,7 +99,13 @@ def _walk(folder: Path, prefix: str) -> list[tuple[str, Path, bool]]:
 
 def _add_file(tar: tarfile.TarFile, name: str, path: Path) -> None:
     # Opened without following a link and checked again on the open file: what is read is what was checked.
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno != errno.ELOOP:
+            raise
+        # Swapped for a symbolic link since the walk saw a file: refused as the walk would have refused it.
+        raise ArchiveRefused(f"{name}: a symbolic link (only regular files and folders are packed)") from None
     with os.fdopen(fd, "rb") as file:
         status = os.fstat(fd)
         if not stat.S_ISREG(status.st_mode):
@@ -245,18 +252,23 @@ def _extract(stream: gzip.GzipFile, into: Path, limits: UnpackLimits) -> None:
                 try:
                     # A second opinion on the checks above; what it would change (modes) `_write` decides anyway.
                     tarfile.data_filter(member, str(into))
-                except tarfile.FilterError as exc:
+                except (tarfile.FilterError, ValueError) as exc:  # ValueError: a NUL byte, should `_parts` miss one
                     raise ArchiveRefused(f"{name}: {exc}") from None
-                for end in range(1, len(parts) + is_folder):
-                    if (folder := "/".join(parts[:end])) not in kinds:
-                        kinds[folder] = True
-                        _folder(into.joinpath(*parts[:end]))
-                if not is_folder:
-                    kinds[name] = False
-                    source = tar.extractfile(member)
-                    assert source is not None  # a regular file always has its data
-                    allowed = limits.max_unpacked_bytes - written
-                    written += _write(source, into.joinpath(*parts), name, member, allowed)
+                try:
+                    for end in range(1, len(parts) + is_folder):
+                        if (folder := "/".join(parts[:end])) not in kinds:
+                            kinds[folder] = True
+                            _folder(into.joinpath(*parts[:end]))
+                    if not is_folder:
+                        kinds[name] = False
+                        source = tar.extractfile(member)
+                        assert source is not None  # a regular file always has its data
+                        allowed = limits.max_unpacked_bytes - written
+                        written += _write(source, into.joinpath(*parts), name, member, allowed)
+                except (ValueError, FileExistsError, NotADirectoryError, IsADirectoryError) as exc:
+                    # What only a name can cause in a fresh folder (a NUL byte, a file where a folder goes): the
+                    # checks above refuse it first; should one miss, the archive is refused all the same.
+                    raise ArchiveRefused(f"{name}: cannot be written ({exc.__class__.__name__})") from None
         _check_end(reader, stream)
     except (tarfile.TarError, zlib.error, EOFError, gzip.BadGzipFile) as exc:
         raise ArchiveRefused(f"corrupt or truncated archive: {exc}") from None

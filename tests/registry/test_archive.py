@@ -10,7 +10,8 @@ import shutil
 import socket
 import stat
 import tarfile
-from collections.abc import Callable, Iterator
+import tracemalloc
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -384,3 +385,321 @@ def test_unpack_takes_what_other_tars_write(tmp_path: Path) -> None:
         "n" * 150: ("file", b"long", 0o644),
         "run": ("file", b"#!/bin/sh\n", 0o755),
     }
+
+
+# --- names that only a file system would refuse, and what follows the end-of-archive block ---
+
+
+def pax_named(name: str, kind: bytes = tarfile.REGTYPE) -> tuple[tarfile.TarInfo, bytes]:
+    """A member whose name is in a PAX header, where a NUL byte survives (a tar header's name field ends at one)."""
+    info, data = member("placeholder", kind)
+    info.pax_headers = {"path": name}
+    return info, data
+
+
+@pytest.mark.parametrize(
+    ("members", "reason"),
+    [
+        ((OK, pax_named("a\0b")), "a\0b: a name no file system takes"),
+        ((OK, pax_named("d\0/x")), "d\0/x: a name no file system takes"),
+        ((OK, pax_named("d/x\0", tarfile.DIRTYPE)), "d/x\0: a name no file system takes"),
+        ((OK, member("d/x"), member("d//x")), "d/x: a duplicate name"),
+        ((OK, member("d//x"), member("d/x/y")), "d/x/y: its folder d/x is a file"),
+        ((OK, member("d/e"), member("d/e/f/g")), "d/e/f/g: its folder d/e is a file"),
+        ((OK, member("d/e"), member("d/e/f", tarfile.DIRTYPE)), "d/e/f: its folder d/e is a file"),
+        ((OK, member("d/e/f/g"), member("d/e")), "d/e: a file where the archive already has a folder"),
+        ((OK, member("d/e/f/g"), member("d")), "d: a file where the archive already has a folder"),
+    ],
+    ids=[
+        "nul",
+        "nul-in-folder",
+        "nul-folder",
+        "d//x-duplicate",
+        "d//x-then-below",
+        "file-then-folder-2",
+        "file-then-dir-member",
+        "folder-then-file-2",
+        "folder-then-file-3",
+    ],
+)
+def test_a_name_no_folder_can_hold_is_refused_not_an_os_error(
+    tmp_path: Path, members: tuple[tuple[tarfile.TarInfo, bytes], ...], reason: str
+) -> None:
+    path = tmp_path / "in" / "a.tar.gz"
+    path.parent.mkdir()
+    path.write_bytes(tar_gz(*members))
+    with pytest.raises(ArchiveRefused) as info:
+        unpack(path, tmp_path / "out" / "dest", UnpackLimits())
+    assert info.value.reason == reason
+    assert os.listdir(tmp_path / "out") == []  # the half-made folder is pruned
+
+
+def test_an_empty_part_is_dropped(tmp_path: Path) -> None:
+    path = tmp_path / "a.tar.gz"
+    path.write_bytes(tar_gz(member("d//x", data=b"one"), member("e/./y/", tarfile.DIRTYPE)))
+    unpack(path, tmp_path / "out", UnpackLimits())
+    assert contents(tmp_path / "out") == {
+        "d": ("dir", b"", 0o755),
+        "d/x": ("file", b"one", 0o644),
+        "e": ("dir", b"", 0o755),
+        "e/y": ("dir", b"", 0o755),
+    }
+
+
+def test_an_os_error_from_a_name_is_refused_should_a_check_miss(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The name checks come first; behind them, what the file system refuses for a name is still a refusal."""
+    from service.registry import archive
+
+    monkeypatch.setattr(archive, "_parts", lambda name: [p for p in name.split("/") if p not in ("", ".")])
+    cases = [
+        ((OK, pax_named("a\0b")), "a\0b: embedded null byte"),
+        ((OK, pax_named("d\0/x")), "d\0/x: embedded null byte"),
+    ]
+    refused_each(tmp_path, cases)
+    monkeypatch.setattr(tarfile, "data_filter", lambda member, path: member)  # and the second opinion too
+    cases = [
+        ((OK, pax_named("a\0b")), "a\0b: cannot be written (ValueError)"),
+        ((OK, pax_named("d\0/x")), "d\0/x: cannot be written (ValueError)"),
+        ((OK, pax_named("d\0/x", tarfile.DIRTYPE)), "d\0/x: cannot be written (ValueError)"),
+    ]
+    refused_each(tmp_path, cases)
+
+
+def refused_each(tmp_path: Path, cases: Sequence[tuple[tuple[tuple[tarfile.TarInfo, bytes], ...], str]]) -> None:
+    for members, reason in cases:
+        path = tmp_path / "a.tar.gz"
+        path.write_bytes(tar_gz(*members))
+        with pytest.raises(ArchiveRefused) as info:
+            unpack(path, tmp_path / "out" / "dest", UnpackLimits())
+        assert info.value.reason == reason
+        assert os.listdir(tmp_path / "out") == []
+
+
+def _after_the_end(extra: int) -> bytes:
+    """OK's tar up to and with its first zero block, then `extra` zero bytes."""
+    raw = gzip.decompress(tar_gz(OK))
+    end = 3 * tarfile.BLOCKSIZE  # OK's header and data, then the zero block the walk ends at
+    assert raw[2 * tarfile.BLOCKSIZE : end] == bytes(tarfile.BLOCKSIZE)
+    return gzip.compress(raw[:end] + bytes(extra))
+
+
+@pytest.mark.parametrize(("extra", "taken"), [(0, True), (MiB, True), (MiB + 1, False), (2 * MiB, False)])
+def test_zeros_after_the_end_are_bounded(tmp_path: Path, extra: int, taken: bool) -> None:
+    path = tmp_path / "a.tar.gz"
+    path.write_bytes(_after_the_end(extra))
+    if taken:
+        unpack(path, tmp_path / "out" / "dest", UnpackLimits())
+        assert os.listdir(tmp_path / "out" / "dest") == ["ok.txt"]
+        return
+    with pytest.raises(ArchiveRefused) as info:
+        unpack(path, tmp_path / "out" / "dest", UnpackLimits())
+    assert info.value.reason == "corrupt archive: data after its end-of-archive block"
+    assert os.listdir(tmp_path / "out") == []
+
+
+def test_the_data_after_the_end_is_read_a_block_at_a_time(tmp_path: Path) -> None:
+    """64 MiB of zeros after the end (a few dozen KiB compressed): refused without holding them in memory."""
+    path = tmp_path / "a.tar.gz"
+    path.write_bytes(_after_the_end(64 * MiB))
+    tracemalloc.start()
+    try:
+        with pytest.raises(ArchiveRefused, match="data after its end-of-archive block"):
+            unpack(path, tmp_path / "out" / "dest", UnpackLimits())
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 * MiB
+
+
+# --- pack: what is read is what was checked; modes; the bytes pinned ---
+
+
+def _swap_after_the_walk(monkeypatch: pytest.MonkeyPatch, swap: Callable[[], None]) -> None:
+    from service.registry import archive
+
+    walk = archive._walk
+
+    def walk_then_swap(folder: Path, prefix: str) -> list[tuple[str, Path, bool]]:
+        found = walk(folder, prefix)
+        if prefix == "":
+            swap()
+        return found
+
+    monkeypatch.setattr(archive, "_walk", walk_then_swap)
+
+
+def test_a_file_swapped_for_a_symlink_after_the_walk_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = make_folder(tmp_path / "src")
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"the target's contents")
+
+    def swap() -> None:
+        (folder / "metadata.toml").unlink()
+        (folder / "metadata.toml").symlink_to(secret)
+
+    _swap_after_the_walk(monkeypatch, swap)
+    with pytest.raises(ArchiveRefused) as info:
+        pack(folder)
+    assert info.value.reason == "metadata.toml: a symbolic link (only regular files and folders are packed)"
+
+
+def test_a_file_swapped_for_a_fifo_after_the_walk_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Opened without blocking: a FIFO with no writer would otherwise hang the open."""
+    folder = make_folder(tmp_path / "src")
+
+    def swap() -> None:
+        (folder / "metadata.toml").unlink()
+        os.mkfifo(folder / "metadata.toml")
+
+    _swap_after_the_walk(monkeypatch, swap)
+    with pytest.raises(ArchiveRefused) as info:
+        pack(folder)
+    assert info.value.reason == "metadata.toml: a FIFO (only regular files and folders are packed)"
+
+
+@pytest.mark.parametrize(
+    ("mode", "packed"),
+    [(0o646, 0o644), (0o645, 0o755), (0o654, 0o755), (0o744, 0o755), (0o600, 0o644), (0o777, 0o755)],
+    ids=lambda value: f"{value:o}",
+)
+def test_any_execute_bit_packs_as_0o755_and_none_as_0o644(tmp_path: Path, mode: int, packed: int) -> None:
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "f").write_bytes(b"data")
+    (tmp_path / "src" / "f").chmod(mode)
+    with tarfile.open(fileobj=io.BytesIO(pack(tmp_path / "src")), mode="r:gz") as tar:
+        (info,) = tar.getmembers()
+    assert (info.name, info.mode, info.size) == ("f", packed, 4)
+
+
+def test_the_bytes_of_a_fixed_folder_are_pinned(tmp_path: Path) -> None:
+    """Reproducibility across Pythons and tar or gzip defaults: should these change, published digests would."""
+    folder = tmp_path / "src"
+    (folder / "nulib" / "lib").mkdir(parents=True)
+    (folder / "empty").mkdir()
+    (folder / "metadata.toml").write_text('name = "demo"\nversion = "1.0.0"\n')
+    (folder / "nulib" / "mod.nu").write_text("export def main [] { 1 }\n")
+    (folder / "nulib" / "lib" / "ünïcode.txt").write_bytes(bytes(range(256)))
+    (folder / ("long-" * 30 + ".txt")).write_text("a name longer than a tar header holds\n")
+    (folder / "install.sh").write_text("#!/bin/sh\necho installed\n")
+    for path, mode in [("install.sh", 0o750), ("metadata.toml", 0o646), ("nulib/mod.nu", 0o645)]:
+        (folder / path).chmod(mode)
+    data = pack(folder)
+    assert hashlib.sha256(gzip.decompress(data)).hexdigest() == TAR_SHA256
+    assert hashlib.sha256(data).hexdigest() == PACK_SHA256
+
+
+TAR_SHA256 = "a43657be3cac76f0c8897e6ccadbccd114b5798ed81e544e024933af71709c08"
+PACK_SHA256 = "e161d566057c6d84cbeae0185a1ba833148bc71d99ab0dd84f7f75e20b6052e6"
+
+
+# --- edges the mutation run showed untested ---
+
+
+def test_kinds_of_file_are_named() -> None:
+    from service.registry.archive import _kind
+
+    assert _kind(stat.S_IFCHR | 0o600) == "a character device"
+    assert _kind(stat.S_IFBLK | 0o600) == "a block device"
+    assert _kind(0o170000) == "a file of mode 170000"  # no kind stat knows
+
+
+def test_unpack_writes_into_a_hidden_sibling(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from service.registry import archive
+
+    seen: list[Path] = []
+    real = archive._extract
+
+    def extract(stream: gzip.GzipFile, into: Path, limits: UnpackLimits) -> None:
+        seen.append(into)
+        real(stream, into, limits)
+
+    monkeypatch.setattr(archive, "_extract", extract)
+    path = tmp_path / "a.tar.gz"
+    path.write_bytes(tar_gz(OK))
+    unpack(path, tmp_path / "out" / "dest", UnpackLimits())
+    (into,) = seen
+    assert into.parent == tmp_path / "out" and into.name.startswith(".dest.")
+    assert os.listdir(tmp_path / "out") == ["dest"]
+
+
+def test_unpack_says_what_exists(tmp_path: Path) -> None:
+    path = tmp_path / "a.tar.gz"
+    path.write_bytes(tar_gz(OK))
+    (tmp_path / "dest").mkdir()
+    with pytest.raises(FileExistsError) as info:
+        unpack(path, tmp_path / "dest", UnpackLimits())
+    assert str(info.value) == f"{tmp_path / 'dest'} already exists"
+
+
+def test_limits_are_inclusive(tmp_path: Path) -> None:
+    """An archive of exactly the limit's size, files adding up to exactly the limit (folders count nothing), and a
+    name part of exactly 255 bytes are taken."""
+    path = tmp_path / "a.tar.gz"
+    path.write_bytes(
+        tar_gz(
+            member("d", tarfile.DIRTYPE),
+            member("d/e", tarfile.DIRTYPE),
+            member("d/e/f", data=b"abc"),
+            member("x" * 255, data=b""),
+        )
+    )
+    limits = UnpackLimits(max_archive_bytes=path.stat().st_size, max_unpacked_bytes=3, max_files=4)
+    unpack(path, tmp_path / "out", limits)
+    assert contents(tmp_path / "out")["d/e/f"] == ("file", b"abc", 0o644)
+    assert contents(tmp_path / "out")["x" * 255] == ("file", b"", 0o644)
+
+
+def test_a_file_of_many_blocks_round_trips(tmp_path: Path) -> None:
+    data = os.urandom(3 * MiB + 17)
+    path = tmp_path / "a.tar.gz"
+    path.write_bytes(tar_gz(member("big", data=data), OK))
+    unpack(path, tmp_path / "out", UnpackLimits())
+    assert (tmp_path / "out" / "big").read_bytes() == data
+
+
+def test_unpack_counts_short_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "a.tar.gz"
+    path.write_bytes(tar_gz(OK))
+    monkeypatch.setattr(tarfile.TarFile, "extractfile", lambda self, member: io.BytesIO(b""))
+    with pytest.raises(ArchiveRefused) as info:
+        unpack(path, tmp_path / "out" / "dest", UnpackLimits())
+    assert info.value.reason == "ok.txt: 0 bytes where its header says 1"
+    assert os.listdir(tmp_path / "out") == []
+
+
+def _x_after_the_end() -> bytes:
+    """Not zeros after the end: an "X" is no more a zero than any other byte."""
+    return gzip.compress(gzip.decompress(_after_the_end(0)) + b"XXXX")
+
+
+def _unknown_type() -> bytes:
+    return tar_gz(OK, member("odd", b"Z"))
+
+
+@pytest.mark.parametrize(
+    ("archive", "reason"),
+    [
+        (_without_end_blocks, "corrupt or truncated archive: it ends without a proper end-of-archive block"),
+        (_x_after_the_end, "corrupt archive: data after its end-of-archive block"),
+        (_unknown_type, "odd: a member of type b'Z' (only regular files and folders are unpacked)"),
+    ],
+    ids=["no-end-block", "x-after-the-end", "unknown-type"],
+)
+def test_reasons_are_exact(tmp_path: Path, archive: Callable[[], bytes], reason: str) -> None:
+    path = tmp_path / "a.tar.gz"
+    path.write_bytes(archive())
+    with pytest.raises(ArchiveRefused) as info:
+        unpack(path, tmp_path / "out" / "dest", UnpackLimits())
+    assert info.value.reason == reason
+    assert os.listdir(tmp_path / "out") == []
+
+
+def test_a_folder_counts_nothing_whatever_its_header_says(tmp_path: Path) -> None:
+    path = tmp_path / "a.tar.gz"
+    path.write_bytes(tar_gz(member("d", tarfile.DIRTYPE, size=100), member("d/f", data=b"abc")))
+    unpack(path, tmp_path / "out", UnpackLimits(max_unpacked_bytes=3))
+    assert contents(tmp_path / "out") == {"d": ("dir", b"", 0o755), "d/f": ("file", b"abc", 0o644)}
