@@ -16,7 +16,6 @@ from typing import IO, Any, Final
 import msgspec
 import nats.js.errors
 from nats.js import api
-from nats.js.object_store import ObjectStore
 from nats.nuid import NUID
 
 from .calls import Calls
@@ -47,9 +46,8 @@ class _ObjectMeta(msgspec.Struct, frozen=True):
 class ArchiveBucket:
     """The archive bucket as bound by `RegistryBuckets.open`."""
 
-    def __init__(self, calls: Calls, obs: ObjectStore) -> None:
+    def __init__(self, calls: Calls) -> None:
         self._calls = calls
-        self._obs = obs
 
     async def info(self, name: str) -> tuple[int, str] | None:
         """(size, "sha256:<hex>") of the object, as its metadata says; None when absent or deleted."""

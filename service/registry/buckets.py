@@ -93,7 +93,8 @@ class RegistryBuckets:
                 missing.append(f"the index (Key-Value bucket {self.names.index!r})")
             try:
                 if archives:
-                    self._archives = ArchiveBucket(self._calls, await js.object_store(self.names.archives))
+                    await js.object_store(self.names.archives)  # binding it says whether it is there
+                    self._archives = ArchiveBucket(self._calls)
             except nats.js.errors.BucketNotFoundError:
                 missing.append(f"the archives (Object Store bucket {self.names.archives!r})")
         if missing:
