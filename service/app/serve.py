@@ -89,9 +89,14 @@ def build_releases(config: Config) -> Releases | None:
         return None
     for i, trusted in enumerate(registry.trusted):
         try:
-            public_key_bytes(trusted.key)
+            public_key_bytes(trusted.key, user_keys=registry.accept_v1)
         except SigningKeyError as exc:
             raise ConfigError(f"registry.trusted.{i}.key", str(exc)) from None
+    if registry.accept_v1:
+        log.warning(
+            "registry.accept_v1 is set: releases of the old format (v1), whose dependencies, yanks and versions no "
+            "key signed, are loaded too; re-sign them with `extension-loader resign` and unset it"
+        )
     releases = Releases(registry, config.cache_dir / ".registry", RegistryAccess())
     releases.restore()
     return releases

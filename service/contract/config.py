@@ -131,7 +131,7 @@ def _check_registry(registry: RegistryConfig) -> None:
     if registry.enabled and not registry.trusted:
         raise ConfigError(
             "registry.trusted",
-            'the registry is enabled but no publisher key is trusted: add [[registry.trusted]] key = "U..." '
+            'the registry is enabled but no publisher key is trusted: add [[registry.trusted]] key = "O..." '
             "(`extension-loader keygen` prints a key)",
         )
 

@@ -117,7 +117,10 @@ class EventsConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True
 
 
 Bucket = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]+$", max_length=64)]
-PublicKey = Annotated[str, Meta(pattern=r"^U[A-Z2-7]{55}$", description="an nkey user public key, U...")]
+PublicKey = Annotated[
+    str,
+    Meta(pattern=r"^[OU][A-Z2-7]{55}$", description="a release key, O... (a user key, U..., only with accept_v1)"),
+]
 
 
 class TrustedKey(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -143,6 +146,10 @@ class RegistryConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     max_archive_mb: Annotated[int, Meta(ge=1, le=4096)]
     max_unpacked_mb: Annotated[int, Meta(ge=1, le=16384)]
     max_files: Annotated[int, Meta(ge=1, le=1_000_000)]
+    # The old format (v1: only identity and archive digest signed, by user keys): refused unless this is set.
+    accept_v1: bool = False
+    # Seconds the view of the index may age (since the newest signed timestamp) before it is called stale; 0: off.
+    max_age_s: Annotated[float, Meta(ge=0)] = 0
 
 
 class Config(Struct, frozen=True, kw_only=True):

@@ -1,9 +1,13 @@
-"""The registry's index: one record per extension in the Key-Value bucket, holding every published version.
+"""The registry's index: one record per extension in the Key-Value bucket, holding every published version,
+and the signed timestamp of the whole index under the key `timestamp`.
 
-A record is JSON of `IndexRecord`; each of its releases says which archive object it is, its digests, and who
-signed it. Records change only by adding a release or by yanking one (`with_release`, `with_yank`), each a
-new record the caller writes with compare-and-set. Unknown fields are ignored when decoding, so a record written
-by a newer publisher still loads. Key names are checked here, as nats-py checks them only in part.
+A record is JSON of `IndexRecord`: each release says which archive object it is, and carries its signed release
+statement; the record carries the extension's signed state (`statements.py`). The other fields are the
+publisher's plain copy, for reading and searching: a loader acts only on what a trusted key signed, and finds
+any difference (`core/trust.py`). A record of the old format (v1) has neither: its releases hold a signature of
+their identity and archive digest alone. Records change by adding a release or by yanking one, each a new record
+the publisher writes with compare-and-set. Unknown fields are ignored when decoding, so a record written by a
+newer publisher still loads. Key names are checked here, as nats-py checks them only in part.
 """
 
 from __future__ import annotations
@@ -16,11 +20,12 @@ import msgspec
 from msgspec import Meta, Struct
 
 from ..contract.messages import NAME_PATTERN, ExtensionType
+from .statements import Envelope
 
 # `\Z`, not `$`: Python's `$` also matches before a final newline.
 _SHA256 = r"^sha256:[0-9a-f]{64}\Z"
 _OBJECT = r"^sha256/[0-9a-f]{64}\Z"
-_PUBLIC_KEY = r"^U[A-Z2-7]{55}\Z"
+_PUBLIC_KEY = r"^[OU][A-Z2-7]{55}\Z"  # O: a release key; U: a user key, which signed the old format
 # A semantic version, without leading zeros in its numbers: it names a folder in the loader's cache.
 VERSION = (
     r"^(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)"
@@ -30,6 +35,7 @@ _NAME = re.compile(NAME_PATTERN)
 _NAME_LENGTH = 64
 _KEY = re.compile(r"[-/_=.a-zA-Z0-9]+")
 _DOT = "=2e"
+TIMESTAMP_KEY = "timestamp"  # the signed timestamp's key: no extension's key, which always holds a "."
 
 Digest = Annotated[str, Meta(pattern=_SHA256)]
 
@@ -37,7 +43,8 @@ Digest = Annotated[str, Meta(pattern=_SHA256)]
 # Unlike the wire messages, records do not forbid unknown fields: a loader must keep reading the index after a
 # newer publisher has added to it.
 class Release(Struct, frozen=True, kw_only=True):
-    """One published version: its metadata, its archive, and the publisher's signature of both."""
+    """One published version: its metadata, its archive, and its signed statement (`statement`; in the old
+    format, `signature` of its identity and digest)."""
 
     version: Annotated[str, Meta(max_length=64, pattern=VERSION)]
     description: str
@@ -49,9 +56,10 @@ class Release(Struct, frozen=True, kw_only=True):
     size: Annotated[int, Meta(ge=0)]  # of the archive
     object: Annotated[str, Meta(pattern=_OBJECT)]  # the archive's name in the object bucket
     signer: Annotated[str, Meta(pattern=_PUBLIC_KEY)]
-    signature: str  # unpadded base64url; checked by signing.verify, which takes any text
+    signature: str = ""  # the old format's: unpadded base64url; checked by signing.verify, which takes any text
     published_at: Annotated[datetime, Meta(tz=True)]
-    yanked: bool = False
+    yanked: bool = False  # a copy of the state's; in the old format, the only word on it
+    statement: Envelope | None = None  # the signed release statement (None: the old format)
 
 
 class IndexRecord(Struct, frozen=True, kw_only=True):
@@ -60,6 +68,7 @@ class IndexRecord(Struct, frozen=True, kw_only=True):
     extension_type: ExtensionType
     name: str
     releases: dict[str, Release]
+    state: Envelope | None = None  # the extension's signed state (None: the old format)
 
     def __post_init__(self) -> None:
         if not _valid_name(self.name):
@@ -109,6 +118,17 @@ _decoder = msgspec.json.Decoder(IndexRecord)
 def encode_record(record: IndexRecord) -> bytes:
     """The record as the JSON stored in the bucket."""
     return _encoder.encode(record)
+
+
+_timestamp_decoder = msgspec.json.Decoder(Envelope)
+
+
+def decode_timestamp(data: bytes) -> Envelope:
+    """The envelope under `TIMESTAMP_KEY`; IndexRecordInvalid, with the reason, for anything else."""
+    try:
+        return _timestamp_decoder.decode(data)
+    except msgspec.DecodeError as exc:
+        raise IndexRecordInvalid(str(exc)) from None
 
 
 def decode_record(data: bytes) -> IndexRecord:
@@ -166,8 +186,8 @@ def with_release(
 
 
 def with_yank(record: IndexRecord, version: str, yanked: bool) -> IndexRecord:
-    """The record with one release yanked (or no longer yanked); NoSuchRelease (a KeyError) for a version it
-    does not hold."""
+    """The record with one release's plain `yanked` copy set (the signed word is the state's); NoSuchRelease (a
+    KeyError) for a version it does not hold."""
     release = record.releases.get(version)
     if release is None:
         raise NoSuchRelease(record, version)

@@ -1,9 +1,12 @@
-"""Signing releases with NATS nkeys (ed25519): seed files, public keys, the signed statement, verification.
+"""Release keys (ed25519, written as NATS nkeys): seed files, public keys, signatures and their verification.
 
-A publisher keeps a user seed (`SU...`) in a file only its owner may read; a loader pins the public keys
-(`U...`) it trusts in its configuration. What is signed is `statement(...)`: the release's identity and the
-sha256 of its archive, so a signature can not be carried over to another name, version or archive. nkeys 0.2.1
-cannot make seeds nor verify from a public key alone: both are done here, on PyNaCl.
+A publisher keeps a seed (`SO...`) in a file only its owner may read; a loader pins the public keys (`O...`) it
+trusts in its configuration. A release key is an nkey of the *operator* type, which nats-server refuses for a
+user's login, so no NATS server can ever ask a client to sign its login nonce with one: a user key (`SU...`,
+`U...`) is refused here with what to do instead. What is signed is the registry's statements
+(`statements.py`); `statement(...)` is the old format's text (v1: identity and archive digest only), still
+verified where `registry.accept_v1` allows it, with the user keys that signed it. nkeys 0.2.1 cannot make
+seeds nor verify from a public key alone: both are done here, on PyNaCl.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import nacl.exceptions
 import nacl.signing
 import nkeys
 
-_SEED_LENGTH = 58  # "SU" + base32 of 2 prefix bytes, 32 key bytes and a CRC16, unpadded
+_SEED_LENGTH = 58  # "SO" + base32 of 2 prefix bytes, 32 key bytes and a CRC16, unpadded
 _SEED_FILE_LIMIT = _SEED_LENGTH * 2  # the seed, its line end and some white space around it; never more
 _PUBLIC_KEY_LENGTH = 56  # base32 of a prefix byte, 32 key bytes and a CRC16
 _SIGNATURE = re.compile(r"[A-Za-z0-9_-]{86}")  # 64 bytes in unpadded base64url
@@ -29,8 +32,12 @@ class SigningKeyError(Exception):
     """A seed file or a public key that cannot be used; the message says why and, where it can, what to do."""
 
 
+_PREFIX = nkeys.PREFIX_BYTE_OPERATOR  # release keys: 'O...', seeds 'SO...'
+_KEY_HELP = 'make a release key with `extension-loader keygen FILE` (README.md, "Registry")'
+
+
 class Signer:
-    """Signs with one user seed. `public_key` is the `U...` key a loader pins to trust what it signs."""
+    """Signs with one release seed. `public_key` is the `O...` key a loader pins to trust what it signs."""
 
     __slots__ = ("_keys", "public_key")
 
@@ -40,7 +47,7 @@ class Signer:
 
     @classmethod
     def from_seed(cls, seed: bytes) -> Signer:
-        """A signer from a `SU...` seed; SigningKeyError for anything else (the message never quotes it)."""
+        """A signer from a `SO...` seed; SigningKeyError for anything else (the message never quotes it)."""
         _check_seed(seed)
         return cls(nkeys.from_seed(seed))
 
@@ -54,8 +61,8 @@ class Signer:
 
 
 def new_seed() -> bytes:
-    """A new random user seed, `SU...`."""
-    return bytes(nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_USER))
+    """A new random release seed, `SO...`."""
+    return bytes(nkeys.encode_seed(os.urandom(32), _PREFIX))
 
 
 def write_seed(path: Path) -> str:
@@ -104,8 +111,8 @@ def read_seed(path: Path) -> Signer:
         os.close(fd)
     if len(content) > _SEED_FILE_LIMIT:
         raise SigningKeyError(
-            f"{path}: not a user seed (over {_SEED_FILE_LIMIT} bytes, where a seed file holds one line of "
-            f"{_SEED_LENGTH} characters starting with SU)"
+            f"{path}: not a release seed (over {_SEED_FILE_LIMIT} bytes, where a seed file holds one line of "
+            f"{_SEED_LENGTH} characters starting with SO)"
         )
     seed = content.strip()
     try:
@@ -114,31 +121,37 @@ def read_seed(path: Path) -> Signer:
         raise SigningKeyError(f"{path}: {exc}") from None
 
 
-def public_key_bytes(text: str) -> bytes:
-    """The 32 raw bytes of a `U...` public key, after checking its length, encoding, kind and checksum."""
+def public_key_bytes(text: str, *, user_keys: bool = False) -> bytes:
+    """The 32 raw bytes of an `O...` release key, after checking its length, encoding, kind and checksum. A
+    user key (`U...`) only with `user_keys`: the old format's signatures were made with them."""
     if len(text) != _PUBLIC_KEY_LENGTH:
         raise SigningKeyError(
             f"public key {text!r}: {len(text)} characters, where a public key has {_PUBLIC_KEY_LENGTH}"
         )
-    if not text.startswith("U"):
-        raise SigningKeyError(f"public key {text!r}: not a user key (a user key starts with U)")
     try:
         raw = base64.b32decode(text)
     except (binascii.Error, ValueError):
         raw = b""
     if len(raw) != 35:
         raise SigningKeyError(f"public key {text!r}: not base32 (A-Z and 2-7)")
-    if raw[0] != nkeys.PREFIX_BYTE_USER:
-        raise SigningKeyError(f"public key {text!r}: not a user key (wrong prefix byte)")
     if not _crc_matches(raw):
         raise SigningKeyError(f"public key {text!r}: the checksum does not match (a typing error?)")
+    if raw[0] == nkeys.PREFIX_BYTE_USER and not user_keys:
+        raise SigningKeyError(
+            f"public key {text!r} is a NATS user key, which a client logs in with: a server could have it sign "
+            f"anything as its login nonce, so it is never trusted to sign releases; {_KEY_HELP}, publish with it "
+            "(or re-sign with `extension-loader resign`) and trust its O... key instead"
+        )
+    if raw[0] not in (_PREFIX, nkeys.PREFIX_BYTE_USER):
+        raise SigningKeyError(f"public key {text!r}: not a release key (one starts with O)")
     return raw[1:33]
 
 
-def verify(public_key: str, message: bytes, signature: str) -> bool:
+def verify(public_key: str, message: bytes, signature: str, *, user_keys: bool = False) -> bool:
     """Whether `signature` is the key's signature of `message`. False for any bad signature, bad encoding or
-    length (what the index holds is not trusted); SigningKeyError only for a malformed public key."""
-    key = nacl.signing.VerifyKey(public_key_bytes(public_key))
+    length (what the index holds is not trusted); SigningKeyError only for a malformed public key (and for a
+    user key unless `user_keys`)."""
+    key = nacl.signing.VerifyKey(public_key_bytes(public_key, user_keys=user_keys))
     if not _SIGNATURE.fullmatch(signature):
         return False
     raw = base64.urlsafe_b64decode(signature + "==")
@@ -152,8 +165,8 @@ def verify(public_key: str, message: bytes, signature: str) -> bool:
 
 
 def statement(extension_type: str, name: str, version: str, digest: str) -> bytes:
-    """What a publisher signs for one release. No part may hold a line break, which would let two releases
-    share one statement."""
+    """What the old format (v1) signed for one release. No part may hold a line break, which would let two
+    releases share one statement."""
     parts = (str(extension_type), name, version, digest)
     if any("\n" in part or "\r" in part for part in parts):
         raise ValueError(f"a line break in a release's identity: {parts!r}")
@@ -162,19 +175,24 @@ def statement(extension_type: str, name: str, version: str, digest: str) -> byte
 
 def _check_seed(seed: bytes) -> None:
     """nkeys checks neither a seed's length nor its checksum: a damaged seed would load as another key."""
-    if len(seed) != _SEED_LENGTH or not seed.startswith(b"SU"):
-        raise SigningKeyError(f"not a user seed (one line of {_SEED_LENGTH} characters starting with SU)")
+    if seed.startswith(b"SU") and len(seed) == _SEED_LENGTH:
+        raise SigningKeyError(
+            "a NATS user seed (SU...), which a client logs in with: a server could have it sign anything as its "
+            f"login nonce, so it never signs releases; {_KEY_HELP}"
+        )
+    if len(seed) != _SEED_LENGTH or not seed.startswith(b"SO"):
+        raise SigningKeyError(f"not a release seed (one line of {_SEED_LENGTH} characters starting with SO)")
     try:
         raw = base64.b32decode(seed + b"======")
     except (binascii.Error, ValueError):
         raw = b""
     if len(raw) != 36:
-        raise SigningKeyError("not a user seed (not base32)")
+        raise SigningKeyError("not a release seed (not base32)")
     if not _crc_matches(raw):
-        raise SigningKeyError("a damaged user seed (the checksum does not match)")
+        raise SigningKeyError("a damaged release seed (the checksum does not match)")
     prefix = (raw[0] & 0b111) << 5 | raw[1] >> 3
-    if raw[0] & 0b11111000 != nkeys.PREFIX_BYTE_SEED or prefix != nkeys.PREFIX_BYTE_USER:
-        raise SigningKeyError("not a user seed (wrong prefix bytes)")
+    if raw[0] & 0b11111000 != nkeys.PREFIX_BYTE_SEED or prefix != _PREFIX:
+        raise SigningKeyError("not a release seed (wrong prefix bytes)")
 
 
 def _crc_matches(raw: bytes) -> bool:
