@@ -133,6 +133,14 @@ class RegistryStats(Struct, frozen=True, kw_only=True):
     refused: Annotated[int, Meta(description="versions refused as untrusted since start")]
     auto_update: bool
     last_error: str | None = None
+    view_age_s: Annotated[
+        float | None, Meta(description="seconds since the newest signed timestamp of the index; null: none seen")
+    ] = None
+    stale: Annotated[
+        str | None, Meta(description="why this view of the index is stale (registry.max_age_s); null: it is not")
+    ] = None
+    rollbacks: Annotated[int, Meta(description="records ignored: their signed state older than one seen")] = 0
+    unsigned: Annotated[int, Meta(description="what records said that no trusted key signed, ignored")] = 0
 
 
 class Stats(Struct, frozen=True, kw_only=True):

@@ -4,6 +4,10 @@ A fetch downloads the archive to a temporary file, compares its sha256 with the 
 keeps it as `archives/<hex>.tar.gz` (content-addressed: a restart does not fetch it again) and unpacks it into
 `trees/<hex>/<type>s/<name>/<version>`, the one root the Nushell loader is pointed at for that load. An archive
 that is refused leaves no folder under `trees/`. Each refusal is written to the audit log.
+
+What is unpacked is checked against the signed tree digest on every fetch, that is on every cold load: a tree
+edited on this disk since it was unpacked is removed and unpacked again from the archive (itself checked again
+against its digest), and never served.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import contextlib
 import os
 import shutil
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 
 import anyio
@@ -24,7 +29,7 @@ from ..registry.archive import ArchiveRefused, UnpackLimits, digest_file, unpack
 from ..registry.errors import ArchiveTooLarge, RegistryUnavailable
 from ..registry.index import Release
 from . import audit
-from .folders import read_version
+from .folders import read_version, tree_digest
 from .registry_access import RegistryAccess
 from .trust import Trust
 from .version_info import VersionInfo
@@ -73,14 +78,31 @@ class ReleaseFetcher:
         if folder != info.path or self._trust.untrusted(info.extension_type, info.name, release) is not None:
             raise _refuse(info, release, "its index entry changed while it was being loaded; try again")
         async with self._lock(release.digest):
+            if folder.is_dir() and (found := await self._tree_differs(release, folder)) is not None:
+                audit.record(
+                    "unpacked again", info.key, "EDITED", f"its tree on disk was {found}", digest=release.digest
+                )
+                await anyio.to_thread.run_sync(shutil.rmtree, folder)
             if not folder.is_dir():
                 await self._fetch_and_unpack(info, release, folder)
+                if (found := await self._tree_differs(release, folder)) is not None:
+                    shutil.rmtree(folder, ignore_errors=True)
+                    self._prune(folder.parent)
+                    raise _refuse(info, release, f"its unpacked tree is {found}, not the signed {release.tree_digest}")
         mismatch = await anyio.to_thread.run_sync(_metadata_mismatch, info, folder)
         if mismatch is not None:
             shutil.rmtree(folder, ignore_errors=True)
             self._prune(folder.parent)
             raise _refuse(info, release, f"its index entry does not say what its signed archive says: {mismatch}")
         return self.tree(release)
+
+    async def _tree_differs(self, release: Release, folder: Path) -> str | None:
+        """The digest of the tree at `folder` when it is not the signed one; None when it is."""
+        if release.size <= _SMALL_ARCHIVE:
+            found = tree_digest(folder)
+        else:
+            found = await anyio.to_thread.run_sync(tree_digest, folder)
+        return None if found == release.tree_digest else found
 
     def _archive(self, release: Release) -> Path:
         return self.folder / "archives" / (release.digest.removeprefix("sha256:") + ".tar.gz")
@@ -168,11 +190,24 @@ def _metadata_mismatch(info: VersionInfo, folder: Path) -> str | None:
     unpacked = read_version(info.extension_type, info.name, folder, info.version)
     if unpacked.metadata is None:
         return "; ".join(unpacked.problems) or "no metadata"
-    if unpacked.metadata != info.metadata:
-        indexed = msgspec.structs.asdict(info.metadata) if info.metadata is not None else {}
-        fields = [k for k, v in msgspec.structs.asdict(unpacked.metadata).items() if indexed.get(k) != v]
-        return f"{', '.join(fields)} differ"
-    return None
+    indexed = msgspec.structs.asdict(info.metadata) if info.metadata is not None else {}
+    fields = [
+        k for k, v in msgspec.structs.asdict(unpacked.metadata).items() if k != "dependencies" and indexed.get(k) != v
+    ]
+    if not _same_dependencies(unpacked.metadata.dependencies, indexed.get("dependencies", ())):
+        fields.append("dependencies")
+    return f"{', '.join(fields)} differ" if fields else None
+
+
+def _same_dependencies(written: Sequence[str], signed: Sequence[str]) -> bool:
+    """Whether the dependencies signed (each with the type it was given when published: `taskserv:postgres@^16`)
+    are those `metadata.toml` says, where an entry without a type may have been given any."""
+    if len(written) != len(signed):
+        return False
+    return all(
+        s == w or (":" not in w.split("@")[0] and s.partition(":")[2] == w)
+        for w, s in zip(written, signed, strict=True)
+    )
 
 
 def _refuse(info: VersionInfo, release: Release, reason: str) -> UntrustedExtension:

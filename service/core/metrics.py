@@ -1,9 +1,10 @@
 """Metrics through the OpenTelemetry metrics API: the numbers of `extensions.stats`, for dashboards.
 
 Instruments: `extension_loader.requests` (by subject and outcome), `extension_loader.load.duration` (cold
-loads, ms), and observable `extension_loader.cache.hits|misses|evictions`, `extension_loader.cache.size` and
-`extension_loader.loads.in_flight`, read from the manager's own counters so both views always agree. With no
-meter provider configured (`OTEL_METRICS_EXPORTER` unset or `none`) the API records nothing.
+loads, ms), and observable `extension_loader.cache.hits|misses|evictions`, `extension_loader.cache.size`,
+`extension_loader.loads.in_flight` and `extension_loader.registry.view_age` (with `stale`), read from the
+manager's own counters so both views always agree. With no meter provider configured (`OTEL_METRICS_EXPORTER`
+unset or `none`) the API records nothing.
 """
 
 from __future__ import annotations
@@ -75,4 +76,20 @@ meter.create_observable_gauge(
 )
 meter.create_observable_gauge(
     "extension_loader.loads.in_flight", [_reading(lambda m: m.stats().in_flight)], unit="{load}"
+)
+
+
+def _view_age(options: CallbackOptions) -> Iterable[Observation]:
+    for manager in list(_managers):
+        registry = manager.stats().registry
+        if registry is not None and registry.view_age_s is not None:
+            stale = registry.stale is not None
+            yield Observation(registry.view_age_s, {"service.instance.id": manager.instance_id, "stale": stale})
+
+
+meter.create_observable_gauge(
+    "extension_loader.registry.view_age",
+    [_view_age],
+    unit="s",
+    description="seconds since the newest signed timestamp of the registry's index (stale: over registry.max_age_s)",
 )

@@ -2,9 +2,11 @@
 
 The index (one record per extension, from the Key-Value bucket) is held in memory, fed by the follower
 (`wire/follower.py`), and saved after each change (`saved_index.py`), so a loader started without JetStream still
-knows the versions it fetched before. Each release becomes a `VersionInfo` the store merges with the disk's,
-marked untrusted unless `trust.py` trusts it, whether its record came from the bucket or from the saved file.
-A load of a release fetches it first (`fetching.py`), against the index entry as it stands then.
+knows the versions it fetched before. Each record is judged whole by `trust.py`, whether it came from the bucket
+or from the saved file; each release becomes a `VersionInfo` the store merges with the disk's, marked untrusted
+unless trusted. The highest signed sequence seen of each extension is kept (and saved): a record whose signed
+state is older is a rollback, ignored whole. The newest trusted timestamp says how old this view is
+(`freshness`). A load of a release fetches it first (`fetching.py`), against the index entry as it stands then.
 """
 
 from __future__ import annotations
@@ -13,16 +15,28 @@ import contextlib
 import logging
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 from ..contract.config import RegistryConfig
 from ..contract.errors import Unavailable, UntrustedExtension
 from ..contract.messages import ExtensionMetadata, ExtensionType, RegistryStats
-from ..registry.index import IndexRecord, IndexRecordInvalid, Release, decode_record, parse_index_key
+from ..registry.index import (
+    TIMESTAMP_KEY,
+    IndexRecord,
+    IndexRecordInvalid,
+    Release,
+    decode_record,
+    decode_timestamp,
+    index_key,
+    parse_index_key,
+)
+from ..registry.statements import Envelope, TimestampStatement
+from . import audit
 from .fetching import ReleaseFetcher
 from .registry_access import RegistryAccess
-from .saved_index import read_index, save_index
-from .trust import Trust
+from .saved_index import Saved, read_index, save_index
+from .trust import Judgement, Trust, Verdict
 from .version_info import VersionInfo
 
 log = logging.getLogger(__name__)
@@ -60,12 +74,17 @@ class Releases:
         self.folder = folder
         self.access = access
         self.refused = 0  # releases a load was refused
+        self.rollbacks = 0  # records ignored for a signed state older than one seen before
+        self.unsigned = 0  # things a record said that no trusted key signed (a yank flag, a release not listed)
         self._never_read = True  # no index read before, from the bucket or the saved copy
         self._records: dict[_Name, IndexRecord] = {}
         self._views: dict[_Name, dict[str, VersionInfo]] = {}
         self._names: dict[ExtensionType, set[str]] = {t: set() for t in ExtensionType}
         self._change_count = 0
-        self._trust = Trust(config.trusted)
+        self._sequences: dict[str, int] = {}  # index key -> the highest signed sequence seen
+        self._timestamp: tuple[Envelope, TimestampStatement] | None = None
+        self._stale: str | None = None  # why the view was stale when last looked at
+        self._trust = Trust(config.trusted, accept_v1=config.accept_v1)
         self._fetcher = ReleaseFetcher(config, folder, self._trust, access)
 
     # --- what the store reads ---
@@ -87,6 +106,7 @@ class Releases:
 
     def stats(self) -> RegistryStats:
         extensions, versions = self.counts()
+        age, stale = self.freshness()
         return RegistryStats(
             reachable=self.access.reachable,
             extensions=extensions,
@@ -95,7 +115,34 @@ class Releases:
             refused=self.refused,
             auto_update=self.config.auto_update,
             last_error=self.access.last_error,
+            view_age_s=age,
+            stale=stale,
+            rollbacks=self.rollbacks,
+            unsigned=self.unsigned,
         )
+
+    def freshness(self, now: datetime | None = None) -> tuple[float | None, str | None]:
+        """How old this view of the index is (seconds since the newest trusted timestamp was signed; None: none
+        seen), and why it is stale (None: fresh, or `registry.max_age_s` is 0). A change is logged."""
+        now = now or datetime.now(UTC)
+        stamp = self._timestamp[1] if self._timestamp is not None else None
+        age = round((now - stamp.issued_at).total_seconds(), 3) if stamp is not None else None
+        stale: str | None = None
+        limit = self.config.max_age_s
+        if limit > 0:
+            if stamp is None:
+                stale = "no signed timestamp of the index was seen (`extension-loader refresh` signs one)"
+            elif now > stamp.expires_at:
+                stale = f"the newest signed timestamp expired at {stamp.expires_at:%Y-%m-%dT%H:%M:%SZ}"
+            elif age is not None and age > limit:
+                stale = f"the newest signed timestamp is {age:.0f} s old, over registry.max_age_s = {limit:g}"
+        if stale != self._stale:
+            if stale is not None:
+                log.warning("registry: this loader's view of the index is stale: %s; serving what it has", stale)
+            else:
+                log.info("registry: this loader's view of the index is fresh again")
+            self._stale = stale
+        return age, stale
 
     # --- what a load does ---
 
@@ -128,6 +175,9 @@ class Releases:
         """One record as the bucket holds it now (None: deleted). A record that cannot be read is logged and
         leaves what was known of that extension as it was."""
         self._never_read = False
+        if key == TIMESTAMP_KEY:
+            self._read_timestamp(value)
+            return Changes()
         try:
             extension_type, name = parse_index_key(key)
         except ValueError:
@@ -149,6 +199,10 @@ class Releases:
         """The whole index as read anew (a watch (re)started): what is not in it any more is withdrawn."""
         changes = Changes(first_reading=self._never_read)
         seen: set[_Name] = set()
+        entries = list(entries)
+        for key, value in entries:  # the timestamp first: it says how new each record must be
+            if key == TIMESTAMP_KEY:
+                self._read_timestamp(value)
         for key, value in entries:
             with contextlib.suppress(ValueError):
                 seen.add(parse_index_key(key))
@@ -158,6 +212,34 @@ class Releases:
         self._never_read = False
         return changes
 
+    def _read_timestamp(self, value: bytes | None) -> None:
+        """The index's signed timestamp, kept when a key without limits signed it and it is newer than the one
+        held; anything else is logged and changes nothing."""
+        if value is None:
+            return
+        try:
+            envelope = decode_timestamp(value)
+        except IndexRecordInvalid as exc:
+            log.warning("registry index: the timestamp cannot be read: %s", exc)
+            return
+        self._take_timestamp(envelope)
+
+    def _take_timestamp(self, envelope: Envelope) -> None:
+        stamp = self._trust.timestamp(envelope)
+        if stamp is None:
+            self.unsigned += 1
+            log.warning("registry index: ignoring a timestamp no key without limits that this loader trusts signed")
+            return
+        if self._timestamp is not None and stamp.issued_at <= self._timestamp[1].issued_at:
+            return
+        self._timestamp = (envelope, stamp)
+        self.freshness()
+
+    def _floor(self, key: str) -> int:
+        """The lowest signed sequence a record of `key` may have: the highest seen, or the timestamp's."""
+        stamp = self._timestamp[1].sequences.get(key, 0) if self._timestamp is not None else 0
+        return max(self._sequences.get(key, 0), stamp)
+
     def _set(self, name: _Name, record: IndexRecord | None) -> Changes:
         before = self._views.get(name, {})
         if record is None:
@@ -165,8 +247,19 @@ class Releases:
             self._views.pop(name, None)
             self._names[name[0]].discard(name[1])
         else:
+            judgement = self._trust.judge(record)
+            key = index_key(*name)
+            if judgement.sequence is not None and judgement.sequence < self._floor(key):
+                self.rollbacks += 1
+                why = f"its signed state is sequence {judgement.sequence}, older than {self._floor(key)} seen before"
+                log.warning("registry index: ignoring the record of %s %s: %s", name[0].value, name[1], why)
+                audit.record("refused", key, "ROLLBACK", why)
+                return Changes()
+            if judgement.sequence is not None:
+                self._sequences[key] = judgement.sequence
+            self._report(name, judgement)
             self._records[name] = record
-            self._views[name] = {v: self._info(record, r) for v, r in record.releases.items()}
+            self._views[name] = self._view(record, judgement)
             self._names[name[0]].add(name[1])
         after = self._views.get(name, {})
         changes = Changes(
@@ -179,7 +272,29 @@ class Releases:
             self._change_count += 1
         return changes
 
-    def _info(self, record: IndexRecord, release: Release) -> VersionInfo:
+    def _report(self, name: _Name, judgement: Judgement) -> None:
+        for what in judgement.ignored:
+            self.unsigned += 1
+            log.warning("registry index: %s %s %s: ignored", name[0].value, name[1], what)
+            audit.record("ignored", f"{name[0].value}:{name[1]}", "UNSIGNED", what)
+
+    def _view(self, record: IndexRecord, judgement: Judgement) -> dict[str, VersionInfo]:
+        view = {v: self._info(record, r, judgement.verdicts[v]) for v, r in record.releases.items()}
+        for version in judgement.missing:  # listed in the signed state: it blocks older versions
+            view[version] = VersionInfo(
+                record.extension_type,
+                record.name,
+                version,
+                self.folder / "trees" / "missing",
+                None,
+                ("listed in its extension's signed state, but not in the index record",),
+                source="registry",
+                untrusted="it is listed in its extension's signed state, but the index record does not hold it",
+                blocks=True,
+            )
+        return view
+
+    def _info(self, record: IndexRecord, release: Release, verdict: Verdict) -> VersionInfo:
         extension_type, name = record.extension_type, record.name
         metadata = ExtensionMetadata(
             name=name,
@@ -197,22 +312,32 @@ class Releases:
             self._fetcher.tree(release) / extension_type.folder / name / release.version,
             metadata,
             source="registry",
-            yanked=release.yanked,
-            untrusted=self._trust.untrusted(extension_type, name, release),
+            yanked=verdict.yanked,
+            untrusted=verdict.untrusted,
             signer=release.signer,
+            blocks=verdict.blocks,
         )
 
     # --- the saved copy ---
 
     def save(self) -> None:
-        """Keeps the index as known now, for a start without JetStream."""
-        save_index(self.folder / "index.json", (self._records[n] for n in sorted(self._records)))
+        """Keeps the index as known now, with the highest sequences seen and the timestamp, for a start without
+        JetStream and for every start after: a restart never forgets how new a record must be."""
+        saved = Saved(
+            records=tuple(self._records[n] for n in sorted(self._records)),
+            sequences=dict(sorted(self._sequences.items())),
+            timestamp=self._timestamp[0] if self._timestamp is not None else None,
+        )
+        save_index(self.folder / "index.json", saved)
 
     def restore(self) -> None:
-        """Reads the saved index, if any: each release is judged again, as if it came from the bucket."""
-        records = read_index(self.folder / "index.json")
-        if records is None:
+        """Reads the saved index, if any: each record is judged again, as if it came from the bucket."""
+        saved = read_index(self.folder / "index.json")
+        if saved is None:
             return
-        for record in records:
+        self._sequences.update(saved.sequences)
+        if saved.timestamp is not None:
+            self._take_timestamp(saved.timestamp)
+        for record in saved.records:
             self._set((record.extension_type, record.name), record)
         self._never_read = False

@@ -175,7 +175,7 @@ class ExtensionStore:
         """The version a request means: the best that a constraint may choose; an exact version as asked, even
         yanked; an untrusted registry version only to say why it is refused (`require_trusted`)."""
         versions = self.versions(extension_type, name)
-        best = constraint.best(v for v, info in versions.items() if info.choosable)
+        best = constraint.best(v for v, info in versions.items() if info.choosable or info.blocks)
         if best is not None:
             return versions[best]
         exact = versions.get(constraint.text)

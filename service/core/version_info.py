@@ -20,7 +20,9 @@ class VersionInfo:
 
     A registry version's `path` is where it is unpacked once fetched; it is `yanked` as its publisher said, and
     `untrusted` (the reason) when this instance does not trust its signer or signature. Only a version that is
-    neither is `choosable` by a constraint; an exact pin still loads a yanked one."""
+    neither is `choosable` by a constraint; an exact pin still loads a yanked one. An untrusted version that its
+    extension's signed state lists `blocks`: a constraint whose best version it is gets it (and its refusal), not an
+    older one."""
 
     extension_type: ExtensionType
     name: str
@@ -32,6 +34,7 @@ class VersionInfo:
     yanked: bool = False
     untrusted: str | None = None
     signer: str | None = None
+    blocks: bool = False
 
     @property
     def key(self) -> str:
