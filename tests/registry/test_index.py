@@ -89,7 +89,9 @@ def test_a_record_round_trips_as_json() -> None:
         "signature",
         "published_at",
         "yanked",
+        "statement",
     }
+    assert set(doc) == {"extension_type", "name", "releases", "state"}
 
 
 def test_the_same_record_encodes_to_the_same_bytes() -> None:

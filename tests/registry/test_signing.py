@@ -47,16 +47,29 @@ def test_no_line_break_in_a_statement(part: int, line_break: str) -> None:
         statement(*parts)
 
 
-def test_seeds_are_user_seeds() -> None:
+def test_seeds_are_release_seeds_of_the_operator_type() -> None:
+    """Release keys are operator-type nkeys, which nats-server never takes for a user's login."""
     seed = new_seed()
-    assert len(seed) == 58 and seed.startswith(b"SU")
+    assert len(seed) == 58 and seed.startswith(b"SO")
     assert new_seed() != seed
     signer = Signer.from_seed(seed)
-    assert len(signer.public_key) == 56 and signer.public_key.startswith("U")
+    assert len(signer.public_key) == 56 and signer.public_key.startswith("O")
     assert signer.public_key == nkeys.from_seed(seed).public_key.decode()
     # The repr shows the public key only: never the seed (a public key may well contain "SU" by chance).
     assert repr(signer) == f"Signer({signer.public_key})"
     assert seed.decode() not in repr(signer)
+
+
+def test_the_old_format_s_user_keys_verify_only_when_asked_for() -> None:
+    """Releases of the old format (v1) were signed with user keys: `registry.accept_v1` verifies them."""
+    user = nkeys.from_seed(bytes(nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_USER)))
+    public = bytes(user.public_key).decode()
+    signature = base64.urlsafe_b64encode(bytes(user.sign(STATEMENT))).rstrip(b"=").decode()
+    assert verify(public, STATEMENT, signature, user_keys=True)
+    assert not verify(public, STATEMENT + b"x", signature, user_keys=True)
+    with pytest.raises(SigningKeyError, match="is a NATS user key"):
+        verify(public, STATEMENT, signature)
+    assert len(public_key_bytes(public, user_keys=True)) == 32
 
 
 def test_round_trip() -> None:
@@ -155,14 +168,15 @@ def _other_kind(prefix: int) -> str:
         ("", "0 characters"),
         (SIGNER.public_key[:-1], "55 characters"),
         (SIGNER.public_key + "A", "57 characters"),
-        (SIGNER.public_key.lower(), "not a user key"),
-        ("U" + SIGNER.public_key[1:].lower(), "not base32"),
+        (SIGNER.public_key.lower(), "not base32"),
+        ("O" + SIGNER.public_key[1:].lower(), "not base32"),
         (SIGNER.public_key[:10] + "1" + SIGNER.public_key[11:], "not base32"),
         (SIGNER.public_key[:-4] + "====", "not base32"),
         (SIGNER.public_key[:-1] + "é", "not base32"),
-        (_other_kind(nkeys.PREFIX_BYTE_ACCOUNT), "not a user key"),
-        (_other_kind(nkeys.PREFIX_BYTE_SERVER), "not a user key"),
-        (_other_kind(nkeys.PREFIX_BYTE_USER | 1), "not a user key (wrong prefix byte)"),
+        (_other_kind(nkeys.PREFIX_BYTE_ACCOUNT), "not a release key (one starts with O)"),
+        (_other_kind(nkeys.PREFIX_BYTE_SERVER), "not a release key (one starts with O)"),
+        (_other_kind(nkeys.PREFIX_BYTE_OPERATOR | 1), "not a release key (one starts with O)"),
+        (_other_kind(nkeys.PREFIX_BYTE_USER), "is a NATS user key, which a client logs in with"),
         (SIGNER.public_key[:-1] + ("A" if SIGNER.public_key[-1] != "A" else "B"), "checksum does not match"),
     ],
     ids=[
@@ -170,13 +184,14 @@ def _other_kind(prefix: int) -> str:
         "one-short",
         "one-more",
         "lower-case",
-        "lower-case-after-U",
+        "lower-case-after-O",
         "digit-1",
         "padded",
         "not-ascii",
         "account-key",
         "server-key",
         "no-kind-prefix",
+        "user-key",
         "checksum",
     ],
 )
@@ -199,7 +214,7 @@ def test_seed_file_round_trip(tmp_path: Path) -> None:
         os.umask(with_umask)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     text = path.read_bytes()
-    assert text.startswith(b"SU") and text.endswith(b"\n") and len(text) == 59
+    assert text.startswith(b"SO") and text.endswith(b"\n") and len(text) == 59
     signer = read_seed(path)
     assert signer.public_key == public_key
     assert verify(public_key, STATEMENT, signer.sign(STATEMENT))
@@ -255,15 +270,21 @@ def _seed_of(prefix: int) -> bytes:
     return bytes(nkeys.encode_seed(os.urandom(32), prefix))
 
 
-NOT_A_SEED = "not a user seed (one line of 58 characters starting with SU)"
+NOT_A_SEED = "not a release seed (one line of 58 characters starting with SO)"
+TOO_LONG = "not a release seed (over 116 bytes, where a seed file holds one line of 58 characters starting with SO)"
+USER_SEED = (
+    "a NATS user seed (SU...), which a client logs in with: a server could have it sign anything as its login "
+    'nonce, so it never signs releases; make a release key with `extension-loader keygen FILE` (README.md, "Registry")'
+)
 
 
-def _user_seed_with_second_byte(second: int) -> bytes:
-    """A seed that starts with SU and has a valid checksum, but whose second prefix byte is not the user's (0)."""
-    raw = bytes([nkeys.PREFIX_BYTE_SEED | nkeys.PREFIX_BYTE_USER >> 5, second]) + os.urandom(32)
+def _release_seed_with_second_byte(second: int) -> bytes:
+    """A seed that starts with SO and has a valid checksum, but whose second prefix byte is not the operator's
+    (128: the two bits that spell the O are kept, the rest changed)."""
+    raw = bytes([nkeys.PREFIX_BYTE_SEED | nkeys.PREFIX_BYTE_OPERATOR >> 5, second]) + os.urandom(32)
     raw += int(nkeys.crc16(raw)).to_bytes(2, "little")
     seed = base64.b32encode(raw).rstrip(b"=")
-    assert seed.startswith(b"SU") and len(seed) == 58
+    assert seed.startswith(b"SO") and len(seed) == 58
     return seed
 
 
@@ -276,24 +297,15 @@ def _user_seed_with_second_byte(second: int) -> bytes:
         (new_seed()[:-1], NOT_A_SEED),
         (new_seed() + b"AAAA", NOT_A_SEED),
         (new_seed() + b"\n" + new_seed()[:56], NOT_A_SEED),
-        (
-            new_seed() + b"\n" + new_seed(),
-            "not a user seed (over 116 bytes, where a seed file holds one line of 58 characters starting with SU)",
-        ),
-        (
-            new_seed() + b"\n" * 58 + b"x",
-            "not a user seed (over 116 bytes, where a seed file holds one line of 58 characters starting with SU)",
-        ),
-        (
-            new_seed() + b"\n" + b" " * 4096,
-            "not a user seed (over 116 bytes, where a seed file holds one line of 58 characters starting with SU)",
-        ),
-        (b"SU" + b"1" * 56, "not a user seed (not base32)"),
-        (_damaged(new_seed()), "a damaged user seed (the checksum does not match)"),
+        (new_seed() + b"\n" + new_seed(), TOO_LONG),
+        (new_seed() + b"\n" * 58 + b"x", TOO_LONG),
+        (new_seed() + b"\n" + b" " * 4096, TOO_LONG),
+        (b"SO" + b"1" * 56, "not a release seed (not base32)"),
+        (_damaged(new_seed()), "a damaged release seed (the checksum does not match)"),
         (_seed_of(nkeys.PREFIX_BYTE_ACCOUNT), NOT_A_SEED),
-        (_seed_of(nkeys.PREFIX_BYTE_OPERATOR), NOT_A_SEED),
-        (_user_seed_with_second_byte(8), "not a user seed (wrong prefix bytes)"),
-        (_user_seed_with_second_byte(16), "not a user seed (wrong prefix bytes)"),
+        (_seed_of(nkeys.PREFIX_BYTE_USER), USER_SEED),
+        (_release_seed_with_second_byte(136), "not a release seed (wrong prefix bytes)"),
+        (_release_seed_with_second_byte(144), "not a release seed (wrong prefix bytes)"),
         (SIGNER.public_key.encode(), NOT_A_SEED),
     ],
     ids=[
@@ -309,13 +321,13 @@ def _user_seed_with_second_byte(second: int) -> bytes:
         "digit-1",
         "checksum",
         "account-seed",
-        "operator-seed",
-        "su-but-prefix-byte-8",
-        "su-but-prefix-byte-16",
+        "user-seed",
+        "so-but-prefix-byte-136",
+        "so-but-prefix-byte-144",
         "public-key",
     ],
 )
-def test_a_seed_file_that_holds_no_user_seed(tmp_path: Path, content: bytes, check: str) -> None:
+def test_a_seed_file_that_holds_no_release_seed(tmp_path: Path, content: bytes, check: str) -> None:
     path = tmp_path / "publisher.nk"
     path.write_bytes(content)
     path.chmod(0o600)
@@ -323,7 +335,7 @@ def test_a_seed_file_that_holds_no_user_seed(tmp_path: Path, content: bytes, che
         read_seed(path)
     assert str(path) in str(info.value)
     assert str(info.value) == f"{path}: {check}"  # the whole reason: a later check must not be the one that refuses
-    if content.startswith(b"SU"):
+    if content.startswith((b"SU", b"SO")):
         assert content.decode(errors="replace")[:20] not in str(info.value)  # the seed is never quoted
 
 
