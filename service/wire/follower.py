@@ -70,7 +70,21 @@ class RegistryFollower:
         self._settings_checked = False
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        """Follows the index until cancelled. Reports started once the index was read, or could not be."""
+        """Follows the index until cancelled. Reports started once the index was read, or could not be. With
+        `registry.max_age_s`, also looks at how old the view is now and then, so that a view that goes stale while
+        nothing happens is logged when it does."""
+        async with anyio.create_task_group() as tg:
+            if self.config.max_age_s > 0:
+                tg.start_soon(self._look_at_freshness)
+            await self._run(task_status)
+            tg.cancel_scope.cancel()
+
+    async def _look_at_freshness(self) -> None:
+        while True:
+            self.releases.freshness()  # logs a change
+            await anyio.sleep(min(self.config.max_age_s / 4, 60.0))
+
+    async def _run(self, task_status: TaskStatus[None]) -> None:
         started: list[bool] = []
 
         def ready() -> None:

@@ -16,7 +16,6 @@ import os
 import tarfile
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +35,8 @@ from service.contract.messages import ExtensionType
 from service.registry.archive import digest_bytes, pack
 from service.registry.buckets import RegistryBuckets
 from service.registry.errors import RegistryUnavailable
-from service.registry.index import Release, decode_record, encode_record, index_key, object_name, with_release
-from service.registry.signing import Signer, statement
+from service.registry.index import Release, decode_record, encode_record, index_key
+from service.registry.signing import Signer
 from service.wire.service import ExtensionService, flush_subscriptions
 from tests.conftest import (
     WAIT,
@@ -50,6 +49,7 @@ from tests.conftest import (
     set_up_streams,
     write_extension,
 )
+from tests.registry import signed
 
 pytestmark = pytest.mark.anyio
 T = ExtensionType.TASKSERV
@@ -174,10 +174,15 @@ async def test_a_release_whose_signature_was_swapped_or_removed_in_the_index_is_
     newer = await publish_folder(nc, source(tmp_path / "2", "etcd", "3.6.0"), signer, config)
     unsigned = await publish_folder(nc, source(tmp_path / "3", "redis", "7.0.0"), signer, config)
     index = await nc.jetstream().key_value("extension-index")
+    assert older.statement is not None and newer.statement is not None and unsigned.statement is not None
     forgeries = {
         # A real signature by the trusted key, of another release: it must not carry over.
-        ("etcd", "3.6.0"): msgspec.structs.replace(newer, signature=older.signature),
-        ("redis", "7.0.0"): msgspec.structs.replace(unsigned, signature=""),
+        ("etcd", "3.6.0"): msgspec.structs.replace(
+            newer, statement=msgspec.structs.replace(newer.statement, signatures=older.statement.signatures)
+        ),
+        ("redis", "7.0.0"): msgspec.structs.replace(
+            unsigned, statement=msgspec.structs.replace(unsigned.statement, signatures=())
+        ),
     }
     for (name, version), forged in forgeries.items():
         key = index_key(T, name)
@@ -198,8 +203,13 @@ async def test_a_release_whose_signature_was_swapped_or_removed_in_the_index_is_
             ("taskserv:etcd:3.6.0", "untrusted_extension"),
             ("taskserv:redis:7.0.0", "untrusted_extension"),
         ]
-        # A constraint never chooses a release refused: the latest etcd is the one whose signature verifies.
-        assert (await client.load("taskserv", "etcd"))["metadata"]["version"] == "3.5.0"
+        # The signed state lists 3.6.0: a constraint whose best version it is gets its refusal, never the older
+        # 3.5.0 in its place (which would let whoever breaks a signature roll loaders back); 3.5.0 loads when asked.
+        with pytest.raises(RemoteError) as caught:
+            await client.load("taskserv", "etcd")
+        assert caught.value.details["version"] == "3.6.0"
+        assert caught.value.details["reason"] == "its signature does not verify"
+        assert (await client.load("taskserv", "etcd", "<3.6.0"))["metadata"]["version"] == "3.5.0"
         (etcd,) = await client.discover("taskserv", "etcd")
         assert {s["version"]: s["trusted"] for s in etcd["sources"]} == {"3.6.0": False, "3.5.0": True}
 
@@ -289,23 +299,16 @@ async def publish_by_hand(nc: Client, signer: Signer, name: str, version: str, a
     """Stores an archive and indexes it as a release signed by `signer`, with its true digest: what a publisher
     holding a trusted key could write without going through `publish`'s checks."""
     digest = digest_bytes(archive)
-    release = Release(
-        version=version,
-        description="made by hand",
-        digest=digest,
-        tree_digest=digest,  # never reached: the archive is refused before its tree is digested
-        size=len(archive),
-        object=object_name(digest),
-        signer=signer.public_key,
-        signature=signer.sign(statement(T.value, name, version, digest)),
-        published_at=datetime.now(UTC),
+    # The tree digest is never reached: the archive is refused before its tree is digested.
+    release = signed.release(
+        signer, signed.statement(name, version, digest=digest, tree_digest=digest, size=len(archive))
     )
     await set_up_streams(nc)
     buckets = RegistryBuckets(nc)
     await buckets.open()
     key = index_key(T, name)
     value, revision = await buckets.index.get(key)
-    record = with_release(decode_record(value) if value is not None else None, T, name, release)
+    record = signed.extended(decode_record(value) if value is not None else None, signer, release, kind=T, name=name)
     await buckets.archives.put(release.object, archive)
     await buckets.index.put(key, encode_record(record), revision)
     return release

@@ -11,7 +11,7 @@ import msgspec
 from service.contract.messages import ExtensionType
 from service.registry.index import IndexRecord, Release, encode_record, object_name
 from service.registry.signing import Signer, new_seed
-from service.registry.statements import ReleaseStatement, StateStatement, seal
+from service.registry.statements import ReleaseStatement, StateStatement, read, seal
 
 WHEN = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 
@@ -93,3 +93,16 @@ def record(
 
 def value(record: IndexRecord) -> bytes:
     return encode_record(record)
+
+
+def extended(
+    before: IndexRecord | None, signer: Signer, added: Release, *, kind: ExtensionType, name: str
+) -> IndexRecord:
+    """`before` with one more release, under a new state signed by `signer` that lists every release it holds (as a
+    holder of a trusted key may write it, past the publisher's checks)."""
+    held = [*(before.releases.values() if before is not None else ()), added]
+    sequence = 1
+    if before is not None and before.state is not None:
+        sequence = read(before.state, StateStatement).sequence + 1
+    yanked = [r.version for r in held if r.yanked]
+    return record(signer, held, name=name, kind=kind, sequence=sequence, yanked=yanked)
