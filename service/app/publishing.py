@@ -144,12 +144,19 @@ class _Base:
     state: StateStatement
     releases: dict[str, Release]
     warnings: list[str]
+    carried: bool = False  # an old-format record, its state not written yet: the first state is sequence 1
+
+    @property
+    def previous(self) -> StateStatement | None:
+        """The state the next one follows: None for a record carried over, so that its sequence is 1."""
+        return None if self.carried else self.state
 
 
 async def _signed_base(record: IndexRecord, keys: set[str], resigner: Resigner | None) -> _Base:
     """The record's verified state (an old-format record carried over first, when `resigner` is given) and the
     releases it lists. PublishRefused for a state this publisher does not trust."""
     what = f"{record.extension_type.value} {record.name}"
+    carried: IndexRecord | None = None
     if record.state is None:
         if resigner is None:
             raise PublishRefused(
@@ -159,10 +166,9 @@ async def _signed_base(record: IndexRecord, keys: set[str], resigner: Resigner |
         carried, _, _ = await resigner.record(record, sorted(keys), strict=True)
         if carried is None:
             raise PublishRefused(f"{what} is a record of the old format with no release to carry over")
-        record = carried
-    state = verified_state(record, keys)
-    releases, warnings = listed_releases(record, state)
-    return _Base(record, state, releases, warnings)
+    state = verified_state(carried or record, keys)
+    releases, warnings = listed_releases(carried or record, state)
+    return _Base(carried or record, state, releases, warnings, carried=carried is not None)
 
 
 async def publish(buckets: RegistryBuckets, prepared: Prepared) -> Outcome:
@@ -213,7 +219,7 @@ async def publish(buckets: RegistryBuckets, prepared: Prepared) -> Outcome:
             return seal_state(None, kind, name, None, {release.version: release}, (), signer)
         warnings = base.warnings
         releases = {**base.releases, release.version: release}
-        return seal_state(base.record, kind, name, base.state, releases, base.state.yanked, signer)
+        return seal_state(base.record, kind, name, base.previous, releases, base.state.yanked, signer)
 
     key = index_key(kind, name)
     _, revision = await compare_and_set(buckets, key, add)
