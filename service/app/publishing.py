@@ -167,7 +167,7 @@ async def _signed_base(record: IndexRecord, keys: set[str], resigner: Resigner |
         if carried is None:
             raise PublishRefused(f"{what} is a record of the old format with no release to carry over")
     state = verified_state(carried or record, keys)
-    releases, warnings = listed_releases(carried or record, state)
+    releases, warnings = listed_releases(carried or record, state, keys)
     return _Base(carried or record, state, releases, warnings, carried=carried is not None)
 
 

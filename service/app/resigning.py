@@ -136,7 +136,7 @@ class Resigner:
         if record.state is not None:
             keys = allowed_keys(self._signer.public_key, self._config.registry.trusted, kind, name)
             previous = verified_state(record, keys)
-            releases, left_out = listed_releases(record, previous)
+            releases, left_out = listed_releases(record, previous, keys)
         listed = previous.releases if previous is not None else {}
         old = [r for v, r in record.releases.items() if r.statement is None and v not in listed]
         resigned: list[str] = []

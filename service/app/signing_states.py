@@ -83,9 +83,10 @@ def verified_state(record: IndexRecord, keys: set[str]) -> StateStatement:
     return state
 
 
-def listed_releases(record: IndexRecord, state: StateStatement) -> tuple[dict[str, Release], list[str]]:
-    """The record's releases the state lists with their statement's digest, their plain copies set from what is
-    signed; and a warning for each release dropped (not in the state) or listed but not as signed."""
+def listed_releases(record: IndexRecord, state: StateStatement, keys: set[str]) -> tuple[dict[str, Release], list[str]]:
+    """The record's releases the state lists with their statement's digest, each statement signed by one of `keys`
+    and of this release, their plain copies set from what is signed; and a warning for each release dropped (not in
+    the state, or listed but not as signed)."""
     kept: dict[str, Release] = {}
     warnings: list[str] = []
     what = f"{record.extension_type.value} {record.name}"
@@ -95,16 +96,21 @@ def listed_releases(record: IndexRecord, state: StateStatement) -> tuple[dict[st
             warnings.append(f"{what} {version} is not in the extension's signed state: left out of the record")
             continue
         signed = _release_statement(envelope) if envelope is not None else None
-        if envelope is None or signed is None or envelope.digest() != state.releases[version]:
+        signers = signed_by(envelope, keys) if envelope is not None else set()
+        if (
+            envelope is None
+            or signed is None
+            or not signers
+            or envelope.digest() != state.releases[version]
+            or (signed.extension_type, signed.name, signed.version) != (record.extension_type, record.name, version)
+        ):
             warnings.append(f"{what} {version} is not the release its signed state lists: left out of the record")
             continue
-        signer = (
-            release.signer if release.signer in {s.key for s in envelope.signatures} else envelope.signatures[0].key
-        )
+        signer = release.signer if release.signer in signers else min(signers)
         kept[version] = release_copy(envelope, signed, signer, version in state.yanked)
     for version in state.releases:
-        if version not in kept and version not in record.releases:
-            warnings.append(f"{what} {version} is in the signed state but not in the record: publish it again")
+        if version not in record.releases:
+            warnings.append(f"{what} {version} is in the signed state but not in the record: loaders refuse it")
     return kept, warnings
 
 

@@ -202,6 +202,23 @@ async def test_releases_the_signed_state_does_not_list_are_dropped_by_the_next_p
     assert record.releases["1.0.0"] == original  # its plain copies set back to what is signed
     assert sorted(signed_state(record, signer.public_key).releases) == ["1.0.0", "1.1.0"]
 
+    # A listed release whose statement no trusted key signed (its signature stripped) is dropped as well; the
+    # state still lists it, so loaders refuse it rather than pick another version in its place.
+    newest = record.releases["1.1.0"]
+    assert newest.statement is not None
+    stripped = msgspec.structs.replace(newest, statement=msgspec.structs.replace(newest.statement, signatures=()))
+    _, revision = await record_of(buckets, T, "vault")
+    unsigned = msgspec.structs.replace(record, releases={**record.releases, "1.1.0": stripped})
+    await buckets.index.put(index_key(T, "vault"), encode_record(unsigned), revision)
+    outcome = await yank(buckets, T, "vault", "1.0.0", signer=signer)
+    assert outcome.warnings == (
+        "taskserv vault 1.1.0 is not the release its signed state lists: left out of the record",
+    )
+    record, _ = await record_of(buckets, T, "vault")
+    assert list(record.releases) == ["1.0.0"] and record.releases["1.0.0"].yanked
+    state = signed_state(record, signer.public_key)
+    assert (state.sequence, sorted(state.releases), state.yanked) == (3, ["1.0.0", "1.1.0"], ("1.0.0",))
+
 
 async def test_yank_without_a_key_is_a_usage_error(nats_server: NatsServer) -> None:
     code, _, err = await cli(nats_server, "yank", "taskserv", "vault", "1.0.0")
