@@ -3,6 +3,8 @@
     cli/           the `extension-loader` command (serve, dev, and the client subcommands)
     serve.py       assembles the parts from a configuration and runs them until a signal says stop
     client.py      LoaderClient, the small client the command line and the tests use
+    publishing.py  publish, yank and search the registry; signing_states.py: the signed states a publisher builds on,
+                   the types of dependencies, `refresh`; resigning.py: `resign` of the old format
     telemetry.py   which tracing, metrics and logging providers this process installs
     natsserver.py  a local nats-server (or a JetStream cluster of them), for `extension-loader dev`, the tests
                    and the benchmark

@@ -2105,7 +2105,9 @@ async def test_the_registry_works_as_publisher_and_loader_with_nothing_refused(
             assert loaded["reason"] == "published"
             client = LoaderClient(orchestrator.nc, timeout=WAIT)
             assert (await client.load("taskserv", "vault", "1.0.0"))["metadata"]["version"] == "1.0.0"
-            code, _, said = await run_cli(registry_cli("yank", "taskserv", "vault", "1.0.0", *server, user="publisher"))
+            code, _, said = await run_cli(
+                registry_cli("yank", "taskserv", "vault", "1.0.0", "--key", key, *server, user="publisher")
+            )
             assert code == 0, said
             (unloaded,) = await events.wait_for(1, ".unloaded")
             assert unloaded["reason"] == "yanked"
@@ -2120,8 +2122,8 @@ async def test_the_registry_works_as_publisher_and_loader_with_nothing_refused(
 async def test_a_person_searches_the_registry_but_only_the_publisher_publishes_or_yanks(
     administered: NatsServer, tmp_path: Path, signer: Signer
 ) -> None:
-    """From the command line: `search` works for anyone who may read the index; `publish` and `yank` by anyone
-    but `publisher` end at once with the refusal (not after the time-out) and exit 4."""
+    """From the command line: `search` works for anyone who may read the index; `publish`, `yank` and `refresh` by
+    anyone but `publisher` end at once with the refusal (not after the time-out) and exit 4."""
     secured = administered
     folder = write_extension(tmp_path / "checkout", "taskserv", "vault", "1.0.0")
     server = ("--server", secured.url)
@@ -2130,7 +2132,10 @@ async def test_a_person_searches_the_registry_but_only_the_publisher_publishes_o
     assert code == 0, said
     code, out, said = await run_cli(registry_cli("search", "vault", *server))
     assert code == 0 and "vault" in out, said
-    for command in (["yank", "taskserv", "vault", "1.0.0"], ["publish", str(folder), "--key", key]):
+    code, out, said = await run_cli(registry_cli("refresh", "--key", key, *server, user="publisher"))
+    assert code == 0 and "timestamp of 1 extensions" in out, said
+    refused = (["yank", "taskserv", "vault", "1.0.0", "--key", key], ["publish", str(folder), "--key", key])
+    for command in (*refused, ["refresh", "--key", key]):
         # well inside the registry's own 30 s time-out
         code, _, said = await run_cli(registry_cli(*command, *server), limit=WAIT / 2)
         assert code == 4, said
