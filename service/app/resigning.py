@@ -1,11 +1,16 @@
-"""Re-signing the old format: releases whose v1 signature (identity and archive digest only) verifies with a key
-the publisher names, signed again as release statements, and a signed state over them.
+"""Re-signing: the old format carried over, and a retired key's releases signed by a new one.
+
+Old format: releases whose v1 signature (identity and archive digest only) verifies with a key the publisher
+names, signed again as release statements, and a signed state over them.
 
 The v1 signature vouched for the archive's bytes and nothing else, so nothing else is taken from the index:
 each archive is fetched (its sha256 checked against the signed digest), unpacked with a loader's limits, and
 its metadata.toml and tree digest read from what it holds. A release whose signature does not verify, or whose
-archive is missing or differs, is left out and reported. A record already in the new format is left alone, so
-running it twice changes nothing the second time.
+archive is missing or differs, is left out and reported.
+
+Key rotation: a release statement signed by a named release key (`O...`) is signed again by the new key, its bytes
+unchanged (so the state's digest of it too), and the state signed anew; the old key may then be unpinned. Running
+either twice changes nothing the second time.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from ..registry.buckets import RegistryBuckets
 from ..registry.errors import ArchiveTooLarge
 from ..registry.index import TIMESTAMP_KEY, IndexRecord, IndexRecordInvalid, Release, object_name
 from ..registry.signing import Signer
-from ..registry.statements import ReleaseStatement, StateStatement
+from ..registry.statements import Envelope, ReleaseStatement, Signature, StateStatement, pae, signed_by
 from .signing_states import (
     PublishRefused,
     allowed_keys,
@@ -63,6 +68,29 @@ class Resigner:
         self._signer = signer
         self._config = config
         self._done: dict[tuple[str, str, str, str], Release] = {}  # (type, name, version, digest) -> re-signed
+
+    def _rotated(
+        self, record: IndexRecord, from_keys: Sequence[str]
+    ) -> tuple[IndexRecord | None, list[str], list[str]]:
+        """A record in the new format whose releases (or state) a retired key in `from_keys` signed, with each
+        of those signed again by this key (None: none was)."""
+        kind, name, new = record.extension_type, record.name, self._signer.public_key
+        retired = {k for k in from_keys if k != new}
+        keys = allowed_keys(new, self._config.registry.trusted, kind, name) | retired
+        if record.state is None or not signed_by(record.state, keys):
+            return None, [], []
+        previous = verified_state(record, keys)
+        releases, left_out = listed_releases(record, previous, keys)
+        resigned: list[str] = []
+        for version, release in releases.items():
+            assert release.statement is not None  # listed_releases keeps signed ones only
+            if signed_by(release.statement, retired) and not signed_by(release.statement, {new}):
+                envelope = _signed_again(release.statement, self._signer)
+                releases[version] = msgspec.structs.replace(release, statement=envelope, signer=new)
+                resigned.append(version)
+        if not resigned and not signed_by(record.state, retired):
+            return None, [], left_out
+        return seal_state(record, kind, name, previous, releases, previous.yanked, self._signer), resigned, left_out
 
     async def release(self, record: IndexRecord, release: Release, from_keys: Sequence[str]) -> Release:
         """The release signed anew from its archive; LeftOut when its v1 signature does not verify with one of
@@ -129,7 +157,7 @@ class Resigner:
         `strict`: PublishRefused, saying to run `resign`, as soon as one release cannot be re-signed."""
         kind, name = record.extension_type, record.name
         if all(r.statement is not None for r in record.releases.values()):
-            return None, [], []  # the new format already
+            return self._rotated(record, from_keys)
         previous: StateStatement | None = None
         releases: dict[str, Release] = {}
         left_out: list[str] = []
@@ -156,6 +184,12 @@ class Resigner:
             return None, [], left_out  # none of it is this publisher's to re-sign: the record is left alone
         yanked = [*(previous.yanked if previous is not None else ()), *(v for v in resigned if releases[v].yanked)]
         return seal_state(record, kind, name, previous, releases, yanked, self._signer), resigned, left_out
+
+
+def _signed_again(envelope: Envelope, signer: Signer) -> Envelope:
+    """The same statement, its bytes unchanged, signed by `signer` alone."""
+    message = pae(envelope.payload_type, envelope.payload_bytes())
+    return msgspec.structs.replace(envelope, signatures=(Signature(key=signer.public_key, sig=signer.sign(message)),))
 
 
 class _Unchanged(Exception):

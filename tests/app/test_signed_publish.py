@@ -361,3 +361,38 @@ async def test_a_publish_extends_an_old_format_record_only_when_its_signatures_v
     state = signed_state(record, signer.public_key)
     assert (state.sequence, sorted(state.releases), state.yanked) == (1, ["1.0.0", "1.1.0"], ("1.0.0",))
     assert signed_release(record.releases["1.0.0"], signer.public_key).tree_digest == tree_digest(old)
+
+
+async def test_resign_moves_a_retired_key_s_releases_and_state_to_a_new_key_once(
+    nats_server: NatsServer, nc: Client, tmp_path: Path, signer: Signer
+) -> None:
+    """Key rotation: what the retired key signed is signed again by the new key, the statements' bytes (and so the
+    state's digests of them) unchanged; the retired key may then be unpinned."""
+    retired = other_signer(tmp_path, "retired")
+    config = publisher_config(nats_server.url, tmp_path)
+    for version in ("1.0.0", "1.1.0"):
+        await publish_folder(nc, write_extension(tmp_path / version, "taskserv", "vault", version), retired, config)
+    buckets = await opened(nc)
+    await yank(buckets, T, "vault", "1.0.0", signer=retired)
+    before, _ = await record_of(buckets, T, "vault")
+    old_state = signed_state(before, retired.public_key)
+
+    code, out, err = await cli(
+        nats_server, "resign", "--key", str(tmp_path / "publisher.nk"), "--from", retired.public_key
+    )
+    assert code == 0, err
+    assert out.strip() == "re-signed taskserv.vault: 1.0.0, 1.1.0"
+    after, revision = await record_of(buckets, T, "vault")
+    state = signed_state(after, signer.public_key)
+    assert (state.sequence, state.releases, state.yanked) == (old_state.sequence + 1, old_state.releases, ("1.0.0",))
+    for version, release in after.releases.items():
+        assert signed_release(release, signer.public_key) == signed_release(
+            before.releases[version], retired.public_key
+        )
+        assert release.statement is not None and not signed_by(release.statement, [retired.public_key])
+
+    code, out, err = await cli(
+        nats_server, "resign", "--key", str(tmp_path / "publisher.nk"), "--from", retired.public_key
+    )
+    assert code == 0 and out.startswith("nothing to re-sign"), err
+    assert (await record_of(buckets, T, "vault"))[1] == revision

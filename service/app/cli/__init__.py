@@ -117,15 +117,18 @@ def _parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="how long loaders may rely on it (default: 86400, a day); refresh again before",
     )
-    rs = registry("resign", "sign again, as release statements and states, the releases of the old format")
+    rs = registry(
+        "resign",
+        "sign again with KEY the releases of the old format, or the releases and states a retired release key signed",
+    )
     rs.add_argument("--key", "-k", required=True, metavar="FILE", help="the signing key that signs them now")
     rs.add_argument(
         "--from",
         dest="from_keys",
         action="append",
         required=True,
-        metavar="U...",
-        help="a public key that signed them in the old format (repeat for several); the others are left out",
+        metavar="KEY",
+        help="a public key that signed them: U... in the old format, or a retired O... (repeat for several)",
     )
 
     st = sub.add_parser("setup", help="create or update the events stream and the registry's buckets (as admin)")

@@ -148,7 +148,9 @@ async def _main(args: argparse.Namespace, config: Config) -> int:
         _print(
             args,
             {"records": [msgspec.to_builtins(r) for r in done], "signer": signer.public_key},
-            "\n".join(lines) if lines else "nothing to re-sign: no release of the old format verifies with --from",
+            "\n".join(lines)
+            if lines
+            else "nothing to re-sign: no release of the old format, nor one a retired key signed, verifies with --from",
         )
         return 0
     async with _buckets(args, config) as buckets:
