@@ -89,10 +89,12 @@ class Trust:
         allowed = self._allowed(record.extension_type, record.name)
         signers = self._signers(envelope)
         if not signers:
-            return None, "no key this loader trusts signed it"
+            claimed = ", ".join(sorted({s.key for s in envelope.signatures})) or "(none)"
+            return None, f"its signer {claimed} is not one of the keys this loader trusts"
         if not signers & allowed:
             limits = " or ".join(_limits(t) for t in self._trusted if t.key in signers)
-            return None, f"its signers are trusted here only for {limits}"
+            what = f"{record.extension_type.value} {record.name}"
+            return None, f"its signer {', '.join(sorted(signers))} is trusted here only for {limits}, not for {what}"
         try:
             state = statements.read(envelope, StateStatement)
         except StatementInvalid as exc:

@@ -11,7 +11,7 @@ import pytest
 from nats.aio.client import Client
 
 from service.app.natsserver import NatsServer
-from service.app.publishing import prepare, publish
+from service.app.publishing import prepare, publish, yank
 from service.contract.config import Config
 from service.contract.errors import UntrustedExtension
 from service.contract.messages import ExtensionType
@@ -97,15 +97,17 @@ async def test_a_record_swapped_while_a_load_is_under_way_is_refused_and_nothing
 async def test_an_index_entry_whose_metadata_differs_from_its_signed_archive_is_refused(
     nc: Client, published: Config
 ) -> None:
-    """The signature covers the archive; the dependencies a load resolves come from the index's copy of its
-    metadata: a writer who changes them there is caught once the archive is unpacked, and nothing stays."""
+    """The dependencies a load resolves are signed in the release statement: a writer who changes the index's copy
+    of them is caught as soon as the record is read (before, only once the archive was unpacked), and nothing of
+    the release is fetched or unpacked."""
     releases = await following(nc, published)
-    await rewrite(nc, releases, {"dependencies": ("redis",)})
+    await rewrite(nc, releases, {"dependencies": ("taskserv:redis",)})
     info = releases.versions(T, "demo")["1.0.0"]
-    assert info.untrusted is None  # the signature still verifies: it does not cover the index's metadata
+    assert info.untrusted == "its index entry does not say what its signed statement says: dependencies differ"
     with pytest.raises(UntrustedExtension, match="dependencies differ"):
         await releases.fetch(info)
     assert not await anyio.Path(info.path).exists()
+    assert releases.stats().fetched == 0
 
 
 async def test_overlapping_fetches_of_one_archive_both_succeed_and_fetch_it_once(nc: Client, published: Config) -> None:
@@ -142,13 +144,11 @@ async def test_a_yank_of_a_version_the_disk_also_has_leaves_the_disk_s_copy_load
         assert service.follower is not None
         await service.manager.load(T, "vault", "1.0.0")
         seen = service.follower.updates
-        value, revision = await buckets.index.get(index_key(T, "vault"))
-        assert value is not None
-        record = decode_record(value)
-        yanked = msgspec.structs.replace(record.releases["1.0.0"], yanked=True)
-        updated = encode_record(msgspec.structs.replace(record, releases={"1.0.0": yanked}))
-        await buckets.index.put(index_key(T, "vault"), updated, revision)
+        await yank(buckets, T, "vault", "1.0.0", signer=signer)
         with anyio.fail_after(20):
             await service.follower.wait_updates(seen + 1)
-        # The update was applied (the cache is changed before the count grows): the disk's copy stays.
+        # The update was applied (the cache is changed before the count grows), the signed yank taken: the disk's
+        # copy stays.
+        assert service.manager.releases is not None
+        assert service.manager.releases.versions(T, "vault")["1.0.0"].yanked
         assert [e.metadata.version for e in service.manager.loaded(T, "vault")] == ["1.0.0"]

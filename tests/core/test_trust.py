@@ -98,14 +98,18 @@ def test_a_release_the_signed_state_does_not_list_is_untrusted_and_blocks_nothin
 def test_a_state_signed_by_no_trusted_key_leaves_nothing_of_the_record_trusted() -> None:
     record = signed.record(KEY, [v("1.0.0")], state_signer=OTHER)
     untrusted, _, blocks = judge(record)["1.0.0"]
-    assert untrusted == "its extension's signed state is not trusted: no key this loader trusts signed it"
+    assert untrusted == (
+        f"its extension's signed state is not trusted: its signer {OTHER.public_key} is not one of the keys this "
+        "loader trusts"
+    )
     assert not blocks
 
 
 def test_a_key_limited_to_clusters_signs_no_taskserv_state() -> None:
     record = signed.record(KEY, [v("1.0.0")], state_signer=CLUSTERS_ONLY)
     assert judge(record)["1.0.0"][0] == (
-        "its extension's signed state is not trusted: its signers are trusted here only for types cluster"
+        f"its extension's signed state is not trusted: its signer {CLUSTERS_ONLY.public_key} is trusted here only "
+        "for types cluster, not for taskserv redis"
     )
 
 
