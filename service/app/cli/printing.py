@@ -125,11 +125,19 @@ def _registry_line(registry: dict[str, Any] | None) -> list[str]:
     if registry is None:
         return []
     state = "reachable" if registry["reachable"] else f"UNREACHABLE ({registry.get('last_error') or '?'})"
-    return [
+    lines = [
         f"registry: {state}; {registry['extensions']} extensions, {registry['versions']} versions in the index; "
         f"{registry['fetched']} fetched, {registry['refused']} refused; auto_update "
         f"{'on' if registry['auto_update'] else 'off'}"
     ]
+    ignored = [f"{registry[k]} {k}" for k in ("rollbacks", "unsigned") if registry.get(k)]
+    if ignored:
+        lines.append(f"registry: ignored what no trusted key signed: {', '.join(ignored)}")
+    if registry.get("stale"):
+        lines.append(f"registry: STALE ({registry['stale']})")
+    elif registry.get("view_age_s") is not None:
+        lines.append(f"registry: index vouched for {registry['view_age_s']:.0f} s ago")
+    return lines
 
 
 def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
