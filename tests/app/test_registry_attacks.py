@@ -21,15 +21,23 @@ from typing import Any
 import anyio
 import msgspec
 import pytest
+from nats.aio.client import Client
 
-from service.app.client import RemoteError
+from service.app.client import LoaderClient, RemoteError
+from service.app.natsserver import NatsServer
+from service.contract.config import Config
 from service.contract.messages import ExtensionType
-from service.registry.index import IndexRecord, index_key
+from service.core.folders import tree_digest
+from service.registry import statements
+from service.registry.archive import digest_bytes, pack
+from service.registry.buckets import RegistryBuckets
+from service.registry.index import IndexRecord, Release, decode_record, encode_record, index_key
 from service.registry.signing import Signer
+from service.registry.statements import StateStatement
 from service.wire.service import ExtensionService
-from tests.conftest import WAIT, running_service, write_extension
+from tests.conftest import WAIT, make_config, publish_folder, registry_settings, running_service, write_extension
 from tests.registry import signed
-from tests.registry.layout import applied, archives, layout, updates
+from tests.registry.layout import applied, archives, layout, trees, updates
 
 pytestmark = pytest.mark.anyio
 
@@ -285,3 +293,173 @@ async def test_an_unsigned_record_breaks_no_one_else_s_resolution(tmp_path: Path
         # must not decide what the trusted key signs.
         newer = await registry.publish(signer, "cluster", "web", "1.2.0", dependencies=["postgres@^16"])
         assert newer.dependencies == ("taskserv:postgres@^16",)
+
+
+# --- 8. a malicious server: records no publisher ever wrote ----------------------------------------------------
+
+
+def plain_loader(url: str, tmp_path: Path, signer: Signer) -> Config:
+    """A loader of a plain JetStream server, trusting `signer`, with no extension tree."""
+    empty = tmp_path / "no-tree"
+    empty.mkdir(exist_ok=True)
+    return make_config(url, tmp_path, roots=[empty], overrides=registry_settings(signer.public_key))
+
+
+def checkout(tmp_path: Path, name: str, version: str, module: str = "export def check [] { {ok: true} }\n") -> Path:
+    return write_extension(tmp_path / "checkout" / f"{name}-{version}", "taskserv", name, version, module=module)
+
+
+async def test_records_never_published_through_the_cli_have_no_effect(
+    nats_server: NatsServer, nc: Client, tmp_path: Path, signer: Signer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="service.audit")
+    config = plain_loader(nats_server.url, tmp_path, signer)
+    published: dict[tuple[str, str], Release] = {}
+    for name, version in (("etcd", "3.5.0"), ("etcd", "3.6.0"), ("redis", "7.0.0"), ("vault", "1.0.0")):
+        published[name, version] = await publish_folder(nc, checkout(tmp_path, name, version), signer, config)
+    for version in ("1.0.0", "1.1.0"):
+        published["consul", version] = await publish_folder(nc, checkout(tmp_path, "consul", version), signer, config)
+    buckets = RegistryBuckets(nc)
+    await buckets.open()
+
+    async def read(name: str) -> IndexRecord:
+        value, _ = await buckets.index.get(index_key("taskserv", name))
+        assert value is not None
+        return decode_record(value)
+
+    async def write(name: str, record: IndexRecord) -> None:
+        _, revision = await buckets.index.get(index_key("taskserv", name))
+        await buckets.index.put(index_key("taskserv", name), encode_record(record), revision)
+
+    # A release the state does not list, signed by the trusted key itself, its archive in the bucket.
+    extra = checkout(tmp_path, "etcd", "3.7.0")
+    archive = pack(extra)
+    statement = signed.statement(
+        "etcd", "3.7.0", digest=digest_bytes(archive), tree_digest=tree_digest(extra), size=len(archive)
+    )
+    inserted = signed.release(signer, statement)
+    await buckets.archives.put(inserted.object, archive)
+    etcd = await read("etcd")
+    await write("etcd", msgspec.structs.replace(etcd, releases={**etcd.releases, "3.7.0": inserted}))
+    # A state signed by a key no loader pins: the sequence higher, the same releases listed.
+    redis = await read("redis")
+    assert redis.state is not None
+    state = statements.read(redis.state, StateStatement)
+    stranger = statements.seal(msgspec.structs.replace(state, sequence=state.sequence + 5), [signed.key()])
+    await write("redis", msgspec.structs.replace(redis, state=stranger))
+    # The state of another extension, genuinely signed by the trusted key.
+    vault = await read("vault")
+    await write("vault", msgspec.structs.replace(vault, state=(await read("consul")).state))
+    # Another version's release statement in place of 1.1.0's (its plain copies left as they were).
+    consul = await read("consul")
+    swapped = msgspec.structs.replace(consul.releases["1.1.0"], statement=consul.releases["1.0.0"].statement)
+    await write("consul", msgspec.structs.replace(consul, releases={**consul.releases, "1.1.0": swapped}))
+
+    cases = [
+        ("etcd", "3.7.0", inserted, "it is not in its extension's signed state"),
+        (
+            "redis",
+            "7.0.0",
+            published["redis", "7.0.0"],
+            "its extension's signed state is not trusted: no key this loader trusts signed it",
+        ),
+        (
+            "vault",
+            "1.0.0",
+            published["vault", "1.0.0"],
+            "its extension's signed state is not trusted: it is the state of taskserv consul",
+        ),
+        (
+            "consul",
+            "1.1.0",
+            published["consul", "1.1.0"],
+            "its statement is not the one its extension's signed state lists",
+        ),
+    ]
+    async with running_service(config) as service:
+        client = LoaderClient(nc, timeout=WAIT)
+        for name, version, release, reason in cases:
+            for asked in (version, None):  # pinned, and as the latest (3.7.0 is never the latest: it is not listed)
+                if asked is None and name == "etcd":
+                    continue
+                error = await refusal(client.load("taskserv", name, asked))
+                assert error.code == "untrusted_extension"
+                assert (error.details["version"], error.details["reason"]) == (version, reason)
+            assert release.digest not in archives(service) | trees(service)  # nothing of it fetched or unpacked
+        # What the forgeries left alone loads, and is what was published.
+        assert (await client.load("taskserv", "etcd"))["digest"] == published["etcd", "3.6.0"].tree_digest
+        assert (await client.load("taskserv", "consul", "1.0.0"))["digest"] == published["consul", "1.0.0"].tree_digest
+        assert (
+            archives(service)
+            == trees(service)
+            == {
+                published["etcd", "3.6.0"].digest,
+                published["consul", "1.0.0"].digest,
+            }
+        )
+        refused = [extension for extension, outcome, _ in audit_lines(caplog, "refused")]
+        assert refused == [
+            "taskserv:etcd:3.7.0",
+            "taskserv:redis:7.0.0",
+            "taskserv:redis:7.0.0",
+            "taskserv:vault:1.0.0",
+            "taskserv:vault:1.0.0",
+            "taskserv:consul:1.1.0",
+            "taskserv:consul:1.1.0",
+        ]
+        assert (await client.stats())["registry"]["refused"] == 7
+
+
+# --- 9. a tree edited on the loader's disk ---------------------------------------------------------------------
+
+EDITED = "export def check [] { {ok: false, error: 'edited on disk'} }\n"
+
+
+async def test_a_tree_edited_on_disk_is_never_served(
+    nats_server: NatsServer, nc: Client, tmp_path: Path, signer: Signer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="service.audit")
+    config = plain_loader(nats_server.url, tmp_path, signer)
+    original = "export def check [] { {ok: true} }\n"
+    release = await publish_folder(nc, checkout(tmp_path, "etcd", "3.6.0", original), signer, config)
+    registry = config.cache_dir / ".registry"
+    tree = registry / "trees" / release.digest.removeprefix("sha256:") / "taskservs" / "etcd" / "3.6.0"
+    kept = registry / "archives" / (release.digest.removeprefix("sha256:") + ".tar.gz")
+
+    async with running_service(config):
+        client = LoaderClient(nc, timeout=WAIT)
+        assert (await client.load("taskserv", "etcd", "3.6.0"))["digest"] == release.tree_digest
+    assert (tree / "mod.nu").read_text() == original and kept.is_file()
+
+    # Edited while the loader is down: the next cold load unpacks the kept archive again.
+    (tree / "mod.nu").write_text(EDITED)
+    (tree / "planted.nu").write_text(EDITED)
+    async with running_service(config) as service:
+        client = LoaderClient(nc, timeout=WAIT)
+        served = await client.load("taskserv", "etcd", "3.6.0")  # Nushell ran `check`: the edited one fails it
+        assert served["digest"] == release.tree_digest
+        assert (Path(served["path"]) / "mod.nu").read_text() == original
+        assert not (Path(served["path"]) / "planted.nu").exists()
+        (again,) = audit_lines(caplog, "unpacked again")
+        assert again[:2] == ("taskserv:etcd:3.6.0", "EDITED")
+        assert (await client.stats())["registry"]["fetched"] == 0  # from the kept archive, checked again
+        assert trees(service) == {release.digest}
+
+    # The tree edited and the kept archive replaced too, by an archive of the edited tree: refused and removed.
+    (tree / "mod.nu").write_text(EDITED)
+    edited = checkout(tmp_path / "edited", "etcd", "3.6.0", EDITED)
+    kept.write_bytes(pack(edited))
+    async with running_service(config) as service:
+        client = LoaderClient(nc, timeout=WAIT)
+        error = await refusal(client.load("taskserv", "etcd", "3.6.0"))
+        assert error.code == "untrusted_extension"
+        assert error.details["reason"] == (
+            f"the kept archive's bytes are {digest_bytes(pack(edited))}, not the signed {release.digest}"
+        )
+        assert not kept.exists() and not tree.exists()  # never unpacked, and nothing of it kept
+        assert trees(service) == set()
+        # The next load fetches the archive from the registry again, and serves what was signed.
+        served = await client.load("taskserv", "etcd", "3.6.0")
+        assert served["digest"] == release.tree_digest
+        assert (Path(served["path"]) / "mod.nu").read_text() == original
+        assert (await client.stats())["registry"]["fetched"] == 1
