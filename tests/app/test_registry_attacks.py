@@ -18,12 +18,11 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import anyio
 import msgspec
 import pytest
 from nats.aio.client import Client
 
-from service.app.client import LoaderClient, RemoteError
+from service.app.client import LoaderClient
 from service.app.natsserver import NatsServer
 from service.contract.config import Config
 from service.contract.messages import ExtensionType
@@ -34,43 +33,21 @@ from service.registry.buckets import RegistryBuckets
 from service.registry.index import IndexRecord, Release, decode_record, encode_record, index_key
 from service.registry.signing import Signer
 from service.registry.statements import StateStatement
-from service.wire.service import ExtensionService
 from tests.conftest import WAIT, make_config, publish_folder, registry_settings, running_service, write_extension
 from tests.registry import signed
-from tests.registry.layout import applied, archives, layout, trees, updates
+from tests.registry.layout import (
+    applied,
+    archives,
+    audit_lines,
+    layout,
+    loaded,
+    refusal,
+    trees,
+    updates,
+    wait_until_known,
+)
 
 pytestmark = pytest.mark.anyio
-
-
-def audit_lines(caplog: pytest.LogCaptureFixture, action: str) -> list[tuple[str, str, str]]:
-    """(extension, outcome, message) of each audit line of one action."""
-    lines = [r for r in caplog.records if r.name == "service.audit" and r.__dict__.get("action") == action]
-    return [(r.__dict__["extension"], r.__dict__["outcome"], r.getMessage()) for r in lines]
-
-
-async def wait_until_known(service: ExtensionService, kind: str, name: str, version: str) -> None:
-    """Until the loader's follower has read `version` of an extension from the index."""
-    follower, releases = service.follower, service.manager.releases
-    assert follower is not None and releases is not None
-    with anyio.fail_after(WAIT):
-        while version not in releases.versions(ExtensionType(kind), name):
-            await follower.wait_updates(follower.updates + 1)
-
-
-def loaded(events: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
-    """(type, name, version) of each `extensions.loaded` event."""
-    found = []
-    for event in events:
-        if "extension" in event:
-            metadata = event["extension"]["metadata"]
-            found.append((metadata["extension_type"], metadata["name"], metadata["version"]))
-    return found
-
-
-async def refusal(call: Any) -> RemoteError:
-    with pytest.raises(RemoteError) as caught:
-        await call
-    return caught.value
 
 
 # --- 1. dependencies rewritten in the index --------------------------------------------------------------------

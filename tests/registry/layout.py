@@ -9,7 +9,7 @@ The server and its users are those of tests/deploy/test_nats_security.py, which 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,13 +17,15 @@ from typing import Any
 
 import anyio
 import msgspec
+import pytest
 from nats.aio.client import Client
 
-from service.app.client import LoaderClient
+from service.app.client import LoaderClient, RemoteError
 from service.app.publishing import Outcome, prepare, publish, yank
 from service.contract.config import Config
 from service.contract.messages import ExtensionType
 from service.core.folders import tree_digest
+from service.core.releases import Releases
 from service.registry.archive import digest_bytes, pack
 from service.registry.buckets import RegistryBuckets
 from service.registry.index import IndexRecord, Release, decode_record, index_key
@@ -190,6 +192,9 @@ async def layout(folder: Path) -> AsyncIterator[Layout]:
         server.stop()
 
 
+# --- what a loader did ---
+
+
 async def applied(service: ExtensionService, before: int) -> None:
     """Until the loader's follower has applied one more index update than `before`."""
     follower = service.follower
@@ -204,6 +209,20 @@ def updates(service: ExtensionService) -> int:
     return follower.updates
 
 
+async def wait_until(service: ExtensionService, condition: Callable[[Releases], bool]) -> None:
+    """Until `condition` holds of the loader's view of the registry, looked at after each index update."""
+    follower, releases = service.follower, service.manager.releases
+    assert follower is not None and releases is not None
+    with anyio.fail_after(WAIT):
+        while not condition(releases):
+            await follower.wait_updates(follower.updates + 1)
+
+
+async def wait_until_known(service: ExtensionService, kind: str, name: str, version: str) -> None:
+    """Until the loader's follower has read `version` of an extension from the index."""
+    await wait_until(service, lambda releases: version in releases.versions(ExtensionType(kind), name))
+
+
 def archives(service: ExtensionService) -> set[str]:
     """The digests of the archives this loader keeps (`sha256:<hex>`)."""
     folder = service.config.cache_dir / ".registry" / "archives"
@@ -213,8 +232,31 @@ def archives(service: ExtensionService) -> set[str]:
 
 
 def trees(service: ExtensionService) -> set[str]:
-    """The digests of the archives this loader has an unpacked tree of."""
+    """The digests of the archives this loader has a folder of under `trees/`."""
     folder = service.config.cache_dir / ".registry" / "trees"
     if not folder.is_dir():
         return set()
     return {"sha256:" + p.name for p in folder.iterdir() if p.is_dir() and p.name != "missing"}
+
+
+def audit_lines(caplog: pytest.LogCaptureFixture, action: str) -> list[tuple[str, str, str]]:
+    """(extension, outcome, message) of each audit line of one action."""
+    lines = [r for r in caplog.records if r.name == "service.audit" and r.__dict__.get("action") == action]
+    return [(r.__dict__["extension"], r.__dict__["outcome"], r.getMessage()) for r in lines]
+
+
+def loaded(events: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
+    """(type, name, version) of each `extensions.loaded` event."""
+    found = []
+    for event in events:
+        if "extension" in event:
+            metadata = event["extension"]["metadata"]
+            found.append((metadata["extension_type"], metadata["name"], metadata["version"]))
+    return found
+
+
+async def refusal(call: Awaitable[Any]) -> RemoteError:
+    """The error a request is answered with."""
+    with pytest.raises(RemoteError) as caught:
+        await call
+    return caught.value

@@ -1,0 +1,208 @@
+"""Attacks on the registry in time, each made with what the attacker holds and judged by what the loaders do: a
+version withdrawn without a signed word, an older record replayed (while a loader runs, and while it is down), an
+index frozen at some moment, records of the old format, and a change of release key. As in
+tests/app/test_registry_attacks.py, the attacker holds the `publisher` password of the repo's nats.conf and no
+key a loader pins (tests/registry/layout.py); the honest publisher publishes, yanks, refreshes and re-signs with
+pinned keys.
+
+Every wait is on an event or a condition, bounded; nothing sleeps.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from service.app.signing_states import refresh
+from service.registry import statements
+from service.registry.index import TIMESTAMP_KEY, decode_record, encode_record, index_key
+from service.registry.signing import Signer
+from service.registry.statements import TimestampStatement
+from tests.conftest import running_service
+from tests.deploy.test_nats_security import registry_cli, run_cli
+from tests.registry import signed
+from tests.registry.layout import (
+    applied,
+    archives,
+    audit_lines,
+    layout,
+    loaded,
+    refusal,
+    updates,
+    wait_until,
+)
+
+pytestmark = pytest.mark.anyio
+POSTGRES = index_key("taskserv", "postgres")
+
+
+# --- 3. the newest version taken out of the index --------------------------------------------------------------
+
+
+async def test_a_version_removed_without_a_signed_statement_never_makes_an_older_latest(
+    tmp_path: Path, signer: Signer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="service.audit")
+    async with layout(tmp_path) as registry:
+        await registry.publish(signer, "taskserv", "postgres", "16.1.0")
+        older = await registry.raw(POSTGRES)  # sequence 1, genuinely signed: 16.1.0 alone
+        await registry.publish(signer, "taskserv", "postgres", "16.2.0")
+        newest = decode_record(await registry.raw(POSTGRES))  # sequence 2
+        await registry.publish(signer, "cluster", "web", "1.0.0", dependencies=["postgres@^16"])
+        async with running_service(registry.loader("loader", signer.public_key, auto_update=True)) as service:
+            client = registry.client
+            mark = registry.mark()
+            # The older record written back whole; then the newest releases under the older state.
+            assert newest.state is not None and decode_record(older).state is not None
+            for value in (older, encode_record(msgspec.structs.replace(newest, state=decode_record(older).state))):
+                before = updates(service)
+                await registry.write(POSTGRES, value)
+                await applied(service, before)
+            assert (await client.stats())["registry"]["rollbacks"] == 2
+            rollbacks = audit_lines(caplog, "refused")
+            assert [(extension, outcome) for extension, outcome, _ in rollbacks] == [(POSTGRES, "ROLLBACK")] * 2
+            assert "its signed state is sequence 1, older than 2 seen before" in rollbacks[0][2]
+            (postgres,) = await client.discover("taskserv", "postgres")  # the view of sequence 2, kept
+            assert {s["version"]: s["trusted"] for s in postgres["sources"]} == {"16.2.0": True, "16.1.0": True}
+
+            # The newest release taken out, the state that lists it kept.
+            before = updates(service)
+            shorter = {v: r for v, r in newest.releases.items() if v != "16.2.0"}
+            await registry.write(POSTGRES, encode_record(msgspec.structs.replace(newest, releases=shorter)))
+            await applied(service, before)
+            await registry.marker(signer)
+            assert registry.since(mark) == []  # nothing unloaded, nothing loaded in its place
+            # As a dependency: web's `taskserv:postgres@^16` is 16.2.0, which is refused; 16.1.0 is never loaded in
+            # its place.
+            error = await refusal(client.load("cluster", "web", with_dependencies=True))
+            assert loaded(registry.since(mark)) == []
+            assert (error.code, error.details.get("name"), error.details.get("version")) == (
+                "untrusted_extension",
+                "postgres",
+                "16.2.0",
+            )
+            for asked in (None, "^16", ">=16.1.0"):
+                error = await refusal(client.load("taskserv", "postgres", asked))
+                assert error.code == "untrusted_extension", (asked, error.message)
+                assert (error.details["version"], error.details["reason"]) == (
+                    "16.2.0",
+                    "it is listed in its extension's signed state, but the index record does not hold it",
+                )
+        # A loader that starts now, without a view of its own, refuses it the same way.
+        async with running_service(registry.loader("later", signer.public_key)):
+            error = await refusal(registry.client.load("taskserv", "postgres"))
+            assert (error.code, error.details["version"]) == ("untrusted_extension", "16.2.0")
+
+
+# --- 4. an older record replayed while a loader is down --------------------------------------------------------
+
+
+async def test_a_replayed_older_record_is_ignored_after_a_restart(
+    tmp_path: Path, signer: Signer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="service.audit")
+    async with layout(tmp_path) as registry:
+        await registry.publish(signer, "taskserv", "postgres", "16.1.0")
+        replay = await registry.raw(POSTGRES)  # the record at sequence 1, as the attacker kept it
+        newest = await registry.publish(signer, "taskserv", "postgres", "16.2.0")  # sequence 2
+        await refresh(registry.buckets, signer, (), 3600)  # a timestamp that names sequence 2
+        config = registry.loader("loader", signer.public_key, auto_update=True)
+        async with running_service(config) as service:
+            assert (await registry.client.load("taskserv", "postgres"))["metadata"]["version"] == "16.2.0"
+            await registry.events.wait_for(1, ".loaded")
+            assert archives(service) == {newest.digest}
+
+        await registry.write(POSTGRES, replay)  # while the loader is down
+        mark = registry.mark()
+        async with running_service(config) as service:
+            await wait_until(service, lambda releases: releases.rollbacks == 1)
+            assert (await registry.client.load("taskserv", "postgres"))["metadata"]["version"] == "16.2.0"
+            (postgres,) = await registry.client.discover("taskserv", "postgres")
+            assert postgres["versions"] == ["16.2.0", "16.1.0"]
+            await registry.marker(signer)
+            # Its first load of 16.2.0 since the start, and nothing else: no unload, no "published".
+            assert [(e.get("reason"), *loaded([e])) for e in registry.since(mark)] == [
+                ("load", ("taskserv", "postgres", "16.2.0"))
+            ]
+            stats = (await registry.client.stats())["registry"]
+            assert (stats["rollbacks"], stats["fetched"]) == (1, 1)  # the marker's archive; 16.2.0's was kept
+            (line,) = [m for e, o, m in audit_lines(caplog, "refused") if o == "ROLLBACK"]
+            assert "its signed state is sequence 1, older than 2 seen before" in line
+
+        # A loader that never ran before has no view to keep; the signed timestamp names sequence 2, so the replay
+        # is refused there too, and 16.1.0 is never what it loads.
+        async with running_service(registry.loader("fresh", signer.public_key)) as service:
+            await wait_until(service, lambda releases: releases.rollbacks == 1)
+            error = await refusal(registry.client.load("taskserv", "postgres"))
+            assert error.code == "not_found"
+
+
+# --- 5. an index frozen at some moment -------------------------------------------------------------------------
+
+
+def timestamp(signer: Signer, issued: timedelta, expires: timedelta, sequences: dict[str, int]) -> bytes:
+    """A timestamp signed by `signer`, issued and expiring at these offsets from now."""
+    now = datetime.now(UTC)
+    stamp = TimestampStatement(issued_at=now + issued, expires_at=now + expires, sequences=sequences)
+    return msgspec.json.encode(statements.seal(stamp, [signer]))
+
+
+async def test_a_frozen_index_is_reported_stale_and_served_on(
+    tmp_path: Path, signer: Signer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    async with layout(tmp_path) as registry:
+        await registry.publish(signer, "taskserv", "postgres", "16.1.0")
+        # Signed an hour ago by the trusted key, and served ever since: what a frozen registry keeps showing.
+        frozen = timestamp(signer, timedelta(hours=-1), timedelta(days=1), {POSTGRES: 1})
+        await registry.write(TIMESTAMP_KEY, frozen)
+        async with running_service(registry.loader("loader", signer.public_key, max_age_s=60)) as service:
+            client = registry.client
+
+            async def registry_stats() -> dict[str, object]:
+                stats: dict[str, object] = (await client.stats())["registry"]
+                return stats
+
+            stats = await registry_stats()
+            assert isinstance(stats["view_age_s"], float) and stats["view_age_s"] >= 3600
+            assert isinstance(stats["stale"], str) and "over registry.max_age_s = 60" in stats["stale"]
+            assert "this loader's view of the index is stale" in caplog.text
+            assert (await client.load("taskserv", "postgres"))["metadata"]["version"] == "16.1.0"  # served on
+
+            # The attacker's own fresh timestamp, and one the trusted key signed that has expired since.
+            for value in (
+                timestamp(signed.key(), timedelta(0), timedelta(days=1), {POSTGRES: 1}),
+                timestamp(signer, timedelta(minutes=-10), timedelta(minutes=-1), {POSTGRES: 1}),
+            ):
+                before = updates(service)
+                await registry.write(TIMESTAMP_KEY, value)
+                await applied(service, before)
+            stats = await registry_stats()
+            assert isinstance(stats["stale"], str) and stats["stale"].startswith("the newest signed timestamp expired")
+            assert stats["unsigned"] == 1  # the attacker's
+            assert isinstance(stats["view_age_s"], float) and 600 <= stats["view_age_s"] < 3600
+
+            # `extension-loader refresh` signs a timestamp of the index as it is: fresh again.
+            before = updates(service)
+            key = str(tmp_path / "publisher.nk")
+            argv = registry_cli("refresh", "--key", key, "--server", registry.url, user="publisher")
+            code, out, said = await run_cli(argv)
+            assert code == 0, said
+            assert out.startswith("signed a timestamp of 1 extensions")
+            await applied(service, before)
+            stats = await registry_stats()
+            assert stats["stale"] is None
+            assert isinstance(stats["view_age_s"], float) and stats["view_age_s"] < 60
+            assert "this loader's view of the index is fresh again" in caplog.text
+
+            # The frozen timestamp written back changes nothing: an older one is never taken.
+            before = updates(service)
+            await registry.write(TIMESTAMP_KEY, frozen)
+            await applied(service, before)
+            stats = await registry_stats()
+            assert stats["stale"] is None
+            assert isinstance(stats["view_age_s"], float) and stats["view_age_s"] < 60
