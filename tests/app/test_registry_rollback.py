@@ -11,21 +11,34 @@ Every wait is on an event or a condition, bounded; nothing sleeps.
 from __future__ import annotations
 
 import logging
+import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import msgspec
+import nkeys
 import pytest
 
 from service.app.signing_states import refresh
+from service.core.folders import tree_digest
 from service.registry import statements
-from service.registry.index import TIMESTAMP_KEY, decode_record, encode_record, index_key
-from service.registry.signing import Signer
+from service.registry.archive import digest_bytes, pack
+from service.registry.index import (
+    TIMESTAMP_KEY,
+    Release,
+    decode_record,
+    encode_record,
+    index_key,
+    object_name,
+    with_release,
+)
+from service.registry.signing import Signer, read_seed, statement, write_seed
 from service.registry.statements import TimestampStatement
-from tests.conftest import running_service
+from tests.conftest import running_service, write_extension
 from tests.deploy.test_nats_security import registry_cli, run_cli
 from tests.registry import signed
 from tests.registry.layout import (
+    Layout,
     applied,
     archives,
     audit_lines,
@@ -206,3 +219,105 @@ async def test_a_frozen_index_is_reported_stale_and_served_on(
             stats = await registry_stats()
             assert stats["stale"] is None
             assert isinstance(stats["view_age_s"], float) and stats["view_age_s"] < 60
+
+
+# --- 10. the old format ----------------------------------------------------------------------------------------
+
+
+def user_key() -> Signer:
+    """A NATS user key (U...), as the old format's publishers signed with."""
+    return Signer(nkeys.from_seed(nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_USER)))
+
+
+async def publish_v1(
+    registry: Layout, user: Signer, kind: str, name: str, version: str, dependencies: list[str] | None = None
+) -> Release:
+    """A release as the old format's publisher wrote it: its archive, and an index entry whose signature covers
+    the identity and the archive's digest alone; no statement, no state."""
+    folder = write_extension(
+        registry.folder / "v1" / f"{name}-{version}", kind, name, version, dependencies=dependencies
+    )
+    archive = pack(folder)
+    digest = digest_bytes(archive)
+    release = Release(
+        version=version,
+        description=f"test extension {name}",
+        dependencies=tuple(dependencies or ()),
+        digest=digest,
+        tree_digest=tree_digest(folder),
+        size=len(archive),
+        object=object_name(digest),
+        signer=user.public_key,
+        signature=user.sign(statement(kind, name, version, digest)),
+        published_at=datetime.now(UTC),
+    )
+    await registry.buckets.archives.put(release.object, archive)
+    key = index_key(kind, name)
+    value, _ = await registry.buckets.index.get(key)
+    record = with_release(decode_record(value) if value is not None else None, kind, name, release)
+    await registry.write(key, encode_record(record))
+    return release
+
+
+async def test_an_old_format_registry_is_refused_until_resigned(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    old = user_key()
+    new_file = tmp_path / "new.nk"
+    write_seed(new_file)
+    new = read_seed(new_file)
+    async with layout(tmp_path) as registry:
+        for version in ("16.1.0", "16.2.0"):
+            await publish_v1(registry, old, "taskserv", "postgres", version)
+        await publish_v1(registry, old, "cluster", "web", "1.0.0", dependencies=["postgres@^16"])
+        before_resign = await registry.raw(POSTGRES)
+
+        # A loader of today refuses every release of it, saying what to do.
+        async with running_service(registry.loader("today", new.public_key)):
+            for kind, name in (("taskserv", "postgres"), ("cluster", "web")):
+                error = await refusal(registry.client.load(kind, name, with_dependencies=True))
+                assert error.code == "untrusted_extension"
+                reason = error.details["reason"]
+                assert "old format (v1)" in reason
+                assert "extension-loader resign" in reason and "registry.accept_v1 = true" in reason
+
+        # Asked to, a loader takes the old format from the user key it pins, and says so at its start.
+        caplog.clear()
+        async with running_service(registry.loader("v1", old.public_key, accept_v1=True)):
+            assert "registry.accept_v1 is set" in caplog.text
+            mark = registry.mark()
+            await registry.client.load("cluster", "web", with_dependencies=True)
+            done = await registry.events.wait_for(mark + 2)
+            assert loaded(done[mark:]) == [("taskserv", "postgres", "16.2.0"), ("cluster", "web", "1.0.0")]
+
+        # `extension-loader resign` signs it again with a release key, from the archives themselves.
+        argv = registry_cli(
+            "resign", "--key", str(new_file), "--from", old.public_key, "--server", registry.url, user="publisher"
+        )
+        code, out, said = await run_cli(argv)
+        assert code == 0, said
+        assert out.splitlines() == ["re-signed cluster.web: 1.0.0", "re-signed taskserv.postgres: 16.1.0, 16.2.0"]
+        web = (await registry.read("cluster", "web")).releases["1.0.0"]
+        assert web.dependencies == ("taskserv:postgres@^16",)  # typed when signed again
+
+        # A loader that pins the release key alone, the old format not accepted, loads all of it.
+        async with running_service(registry.loader("resigned", new.public_key)):
+            mark = registry.mark()
+            await registry.client.load("cluster", "web", with_dependencies=True)
+            done = await registry.events.wait_for(mark + 2)
+            assert loaded(done[mark:]) == [("taskserv", "postgres", "16.2.0"), ("cluster", "web", "1.0.0")]
+
+        # Once a loader has seen a signed state of an extension, the old record written back is a rollback, even
+        # where the old format is still accepted: it would undo the signed yank of 16.2.0.
+        await registry.yank(new, "taskserv", "postgres", "16.2.0")
+        config = registry.loader("both", old.public_key, new.public_key, accept_v1=True, auto_update=True)
+        async with running_service(config) as service:
+            before = updates(service)
+            mark = registry.mark()
+            await registry.write(POSTGRES, before_resign)
+            await applied(service, before)
+            await registry.marker(new)
+            assert registry.since(mark) == []  # 16.2.0 not loaded as restored
+            assert (await registry.client.load("taskserv", "postgres"))["metadata"]["version"] == "16.1.0"
+            assert (await registry.client.stats())["registry"]["rollbacks"] == 1
