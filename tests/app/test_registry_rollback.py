@@ -19,6 +19,8 @@ import msgspec
 import nkeys
 import pytest
 
+from service.app.publishing import PublishRefused
+from service.app.resigning import resign
 from service.app.signing_states import refresh
 from service.core.folders import tree_digest
 from service.registry import statements
@@ -321,3 +323,44 @@ async def test_an_old_format_registry_is_refused_until_resigned(
             assert registry.since(mark) == []  # 16.2.0 not loaded as restored
             assert (await registry.client.load("taskserv", "postgres"))["metadata"]["version"] == "16.1.0"
             assert (await registry.client.stats())["registry"]["rollbacks"] == 1
+
+
+# --- 11. a change of release key -------------------------------------------------------------------------------
+
+
+async def test_a_key_rotation_keeps_every_version_loadable(tmp_path: Path) -> None:
+    old, new = signed.key(), signed.key()
+    async with layout(tmp_path) as registry:
+        first = await registry.publish(old, "taskserv", "postgres", "16.1.0")
+        # Loaders pin the new key beside the old one before the publisher signs with it.
+        async with running_service(registry.loader("both", old.public_key, new.public_key, auto_update=True)):
+            # A publisher whose configuration does not trust the old key cannot build on the state it signed.
+            with pytest.raises(PublishRefused, match=f"signed by {old.public_key}, which this publisher does not"):
+                await registry.publish(new, "taskserv", "postgres", "16.2.0")
+            second = await registry.publish(new, "taskserv", "postgres", "16.2.0", trusted=[old.public_key])
+            (published,) = await registry.events.wait_for(1, ".loaded")
+            assert (published["reason"], *loaded([published])) == ("published", ("taskserv", "postgres", "16.2.0"))
+            assert first.signer == old.public_key and second.signer == new.public_key
+            record = await registry.read("taskserv", "postgres")
+            assert record.state is not None and {s.key for s in record.state.signatures} == {new.public_key}
+            for version, release in (("16.1.0", first), ("16.2.0", second)):
+                answer = await registry.client.load("taskserv", "postgres", version)
+                assert answer["digest"] == release.tree_digest
+            assert (await registry.client.load("taskserv", "postgres"))["metadata"]["version"] == "16.2.0"
+
+        # What unpinning the old key does, and so what must come first. A loader that never pinned the new key
+        # trusts nothing of postgres any more: its state is signed by the new key alone.
+        async with running_service(registry.loader("old-only", old.public_key)):
+            error = await refusal(registry.client.load("taskserv", "postgres", "16.1.0"))
+            assert error.details["reason"] == (
+                "its extension's signed state is not trusted: no key this loader trusts signed it"
+            )
+        # A loader that pins the new key alone trusts the new releases; 16.1.0's statement is still the old key's
+        # (a release never changes), so the old key stays pinned for as long as a release it signed must load.
+        async with running_service(registry.loader("new-only", new.public_key)):
+            assert (await registry.client.load("taskserv", "postgres"))["metadata"]["version"] == "16.2.0"
+            error = await refusal(registry.client.load("taskserv", "postgres", "16.1.0"))
+            assert error.details["reason"] == f"its signer {old.public_key} is not one of the keys this loader trusts"
+        # `resign` carries over releases of the old format only: it has nothing to sign again here.
+        done = await resign(registry.buckets, new, [old.public_key], registry.publisher_config([old.public_key]))
+        assert done == []
