@@ -130,6 +130,7 @@ class ReleaseFetcher:
             raise _broken(info, release, exc.reason) from None
         if digest is not None:
             archive.unlink(missing_ok=True)
+            self._prune(folder.parent)  # the folders left of a tree removed as edited: a refusal leaves none
             raise _refuse(info, release, f"the kept archive's bytes are {digest}, not the signed {release.digest}")
 
     def _unpack(self, archive: Path, folder: Path, expected: str | None) -> str | None:

@@ -249,9 +249,12 @@ class Releases:
         else:
             judgement = self._trust.judge(record)
             key = index_key(*name)
-            if judgement.sequence is not None and judgement.sequence < self._floor(key):
+            floor = self._floor(key)
+            # A record of the old format, once a signed state was seen, goes back as far as an older state does.
+            if floor and (record.state is None or (judgement.sequence is not None and judgement.sequence < floor)):
                 self.rollbacks += 1
-                why = f"its signed state is sequence {judgement.sequence}, older than {self._floor(key)} seen before"
+                state = f"sequence {judgement.sequence}" if record.state is not None else "missing (the old format)"
+                why = f"its signed state is {state}, older than {floor} seen before"
                 log.warning("registry index: ignoring the record of %s %s: %s", name[0].value, name[1], why)
                 audit.record("refused", key, "ROLLBACK", why)
                 return Changes()
