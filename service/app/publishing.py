@@ -55,6 +55,7 @@ from .signing_states import (
     seal_release,
     seal_state,
     typed_dependencies,
+    typing_keys,
     verified_state,
 )
 
@@ -185,7 +186,9 @@ async def publish(buckets: RegistryBuckets, prepared: Prepared) -> Outcome:
         digest=plain.digest,
         size=plain.size,
         tree_digest=plain.tree_digest,
-        dependencies=await typed_dependencies(plain.dependencies, kind, buckets, paths),
+        dependencies=await typed_dependencies(
+            plain.dependencies, kind, buckets, paths, typing_keys(signer.public_key, prepared.trusted)
+        ),
         description=plain.description,
         author=plain.author,
         repository=plain.repository,

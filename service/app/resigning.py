@@ -43,6 +43,7 @@ from .signing_states import (
     seal_release,
     seal_state,
     typed_dependencies,
+    typing_keys,
     v1_verifies,
     verified_state,
 )
@@ -131,7 +132,8 @@ class Resigner:
             tree = await anyio.to_thread.run_sync(tree_digest, target)
         try:
             paths = self._config.extension_paths
-            dependencies = await typed_dependencies(metadata.dependencies, kind, self._buckets, paths)
+            keys = typing_keys(self._signer.public_key, self._config.registry.trusted)
+            dependencies = await typed_dependencies(metadata.dependencies, kind, self._buckets, paths, keys)
         except PublishRefused as exc:
             raise LeftOut(str(exc)) from None
         signed = ReleaseStatement(

@@ -213,11 +213,18 @@ def check_dependencies(entries: Sequence[str]) -> list[str]:
     return problems
 
 
+def typing_keys(own: str, trusted: Iterable[TrustedKey]) -> set[str]:
+    """The keys whose records decide a dependency's type: the publisher's own, and those it trusts without limits.
+    A key limited to some types or names must not change how anyone else's dependencies resolve."""
+    return {own} | {t.key for t in trusted if not t.types and not t.names}
+
+
 async def typed_dependencies(
-    entries: Sequence[str], owner: ExtensionType, buckets: RegistryBuckets, roots: Sequence[Path]
+    entries: Sequence[str], owner: ExtensionType, buckets: RegistryBuckets, roots: Sequence[Path], keys: set[str]
 ) -> tuple[str, ...]:
-    """Each entry with its type: the one it names, else the owner's when the registry's index or a local
-    extension path has that name of the owner's type, else taskserv. PublishRefused for an entry that is not one."""
+    """Each entry with its type: the one it names, else the owner's when a local extension path has that name of
+    the owner's type, or the registry's index has a record of it whose state one of `keys` signed
+    (`typing_keys`); else taskserv. PublishRefused for an entry that is not one."""
     problems = check_dependencies(entries)
     if problems:
         raise PublishRefused("; ".join(problems))
@@ -228,7 +235,7 @@ async def typed_dependencies(
         name = match["name"]
         if match["type"]:
             kind = ExtensionType(match["type"])
-        elif any((root / owner.folder / name).is_dir() for root in roots) or await _indexed(buckets, owner, name):
+        elif any((root / owner.folder / name).is_dir() for root in roots) or await _indexed(buckets, owner, name, keys):
             kind = owner
         else:
             kind = ExtensionType.TASKSERV
@@ -237,9 +244,17 @@ async def typed_dependencies(
     return tuple(typed)
 
 
-async def _indexed(buckets: RegistryBuckets, extension_type: ExtensionType, name: str) -> bool:
+async def _indexed(buckets: RegistryBuckets, extension_type: ExtensionType, name: str, keys: set[str]) -> bool:
+    """Whether the index has a record of that extension whose state one of `keys` signed: an unsigned record, or
+    one of a key with limits, says nothing about what a name means."""
     value, _ = await buckets.index.get(index_key(extension_type, name))
-    return value is not None
+    if value is None:
+        return False
+    try:
+        record = decode_record(value)
+    except IndexRecordInvalid:
+        return False
+    return record.state is not None and bool(signed_by(record.state, keys))
 
 
 def read_metadata(folder: Path) -> MetadataFile:

@@ -134,11 +134,13 @@ def _joined(constraints: Iterable[Constraint]) -> str | None:
 
 def _best_for_all(constraints: Iterable[Constraint], versions: dict[str, VersionInfo]) -> str | None:
     """The highest version every constraint allows; a yanked or untrusted registry version only where a
-    constraint names it exactly (as a pinned load takes it)."""
+    constraint names it exactly (as a pinned load takes it), or where it blocks (its signed state lists it: then
+    its refusal, never an older version)."""
     wanted = list(constraints)
     pinned = {c.text for c in wanted}
     for version in sort_newest_first(versions):
-        if (versions[version].choosable or version in pinned) and all(c.matches(version) for c in wanted):
+        info = versions[version]
+        if (info.choosable or info.blocks or version in pinned) and all(c.matches(version) for c in wanted):
             return version
     return None
 

@@ -284,12 +284,12 @@ class ExtensionManager:
 
     def _resolve(self, extension_type: ExtensionType, name: str, version: str | None) -> VersionInfo:
         info = self.store.resolve(extension_type, name, Constraint.parse(version))
-        info.require_metadata()
-        try:
+        try:  # trust first: a version its signed state lists but the index lacks has no metadata to read
             info.require_trusted()
         except UntrustedExtension as exc:
             if self.releases is not None:
                 self.releases.count_refusal()
             audit.record("refused", info.key, exc.code, exc.reason, signer=exc.signer)
             raise
+        info.require_metadata()
         return info

@@ -135,10 +135,13 @@ class ExtensionStore:
         return {**published, **on_disk} if published else on_disk
 
     def has(self, extension_type: ExtensionType, name: str) -> bool:
-        """Whether an extension of that type and name is on disk or in the registry."""
-        return name in self.names(extension_type) or (
-            self.releases is not None and name in self.releases.names(extension_type)
-        )
+        """Whether an extension of that type and name is on disk or in the registry, where a record that no
+        trusted key signed for it does not count (it must not change what an untyped dependency means)."""
+        if name in self.names(extension_type):
+            return True
+        if self.releases is None or name not in self.releases.names(extension_type):
+            return False
+        return any(i.untrusted is None or i.blocks for i in self.releases.versions(extension_type, name).values())
 
     def _entry(self, extension_type: ExtensionType, name: str, folder: Path) -> _NameEntry:
         key = (extension_type, name)

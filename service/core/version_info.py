@@ -46,6 +46,7 @@ class VersionInfo:
 
     def require_metadata(self) -> ExtensionMetadata:
         if self.metadata is None:
+            self.require_trusted()  # a registry version without metadata to read: its refusal says why
             raise InvalidExtension(str(self.path), self.problems)
         return self.metadata
 

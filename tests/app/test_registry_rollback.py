@@ -353,14 +353,20 @@ async def test_a_key_rotation_keeps_every_version_loadable(tmp_path: Path) -> No
         async with running_service(registry.loader("old-only", old.public_key)):
             error = await refusal(registry.client.load("taskserv", "postgres", "16.1.0"))
             assert error.details["reason"] == (
-                "its extension's signed state is not trusted: no key this loader trusts signed it"
+                f"its extension's signed state is not trusted: its signer {new.public_key} is not one of the keys "
+                "this loader trusts"
             )
-        # A loader that pins the new key alone trusts the new releases; 16.1.0's statement is still the old key's
-        # (a release never changes), so the old key stays pinned for as long as a release it signed must load.
+        # A loader that pins the new key alone trusts the new releases; 16.1.0's statement is still the old key's,
+        # so until it is signed again the old key stays pinned for as long as a release it signed must load.
         async with running_service(registry.loader("new-only", new.public_key)):
             assert (await registry.client.load("taskserv", "postgres"))["metadata"]["version"] == "16.2.0"
             error = await refusal(registry.client.load("taskserv", "postgres", "16.1.0"))
             assert error.details["reason"] == f"its signer {old.public_key} is not one of the keys this loader trusts"
-        # `resign` carries over releases of the old format only: it has nothing to sign again here.
+        # `resign --from OLD` signs the old key's statements again with the new key (their bytes unchanged): then a
+        # loader pinning the new key alone loads every version, and the old key may be unpinned everywhere.
         done = await resign(registry.buckets, new, [old.public_key], registry.publisher_config([old.public_key]))
-        assert done == []
+        assert [(r.key, r.versions, r.left_out) for r in done] == [("taskserv.postgres", ("16.1.0",), ())]
+        async with running_service(registry.loader("new-only-after", new.public_key)):
+            for version, release in (("16.1.0", first), ("16.2.0", second)):
+                answer = await registry.client.load("taskserv", "postgres", version)
+                assert answer["digest"] == release.tree_digest
