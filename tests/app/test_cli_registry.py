@@ -27,13 +27,16 @@ async def keygen(path: Path) -> str:
 
 async def test_keygen_writes_a_private_seed_and_never_overwrites_one(tmp_path: Path) -> None:
     key = tmp_path / "publisher.nk"
-    public = await keygen(key)
-    assert public.startswith("U") and len(public) == 56
+    code, out, err = await run("keygen", str(key))
+    assert code == 0, err
+    public = out.strip()
+    assert public.startswith("O") and len(public) == 56  # an operator-type nkey: never a NATS login
+    assert f'key = "{public}"' in err
     assert stat.S_IMODE(key.stat().st_mode) == 0o600
-    assert key.read_text().startswith("SU")
+    assert key.read_text().startswith("SO")
     code, _, err = await run("keygen", str(key))
     assert code == 2 and str(key) in err
-    assert key.read_text().startswith("SU")
+    assert key.read_text().startswith("SO")
 
 
 async def test_publish_search_yank_and_discover(nats_server: NatsServer, nc: Client, tmp_path: Path) -> None:
@@ -62,9 +65,9 @@ async def test_publish_search_yank_and_discover(nats_server: NatsServer, nc: Cli
     code, out, _ = await cli(nats_server, "search", "no-such-thing")
     assert code == 0 and "nothing in the registry matches" in out
 
-    code, out, err = await cli(nats_server, "yank", "taskserv", "vault", "1.1.0")
+    code, out, err = await cli(nats_server, "yank", "taskserv", "vault", "1.1.0", "--key", str(key))
     assert code == 0 and out.strip() == "yanked taskserv vault 1.1.0", err
-    code, _, err = await cli(nats_server, "yank", "taskserv", "vault", "9.9.9")
+    code, _, err = await cli(nats_server, "yank", "taskserv", "vault", "9.9.9", "--key", str(key))
     assert code == 1 and "not in the registry" in err
     code, out, _ = await cli(nats_server, "search", "vault", "--json")
     assert json.loads(out)[0]["latest"] == "1.0.0"
@@ -117,7 +120,7 @@ async def test_publish_yank_and_search_before_setup_say_to_run_it_and_create_not
     folder = write_extension(tmp_path / "checkout", "taskserv", "vault", "1.0.0")
     for command in (
         ("publish", str(folder), "--key", str(key), "--set", f'nushell.path="{NU}"'),
-        ("yank", "taskserv", "vault", "1.0.0"),
+        ("yank", "taskserv", "vault", "1.0.0", "--key", str(key)),
         ("search", "vault"),
     ):
         code, out, err = await cli(nats_server, *command)

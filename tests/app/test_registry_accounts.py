@@ -83,7 +83,7 @@ async def test_a_loader_in_another_account_follows_fetches_and_loads_through_the
                 published = (await events.wait_for(2, ".loaded"))[1]
                 assert published["reason"] == "published"
                 assert published["extension"]["metadata"]["version"] == "3.6.0"
-                await yank(buckets, ExtensionType.TASKSERV, "etcd", "3.6.0")
+                await yank(buckets, ExtensionType.TASKSERV, "etcd", "3.6.0", signer=signer)
                 (unloaded,) = await events.wait_for(1, ".unloaded")
                 assert (unloaded["reason"], unloaded["version"]) == ("yanked", "3.6.0")
                 stats = (await client.stats())["registry"]

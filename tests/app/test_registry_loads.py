@@ -135,7 +135,7 @@ async def test_yank_skips_a_version_for_latest_keeps_a_pin_and_is_announced(
         seen = service.follower.updates
         buckets = RegistryBuckets(nc)
         await buckets.open()
-        await yank(buckets, T, "vault", "1.1.0")
+        await yank(buckets, T, "vault", "1.1.0", signer=signer)
         (unloaded,) = await events.wait_for(1, ".unloaded")
         assert (unloaded["reason"], unloaded["version"]) == ("yanked", "1.1.0")
         with anyio.fail_after(WAIT):
@@ -146,7 +146,7 @@ async def test_yank_skips_a_version_for_latest_keeps_a_pin_and_is_announced(
         assert vault["versions"] == ["1.0.0"]
         assert vault["latest"]["version"] == "1.0.0"
         assert {s["version"]: s["yanked"] for s in vault["sources"]} == {"1.1.0": True, "1.0.0": False}
-        await yank(buckets, T, "vault", "1.1.0", undo=True)
+        await yank(buckets, T, "vault", "1.1.0", signer=signer, undo=True)
         with anyio.fail_after(WAIT):
             await service.follower.wait_updates(seen + 2)
         (vault,) = await client.discover("taskserv", "vault")

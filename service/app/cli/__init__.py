@@ -4,7 +4,8 @@
                  start, 4 when NATS cannot be reached)
     commands.py  a command per request subject (`load`, `list`, ...), its arguments from the subjects table
     calls.py     those commands and `watch`: a client for people, through `LoaderClient`
-    registry.py  `keygen`, `publish`, `yank`, `search`: the JetStream registry, through `app/publishing.py`
+    registry.py  `keygen`, `publish`, `yank`, `search`, `refresh`, `resign`: the JetStream registry, through
+                 `app/publishing.py`
     certs.py     `certs`: the development CA and the NATS server's certificate, through `app/certs.py`
     setup.py     `setup`: the events stream and the registry's buckets made or updated, through `app/setup.py`
     printing.py  how their results read in a terminal
@@ -84,7 +85,7 @@ def _parser() -> argparse.ArgumentParser:
         commands.add_request_arguments(client(commands.command_name(subject), commands.command_help(subject)), subject)
     client("watch", "print extensions.loaded and extensions.unloaded events as they come")
 
-    k = sub.add_parser("keygen", help="write a new signing key (an nkey seed, mode 0600); print its public key")
+    k = sub.add_parser("keygen", help="write a new release key (an nkey seed SO..., mode 0600); print its O... key")
     k.add_argument("file", metavar="FILE", help="where to write the seed; an existing file is never overwritten")
     k.set_defaults(run=run_keygen)
     add_certs_command(sub)
@@ -103,9 +104,29 @@ def _parser() -> argparse.ArgumentParser:
     y.add_argument("type", help="provider, taskserv or cluster")
     y.add_argument("name")
     y.add_argument("ext_version", metavar="VERSION")
+    y.add_argument("--key", "-k", required=True, metavar="FILE", help="the signing key, which signs the new state")
     y.add_argument("--undo", action="store_true", help="restore a yanked version")
     se = registry("search", "find extensions in the registry by name and description")
     se.add_argument("words", nargs="+", metavar="WORD")
+    rf = registry("refresh", "sign a timestamp of the index: each extension's signed state as it is now")
+    rf.add_argument("--key", "-k", required=True, metavar="FILE", help="the signing key")
+    rf.add_argument(
+        "--expires-in",
+        type=_seconds,
+        default=86_400.0,
+        metavar="SECONDS",
+        help="how long loaders may rely on it (default: 86400, a day); refresh again before",
+    )
+    rs = registry("resign", "sign again, as release statements and states, the releases of the old format")
+    rs.add_argument("--key", "-k", required=True, metavar="FILE", help="the signing key that signs them now")
+    rs.add_argument(
+        "--from",
+        dest="from_keys",
+        action="append",
+        required=True,
+        metavar="U...",
+        help="a public key that signed them in the old format (repeat for several); the others are left out",
+    )
 
     st = sub.add_parser("setup", help="create or update the events stream and the registry's buckets (as admin)")
     _connection_options(st, user=ADMIN)
@@ -161,6 +182,16 @@ def _connection_options(sp: argparse.ArgumentParser, *, user: str | None = None)
         metavar="FILE",
         help="CA file that signed the server's certificate; turns TLS on (default: $NATS_CA)",
     )
+
+
+def _seconds(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = 0.0
+    if not 0 < seconds < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
+    return seconds
 
 
 def _inbox_prefix(text: str) -> str:

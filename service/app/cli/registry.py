@@ -1,8 +1,9 @@
-"""The registry subcommands: `keygen`, `publish`, `yank` and `search` (what they do is `app/publishing.py`'s).
+"""The registry subcommands: `keygen`, `publish`, `yank`, `search`, `refresh` and `resign` (what they do is
+`app/publishing.py`'s, `app/signing_states.py`'s and `app/resigning.py`'s).
 
-Exit codes: 0 done; 1 refused (the folder does not load, the version is already published, no such version);
-2 a bad key file or configuration; 4 NATS or the registry cannot be reached (its buckets not made yet by
-`extension-loader setup`, say), or refuses this user.
+Exit codes: 0 done; 1 refused (the folder does not load, the version is already published, no such version, a
+record whose signed state this publisher does not trust); 2 a bad key file, key or configuration; 4 NATS or the
+registry cannot be reached (its buckets not made yet by `extension-loader setup`, say), or refuses this user.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -26,9 +27,11 @@ from ...contract.messages import ExtensionType
 from ...registry.buckets import RegistryBuckets
 from ...registry.errors import RegistryUnavailable
 from ...registry.names import BucketNames
-from ...registry.signing import SigningKeyError, read_seed, write_seed
+from ...registry.signing import SigningKeyError, public_key_bytes, read_seed, write_seed
 from ...runtime.runner import NushellMissing
 from ..publishing import PublishRefused, prepare, publish, search, yank
+from ..resigning import resign
+from ..signing_states import refresh
 from .calls import CaFileError, Forbidden, connect, unless_forbidden
 from .printing import table
 
@@ -41,9 +44,9 @@ def run_keygen(args: argparse.Namespace) -> int:
         return 2
     print(public)
     print(
-        f"wrote the signing key (seed) to {args.file}, readable by you only: keep it secret, publish with\n"
+        f"wrote the release key (seed) to {args.file}, readable by you only: keep it secret, publish with\n"
         f"  extension-loader publish DIR --key {args.file}\n"
-        "and let loaders trust it in their configuration:\n"
+        "and let loaders (and other publishers of the same extensions) trust it in their configuration:\n"
         f'  [[registry.trusted]]\n  key = "{public}"',
         file=sys.stderr,
     )
@@ -87,6 +90,7 @@ async def _main(args: argparse.Namespace, config: Config) -> int:
             for problem in await buckets.problems():
                 print(f"warning: registry: {problem}", file=sys.stderr)
             outcome = await publish(buckets, prepared)
+        _warn(outcome.warnings)
         r = outcome.release
         _print(
             args,
@@ -96,14 +100,55 @@ async def _main(args: argparse.Namespace, config: Config) -> int:
         )
         return 0
     if args.action == "yank":
+        signer = read_seed(Path(args.key))
         async with _buckets(args, config) as buckets:
             await buckets.open(archives=False)  # a yank changes the index only
-            outcome = await yank(buckets, ExtensionType.parse(args.type), args.name, args.ext_version, undo=args.undo)
+            outcome = await yank(
+                buckets,
+                ExtensionType.parse(args.type),
+                args.name,
+                args.ext_version,
+                signer=signer,
+                trusted=config.registry.trusted,
+                undo=args.undo,
+            )
+        _warn(outcome.warnings)
         what = "restored" if args.undo else "yanked"
         _print(
             args,
             {"key": outcome.key, "revision": outcome.revision, **msgspec.to_builtins(outcome.release)},
             f"{what} {args.type} {args.name} {args.ext_version}",
+        )
+        return 0
+    if args.action == "refresh":
+        signer = read_seed(Path(args.key))
+        async with _buckets(args, config) as buckets:
+            await buckets.open(archives=False)
+            refreshed = await refresh(buckets, signer, config.registry.trusted, args.expires_in)
+        _warn(f"left out of the timestamp: {why}" for why in refreshed.left_out)
+        stamp = refreshed.timestamp
+        _print(
+            args,
+            {"revision": refreshed.revision, "left_out": list(refreshed.left_out), **msgspec.to_builtins(stamp)},
+            f"signed a timestamp of {len(stamp.sequences)} extensions, valid until "
+            f"{stamp.expires_at:%Y-%m-%d %H:%M:%S} UTC, signed by {signer.public_key}",
+        )
+        return 0
+    if args.action == "resign":
+        signer = read_seed(Path(args.key))
+        for key in args.from_keys:
+            public_key_bytes(key, user_keys=True)  # SigningKeyError (exit 2) for a key mistyped
+        async with _buckets(args, config) as buckets:
+            await buckets.open()  # each archive is read again
+            done = await resign(buckets, signer, args.from_keys, config)
+        for record in done:
+            _warn(f"{record.key}: left out: {why}" for why in record.left_out)
+        written = [r for r in done if r.revision is not None]
+        lines = [f"re-signed {r.key}: {', '.join(r.versions)}" for r in written]
+        _print(
+            args,
+            {"records": [msgspec.to_builtins(r) for r in done], "signer": signer.public_key},
+            "\n".join(lines) if lines else "nothing to re-sign: no release of the old format verifies with --from",
         )
         return 0
     async with _buckets(args, config) as buckets:
@@ -136,6 +181,11 @@ async def _main(args: argparse.Namespace, config: Config) -> int:
         ]
         print(table(("TYPE", "NAME", "LATEST", "VERSIONS", "DESCRIPTION"), rows))
     return 0
+
+
+def _warn(warnings: Iterable[str]) -> None:
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
 
 
 def _print(args: argparse.Namespace, data: dict[str, Any], line: str) -> None:
