@@ -8,7 +8,7 @@ from pathlib import Path
 
 import service
 
-from . import durability, registry_fetch
+from . import durability, registry_fetch, tree_check
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples" / "extensions"
@@ -41,6 +41,8 @@ class Sizes:
     contention_discover_every_s: float = 0.1  # the other client's pace of discovers; 0: back to back
     registry_bytes: int = registry_fetch.SIZE  # the archive the registry phase reads
     registry_runs: int = registry_fetch.RUNS
+    tree_check_bytes: int = tree_check.SIZE  # the archive whose unpacked tree is checked against its digest
+    tree_check_runs: int = tree_check.RUNS
     announce_versions: int = 10  # versions published, each announced by a loader on another node
     announce_floor_samples: int = 3  # bare Key-Value puts seen by a watch on another node, before each publish
     registry_cold_loads: int = 15  # distinct versions, each loaded cold from the registry and from disk
@@ -72,6 +74,8 @@ QUICK = Sizes(
     contention_seconds=0.5,
     registry_bytes=600_000,
     registry_runs=1,
+    tree_check_bytes=tree_check.QUICK_SIZE,
+    tree_check_runs=tree_check.QUICK_RUNS,
     announce_versions=2,
     announce_floor_samples=1,
     registry_cold_loads=2,

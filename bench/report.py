@@ -4,15 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import durability, registry_fetch
+from . import durability, registry_fetch, tree_check
 from .targets import Verdict, judge
 
 
 def render_run(result: dict[str, Any]) -> str:
-    """The table and figures of `render`, then the registry fetch's and durability's."""
+    """The table and figures of `render`, then the registry fetch's, the tree check's and durability's."""
     parts = [render(result)]
     if "registry_fetch" in result:
         parts.append(registry_fetch.render(result["registry_fetch"]))
+    if "tree_check" in result:
+        parts.append(tree_check.render(result["tree_check"]))
     if "durability" in result:
         parts.append(durability.render(result["durability"]))
     return "\n\n".join(parts)

@@ -25,10 +25,12 @@ module that holds each is named after it:
    `nushell.spares=0`, on a generated tree of their own;
 11. registry fetch (`bench.registry_fetch`, on a JetStream server of its own): one archive read by a bare pull
    consumer, by `fetch_archive` and by nats-py's `ObjectStore.get`;
-12. durability (`bench.durability`, two JetStream servers of its own side by side, one with
+12. tree check (`bench.tree_check`): a 10 MB archive and a small example unpacked, then the tree digest of each
+   (what a cold load of a registry version checks), beside a bare sha256 of the same bytes;
+13. durability (`bench.durability`, two JetStream servers of its own side by side, one with
    `sync_interval: always`, one with the default): Key-Value puts, awaited publishes and async publishes on each,
    in alternating rounds;
-13. the registry on a cluster (`bench.registry_cluster`, three JetStream nodes of its own, loaders as children):
+14. the registry on a cluster (`bench.registry_cluster`, three JetStream nodes of its own, loaders as children):
    a publish on node 1 until a loader on node 2 announces it (beside a bare Key-Value put on node 1 seen by a
    watch on node 2), and cold loads from the registry, their fetch included, against the same from disk.
 
@@ -57,7 +59,7 @@ import nats
 from service.app.natsserver import NatsServer
 from service.contract.config import NO_AUTH_USER, inbox_prefix_for
 
-from . import durability, registry_cluster, registry_fetch
+from . import durability, registry_cluster, registry_fetch, tree_check
 from .cached import cached_phase, rss_phase
 from .cold import cold_phase, dependencies_phase, simultaneous_phase
 from .machine import machine_info
@@ -192,6 +194,9 @@ async def _measure(options: Options, work: Path, logs: Path) -> dict[str, Any]:
     out["registry_fetch"] = await registry_fetch.on_own_server(
         work, size=sizes.registry_bytes, runs=sizes.registry_runs
     )
+    checked = work / "tree-check"
+    checked.mkdir()
+    out["tree_check"] = tree_check.measure(checked, size=sizes.tree_check_bytes, runs=sizes.tree_check_runs)
     out["durability"] = await durability.on_own_servers(
         work, rounds=sizes.durability_rounds, puts=sizes.durability_puts, publishes=sizes.durability_publishes
     )

@@ -28,6 +28,8 @@ from bench.targets import (
     judge,
     judge_registry,
 )
+from bench.tree_check import QUICK_RUNS, QUICK_SIZE, SMALL_RUNS_FACTOR
+from bench.tree_check import main as tree_check_main
 
 
 def test_percentile_is_nearest_rank() -> None:
@@ -47,6 +49,15 @@ def test_filesystem_is_read_from_the_mounts() -> None:
 def _positive(section: dict[str, Any], *keys: str) -> None:
     for key in keys:
         assert section[key] > 0, f"{key} = {section[key]!r}"
+
+
+def test_tree_check_runs_alone_at_quick_sizes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    output = tmp_path / "tree_check.json"
+    assert tree_check_main(["--quick", "--json", str(output)]) == 0
+    result = json.loads(output.read_text())
+    assert result["size_target_bytes"] == QUICK_SIZE and result["large"]["runs"] == QUICK_RUNS
+    assert result["large"]["tree_digest"]["n"] == QUICK_RUNS
+    assert "| large | `tree_digest` of the unpacked tree |" in capsys.readouterr().out
 
 
 def test_quick_run_writes_every_section(tmp_path: Path) -> None:
@@ -69,6 +80,7 @@ def test_quick_run_writes_every_section(tmp_path: Path) -> None:
         "burst",
         "spare_memory",
         "registry_fetch",
+        "tree_check",
         "registry_announce",
         "registry_cold_load",
         "durability",
@@ -154,6 +166,20 @@ def test_quick_run_writes_every_section(tmp_path: Path) -> None:
         _positive(cold_registry[key], "p50_ms")
     _positive(cold_registry, "ratio")
     assert {v.name for v in judge_registry(result)} <= names and len(judge_registry(result)) == 2
+
+    # The tree check is a reported figure too: both trees unpacked and digested each round (a digest that is not
+    # the packed folder's stops the run), the large archive about the size asked for.
+    checked = result["tree_check"]
+    assert checked["size_target_bytes"] == QUICK.tree_check_bytes and checked["filesystem"]
+    assert 0.8 * QUICK.tree_check_bytes <= checked["large"]["archive_bytes"] <= 1.2 * QUICK.tree_check_bytes
+    assert checked["large"]["files"] > 400 and checked["small"]["files"] >= 2
+    assert checked["small"]["example"] == "examples/extensions/taskservs/kubernetes/1.28.0"
+    for tree, runs in (("large", QUICK.tree_check_runs), ("small", QUICK.tree_check_runs * SMALL_RUNS_FACTOR)):
+        assert checked[tree]["runs"] == runs
+        for step in ("unpack", "tree_digest", "sha256"):
+            assert checked[tree][step]["n"] == runs, (tree, step)
+            _positive(checked[tree][step], "p50_ms", "mb_per_s")
+    assert "Tree check: the tree digest" in output.with_suffix(".md").read_text()
 
     # Durability is a reported figure, not a target: its shape is checked here, never its numbers.
     durability = result["durability"]
