@@ -39,6 +39,13 @@ _KINDS = {
     tarfile.CONTTYPE: "a contiguous file",
     tarfile.GNUTYPE_SPARSE: "a sparse file",
 }
+_FILE_KINDS = {
+    stat.S_IFLNK: "a symbolic link",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFIFO: "a FIFO",
+    stat.S_IFSOCK: "a socket",
+}
 
 
 class ArchiveRefused(Exception):
@@ -116,27 +123,14 @@ def _add_file(tar: tarfile.TarFile, name: str, path: Path) -> None:
 
 def _info(name: str, kind: bytes, mode: int, size: int) -> tarfile.TarInfo:
     info = tarfile.TarInfo(name)
-    info.type = kind
-    info.mode = mode
-    info.size = size
-    info.mtime = 0
-    info.uid = info.gid = 0
+    info.type, info.mode, info.size = kind, mode, size
+    info.mtime = info.uid = info.gid = 0  # no time, no owner: only the names, contents and execute bits count
     info.uname = info.gname = ""
     return info
 
 
 def _kind(mode: int) -> str:
-    if stat.S_ISLNK(mode):
-        return "a symbolic link"
-    if stat.S_ISCHR(mode):
-        return "a character device"
-    if stat.S_ISBLK(mode):
-        return "a block device"
-    if stat.S_ISFIFO(mode):
-        return "a FIFO"
-    if stat.S_ISSOCK(mode):
-        return "a socket"
-    return f"a file of mode {mode:o}"
+    return _FILE_KINDS.get(stat.S_IFMT(mode), f"a file of mode {mode:o}")
 
 
 def _check_utf8(name: str) -> None:
@@ -190,11 +184,13 @@ def unpack(archive: Path, dest: Path, limits: UnpackLimits) -> None:
             raise
 
 
-class _Reader:
-    """The decompressed stream as tarfile reads it. It keeps what the last read returned: tarfile ends its walk
-    quietly at a header it cannot read, and only that tells a proper end (a zero block) from a broken one."""
+class _Reader(io.RawIOBase):
+    """The decompressed stream as tarfile reads it (a read-only file: what it never calls, writing, comes from the
+    base class). It keeps what the last read returned: tarfile ends its walk quietly at a header it cannot read,
+    and only that tells a proper end (a zero block) from a broken one."""
 
     def __init__(self, stream: gzip.GzipFile) -> None:
+        super().__init__()
         self._stream = stream
         self.last = b""
 
@@ -206,17 +202,11 @@ class _Reader:
         self.last = self._stream.read(size)
         return self.last
 
-    def write(self, b: bytes, /) -> object:
-        raise io.UnsupportedOperation("write")
-
     def tell(self) -> int:
         return self._stream.tell()
 
-    def seek(self, pos: int, /) -> object:
-        return self._stream.seek(pos)
-
-    def close(self) -> object:
-        return None
+    def seek(self, pos: int, whence: int = os.SEEK_SET, /) -> int:
+        return self._stream.seek(pos, whence)
 
 
 def _extract(stream: gzip.GzipFile, into: Path, limits: UnpackLimits) -> None:
