@@ -213,7 +213,7 @@ def _extract(stream: gzip.GzipFile, into: Path, limits: UnpackLimits) -> None:
     reader = _Reader(stream)
     kinds: dict[str, bool] = {}  # every name written, explicit or implied: is it a folder?
     members: set[str] = set()
-    declared = written = 0  # the sum of the headers' sizes, and of what was really written
+    declared = 0  # the sum of the files' sizes in their headers; `_write` holds each file to its own
     try:
         with tarfile.TarFile(fileobj=reader, mode="r") as tar:
             for count, member in enumerate(tar, start=1):
@@ -253,8 +253,7 @@ def _extract(stream: gzip.GzipFile, into: Path, limits: UnpackLimits) -> None:
                         kinds[name] = False
                         source = tar.extractfile(member)
                         assert source is not None  # a regular file always has its data
-                        allowed = limits.max_unpacked_bytes - written
-                        written += _write(source, into.joinpath(*parts), name, member, allowed)
+                        _write(source, into.joinpath(*parts), name, member)
                 except (ValueError, FileExistsError, NotADirectoryError, IsADirectoryError) as exc:
                     # What only a name can cause in a fresh folder (a NUL byte, a file where a folder goes): the
                     # checks above refuse it first; should one miss, the archive is refused all the same.
@@ -293,9 +292,9 @@ def _folder(path: Path) -> None:
     path.chmod(0o755)  # whatever the umask
 
 
-def _write(source: IO[bytes], path: Path, name: str, member: tarfile.TarInfo, allowed: int) -> int:
-    """Copies one member's data, counting what is really written: neither its header's size nor the total bound
-    is trusted to the reader."""
+def _write(source: IO[bytes], path: Path, name: str, member: tarfile.TarInfo) -> None:
+    """Copies one member's data, counting what is really written: its header's size is not trusted to the reader.
+    So no more is written in all than the headers' sizes add up to, which `_extract` holds to the limit."""
     mode = 0o755 if member.mode & 0o111 else 0o644
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     count = 0
@@ -304,13 +303,10 @@ def _write(source: IO[bytes], path: Path, name: str, member: tarfile.TarInfo, al
             count += len(block)
             if count > member.size:
                 raise ArchiveRefused(f"{name}: more data than its header says ({member.size} bytes)")
-            if count > allowed:
-                raise ArchiveRefused(f"{name}: more than the {allowed} bytes the limit leaves for it")
             out.write(block)
         if count != member.size:
             raise ArchiveRefused(f"{name}: {count} bytes where its header says {member.size}")
         os.fchmod(out.fileno(), mode)
-    return count
 
 
 def _check_end(reader: _Reader, stream: gzip.GzipFile) -> None:
