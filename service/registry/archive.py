@@ -24,7 +24,6 @@ from typing import IO
 
 MiB = 1024 * 1024
 _BLOCK = MiB  # what is read or written at once
-_TAR_BLOCK = tarfile.BLOCKSIZE
 # After the last member a tar holds zero blocks up to the end of its record (10 KiB by default): allow a large
 # record, but not an endless run of zeros that would only cost time to decompress.
 _MAX_TRAILER = MiB
@@ -70,55 +69,86 @@ class UnpackLimits:
 
 def pack(folder: Path) -> bytes:
     """The folder's contents as a reproducible tar.gz (names relative to the folder, sorted, folders included).
-    Refuses anything but regular files and folders: a symlink, device, FIFO or socket."""
-    if not stat.S_ISDIR(folder.lstat().st_mode):
-        raise ArchiveRefused(f"{folder}: not a folder")
+    Refuses anything but regular files and folders: a symlink, device, FIFO or socket. Everything is opened from
+    the folder down one part at a time, following no symbolic link: what is packed is what is below the folder,
+    even should a part of it be swapped for a link meanwhile."""
+    try:
+        root = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOTDIR, errno.ELOOP):
+            raise
+        raise ArchiveRefused(f"{folder}: not a folder") from None
     buffer = io.BytesIO()
-    with (
-        gzip.GzipFile(fileobj=buffer, mode="wb", filename="", mtime=0) as compressed,
-        tarfile.open(fileobj=compressed, mode="w", format=tarfile.PAX_FORMAT) as tar,
-    ):
-        for name, path, is_folder in sorted(_walk(folder, "")):
-            if is_folder:
-                tar.addfile(_info(name, tarfile.DIRTYPE, 0o755, 0))
-            else:
-                _add_file(tar, name, path)
+    try:
+        with (
+            gzip.GzipFile(fileobj=buffer, mode="wb", filename="", mtime=0) as compressed,
+            tarfile.open(fileobj=compressed, mode="w", format=tarfile.PAX_FORMAT) as tar,
+        ):
+            for name, is_folder in sorted(_walk(os.dup(root), "")):
+                if is_folder:
+                    tar.addfile(_info(name, tarfile.DIRTYPE, 0o755, 0))
+                else:
+                    _add_file(tar, root, name)
+    finally:
+        os.close(root)
     return buffer.getvalue()
 
 
-def _walk(folder: Path, prefix: str) -> list[tuple[str, Path, bool]]:
-    """(relative name, path, is a folder) of everything under the folder; refuses what is neither."""
-    found: list[tuple[str, Path, bool]] = []
-    with os.scandir(folder) as entries:
-        for entry in entries:
-            name = prefix + entry.name
-            _check_utf8(name)
-            mode = entry.stat(follow_symlinks=False).st_mode
-            if stat.S_ISDIR(mode):
-                found.append((name, Path(entry.path), True))
-                found.extend(_walk(Path(entry.path), name + "/"))
-            elif stat.S_ISREG(mode):
-                found.append((name, Path(entry.path), False))
-            else:
-                raise ArchiveRefused(f"{name}: {_kind(mode)} (only regular files and folders are packed)")
+def _walk(fd: int, prefix: str) -> list[tuple[str, bool]]:
+    """(relative name, is a folder) of everything in the open folder, which it closes; refuses what is neither."""
+    found: list[tuple[str, bool]] = []
+    try:
+        with os.scandir(fd) as entries:
+            for entry in entries:
+                name = prefix + entry.name
+                _check_utf8(name)
+                mode = entry.stat(follow_symlinks=False).st_mode
+                if stat.S_ISDIR(mode):
+                    found.append((name, True))
+                    found.extend(_walk(_open(fd, entry.name, name, folder=True), name + "/"))
+                elif stat.S_ISREG(mode):
+                    found.append((name, False))
+                else:
+                    raise ArchiveRefused(f"{name}: {_kind(mode)} (only regular files and folders are packed)")
+    finally:
+        os.close(fd)
     return found
 
 
-def _add_file(tar: tarfile.TarFile, name: str, path: Path) -> None:
-    # Opened without following a link and checked again on the open file: what is read is what was checked.
+def _add_file(tar: tarfile.TarFile, root: int, name: str) -> None:
+    """Adds one file, opened from the folder down one part at a time (`_open`)."""
+    parts = name.split("/")
+    fd = root
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        for end in range(1, len(parts)):
+            parent, fd = fd, _open(fd, parts[end - 1], "/".join(parts[:end]), folder=True)
+            if parent != root:
+                os.close(parent)
+        file = os.fdopen(_open(fd, parts[-1], name, folder=False), "rb")
+    finally:
+        if fd != root:
+            os.close(fd)
+    with file:
+        status = os.fstat(file.fileno())
+        tar.addfile(_info(name, tarfile.REGTYPE, 0o755 if status.st_mode & 0o111 else 0o644, status.st_size), file)
+
+
+def _open(parent: int, part: str, name: str, folder: bool) -> int:
+    """One part of a name, in its open parent folder: not followed if a symbolic link, not waited on if a FIFO, and
+    checked on the open file, so what is read is what was checked."""
+    try:
+        fd = os.open(part, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=parent)
     except OSError as exc:
-        if exc.errno != errno.ELOOP:
-            raise
-        # Swapped for a symbolic link since the walk saw a file: refused as the walk would have refused it.
-        raise ArchiveRefused(f"{name}: a symbolic link (only regular files and folders are packed)") from None
-    with os.fdopen(fd, "rb") as file:
-        status = os.fstat(fd)
-        if not stat.S_ISREG(status.st_mode):
-            raise ArchiveRefused(f"{name}: {_kind(status.st_mode)} (only regular files and folders are packed)")
-        mode = 0o755 if status.st_mode & 0o111 else 0o644
-        tar.addfile(_info(name, tarfile.REGTYPE, mode, status.st_size), file)
+        if exc.errno == errno.ELOOP:  # swapped for a symbolic link since the walk saw it: refused as the walk would
+            raise ArchiveRefused(f"{name}: a symbolic link (only regular files and folders are packed)") from None
+        raise ArchiveRefused(f"{name}: cannot be read ({exc.strerror})") from None
+    mode = os.fstat(fd).st_mode
+    if stat.S_ISDIR(mode) if folder else stat.S_ISREG(mode):
+        return fd
+    os.close(fd)
+    if stat.S_ISDIR(mode) or stat.S_ISREG(mode):
+        raise ArchiveRefused(f"{name}: no longer a {'folder' if folder else 'file'} (it changed while it was packed)")
+    raise ArchiveRefused(f"{name}: {_kind(mode)} (only regular files and folders are packed)")
 
 
 def _info(name: str, kind: bytes, mode: int, size: int) -> tarfile.TarInfo:
@@ -185,9 +215,8 @@ def unpack(archive: Path, dest: Path, limits: UnpackLimits) -> None:
 
 
 class _Reader(io.RawIOBase):
-    """The decompressed stream as tarfile reads it (a read-only file: what it never calls, writing, comes from the
-    base class). It keeps what the last read returned: tarfile ends its walk quietly at a header it cannot read,
-    and only that tells a proper end (a zero block) from a broken one."""
+    """The decompressed stream as tarfile reads it. It keeps what the last read returned: tarfile ends its walk
+    quietly at a header it cannot read, and only that tells a proper end (a zero block) from a broken one."""
 
     def __init__(self, stream: gzip.GzipFile) -> None:
         super().__init__()
@@ -248,7 +277,8 @@ def _extract(stream: gzip.GzipFile, into: Path, limits: UnpackLimits) -> None:
                     for end in range(1, len(parts) + is_folder):
                         if (folder := "/".join(parts[:end])) not in kinds:
                             kinds[folder] = True
-                            _folder(into.joinpath(*parts[:end]))
+                            (path := into.joinpath(*parts[:end])).mkdir(mode=0o755)  # its parent came first
+                            path.chmod(0o755)  # whatever the umask
                     if not is_folder:
                         kinds[name] = False
                         source = tar.extractfile(member)
@@ -286,12 +316,6 @@ def _is_folder(member: tarfile.TarInfo) -> bool:
     raise ArchiveRefused(f"{member.name}: {kind} (only regular files and folders are unpacked)")
 
 
-def _folder(path: Path) -> None:
-    """A folder not yet written; parents come first, so its own parent is there."""
-    path.mkdir(mode=0o755)
-    path.chmod(0o755)  # whatever the umask
-
-
 def _write(source: IO[bytes], path: Path, name: str, member: tarfile.TarInfo) -> None:
     """Copies one member's data, counting what is really written: its header's size is not trusted to the reader.
     So no more is written in all than the headers' sizes add up to, which `_extract` holds to the limit."""
@@ -312,7 +336,7 @@ def _write(source: IO[bytes], path: Path, name: str, member: tarfile.TarInfo) ->
 def _check_end(reader: _Reader, stream: gzip.GzipFile) -> None:
     """The walk ended at a zero block, and only zeros follow to the end of the gzip stream (whose length and
     checksum gzip checks there)."""
-    if reader.last != bytes(_TAR_BLOCK):
+    if reader.last != bytes(tarfile.BLOCKSIZE):
         raise ArchiveRefused("corrupt or truncated archive: it ends without a proper end-of-archive block")
     trailer = 0
     while block := stream.read(_BLOCK):

@@ -521,8 +521,8 @@ def _swap_after_the_walk(monkeypatch: pytest.MonkeyPatch, swap: Callable[[], Non
 
     walk = archive._walk
 
-    def walk_then_swap(folder: Path, prefix: str) -> list[tuple[str, Path, bool]]:
-        found = walk(folder, prefix)
+    def walk_then_swap(fd: int, prefix: str) -> list[tuple[str, bool]]:
+        found = walk(fd, prefix)
         if prefix == "":
             swap()
         return found
@@ -559,6 +559,101 @@ def test_a_file_swapped_for_a_fifo_after_the_walk_is_refused(tmp_path: Path, mon
     with pytest.raises(ArchiveRefused) as info:
         pack(folder)
     assert info.value.reason == "metadata.toml: a FIFO (only regular files and folders are packed)"
+
+
+def _to_link(path: Path, target: Path) -> None:
+    shutil.rmtree(path) if path.is_dir() else path.unlink()
+    path.symlink_to(target)
+
+
+def _to_fifo(path: Path) -> None:
+    shutil.rmtree(path) if path.is_dir() else path.unlink()
+    os.mkfifo(path)
+
+
+def _to_folder(path: Path) -> None:
+    path.unlink()
+    path.mkdir()
+
+
+def _to_file(path: Path) -> None:
+    shutil.rmtree(path)
+    path.write_text("a file now")
+
+
+@pytest.mark.parametrize(
+    ("swap", "reason"),
+    [
+        (lambda f: _to_link(f / "nulib", f.parent / "outside"), "nulib: a symbolic link"),
+        (lambda f: _to_link(f / "nulib" / "lib", f.parent / "outside"), "nulib/lib: a symbolic link"),
+        (lambda f: _to_fifo(f / "nulib"), "nulib: a FIFO"),
+        (lambda f: _to_folder(f / "metadata.toml"), "metadata.toml: no longer a file"),
+        (lambda f: _to_file(f / "nulib" / "lib"), "nulib/lib: no longer a folder"),
+        (lambda f: (f / "metadata.toml").unlink(), "metadata.toml: cannot be read (No such file or directory)"),
+        (lambda f: shutil.rmtree(f / "nulib"), "nulib: cannot be read (No such file or directory)"),
+    ],
+    ids=[
+        "folder-to-link",
+        "inner-folder-to-link",
+        "folder-to-fifo",
+        "file-to-folder",
+        "folder-to-file",
+        "file-gone",
+        "folder-gone",
+    ],
+)
+def test_a_folder_changed_after_the_walk_is_refused_never_followed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, swap: Callable[[Path], None], reason: str
+) -> None:
+    """A file is opened from the packed folder down one part at a time: a folder on its way swapped for a link
+    is refused like a file swapped for one, and what is outside (same names, other contents) is never packed."""
+    folder = make_folder(tmp_path / "src")
+    outside = make_folder(tmp_path / "outside")
+    for path in outside.rglob("*"):
+        if path.is_file():
+            path.write_text("outside")
+    _swap_after_the_walk(monkeypatch, lambda: swap(folder))
+    before = open_descriptors()
+    with pytest.raises(ArchiveRefused) as info:
+        pack(folder)
+    assert info.value.reason.startswith(reason)
+    assert open_descriptors() == before
+
+
+def open_descriptors() -> list[str]:
+    return sorted(os.listdir("/proc/self/fd"))
+
+
+def test_a_folder_swapped_for_a_link_during_the_walk_is_not_walked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Between the walk's look at a folder and its opening: the folder is opened without following a link."""
+    from service.registry import archive
+
+    src = make_folder(tmp_path / "src")
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "outside" / "secret").write_text("outside")
+    real = archive._open
+
+    def swap_then_open(parent: int, part: str, name: str, folder: bool) -> int:
+        if name == "nulib":
+            _to_link(src / "nulib", tmp_path / "outside")
+        return real(parent, part, name, folder=folder)
+
+    monkeypatch.setattr(archive, "_open", swap_then_open)
+    with pytest.raises(ArchiveRefused) as info:
+        pack(src)
+    assert info.value.reason == "nulib: a symbolic link (only regular files and folders are packed)"
+
+
+def test_pack_leaves_no_file_open(tmp_path: Path) -> None:
+    folder = make_folder(tmp_path / "src")
+    before = open_descriptors()
+    pack(folder)
+    _fifo(folder)
+    with pytest.raises(ArchiveRefused):
+        pack(folder)
+    assert open_descriptors() == before
 
 
 @pytest.mark.parametrize(
