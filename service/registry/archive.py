@@ -182,11 +182,8 @@ def digest_bytes(data: bytes) -> str:
 
 def digest_file(path: Path) -> str:
     """`sha256:<hex>` of a file's bytes, read a block at a time."""
-    digest = hashlib.sha256()
     with path.open("rb") as file:
-        while block := file.read(_BLOCK):
-            digest.update(block)
-    return "sha256:" + digest.hexdigest()
+        return "sha256:" + hashlib.file_digest(file, "sha256").hexdigest()
 
 
 # --- unpacking ---
@@ -231,10 +228,7 @@ class _Reader(io.RawIOBase):
         self.last = self._stream.read(size)
         return self.last
 
-    def tell(self) -> int:
-        return self._stream.tell()
-
-    def seek(self, pos: int, whence: int = os.SEEK_SET, /) -> int:
+    def seek(self, pos: int, whence: int = os.SEEK_SET, /) -> int:  # and so tell(), which is seek(0, SEEK_CUR)
         return self._stream.seek(pos, whence)
 
 

@@ -798,3 +798,18 @@ def test_a_folder_counts_nothing_whatever_its_header_says(tmp_path: Path) -> Non
     path.write_bytes(tar_gz(member("d", tarfile.DIRTYPE, size=100), member("d/f", data=b"abc")))
     unpack(path, tmp_path / "out", UnpackLimits(max_unpacked_bytes=3))
     assert contents(tmp_path / "out") == {"d": ("dir", b"", 0o755), "d/f": ("file", b"abc", 0o644)}
+
+
+def test_a_file_is_digested_a_block_at_a_time(tmp_path: Path) -> None:
+    path = tmp_path / "big"
+    with path.open("wb") as file:
+        for _ in range(32):
+            file.write(bytes(MiB))
+    tracemalloc.start()
+    try:
+        digest = digest_file(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert digest == "sha256:" + hashlib.sha256(bytes(32 * MiB)).hexdigest()
+    assert peak < 8 * MiB
