@@ -282,6 +282,10 @@ def _extract(stream: gzip.GzipFile, into: Path, limits: UnpackLimits) -> None:
                     # What only a name can cause in a fresh folder (a NUL byte, a file where a folder goes): the
                     # checks above refuse it first; should one miss, the archive is refused all the same.
                     raise ArchiveRefused(f"{name}: cannot be written ({exc.__class__.__name__})") from None
+                except OSError as exc:
+                    if exc.errno != errno.ENAMETOOLONG:
+                        raise  # the disk's trouble (full, read-only), not the archive's
+                    raise ArchiveRefused(f"{name}: a name too long for this file system") from None
         _check_end(reader, stream)
     except (tarfile.TarError, zlib.error, EOFError, gzip.BadGzipFile) as exc:
         raise ArchiveRefused(f"corrupt or truncated archive: {exc}") from None

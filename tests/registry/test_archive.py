@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import gzip
 import hashlib
 import io
@@ -798,6 +799,35 @@ def test_a_folder_counts_nothing_whatever_its_header_says(tmp_path: Path) -> Non
     path.write_bytes(tar_gz(member("d", tarfile.DIRTYPE, size=100), member("d/f", data=b"abc")))
     unpack(path, tmp_path / "out", UnpackLimits(max_unpacked_bytes=3))
     assert contents(tmp_path / "out") == {"d": ("dir", b"", 0o755), "d/f": ("file", b"abc", 0o644)}
+
+
+def test_a_path_too_long_for_the_file_system_is_refused(tmp_path: Path) -> None:
+    """Each part within 255 bytes, the whole over the 4096 of a path: what mkdir then says is a refusal, and the
+    half-made folder is pruned as for any other."""
+    long = "/".join(["p" * 255] * 17)
+    path = tmp_path / "in" / "a.tar.gz"
+    path.parent.mkdir()
+    path.write_bytes(tar_gz(OK, member(long)))
+    with pytest.raises(ArchiveRefused) as info:
+        unpack(path, tmp_path / "out" / "dest", UnpackLimits())
+    assert info.value.reason == f"{long}: a name too long for this file system"
+    assert os.listdir(tmp_path / "out") == []
+
+
+def test_a_full_disk_is_not_the_archive_s_fault(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An OS error that no name causes is the caller's to see, as it is (the archive may be fine)."""
+    from service.registry import archive
+
+    def full(source: object, path: Path, name: str, member: tarfile.TarInfo) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(archive, "_write", full)
+    path = tmp_path / "a.tar.gz"
+    path.write_bytes(tar_gz(OK))
+    with pytest.raises(OSError) as info:
+        unpack(path, tmp_path / "out" / "dest", UnpackLimits())
+    assert info.type is OSError and info.value.errno == errno.ENOSPC
+    assert os.listdir(tmp_path / "out") == []
 
 
 def test_a_file_is_digested_a_block_at_a_time(tmp_path: Path) -> None:
