@@ -205,7 +205,12 @@ def unpack(archive: Path, dest: Path, limits: UnpackLimits) -> None:
             with gzip.GzipFile(fileobj=raw, mode="rb") as stream:
                 _extract(stream, temporary, limits)
             temporary.chmod(0o755)
-            temporary.rename(dest)
+            try:
+                temporary.rename(dest)
+            except OSError:
+                if os.path.lexists(dest):  # made meanwhile (only an empty folder would have been replaced)
+                    raise FileExistsError(f"{dest} already exists") from None
+                raise
         except BaseException:
             shutil.rmtree(temporary, ignore_errors=True)
             raise

@@ -830,6 +830,49 @@ def test_a_full_disk_is_not_the_archive_s_fault(tmp_path: Path, monkeypatch: pyt
     assert os.listdir(tmp_path / "out") == []
 
 
+def state(path: Path) -> tuple[str, object]:
+    if path.is_symlink():
+        return ("link", os.readlink(path))
+    if path.is_dir():
+        return ("folder", contents(path))
+    return ("file", path.read_bytes())
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda dest: (dest.mkdir(), (dest / "theirs").write_text("theirs")),
+        lambda dest: dest.write_text("theirs"),
+        lambda dest: dest.symlink_to(dest.parent / "nowhere"),
+    ],
+    ids=["folder", "file", "dangling-link"],
+)
+def test_a_destination_made_while_unpacking_is_left_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, make: Callable[[Path], object]
+) -> None:
+    """Another process may unpack the same release into the same folder: whoever comes second gets
+    FileExistsError (which the caller takes as "already there"), and what is there is left as it is."""
+    from service.registry import archive
+
+    dest = tmp_path / "out" / "dest"
+    real = archive._extract
+    made: list[tuple[str, object]] = []
+
+    def extract_then_make(stream: gzip.GzipFile, into: Path, limits: UnpackLimits) -> None:
+        real(stream, into, limits)
+        make(dest)
+        made.append(state(dest))
+
+    monkeypatch.setattr(archive, "_extract", extract_then_make)
+    path = tmp_path / "a.tar.gz"
+    path.write_bytes(tar_gz(OK))
+    with pytest.raises(FileExistsError) as info:
+        unpack(path, dest, UnpackLimits())
+    assert str(info.value) == f"{dest} already exists"
+    assert os.listdir(tmp_path / "out") == ["dest"]  # no temporary folder left beside it
+    assert [state(dest)] == made
+
+
 def test_a_file_is_digested_a_block_at_a_time(tmp_path: Path) -> None:
     path = tmp_path / "big"
     with path.open("wb") as file:
