@@ -886,3 +886,72 @@ def test_a_file_is_digested_a_block_at_a_time(tmp_path: Path) -> None:
         tracemalloc.stop()
     assert digest == "sha256:" + hashlib.sha256(bytes(32 * MiB)).hexdigest()
     assert peak < 8 * MiB
+
+
+# --- the rest of what the mutation run showed untested ---
+
+
+def test_an_empty_extended_header_is_taken(tmp_path: Path) -> None:
+    """A PAX header of no bytes: tarfile reads 0 bytes for it, which is not a header too big to read."""
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.GNU_FORMAT) as tar:
+        header = tarfile.TarInfo("pax")
+        header.type = tarfile.XHDTYPE
+        tar.addfile(header)
+        tar.addfile(OK[0], io.BytesIO(OK[1]))
+    path = tmp_path / "a.tar.gz"
+    path.write_bytes(gzip.compress(raw.getvalue()))
+    unpack(path, tmp_path / "out", UnpackLimits())
+    assert contents(tmp_path / "out") == {"ok.txt": ("file", b"x", 0o644)}
+
+
+def test_a_clean_up_that_fails_does_not_hide_why_the_archive_was_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Should the hidden folder be gone already when it is cleaned up, the caller still hears the refusal."""
+    from service.registry import archive
+
+    def remove_then_refuse(stream: gzip.GzipFile, into: Path, limits: UnpackLimits) -> None:
+        shutil.rmtree(into)
+        raise ArchiveRefused("refused for a test")
+
+    monkeypatch.setattr(archive, "_extract", remove_then_refuse)
+    path = tmp_path / "a.tar.gz"
+    path.write_bytes(tar_gz(OK))
+    with pytest.raises(ArchiveRefused) as info:
+        unpack(path, tmp_path / "out" / "dest", UnpackLimits())
+    assert info.value.reason == "refused for a test"
+    assert os.listdir(tmp_path / "out") == []
+
+
+def test_a_file_is_private_until_its_data_is_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Created 0600 whatever the umask, given its mode (0644 or 0755) only once complete."""
+    seen: list[int] = []
+    fchmod = os.fchmod
+
+    def spy(fd: int, mode: int) -> None:
+        seen.append(stat.S_IMODE(os.fstat(fd).st_mode))
+        fchmod(fd, mode)
+
+    monkeypatch.setattr(os, "fchmod", spy)
+    path = tmp_path / "a.tar.gz"
+    path.write_bytes(tar_gz(OK, member("run", data=b"#!/bin/sh\n", mode=0o755)))
+    with umask(0):
+        unpack(path, tmp_path / "out", UnpackLimits())
+    assert seen == [0o600, 0o600]
+    assert contents(tmp_path / "out")["run"][2] == 0o755
+
+
+def test_a_member_is_never_written_through_a_name_that_exists(tmp_path: Path) -> None:
+    """Behind the name checks: the open itself neither follows a link nor writes into a file already there."""
+    from service.registry.archive import _write
+
+    target = tmp_path / "target"
+    target.write_bytes(b"mine")
+    (tmp_path / "link").symlink_to(target)
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    for existing in (target, tmp_path / "link", tmp_path / "dangling"):
+        with pytest.raises(FileExistsError):
+            _write(io.BytesIO(OK[1]), existing, "ok.txt", OK[0])
+    assert target.read_bytes() == b"mine"
+    assert not (tmp_path / "nowhere").exists()
