@@ -118,6 +118,15 @@ def _socket(folder: Path) -> None:
         sock.bind(str(folder / "sock"))
 
 
+def _dangling_symlink(folder: Path) -> None:
+    (folder / "dangling").symlink_to(folder / "nowhere")
+
+
+def _symlink_to_a_fifo(folder: Path) -> None:
+    os.mkfifo(folder.parent / "pipe")
+    (folder / "nulib" / "to-pipe").symlink_to(folder.parent / "pipe")
+
+
 @pytest.mark.parametrize(
     ("plant", "name", "kind"),
     [
@@ -125,6 +134,8 @@ def _socket(folder: Path) -> None:
         (_folder_symlink, "outside", "symbolic link"),
         (_fifo, "nulib/lib/pipe", "FIFO"),
         (_socket, "sock", "socket"),
+        (_dangling_symlink, "dangling", "symbolic link"),  # a link is never followed, even to see what it is
+        (_symlink_to_a_fifo, "nulib/to-pipe", "symbolic link"),
     ],
 )
 def test_pack_refuses_what_is_not_a_file_or_folder(
@@ -635,9 +646,11 @@ def test_a_folder_swapped_for_a_link_during_the_walk_is_not_walked(
     (tmp_path / "outside").mkdir()
     (tmp_path / "outside" / "secret").write_text("outside")
     real = archive._open
+    opened: list[str] = []
 
     def swap_then_open(parent: int, part: str, name: str, folder: bool) -> int:
-        if name == "nulib":
+        opened.append(part)
+        if opened == ["nulib"]:  # the walk's opening of it, before any file is added
             _to_link(src / "nulib", tmp_path / "outside")
         return real(parent, part, name, folder=folder)
 
