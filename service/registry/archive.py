@@ -24,7 +24,6 @@ from typing import IO
 
 MiB = 1024 * 1024
 _BLOCK = MiB  # what is read or written at once
-_TAR_BLOCK = tarfile.BLOCKSIZE
 # After the last member a tar holds zero blocks up to the end of its record (10 KiB by default): allow a large
 # record, but not an endless run of zeros that would only cost time to decompress.
 _MAX_TRAILER = MiB
@@ -38,6 +37,13 @@ _KINDS = {
     tarfile.FIFOTYPE: "a FIFO",
     tarfile.CONTTYPE: "a contiguous file",
     tarfile.GNUTYPE_SPARSE: "a sparse file",
+}
+_FILE_KINDS = {
+    stat.S_IFLNK: "a symbolic link",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFIFO: "a FIFO",
+    stat.S_IFSOCK: "a socket",
 }
 
 
@@ -63,80 +69,98 @@ class UnpackLimits:
 
 def pack(folder: Path) -> bytes:
     """The folder's contents as a reproducible tar.gz (names relative to the folder, sorted, folders included).
-    Refuses anything but regular files and folders: a symlink, device, FIFO or socket."""
-    if not stat.S_ISDIR(folder.lstat().st_mode):
-        raise ArchiveRefused(f"{folder}: not a folder")
+    Refuses anything but regular files and folders: a symlink, device, FIFO or socket. Everything is opened from
+    the folder down one part at a time, following no symbolic link: what is packed is what is below the folder,
+    even should a part of it be swapped for a link meanwhile."""
+    try:
+        root = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOTDIR, errno.ELOOP):
+            raise
+        raise ArchiveRefused(f"{folder}: not a folder") from None
     buffer = io.BytesIO()
-    with (
-        gzip.GzipFile(fileobj=buffer, mode="wb", filename="", mtime=0) as compressed,
-        tarfile.open(fileobj=compressed, mode="w", format=tarfile.PAX_FORMAT) as tar,
-    ):
-        for name, path, is_folder in sorted(_walk(folder, "")):
-            if is_folder:
-                tar.addfile(_info(name, tarfile.DIRTYPE, 0o755, 0))
-            else:
-                _add_file(tar, name, path)
+    try:
+        with (
+            gzip.GzipFile(fileobj=buffer, mode="wb", filename="", mtime=0) as compressed,
+            tarfile.open(fileobj=compressed, mode="w", format=tarfile.PAX_FORMAT) as tar,
+        ):
+            for name, is_folder in sorted(_walk(os.dup(root), "")):
+                if is_folder:
+                    tar.addfile(_info(name, tarfile.DIRTYPE, 0o755, 0))
+                else:
+                    _add_file(tar, root, name)
+    finally:
+        os.close(root)
     return buffer.getvalue()
 
 
-def _walk(folder: Path, prefix: str) -> list[tuple[str, Path, bool]]:
-    """(relative name, path, is a folder) of everything under the folder; refuses what is neither."""
-    found: list[tuple[str, Path, bool]] = []
-    with os.scandir(folder) as entries:
-        for entry in entries:
-            name = prefix + entry.name
-            _check_utf8(name)
-            mode = entry.stat(follow_symlinks=False).st_mode
-            if stat.S_ISDIR(mode):
-                found.append((name, Path(entry.path), True))
-                found.extend(_walk(Path(entry.path), name + "/"))
-            elif stat.S_ISREG(mode):
-                found.append((name, Path(entry.path), False))
-            else:
-                raise ArchiveRefused(f"{name}: {_kind(mode)} (only regular files and folders are packed)")
+def _walk(fd: int, prefix: str) -> list[tuple[str, bool]]:
+    """(relative name, is a folder) of everything in the open folder, which it closes; refuses what is neither."""
+    found: list[tuple[str, bool]] = []
+    try:
+        with os.scandir(fd) as entries:
+            for entry in entries:
+                name = prefix + entry.name
+                _check_utf8(name)
+                mode = entry.stat(follow_symlinks=False).st_mode
+                if stat.S_ISDIR(mode):
+                    found.append((name, True))
+                    found.extend(_walk(_open(fd, entry.name, name, folder=True), name + "/"))
+                elif stat.S_ISREG(mode):
+                    found.append((name, False))
+                else:
+                    raise ArchiveRefused(f"{name}: {_kind(mode)} (only regular files and folders are packed)")
+    finally:
+        os.close(fd)
     return found
 
 
-def _add_file(tar: tarfile.TarFile, name: str, path: Path) -> None:
-    # Opened without following a link and checked again on the open file: what is read is what was checked.
+def _add_file(tar: tarfile.TarFile, root: int, name: str) -> None:
+    """Adds one file, opened from the folder down one part at a time (`_open`)."""
+    parts = name.split("/")
+    fd = root
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        for end in range(1, len(parts)):
+            parent, fd = fd, _open(fd, parts[end - 1], "/".join(parts[:end]), folder=True)
+            if parent != root:
+                os.close(parent)
+        file = os.fdopen(_open(fd, parts[-1], name, folder=False), "rb")
+    finally:
+        if fd != root:
+            os.close(fd)
+    with file:
+        status = os.fstat(file.fileno())
+        tar.addfile(_info(name, tarfile.REGTYPE, 0o755 if status.st_mode & 0o111 else 0o644, status.st_size), file)
+
+
+def _open(parent: int, part: str, name: str, folder: bool) -> int:
+    """One part of a name, in its open parent folder: not followed if a symbolic link, not waited on if a FIFO, and
+    checked on the open file, so what is read is what was checked."""
+    try:
+        fd = os.open(part, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=parent)
     except OSError as exc:
-        if exc.errno != errno.ELOOP:
-            raise
-        # Swapped for a symbolic link since the walk saw a file: refused as the walk would have refused it.
-        raise ArchiveRefused(f"{name}: a symbolic link (only regular files and folders are packed)") from None
-    with os.fdopen(fd, "rb") as file:
-        status = os.fstat(fd)
-        if not stat.S_ISREG(status.st_mode):
-            raise ArchiveRefused(f"{name}: {_kind(status.st_mode)} (only regular files and folders are packed)")
-        mode = 0o755 if status.st_mode & 0o111 else 0o644
-        tar.addfile(_info(name, tarfile.REGTYPE, mode, status.st_size), file)
+        if exc.errno == errno.ELOOP:  # swapped for a symbolic link since the walk saw it: refused as the walk would
+            raise ArchiveRefused(f"{name}: a symbolic link (only regular files and folders are packed)") from None
+        raise ArchiveRefused(f"{name}: cannot be read ({exc.strerror})") from None
+    mode = os.fstat(fd).st_mode
+    if stat.S_ISDIR(mode) if folder else stat.S_ISREG(mode):
+        return fd
+    os.close(fd)
+    if stat.S_ISDIR(mode) or stat.S_ISREG(mode):
+        raise ArchiveRefused(f"{name}: no longer a {'folder' if folder else 'file'} (it changed while it was packed)")
+    raise ArchiveRefused(f"{name}: {_kind(mode)} (only regular files and folders are packed)")
 
 
 def _info(name: str, kind: bytes, mode: int, size: int) -> tarfile.TarInfo:
     info = tarfile.TarInfo(name)
-    info.type = kind
-    info.mode = mode
-    info.size = size
-    info.mtime = 0
-    info.uid = info.gid = 0
+    info.type, info.mode, info.size = kind, mode, size
+    info.mtime = info.uid = info.gid = 0  # no time, no owner: only the names, contents and execute bits count
     info.uname = info.gname = ""
     return info
 
 
 def _kind(mode: int) -> str:
-    if stat.S_ISLNK(mode):
-        return "a symbolic link"
-    if stat.S_ISCHR(mode):
-        return "a character device"
-    if stat.S_ISBLK(mode):
-        return "a block device"
-    if stat.S_ISFIFO(mode):
-        return "a FIFO"
-    if stat.S_ISSOCK(mode):
-        return "a socket"
-    return f"a file of mode {mode:o}"
+    return _FILE_KINDS.get(stat.S_IFMT(mode), f"a file of mode {mode:o}")
 
 
 def _check_utf8(name: str) -> None:
@@ -158,11 +182,8 @@ def digest_bytes(data: bytes) -> str:
 
 def digest_file(path: Path) -> str:
     """`sha256:<hex>` of a file's bytes, read a block at a time."""
-    digest = hashlib.sha256()
     with path.open("rb") as file:
-        while block := file.read(_BLOCK):
-            digest.update(block)
-    return "sha256:" + digest.hexdigest()
+        return "sha256:" + hashlib.file_digest(file, "sha256").hexdigest()
 
 
 # --- unpacking ---
@@ -184,17 +205,23 @@ def unpack(archive: Path, dest: Path, limits: UnpackLimits) -> None:
             with gzip.GzipFile(fileobj=raw, mode="rb") as stream:
                 _extract(stream, temporary, limits)
             temporary.chmod(0o755)
-            temporary.rename(dest)
+            try:
+                temporary.rename(dest)
+            except OSError:
+                if os.path.lexists(dest):  # made meanwhile (only an empty folder would have been replaced)
+                    raise FileExistsError(f"{dest} already exists") from None
+                raise
         except BaseException:
             shutil.rmtree(temporary, ignore_errors=True)
             raise
 
 
-class _Reader:
+class _Reader(io.RawIOBase):
     """The decompressed stream as tarfile reads it. It keeps what the last read returned: tarfile ends its walk
     quietly at a header it cannot read, and only that tells a proper end (a zero block) from a broken one."""
 
     def __init__(self, stream: gzip.GzipFile) -> None:
+        super().__init__()
         self._stream = stream
         self.last = b""
 
@@ -206,24 +233,15 @@ class _Reader:
         self.last = self._stream.read(size)
         return self.last
 
-    def write(self, b: bytes, /) -> object:
-        raise io.UnsupportedOperation("write")
-
-    def tell(self) -> int:
-        return self._stream.tell()
-
-    def seek(self, pos: int, /) -> object:
-        return self._stream.seek(pos)
-
-    def close(self) -> object:
-        return None
+    def seek(self, pos: int, whence: int = os.SEEK_SET, /) -> int:  # and so tell(), which is seek(0, SEEK_CUR)
+        return self._stream.seek(pos, whence)
 
 
 def _extract(stream: gzip.GzipFile, into: Path, limits: UnpackLimits) -> None:
     reader = _Reader(stream)
     kinds: dict[str, bool] = {}  # every name written, explicit or implied: is it a folder?
     members: set[str] = set()
-    declared = written = 0  # the sum of the headers' sizes, and of what was really written
+    declared = 0  # the sum of the files' sizes in their headers; `_write` holds each file to its own
     try:
         with tarfile.TarFile(fileobj=reader, mode="r") as tar:
             for count, member in enumerate(tar, start=1):
@@ -258,17 +276,21 @@ def _extract(stream: gzip.GzipFile, into: Path, limits: UnpackLimits) -> None:
                     for end in range(1, len(parts) + is_folder):
                         if (folder := "/".join(parts[:end])) not in kinds:
                             kinds[folder] = True
-                            _folder(into.joinpath(*parts[:end]))
+                            (path := into.joinpath(*parts[:end])).mkdir(mode=0o755)  # its parent came first
+                            path.chmod(0o755)  # whatever the umask
                     if not is_folder:
                         kinds[name] = False
                         source = tar.extractfile(member)
                         assert source is not None  # a regular file always has its data
-                        allowed = limits.max_unpacked_bytes - written
-                        written += _write(source, into.joinpath(*parts), name, member, allowed)
+                        _write(source, into.joinpath(*parts), name, member)
                 except (ValueError, FileExistsError, NotADirectoryError, IsADirectoryError) as exc:
                     # What only a name can cause in a fresh folder (a NUL byte, a file where a folder goes): the
                     # checks above refuse it first; should one miss, the archive is refused all the same.
                     raise ArchiveRefused(f"{name}: cannot be written ({exc.__class__.__name__})") from None
+                except OSError as exc:
+                    if exc.errno != errno.ENAMETOOLONG:
+                        raise  # the disk's trouble (full, read-only), not the archive's
+                    raise ArchiveRefused(f"{name}: a name too long for this file system") from None
         _check_end(reader, stream)
     except (tarfile.TarError, zlib.error, EOFError, gzip.BadGzipFile) as exc:
         raise ArchiveRefused(f"corrupt or truncated archive: {exc}") from None
@@ -297,15 +319,9 @@ def _is_folder(member: tarfile.TarInfo) -> bool:
     raise ArchiveRefused(f"{member.name}: {kind} (only regular files and folders are unpacked)")
 
 
-def _folder(path: Path) -> None:
-    """A folder not yet written; parents come first, so its own parent is there."""
-    path.mkdir(mode=0o755)
-    path.chmod(0o755)  # whatever the umask
-
-
-def _write(source: IO[bytes], path: Path, name: str, member: tarfile.TarInfo, allowed: int) -> int:
-    """Copies one member's data, counting what is really written: neither its header's size nor the total bound
-    is trusted to the reader."""
+def _write(source: IO[bytes], path: Path, name: str, member: tarfile.TarInfo) -> None:
+    """Copies one member's data, counting what is really written: its header's size is not trusted to the reader.
+    So no more is written in all than the headers' sizes add up to, which `_extract` holds to the limit."""
     mode = 0o755 if member.mode & 0o111 else 0o644
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     count = 0
@@ -314,19 +330,16 @@ def _write(source: IO[bytes], path: Path, name: str, member: tarfile.TarInfo, al
             count += len(block)
             if count > member.size:
                 raise ArchiveRefused(f"{name}: more data than its header says ({member.size} bytes)")
-            if count > allowed:
-                raise ArchiveRefused(f"{name}: more than the {allowed} bytes the limit leaves for it")
             out.write(block)
         if count != member.size:
             raise ArchiveRefused(f"{name}: {count} bytes where its header says {member.size}")
         os.fchmod(out.fileno(), mode)
-    return count
 
 
 def _check_end(reader: _Reader, stream: gzip.GzipFile) -> None:
     """The walk ended at a zero block, and only zeros follow to the end of the gzip stream (whose length and
     checksum gzip checks there)."""
-    if reader.last != bytes(_TAR_BLOCK):
+    if reader.last != bytes(tarfile.BLOCKSIZE):
         raise ArchiveRefused("corrupt or truncated archive: it ends without a proper end-of-archive block")
     trailer = 0
     while block := stream.read(_BLOCK):

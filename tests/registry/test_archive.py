@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import gzip
 import hashlib
 import io
@@ -117,6 +118,15 @@ def _socket(folder: Path) -> None:
         sock.bind(str(folder / "sock"))
 
 
+def _dangling_symlink(folder: Path) -> None:
+    (folder / "dangling").symlink_to(folder / "nowhere")
+
+
+def _symlink_to_a_fifo(folder: Path) -> None:
+    os.mkfifo(folder.parent / "pipe")
+    (folder / "nulib" / "to-pipe").symlink_to(folder.parent / "pipe")
+
+
 @pytest.mark.parametrize(
     ("plant", "name", "kind"),
     [
@@ -124,6 +134,8 @@ def _socket(folder: Path) -> None:
         (_folder_symlink, "outside", "symbolic link"),
         (_fifo, "nulib/lib/pipe", "FIFO"),
         (_socket, "sock", "socket"),
+        (_dangling_symlink, "dangling", "symbolic link"),  # a link is never followed, even to see what it is
+        (_symlink_to_a_fifo, "nulib/to-pipe", "symbolic link"),
     ],
 )
 def test_pack_refuses_what_is_not_a_file_or_folder(
@@ -521,8 +533,8 @@ def _swap_after_the_walk(monkeypatch: pytest.MonkeyPatch, swap: Callable[[], Non
 
     walk = archive._walk
 
-    def walk_then_swap(folder: Path, prefix: str) -> list[tuple[str, Path, bool]]:
-        found = walk(folder, prefix)
+    def walk_then_swap(fd: int, prefix: str) -> list[tuple[str, bool]]:
+        found = walk(fd, prefix)
         if prefix == "":
             swap()
         return found
@@ -559,6 +571,103 @@ def test_a_file_swapped_for_a_fifo_after_the_walk_is_refused(tmp_path: Path, mon
     with pytest.raises(ArchiveRefused) as info:
         pack(folder)
     assert info.value.reason == "metadata.toml: a FIFO (only regular files and folders are packed)"
+
+
+def _to_link(path: Path, target: Path) -> None:
+    shutil.rmtree(path) if path.is_dir() else path.unlink()
+    path.symlink_to(target)
+
+
+def _to_fifo(path: Path) -> None:
+    shutil.rmtree(path) if path.is_dir() else path.unlink()
+    os.mkfifo(path)
+
+
+def _to_folder(path: Path) -> None:
+    path.unlink()
+    path.mkdir()
+
+
+def _to_file(path: Path) -> None:
+    shutil.rmtree(path)
+    path.write_text("a file now")
+
+
+@pytest.mark.parametrize(
+    ("swap", "reason"),
+    [
+        (lambda f: _to_link(f / "nulib", f.parent / "outside"), "nulib: a symbolic link"),
+        (lambda f: _to_link(f / "nulib" / "lib", f.parent / "outside"), "nulib/lib: a symbolic link"),
+        (lambda f: _to_fifo(f / "nulib"), "nulib: a FIFO"),
+        (lambda f: _to_folder(f / "metadata.toml"), "metadata.toml: no longer a file"),
+        (lambda f: _to_file(f / "nulib" / "lib"), "nulib/lib: no longer a folder"),
+        (lambda f: (f / "metadata.toml").unlink(), "metadata.toml: cannot be read (No such file or directory)"),
+        (lambda f: shutil.rmtree(f / "nulib"), "nulib: cannot be read (No such file or directory)"),
+    ],
+    ids=[
+        "folder-to-link",
+        "inner-folder-to-link",
+        "folder-to-fifo",
+        "file-to-folder",
+        "folder-to-file",
+        "file-gone",
+        "folder-gone",
+    ],
+)
+def test_a_folder_changed_after_the_walk_is_refused_never_followed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, swap: Callable[[Path], None], reason: str
+) -> None:
+    """A file is opened from the packed folder down one part at a time: a folder on its way swapped for a link
+    is refused like a file swapped for one, and what is outside (same names, other contents) is never packed."""
+    folder = make_folder(tmp_path / "src")
+    outside = make_folder(tmp_path / "outside")
+    for path in outside.rglob("*"):
+        if path.is_file():
+            path.write_text("outside")
+    _swap_after_the_walk(monkeypatch, lambda: swap(folder))
+    before = open_descriptors()
+    with pytest.raises(ArchiveRefused) as info:
+        pack(folder)
+    assert info.value.reason.startswith(reason)
+    assert open_descriptors() == before
+
+
+def open_descriptors() -> list[str]:
+    return sorted(os.listdir("/proc/self/fd"))
+
+
+def test_a_folder_swapped_for_a_link_during_the_walk_is_not_walked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Between the walk's look at a folder and its opening: the folder is opened without following a link."""
+    from service.registry import archive
+
+    src = make_folder(tmp_path / "src")
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "outside" / "secret").write_text("outside")
+    real = archive._open
+    opened: list[str] = []
+
+    def swap_then_open(parent: int, part: str, name: str, folder: bool) -> int:
+        opened.append(part)
+        if opened == ["nulib"]:  # the walk's opening of it, before any file is added
+            _to_link(src / "nulib", tmp_path / "outside")
+        return real(parent, part, name, folder=folder)
+
+    monkeypatch.setattr(archive, "_open", swap_then_open)
+    with pytest.raises(ArchiveRefused) as info:
+        pack(src)
+    assert info.value.reason == "nulib: a symbolic link (only regular files and folders are packed)"
+
+
+def test_pack_leaves_no_file_open(tmp_path: Path) -> None:
+    folder = make_folder(tmp_path / "src")
+    before = open_descriptors()
+    pack(folder)
+    _fifo(folder)
+    with pytest.raises(ArchiveRefused):
+        pack(folder)
+    assert open_descriptors() == before
 
 
 @pytest.mark.parametrize(
@@ -703,3 +812,159 @@ def test_a_folder_counts_nothing_whatever_its_header_says(tmp_path: Path) -> Non
     path.write_bytes(tar_gz(member("d", tarfile.DIRTYPE, size=100), member("d/f", data=b"abc")))
     unpack(path, tmp_path / "out", UnpackLimits(max_unpacked_bytes=3))
     assert contents(tmp_path / "out") == {"d": ("dir", b"", 0o755), "d/f": ("file", b"abc", 0o644)}
+
+
+def test_a_path_too_long_for_the_file_system_is_refused(tmp_path: Path) -> None:
+    """Each part within 255 bytes, the whole over the 4096 of a path: what mkdir then says is a refusal, and the
+    half-made folder is pruned as for any other."""
+    long = "/".join(["p" * 255] * 17)
+    path = tmp_path / "in" / "a.tar.gz"
+    path.parent.mkdir()
+    path.write_bytes(tar_gz(OK, member(long)))
+    with pytest.raises(ArchiveRefused) as info:
+        unpack(path, tmp_path / "out" / "dest", UnpackLimits())
+    assert info.value.reason == f"{long}: a name too long for this file system"
+    assert os.listdir(tmp_path / "out") == []
+
+
+def test_a_full_disk_is_not_the_archive_s_fault(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An OS error that no name causes is the caller's to see, as it is (the archive may be fine)."""
+    from service.registry import archive
+
+    def full(source: object, path: Path, name: str, member: tarfile.TarInfo) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(archive, "_write", full)
+    path = tmp_path / "a.tar.gz"
+    path.write_bytes(tar_gz(OK))
+    with pytest.raises(OSError) as info:
+        unpack(path, tmp_path / "out" / "dest", UnpackLimits())
+    assert info.type is OSError and info.value.errno == errno.ENOSPC
+    assert os.listdir(tmp_path / "out") == []
+
+
+def state(path: Path) -> tuple[str, object]:
+    if path.is_symlink():
+        return ("link", os.readlink(path))
+    if path.is_dir():
+        return ("folder", contents(path))
+    return ("file", path.read_bytes())
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda dest: (dest.mkdir(), (dest / "theirs").write_text("theirs")),
+        lambda dest: dest.write_text("theirs"),
+        lambda dest: dest.symlink_to(dest.parent / "nowhere"),
+    ],
+    ids=["folder", "file", "dangling-link"],
+)
+def test_a_destination_made_while_unpacking_is_left_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, make: Callable[[Path], object]
+) -> None:
+    """Another process may unpack the same release into the same folder: whoever comes second gets
+    FileExistsError (which the caller takes as "already there"), and what is there is left as it is."""
+    from service.registry import archive
+
+    dest = tmp_path / "out" / "dest"
+    real = archive._extract
+    made: list[tuple[str, object]] = []
+
+    def extract_then_make(stream: gzip.GzipFile, into: Path, limits: UnpackLimits) -> None:
+        real(stream, into, limits)
+        make(dest)
+        made.append(state(dest))
+
+    monkeypatch.setattr(archive, "_extract", extract_then_make)
+    path = tmp_path / "a.tar.gz"
+    path.write_bytes(tar_gz(OK))
+    with pytest.raises(FileExistsError) as info:
+        unpack(path, dest, UnpackLimits())
+    assert str(info.value) == f"{dest} already exists"
+    assert os.listdir(tmp_path / "out") == ["dest"]  # no temporary folder left beside it
+    assert [state(dest)] == made
+
+
+def test_a_file_is_digested_a_block_at_a_time(tmp_path: Path) -> None:
+    path = tmp_path / "big"
+    with path.open("wb") as file:
+        for _ in range(32):
+            file.write(bytes(MiB))
+    tracemalloc.start()
+    try:
+        digest = digest_file(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert digest == "sha256:" + hashlib.sha256(bytes(32 * MiB)).hexdigest()
+    assert peak < 8 * MiB
+
+
+# --- the rest of what the mutation run showed untested ---
+
+
+def test_an_empty_extended_header_is_taken(tmp_path: Path) -> None:
+    """A PAX header of no bytes: tarfile reads 0 bytes for it, which is not a header too big to read."""
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.GNU_FORMAT) as tar:
+        header = tarfile.TarInfo("pax")
+        header.type = tarfile.XHDTYPE
+        tar.addfile(header)
+        tar.addfile(OK[0], io.BytesIO(OK[1]))
+    path = tmp_path / "a.tar.gz"
+    path.write_bytes(gzip.compress(raw.getvalue()))
+    unpack(path, tmp_path / "out", UnpackLimits())
+    assert contents(tmp_path / "out") == {"ok.txt": ("file", b"x", 0o644)}
+
+
+def test_a_clean_up_that_fails_does_not_hide_why_the_archive_was_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Should the hidden folder be gone already when it is cleaned up, the caller still hears the refusal."""
+    from service.registry import archive
+
+    def remove_then_refuse(stream: gzip.GzipFile, into: Path, limits: UnpackLimits) -> None:
+        shutil.rmtree(into)
+        raise ArchiveRefused("refused for a test")
+
+    monkeypatch.setattr(archive, "_extract", remove_then_refuse)
+    path = tmp_path / "a.tar.gz"
+    path.write_bytes(tar_gz(OK))
+    with pytest.raises(ArchiveRefused) as info:
+        unpack(path, tmp_path / "out" / "dest", UnpackLimits())
+    assert info.value.reason == "refused for a test"
+    assert os.listdir(tmp_path / "out") == []
+
+
+def test_a_file_is_private_until_its_data_is_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Created 0600 whatever the umask, given its mode (0644 or 0755) only once complete."""
+    seen: list[int] = []
+    fchmod = os.fchmod
+
+    def spy(fd: int, mode: int) -> None:
+        seen.append(stat.S_IMODE(os.fstat(fd).st_mode))
+        fchmod(fd, mode)
+
+    monkeypatch.setattr(os, "fchmod", spy)
+    path = tmp_path / "a.tar.gz"
+    path.write_bytes(tar_gz(OK, member("run", data=b"#!/bin/sh\n", mode=0o755)))
+    with umask(0):
+        unpack(path, tmp_path / "out", UnpackLimits())
+    assert seen == [0o600, 0o600]
+    assert contents(tmp_path / "out")["run"][2] == 0o755
+
+
+def test_a_member_is_never_written_through_a_name_that_exists(tmp_path: Path) -> None:
+    """Behind the name checks: the open itself neither follows a link nor writes into a file already there."""
+    from service.registry.archive import _write
+
+    target = tmp_path / "target"
+    target.write_bytes(b"mine")
+    (tmp_path / "link").symlink_to(target)
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    for existing in (target, tmp_path / "link", tmp_path / "dangling"):
+        with pytest.raises(FileExistsError):
+            _write(io.BytesIO(OK[1]), existing, "ok.txt", OK[0])
+    assert target.read_bytes() == b"mine"
+    assert not (tmp_path / "nowhere").exists()
