@@ -51,15 +51,18 @@ class MirrorReading:
 
 
 async def read_mirror(calls: Calls, stream: str) -> MirrorReading | None:
-    """The mirror `stream` as the server describes it now; None when the stream is not a mirror (or not there).
-    Raises what `calls.bounded` raises."""
+    """The mirror `stream` as the server describes it now; None when the stream is there and not a mirror. A
+    stream that is not there (or an answer that cannot be read) is a reading whose `error` says so. Raises what
+    `calls.bounded` raises."""
     async with calls.bounded(f"read the state of stream {stream}"):
         reply = await calls.requested(f"STREAM.INFO.{stream}", b"")
     try:
         info = msgspec.json.decode(reply.data, type=_Info)
-    except msgspec.ValidationError:
-        return None
-    if info.error is not None or info.mirror is None:
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        return missing(stream, f"its state cannot be read ({exc})")
+    if info.error is not None:
+        return missing(stream, str(info.error.get("description") or info.error))
+    if info.mirror is None:
         return None
     mirror = info.mirror
     error = mirror.error
@@ -71,3 +74,8 @@ async def read_mirror(calls: Calls, stream: str) -> MirrorReading | None:
         heard_ago_s=None if mirror.active < 0 else mirror.active / 1e9,
         error=None if error is None else str(error.get("description") or error),
     )
+
+
+def missing(stream: str, why: str) -> MirrorReading:
+    """A mirror that cannot be read, or is not one: `extension-loader setup --site` makes it."""
+    return MirrorReading(stream, 0, None, 0, None, f"{stream}: {why}; `extension-loader setup --site` makes it")

@@ -13,7 +13,8 @@ The buckets are reached under `registry.api_prefix`.
 
 At an edge site the buckets are mirrors of the hub's, read the same way; the follower also reads how they stand
 every `_MIRROR_POLL_S` (stats: `registry.mirror`) and logs when they stop hearing from the hub, and when they hear
-from it again.
+from it again. The two mirrors catch up on their own after an outage, the index's maybe before the archives': an
+automatic load that finds no archive at a site is tried again each time the archive mirror grows.
 """
 
 from __future__ import annotations
@@ -75,6 +76,8 @@ class RegistryFollower:
         self._settings_checked = False
         self._hub_heard: bool | None = None  # at an edge site: whether its mirrors heard from the hub, last look
         self._looked = Notifier()  # notified at each look at an edge site's mirrors
+        self._pending: dict[str, VersionInfo] = {}  # auto-updates whose archive the site's mirror lacked
+        self._archives_seen = 0  # the archive mirror's last sequence at the look before
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Follows the index until cancelled. Reports started once the index was read, or could not be. With
@@ -204,18 +207,26 @@ class RegistryFollower:
             stats = self._access.mirror_stats()
             if stats is not None and stats.hub_reachable != self._hub_heard:
                 self._say_hub(stats.hub_reachable, stats.last_sequence, stats.heard_s, stats.error)
+            if stats is not None and stats.archives_last_sequence != self._archives_seen:
+                self._archives_seen = stats.archives_last_sequence
+                if self._pending:
+                    pending, self._pending = list(self._pending.values()), {}
+                    await self._announce(await self._load_latest(pending))
             self._looked.notify()
             await anyio.sleep(_MIRROR_POLL_S)
 
     def _say_hub(self, heard: bool, sequence: int, heard_s: float | None, error: str | None) -> None:
         if heard:
             log.info("registry: this site's mirrors hear from the hub (index at sequence %d)", sequence)
+        elif error is not None:
+            log.warning(
+                "registry: this site's mirrors: %s; serving what they hold (index at sequence %d)", error, sequence
+            )
         else:
-            why = error or ("never heard from it" if heard_s is None else f"no word from it for {heard_s:.0f} s")
             log.warning(
                 "registry: this site's mirrors do not hear from the hub (%s); serving what they hold (index at "
                 "sequence %d); they catch up once the link is back, up to about 2 minutes after a long outage",
-                why,
+                "never heard from it" if heard_s is None else f"no word from it for {heard_s:.0f} s",
                 sequence,
             )
         self._hub_heard = heard
@@ -239,6 +250,9 @@ class RegistryFollower:
         events = await self.events_for(changes)
         self.updates += 1
         self._updated.notify()
+        await self._announce(events)
+
+    async def _announce(self, events: list[Event]) -> None:
         if events:
             await self._publisher().publish(events)
 
@@ -279,7 +293,14 @@ class RegistryFollower:
             try:
                 result = await self.manager.load(extension_type, name, latest.version, reason="published")
             except LoaderError as exc:
-                log.warning("auto_update: %s was published but does not load (%s): %s", latest.key, exc.code, exc)
+                # At an edge site the index's mirror may run ahead of the archives': tried again as they catch up.
+                later = exc.code == "unavailable" and self._access.mirror_stats() is not None
+                if later:
+                    self._pending[latest.key] = latest
+                again = "; trying again as this site's archive mirror catches up" if later else ""
+                log.warning(
+                    "auto_update: %s was published but does not load (%s): %s%s", latest.key, exc.code, exc, again
+                )
                 continue
             events += result.events
         return events
