@@ -178,7 +178,11 @@ class ReleaseFetcher:
             raise _broken(info, release, str(exc)) from None
         except RegistryUnavailable as exc:
             site = self._access.mirror_stats() is not None
-            hint = " (this site's mirrors may not hold it yet: they catch up with the hub on their own)" if site else ""
+            hint = (
+                "; at this edge site, more likely its mirrors do not hold it yet (they catch up on their own)"
+                if site
+                else ""
+            )
             raise Unavailable(f"fetching {info.key} from the registry failed: {exc}{hint}") from None
         finally:
             temporary.unlink(missing_ok=True)
