@@ -12,6 +12,7 @@
     calls.py           every call on JetStream bounded in time and under one API prefix, nats-py's errors ours
     errors.py          those errors: RegistryUnavailable, Conflict, ArchiveTooLarge
     names.py           the buckets' names, and the streams and subjects JetStream keeps them in
+    mirror.py          at an edge site, how a bucket's mirror of the hub's stands (sequence, lag, last word)
 
 It may use only the contract. It knows nothing of the cache or of requests: the core decides what to trust and
 when to fetch, with the keys pinned in the configuration.
