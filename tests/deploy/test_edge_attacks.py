@@ -4,7 +4,8 @@
 - No user of the shipped site, nor the user of a site whose operator allows it everything (linked with the leaf
   password), changes the hub's registry over the leaf link: every write to a bucket, every JetStream command on
   the buckets' streams (plainly, as the reply JetStream answers onto, as a push consumer's delivery subject)
-  leaves the hub's buckets as they were. A leaf link that logs in as a user of the hub is refused.
+  leaves the hub's buckets as they were. A leaf link that logs in as a user of the hub is refused. With the link
+  in the registry's own account instead (the layout first tried), a site writes into a bucket.
 - A site's admin may replace the mirrors with buckets of its own and fill them: no loader at the site accepts
   anything the trusted keys did not sign, and each refusal says which check failed.
 """
@@ -12,6 +13,9 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import re
+import secrets
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
@@ -26,22 +30,29 @@ import pytest
 from nats.js.api import AckPolicy, ConsumerConfig
 
 from service.app.client import LoaderClient, RemoteError
-from service.app.natsserver import NatsServer
+from service.app.natsserver import NatsServer, free_port
+from service.app.setup import set_up as setup_streams
+from service.app.stream_settings import registry_targets
+from service.contract.config import inbox_prefix_for
 from service.core.folders import tree_digest
 from service.registry import statements
 from service.registry.archive import digest_bytes, pack
 from service.registry.buckets import RegistryBuckets
 from service.registry.index import Release, decode_record, encode_record, index_key
+from service.registry.names import DEFAULT_NAMES
 from service.registry.signing import Signer
 from service.registry.statements import StateStatement
 from tests.app.test_registry_cluster import published, source
 from tests.conftest import WAIT, running_service, write_extension
 from tests.deploy.edge import (
     ARCHIVES,
+    HUB_PASSWORDS,
     INDEX,
     LEAF_PASSWORD,
     REG_API,
+    ROOT,
     USERS,
+    VARIABLES,
     Edge,
     Login,
     listen,
@@ -121,7 +132,7 @@ async def attack(attacker: Login) -> None:
     for n, target in enumerate(WRITES):
         if not target.startswith("$JS.API."):  # that, at a site, is the site's own JetStream
             await nc.publish(target, body(target))
-            await nc.publish(target, body(target), reply=f"{nc._inbox_prefix.decode()}.{n}")
+            await nc.publish(target, body(target), reply=nc.new_inbox())
         if target in BUCKET_WRITES[:3]:
             # Interest in a bucket's subject, for a push consumer's deliveries. (A subscription to the hub's API
             # from a site is a protocol violation at the hub, which then closes the link.)
@@ -133,7 +144,7 @@ async def attack(attacker: Login) -> None:
                 (f"deliver{n}", {"ack_policy": "none", "inactive_threshold": 10**10, "deliver_subject": target}),
             ):
                 made = msgspec.json.encode({"stream_name": stream, "config": {"name": name, **config}})
-                reply = target if name.startswith("reply") else f"{nc._inbox_prefix.decode()}.{name}"
+                reply = target if name.startswith("reply") else nc.new_inbox()
                 await nc.publish(f"{HUB_API}.CONSUMER.CREATE.{stream}.{name}", made, reply=reply)
             await nc.publish(f"$JS.FC.{stream}.intrusion.{n}", b"", reply=target)
     await nc.flush()
@@ -141,14 +152,23 @@ async def attack(attacker: Login) -> None:
 
 async def reaches_the_hub(attacker: Login) -> bool:
     """Whether a request this user sends over the link is answered at the hub: what a mirror asks, a consumer on
-    the index. Sent after an attack on the same connection, its answer says the attack has reached the hub."""
+    the index, its answer expected under `$JSC.R.` as a mirror's is. Sent after an attack on the same connection,
+    its answer says the attack has reached the hub."""
+    nc = attacker.nc
     made = {"stream_name": INDEX, "config": {"name": "sentinel", "ack_policy": "none", "inactive_threshold": 10**10}}
+    answers = await nc.subscribe(f"$JSC.R.{secrets.token_hex(8)}")
     try:
-        answer = await attacker.nc.request(
-            f"{HUB_API}.CONSUMER.CREATE.{INDEX}.sentinel", msgspec.json.encode(made), timeout=2
+        await nc.publish(
+            f"{HUB_API}.CONSUMER.CREATE.{INDEX}.sentinel", msgspec.json.encode(made), reply=answers.subject
         )
-    except (nats.errors.TimeoutError, nats.errors.NoRespondersError):
+        answer = await answers.next_msg(timeout=2)
+    except nats.errors.TimeoutError:
         return False
+    finally:
+        with contextlib.suppress(nats.errors.Error):
+            await answers.unsubscribe()
+    if "Status" in (answer.headers or {}):
+        return False  # no responders (503): the hub's interest has not reached this site yet, or never will
     return bool(msgspec.json.decode(answer.data).get("type") == "io.nats.jetstream.api.v1.consumer_create_response")
 
 
@@ -156,16 +176,17 @@ ROGUE_CONF = """
 listen: 127.0.0.1:-1
 jetstream {{ store_dir: "{store}", domain: rogue }}
 accounts {{ REG {{ jetstream: enabled, users = [{{user: {user}, password: {password}}}] }} }}
-leafnodes {{ remotes = [{{url: "{url}", account: REG, tls: {{ca_file: "{ca}"}}}}] }}
+leafnodes {{ remotes = [{{url: "{url}", account: REG{tls}}}] }}
 """
 
 
 @asynccontextmanager
-async def rogue_site(edge: Edge, url: str) -> AsyncIterator[NatsServer]:
-    """A site of the intruder's own, linked to the hub with the leaf password: every user of it may do anything."""
-    conf = edge.folder / "rogue.conf"
-    store = edge.folder / "data" / "rogue"
-    conf.write_text(ROGUE_CONF.format(store=store, user=INTRUDER, password=INTRUDER, url=url, ca=edge.ca))
+async def rogue_site(folder: Path, url: str, ca: Path | None) -> AsyncIterator[NatsServer]:
+    """A site of the intruder's own, linked to the hub at `url` (over TLS trusting `ca`, when given): every user of
+    it may do anything."""
+    conf = folder / "rogue.conf"
+    tls = f', tls: {{ca_file: "{ca}"}}' if ca is not None else ""
+    conf.write_text(ROGUE_CONF.format(store=folder / "rogue", user=INTRUDER, password=INTRUDER, url=url, tls=tls))
     server = await anyio.to_thread.run_sync(NatsServer(["-c", str(conf)]).start)
     try:
         yield server
@@ -195,7 +216,7 @@ async def test_no_user_of_a_site_changes_the_hub_s_registry_over_the_link(
 
         if user == INTRUDER:
             url = f"nats-leaf://leaf_site:{LEAF_PASSWORD}@127.0.0.1:{edge.leaf_port}"
-            rogue = await stack.enter_async_context(rogue_site(edge, url))
+            rogue = await stack.enter_async_context(rogue_site(edge.folder, url, edge.ca))
             await anyio.to_thread.run_sync(lambda: rogue.wait_for_log("Leafnode connection created", 1, WAIT))
             attacker = Login(INTRUDER, await nats.connect(rogue.url, user=INTRUDER, password=INTRUDER))
             stack.push_async_callback(attacker.nc.close)
@@ -221,7 +242,7 @@ async def test_a_leaf_link_that_logs_in_as_a_user_of_the_hub_is_refused(edge: Ed
     """Only the leafnodes block's users may link a site: a link with the hub admin's password is refused."""
     await edge.link_up()
     url = f"nats-leaf://admin:{password(edge.hub, 'admin')}@127.0.0.1:{edge.leaf_port}"
-    async with rogue_site(edge, url) as rogue:
+    async with rogue_site(edge.folder, url, edge.ca) as rogue:
         await anyio.to_thread.run_sync(lambda: rogue.wait_for_log("Authorization Violation", 1, WAIT))
         hub = edge.hub.log
         await anyio.to_thread.run_sync(lambda: hub.wait_for_log('authentication error - User "admin"', 1, WAIT))
@@ -364,3 +385,73 @@ async def refusals_name_the_check(client: LoaderClient, reasons: dict[str, str])
     details = await refused_for(client, "taskserv:etcd:3.6.0", pinned=False)
     assert details["version"] == "3.6.0" and details["reason"] == reasons["taskserv:etcd:3.6.0"]
     assert (await client.load("taskserv", "etcd", "3.5.0"))["metadata"]["version"] == "3.5.0"
+
+
+# --- why the links land in EDGE -----------------------------------------------------------------------------------
+
+# The leaf user of the layout first tried: in REG itself, allowed to publish only what a mirror asks for and to
+# receive only what it is sent.
+LEAF_IN_REG = """
+LEAF_SITE = {
+  publish: {allow: [
+    "$JS.hub.API.CONSUMER.CREATE.KV_extension-index", "$JS.hub.API.CONSUMER.CREATE.KV_extension-index.>",
+    "$JS.hub.API.CONSUMER.CREATE.OBJ_extension-archives", "$JS.hub.API.CONSUMER.CREATE.OBJ_extension-archives.>",
+    "$JS.FC.KV_extension-index.>", "$JS.FC.OBJ_extension-archives.>"
+  ]}
+  subscribe: {allow: ["$JS.M.>", "$JSC.R.>"]}
+}
+"""
+ADMIN_LINE = "      {user: admin, password: $NATS_ADMIN_PASSWORD, permissions: $ADMIN}"
+
+
+def hub_with_the_leaf_user_in_reg(folder: Path, leaf_port: int) -> Path:
+    """nats.conf with that user in REG, a leaf-node listener without a block of its own (so a link logs in as
+    one of the accounts' users), the JetStream domain hub; on free loopback ports."""
+    text = (ROOT / "nats.conf").read_text()
+    assert ADMIN_LINE in text and "\naccounts {" in text
+    text = text.replace(
+        ADMIN_LINE, f"{ADMIN_LINE}\n      {{user: leaf_site, password: {LEAF_PASSWORD}, permissions: $LEAF_SITE}}"
+    )
+    text = text.replace("\naccounts {", f"\n{LEAF_IN_REG}\naccounts {{", 1)
+    text = re.sub(r"^(listen|http): 127\.0\.0\.1:\d+", r"\1: 127.0.0.1:-1", text, flags=re.M)
+    text += (
+        f'\njetstream {{ store_dir: "{folder / "hub"}", domain: hub }}\nleafnodes {{ listen: 127.0.0.1:{leaf_port} }}\n'
+    )
+    conf = folder / "hub-reg.conf"
+    conf.write_text(text)
+    return conf
+
+
+async def test_a_site_link_in_the_registry_s_own_account_lets_a_site_write_the_hub_s_buckets(tmp_path: Path) -> None:
+    """Why nats.conf has EDGE. With the site's link in REG, allowed nothing but a mirror's requests, a site still
+    names a bucket's subject as the reply of its consumer-create request: JetStream's answer is published in REG
+    onto that subject, and the bucket stores it."""
+    leaf_port = free_port()
+    conf = hub_with_the_leaf_user_in_reg(tmp_path, leaf_port)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NATS_")} | HUB_PASSWORDS
+    async with AsyncExitStack() as stack:
+        hub = await anyio.to_thread.run_sync(NatsServer(["-c", str(conf)], env=env).start)
+        stack.callback(hub.stop)
+        admin = await nats.connect(
+            hub.url, user="admin", password=HUB_PASSWORDS[VARIABLES["admin"]], inbox_prefix=inbox_prefix_for("admin")
+        )
+        stack.push_async_callback(admin.close)
+        await setup_streams(admin, registry_targets(DEFAULT_NAMES))
+        js = admin.jetstream(timeout=WAIT)
+        rogue = await stack.enter_async_context(
+            rogue_site(tmp_path, f"nats-leaf://leaf_site:{LEAF_PASSWORD}@127.0.0.1:{leaf_port}", None)
+        )
+        intruder = Login(INTRUDER, await nats.connect(rogue.url, user=INTRUDER, password=INTRUDER))
+        stack.push_async_callback(intruder.nc.close)
+        with anyio.fail_after(WAIT):
+            while not await reaches_the_hub(intruder):
+                pass
+        before = (await js.stream_info(INDEX)).state.last_seq
+
+        made = msgspec.json.encode({"stream_name": INDEX, "config": {"name": "r", "ack_policy": "none"}})
+        await intruder.nc.publish(f"{HUB_API}.CONSUMER.CREATE.{INDEX}.r", made, reply=BUCKET_WRITES[0])
+        with anyio.fail_after(WAIT):
+            while (await js.stream_info(INDEX)).state.last_seq == before:
+                pass
+        stored = await js.get_last_msg(INDEX, BUCKET_WRITES[0])
+        assert msgspec.json.decode(stored.data or b"")["type"] == "io.nats.jetstream.api.v1.consumer_create_response"
