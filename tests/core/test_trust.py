@@ -255,3 +255,16 @@ def test_state_statement_types_are_not_interchangeable() -> None:
     stamp_as_state = seal(TimestampStatement(issued_at=WHEN, expires_at=WHEN, sequences={}), [KEY])
     assert judge(msgspec.structs.replace(record, state=stamp_as_state))["1.0.0"][0] is not None
     assert seal(state, [KEY]).payload_type != stamp_as_state.payload_type
+
+
+def test_a_view_growing_older_is_logged_stale_once(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    target = releases(tmp_path, max_age_s=60)
+    now = datetime.now(UTC)
+    target.apply(TIMESTAMP_KEY, timestamp(KEY, age=timedelta(0), valid=timedelta(days=1), sequences={}))
+    with caplog.at_level(logging.INFO, logger="service.core.releases"):
+        for minutes in (2, 3, 4):
+            age, stale = target.freshness(now + timedelta(minutes=minutes))
+            assert stale is not None and age is not None and age >= minutes * 60 - 1
+        assert target.freshness(now + timedelta(days=2))[1] is not None  # expired: another kind, logged
+    said = [r.getMessage() for r in caplog.records if "stale" in r.getMessage()]
+    assert len(said) == 2 and "over registry.max_age_s = 60" in said[0] and "expired at" in said[1]
