@@ -34,7 +34,7 @@ from ..registry.index import (
     parse_index_key,
 )
 from ..registry.statements import StatementInvalid, StateStatement, read
-from .bundles import BundleRefused, Contents, write
+from .bundles import BundleRefused, Contents, described, write
 
 Since = int | datetime
 
@@ -75,7 +75,7 @@ async def export(
     named = {index_key(kind, name) for kind, name in only}
     absent = sorted(named - set(values))
     if absent:
-        raise BundleRefused("; ".join(f"the registry has no record of {_what(key)}" for key in absent))
+        raise BundleRefused("; ".join(f"the registry has no record of {described(key)}" for key in absent))
     chosen: list[tuple[str, IndexRecord, StateStatement]] = []
     left_out: list[str] = []
     for key in sorted(named or values):
@@ -83,7 +83,7 @@ async def export(
             record, state = _signed(key, values[key])
         except _LeftOut as exc:
             if named:
-                raise BundleRefused(f"{_what(key)}: {exc}") from None
+                raise BundleRefused(f"{described(key)}: {exc}") from None
             left_out.append(f"{key}: {exc}")
             continue
         if _newer(state, since):
@@ -150,11 +150,3 @@ async def _fetch(buckets: RegistryBuckets, what: str, digest: str, scratch: str,
     if fetched != digest:
         raise BundleRefused(f"{what}: its archive's bytes have the sha256 {fetched}, not the {digest} it names")
     return into
-
-
-def _what(key: str) -> str:
-    try:
-        extension_type, name = parse_index_key(key)
-    except ValueError:
-        return key
-    return f"{extension_type.value} {name}"

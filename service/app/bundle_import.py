@@ -1,24 +1,15 @@
-"""`bundle import`: a bundle's records and archives written into a site's registry, only when the site's own pinned
-keys (its `[[registry.trusted]]`) trust everything in it.
-
-Nothing is written before everything is checked (`check`, then `import_bundle`):
-1. each record as a loader at the site judges it (`Trust.judge`): its state signed by a key pinned for its type
-   and name; every release in it listed by that state, signed by such a key, its plain copy what was signed (its
-   yanked flag too); no release the state lists missing; the sequence the manifest gives it the signed one;
-2. each archive: the sha256 of its bytes is the digest its release signs, its size the size signed (and within
-   `registry.max_archive_mb`, checked as it is read); every archive a release names is in the bundle, and no other;
-3. against the site: no record goes back (its sequence lower than that of the site's record, or than the site's
-   signed timestamp lists for it) and none diverges (the same sequence, another state).
-Any problem refuses the whole bundle, and each is named.
+"""`bundle import`: a bundle the site's pinned keys trust (`bundle_verify.py` checks it first) written into the
+site's registry, after checking it against what the site holds: no record goes back (its sequence lower than that
+of the site's record, or than the site's trusted timestamp lists for it) and none diverges (the same sequence,
+another state). Either refuses the whole bundle, naming each record, before anything is written.
 
 Then the archives are written (named by their digest; one that is there already is left as it is), then the
-records, each byte for byte as in the bundle (so an export at the site gives the same bundle again) with
-compare-and-set on the revision checked, then the timestamp: when a key the site pins without limits signed it, it
-is newer than the site's, and no record at the site is older than it says (else a loader would take that record
-for a rollback), else it is left out and said why. A record already the same bytes is left alone: importing a
-bundle twice changes nothing the second time. A site record whose state the site's keys do not trust is replaced,
-and said so. A record someone changes at the site while the import writes is checked again; one that has become
-newer is kept, and said so.
+records, each byte for byte as in the bundle (so an export at the site gives the same bundle again), dependencies
+first, with compare-and-set on the revision checked, then the timestamp: when it is newer than the site's and no
+record at the site is older than it says (else a loader would take that record for a rollback), else it is left
+out and said why. A record already the same bytes is left alone: importing a bundle twice changes nothing the
+second time. A site record whose state the site's keys do not trust is replaced, and said so. A record someone
+changes at the site while the import writes is checked again; one that has become newer is kept, and said so.
 """
 
 from __future__ import annotations
@@ -31,31 +22,12 @@ from ..contract.messages import ExtensionType
 from ..core.trust import Trust
 from ..registry.buckets import RegistryBuckets
 from ..registry.errors import Conflict
-from ..registry.index import (
-    TIMESTAMP_KEY,
-    IndexRecord,
-    IndexRecordInvalid,
-    decode_record,
-    decode_timestamp,
-    index_key,
-    object_name,
-    parse_index_key,
-)
+from ..registry.index import TIMESTAMP_KEY, IndexRecordInvalid, decode_record, decode_timestamp, object_name
 from ..registry.statements import Envelope, TimestampStatement
-from .bundles import Bundle, BundleRefused
+from .bundle_verify import Checked, dependencies_first
+from .bundles import BundleRefused, described
 
 _ATTEMPTS = 20  # compare-and-set rounds for a record someone keeps changing at the site
-
-
-@dataclass(frozen=True, slots=True)
-class Checked:
-    """A bundle whose records and archives the site's keys trust: each record with its signed sequence, and its
-    timestamp when trusted (else why it is not)."""
-
-    bundle: Bundle
-    records: dict[str, tuple[IndexRecord, int]]
-    timestamp: TimestampStatement | None
-    timestamp_note: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,70 +55,6 @@ class Imported:
         return not written and all(r.status in ("unchanged", "kept") for r in self.records)
 
 
-def check(bundle: Bundle, trust: Trust) -> Checked:
-    """The bundle, each record judged as a loader at the site judges it and each archive against its signed digest
-    and size; BundleRefused naming every problem."""
-    problems: list[str] = []
-    records: dict[str, tuple[IndexRecord, int]] = {}
-    named: set[str] = set()
-    for key, value in sorted(bundle.records.items()):
-        what = _what(key)
-        try:
-            record = decode_record(value)
-        except IndexRecordInvalid as exc:
-            problems.append(f"{what}: not an index record: {exc.reason}")
-            continue
-        if index_key(record.extension_type, record.name) != key:
-            problems.append(f"{what}: the record is the one of {record.extension_type.value} {record.name}")
-            continue
-        named.update(release.digest for release in record.releases.values())
-        if record.state is None:
-            problems.append(f"{what}: a record of the old format, with no signed state")
-            continue
-        judgement = trust.judge(record)
-        if judgement.sequence is None:
-            why = next((v.untrusted for v in judgement.verdicts.values() if v.untrusted), None)
-            problems.append(f"{what}: not trusted by this site's keys: {why or 'its signed state is not trusted'}")
-            continue
-        for version, verdict in sorted(judgement.verdicts.items()):
-            if verdict.untrusted is not None:
-                problems.append(f"{what} {version}: not trusted by this site's keys: {verdict.untrusted}")
-        problems += [f"{what} {v}: in its signed state, but not in the record" for v in judgement.missing]
-        problems += [f"{what} {note}" for note in judgement.ignored]
-        if bundle.manifest.records[key] != judgement.sequence:
-            said = bundle.manifest.records[key]
-            problems.append(f"{what}: the manifest says sequence {said}, its signed state {judgement.sequence}")
-        for version, release in sorted(record.releases.items()):
-            archive = bundle.archives.get(release.digest)
-            if archive is None:
-                problems.append(f"{what} {version}: its archive {release.digest} is not in the bundle")
-            elif archive.digest != release.digest:
-                problems.append(
-                    f"{what} {version}: its archive's bytes have the sha256 {archive.digest}, not the "
-                    f"{release.digest} signed"
-                )
-            elif archive.size != release.size:
-                problems.append(f"{what} {version}: its archive is {archive.size} bytes, not the {release.size} signed")
-        records[key] = (record, judgement.sequence)
-    problems += [f"archive {d}: no release in the bundle names it" for d in sorted(set(bundle.archives) - named)]
-    if problems:
-        raise BundleRefused("\n".join(problems))
-    stamp, note = _timestamp(bundle.timestamp, trust)
-    return Checked(bundle, records, stamp, note)
-
-
-def _timestamp(value: bytes | None, trust: Trust) -> tuple[TimestampStatement | None, str]:
-    if value is None:
-        return None, "none in the bundle"
-    try:
-        stamp = trust.timestamp(decode_timestamp(value))
-    except IndexRecordInvalid as exc:
-        return None, f"left out: it cannot be read: {exc.reason}"
-    if stamp is None:
-        return None, "left out: no key this site pins without limits signed it"
-    return stamp, ""
-
-
 async def import_bundle(buckets: RegistryBuckets, checked: Checked, trust: Trust) -> Imported:
     """Writes a checked bundle into the site's buckets (see the module's docstring). BundleRefused, with nothing
     written, for a record that would go back or diverge."""
@@ -167,12 +75,12 @@ async def import_bundle(buckets: RegistryBuckets, checked: Checked, trust: Trust
             continue
         await buckets.archives.put(object_name(digest), await anyio.Path(archive.path).read_bytes())
         imported.archives_written += 1
-    for key in _dependencies_first(checked.records):
+    for key in dependencies_first(checked.records):
         status, revision, previous = plans[key]
         record, sequence = checked.records[key]
         if status == "replaced":
             imported.warnings.append(
-                f"{_what(key)}: the site's record, whose signed state this site's keys do not "
+                f"{described(key)}: the site's record, whose signed state this site's keys do not "
                 f"trust, is replaced by the bundle's (sequence {sequence})"
             )
         if status != "unchanged":
@@ -193,7 +101,7 @@ async def _plan(
     site, site_state = _judged(value, trust)
     if value == checked.bundle.records[key]:
         return "unchanged", revision, site
-    what = _what(key)
+    what = described(key)
     if sequence < max(site or 0, floor):
         held = (
             f"the site's record is sequence {site}"
@@ -246,7 +154,7 @@ async def _write(
             if problems or status == "unchanged":
                 imported.warnings += [f"changed at the site during the import, kept: {p}" for p in problems]
                 return status, previous
-    imported.warnings.append(f"{_what(key)}: kept changing at the site during the import: not written")
+    imported.warnings.append(f"{described(key)}: kept changing at the site during the import: not written")
     return "kept", previous
 
 
@@ -287,13 +195,13 @@ async def _plan_timestamp(
         held = _judged(value_at_site, trust)[0] if value_at_site is not None else None
         if held is not None and held < listed:
             return (
-                f"left out: it lists {_what(key)} at sequence {listed}, and this site has sequence {held}: loaders "
+                f"left out: it lists {described(key)} at sequence {listed}, and this site has sequence {held}: loaders "
                 "would take the site's record for a rollback; import a bundle that holds that extension",
                 0,
             )
     for key, (_, sequence) in checked.records.items():
         if sequence < stamp.sequences.get(key, 0):
-            return f"left out: it lists {_what(key)} at a sequence newer than the bundle's record", 0
+            return f"left out: it lists {described(key)} at a sequence newer than the bundle's record", 0
     return "write", revision
 
 
@@ -312,46 +220,3 @@ async def _write_timestamp(
         imported.warnings.append("the signed timestamp is left out: it changed at the site during the import")
         return "left out: it changed at the site during the import"
     return "written"
-
-
-def _dependencies_first(records: dict[str, tuple[IndexRecord, int]]) -> list[str]:
-    """The records' keys, each after those of the bundle its releases depend on (else in key order; a cycle is
-    broken where it closes): a loader with auto_update at the site that loads a newly imported version finds its
-    dependencies there already."""
-    needs: dict[str, set[str]] = {}
-    for key, (record, _) in records.items():
-        named = {_dependency_key(d) for r in record.releases.values() for d in r.dependencies}
-        needs[key] = {k for k in named if k in records and k != key}
-    order: list[str] = []
-    done: set[str] = set()
-
-    def visit(key: str, path: set[str]) -> None:
-        if key in done or key in path:
-            return
-        path.add(key)
-        for needed in sorted(needs[key]):
-            visit(needed, path)
-        path.discard(key)
-        done.add(key)
-        order.append(key)
-
-    for key in sorted(records):
-        visit(key, set())
-    return order
-
-
-def _dependency_key(dependency: str) -> str:
-    """The index key a typed dependency (`taskserv:vault@^1`, as signed) names; "" for anything else."""
-    kind, _, rest = dependency.partition(":")
-    try:
-        return index_key(kind, rest.partition("@")[0])
-    except ValueError:
-        return ""
-
-
-def _what(key: str) -> str:
-    try:
-        extension_type, name = parse_index_key(key)
-    except ValueError:
-        return key
-    return f"{extension_type.value} {name}"

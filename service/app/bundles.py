@@ -245,3 +245,12 @@ def _sha256(file: IO[bytes]) -> tuple[str, int]:
 
 def _hex(digest: str) -> str:
     return digest.removeprefix("sha256:")
+
+
+def described(key: str) -> str:
+    """An index key as people read it, `taskserv vault`; the key itself when it names no extension."""
+    try:
+        extension_type, name = parse_index_key(key)
+    except ValueError:
+        return key
+    return f"{extension_type.value} {name}"

@@ -1,6 +1,7 @@
 """The `bundle` subcommands: `bundle export FILE [--since SEQUENCE|TIME] [TYPE NAME ...]` writes the registry's
 signed records and their archives into one file; `bundle import FILE` verifies it with the site's pinned keys and
-writes it into the site's registry (`app/bundle_export.py`, `app/bundle_import.py`, the file `app/bundles.py`).
+writes it into the site's registry (`app/bundle_export.py`, `app/bundle_verify.py`, `app/bundle_import.py`; the
+file: `app/bundles.py`).
 
 Exit codes: 0 done (for an import, "unchanged" included); 1 refused (something not trusted or not the bytes signed,
 a rollback, an extension named that the registry does not have, a record that changed at the site meanwhile);
@@ -32,7 +33,8 @@ from ...core.fetching import unpack_limits
 from ...core.trust import Trust
 from ...registry.errors import RegistryUnavailable
 from ..bundle_export import Since, export
-from ..bundle_import import check, import_bundle
+from ..bundle_import import import_bundle
+from ..bundle_verify import check
 from ..bundles import BundleInvalid, BundleRefused, read
 from .calls import CaFileError, Forbidden, unless_forbidden
 from .registry import registry_buckets
