@@ -119,6 +119,7 @@ def write(path: Path, contents: Contents) -> tuple[str, int]:
                             tar.addfile(_info(f"archives/{_hex(digest)}.tar.gz", size), archive)
                 out.flush()
                 os.fsync(out.fileno())
+                os.fchmod(out.fileno(), 0o644)  # what any loader may read: whoever carries it may read it too
             except BaseException:
                 Path(out.name).unlink(missing_ok=True)
                 raise
