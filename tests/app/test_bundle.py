@@ -432,6 +432,46 @@ async def test_a_site_record_its_keys_do_not_trust_is_replaced_and_said_so(
         assert await index_values(at_site) == await index_values(nc)
 
 
+async def test_the_signed_timestamp_is_written_only_where_the_site_s_loaders_can_rely_on_it(
+    nats_server: NatsServer, nc: Client, site: NatsServer, tmp_path: Path, signer: Signer
+) -> None:
+    await publish(nc, tmp_path, signer, "vault", "1.0.0")
+    await publish(nc, tmp_path, signer, "etcd", "3.5.0")
+    buckets = RegistryBuckets(nc)
+    await buckets.open()
+    await refresh(buckets, signer, (), 3600)
+    first = tmp_path / "first.bundle"
+    await export(nats_server, first)
+    async with connected(site) as at_site:
+        await set_up_streams(at_site)
+        # A key pinned for taskservs only trusts the records, never a timestamp (only a key without limits may).
+        limited = ("--set", f'registry.trusted=[{{key = "{signer.public_key}", types = ["taskserv"]}}]')
+        code, out, err = await cli(site, "bundle", "import", str(first), *limited, "--json")
+        assert code == 0, err
+        assert json.loads(out)["timestamp"] == "left out: no key this site pins without limits signed it"
+        assert "warning: the signed timestamp is left out: no key this site pins without limits" in err
+        assert sorted(await index_values(at_site)) == ["taskserv.etcd", "taskserv.vault"]
+
+        # A timestamp that lists an extension newer than the site has it, in a bundle without that extension: the
+        # site's loaders would take their record for a rollback, so it stays out.
+        await yank(buckets, ExtensionType.TASKSERV, "etcd", "3.5.0", signer=signer)
+        await refresh(buckets, signer, (), 3600)
+        vault_only = tmp_path / "vault.bundle"
+        await export(nats_server, vault_only, "taskserv", "vault")
+        code, out, err = await import_(site, vault_only, signer.public_key)
+        assert code == 0, err
+        said = json.loads(out)["timestamp"]
+        assert said.startswith("left out: it lists taskserv etcd at sequence 2, and this site has sequence 1"), said
+        assert TIMESTAMP_KEY not in await index_values(at_site)
+        # With etcd in the bundle, it goes in.
+        everything = tmp_path / "everything.bundle"
+        await export(nats_server, everything)
+        code, out, err = await import_(site, everything, signer.public_key)
+        assert code == 0, err
+        assert json.loads(out)["timestamp"] == "written" and json.loads(out)["warnings"] == []
+        assert await index_values(at_site) == await index_values(nc)
+
+
 async def test_since_and_extension_names_choose_what_is_exported(
     nats_server: NatsServer, nc: Client, tmp_path: Path, signer: Signer
 ) -> None:
