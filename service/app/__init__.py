@@ -5,6 +5,8 @@
     client.py      LoaderClient, the small client the command line and the tests use
     publishing.py  publish, yank and search the registry; signing_states.py: the signed states a publisher builds on,
                    the types of dependencies, `refresh`; resigning.py: `resign` of the old format
+    bundles.py     the bundle file that carries the registry to an air-gapped site; bundle_export.py writes one,
+                   bundle_verify.py judges one with the site's pinned keys, bundle_import.py writes it there
     telemetry.py   which tracing, metrics and logging providers this process installs
     natsserver.py  a local nats-server (or a JetStream cluster of them), for `extension-loader dev`, the tests
                    and the benchmark

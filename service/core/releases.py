@@ -15,7 +15,7 @@ import contextlib
 import logging
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
 from ..contract.config import RegistryConfig
@@ -31,9 +31,10 @@ from ..registry.index import (
     index_key,
     parse_index_key,
 )
-from ..registry.statements import Envelope, TimestampStatement
+from ..registry.statements import Envelope
 from . import audit
 from .fetching import ReleaseFetcher
+from .freshness import Freshness
 from .registry_access import RegistryAccess
 from .saved_index import Saved, read_index, save_index
 from .trust import Judgement, Trust, Verdict
@@ -82,8 +83,7 @@ class Releases:
         self._names: dict[ExtensionType, set[str]] = {t: set() for t in ExtensionType}
         self._change_count = 0
         self._sequences: dict[str, int] = {}  # index key -> the highest signed sequence seen
-        self._timestamp: tuple[Envelope, TimestampStatement] | None = None
-        self._stale: str | None = None  # why the view was stale when last looked at
+        self._freshness = Freshness(config.max_age_s)
         self._trust = Trust(config.trusted, accept_v1=config.accept_v1)
         self._fetcher = ReleaseFetcher(config, folder, self._trust, access)
 
@@ -123,27 +123,8 @@ class Releases:
         )
 
     def freshness(self, now: datetime | None = None) -> tuple[float | None, str | None]:
-        """How old this view of the index is (seconds since the newest trusted timestamp was signed; None: none
-        seen), and why it is stale (None: fresh, or `registry.max_age_s` is 0). A change is logged."""
-        now = now or datetime.now(UTC)
-        stamp = self._timestamp[1] if self._timestamp is not None else None
-        age = round((now - stamp.issued_at).total_seconds(), 3) if stamp is not None else None
-        stale: str | None = None
-        limit = self.config.max_age_s
-        if limit > 0:
-            if stamp is None:
-                stale = "no signed timestamp of the index was seen (`extension-loader refresh` signs one)"
-            elif now > stamp.expires_at:
-                stale = f"the newest signed timestamp expired at {stamp.expires_at:%Y-%m-%dT%H:%M:%SZ}"
-            elif age is not None and age > limit:
-                stale = f"the newest signed timestamp is {age:.0f} s old, over registry.max_age_s = {limit:g}"
-        if stale != self._stale:
-            if stale is not None:
-                log.warning("registry: this loader's view of the index is stale: %s; serving what it has", stale)
-            else:
-                log.info("registry: this loader's view of the index is fresh again")
-            self._stale = stale
-        return age, stale
+        """How old this view of the index is, and why it is stale (`freshness.py`)."""
+        return self._freshness.look(now)
 
     # --- what a load does ---
 
@@ -231,15 +212,11 @@ class Releases:
             self.unsigned += 1
             log.warning("registry index: ignoring a timestamp no key without limits that this loader trusts signed")
             return
-        if self._timestamp is not None and stamp.issued_at <= self._timestamp[1].issued_at:
-            return
-        self._timestamp = (envelope, stamp)
-        self.freshness()
+        self._freshness.take(envelope, stamp)
 
     def _floor(self, key: str) -> int:
         """The lowest signed sequence a record of `key` may have: the highest seen, or the timestamp's."""
-        stamp = self._timestamp[1].sequences.get(key, 0) if self._timestamp is not None else 0
-        return max(self._sequences.get(key, 0), stamp)
+        return max(self._sequences.get(key, 0), self._freshness.sequence(key))
 
     def _set(self, name: _Name, record: IndexRecord | None) -> Changes:
         before = self._views.get(name, {})
@@ -330,7 +307,7 @@ class Releases:
         saved = Saved(
             records=tuple(self._records[n] for n in sorted(self._records)),
             sequences=dict(sorted(self._sequences.items())),
-            timestamp=self._timestamp[0] if self._timestamp is not None else None,
+            timestamp=self._freshness.envelope,
         )
         save_index(self.folder / "index.json", saved)
 

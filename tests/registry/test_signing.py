@@ -72,6 +72,18 @@ def test_the_old_format_s_user_keys_verify_only_when_asked_for() -> None:
     assert len(public_key_bytes(public, user_keys=True)) == 32
 
 
+def test_a_user_key_is_refused_with_what_to_do_instead() -> None:
+    user = _other_kind(nkeys.PREFIX_BYTE_USER)
+    with pytest.raises(SigningKeyError) as info:
+        public_key_bytes(user)
+    assert str(info.value) == (
+        f"public key {user!r} is a NATS user key, which a client logs in with: a server could have it sign anything "
+        "as its login nonce, so it is never trusted to sign releases; make a release key with `extension-loader "
+        'keygen FILE` (README.md, "Registry"), publish with it (or re-sign with `extension-loader resign`) and trust '
+        "its O... key instead"
+    )
+
+
 def test_round_trip() -> None:
     signature = SIGNER.sign(STATEMENT)
     assert len(signature) == 86 and "=" not in signature

@@ -6,6 +6,7 @@
     calls.py     those commands and `watch`: a client for people, through `LoaderClient`
     registry.py  `keygen`, `publish`, `yank`, `search`, `refresh`, `resign`: the JetStream registry, through
                  `app/publishing.py`
+    bundle.py    `bundle export`, `bundle import`: the registry carried to a site that cannot reach it
     certs.py     `certs`: the development CA and the NATS server's certificate, through `app/certs.py`
     setup.py     `setup`: the events stream and the registry's buckets made or updated, through `app/setup.py`
     printing.py  how their results read in a terminal
@@ -25,6 +26,7 @@ from collections.abc import Sequence
 from ...contract.config import is_subject
 from ..serve import service_version
 from . import commands
+from .bundle import add_bundle_command
 from .calls import DEFAULT_URL, run_client
 from .certs import add_certs_command
 from .registry import run_keygen, run_registry
@@ -130,6 +132,7 @@ def _parser() -> argparse.ArgumentParser:
         metavar="KEY",
         help="a public key that signed them: U... in the old format, or a retired O... (repeat for several)",
     )
+    add_bundle_command(sub, _connection_options)
 
     st = sub.add_parser("setup", help="create or update the events stream and the registry's buckets (as admin)")
     _connection_options(st, user=ADMIN)

@@ -85,7 +85,7 @@ async def _main(args: argparse.Namespace, config: Config) -> int:
     if args.action == "publish":
         signer = read_seed(Path(args.key))  # before any work: a bad key is found at once
         prepared = await prepare(Path(args.folder), signer, config)
-        async with _buckets(args, config) as buckets:
+        async with registry_buckets(args, config) as buckets:
             await buckets.open()  # `extension-loader setup` makes them; a publisher only writes
             for problem in await buckets.problems():
                 print(f"warning: registry: {problem}", file=sys.stderr)
@@ -101,7 +101,7 @@ async def _main(args: argparse.Namespace, config: Config) -> int:
         return 0
     if args.action == "yank":
         signer = read_seed(Path(args.key))
-        async with _buckets(args, config) as buckets:
+        async with registry_buckets(args, config) as buckets:
             await buckets.open(archives=False)  # a yank changes the index only
             outcome = await yank(
                 buckets,
@@ -122,7 +122,7 @@ async def _main(args: argparse.Namespace, config: Config) -> int:
         return 0
     if args.action == "refresh":
         signer = read_seed(Path(args.key))
-        async with _buckets(args, config) as buckets:
+        async with registry_buckets(args, config) as buckets:
             await buckets.open(archives=False)
             refreshed = await refresh(buckets, signer, config.registry.trusted, args.expires_in)
         _warn(f"left out of the timestamp: {why}" for why in refreshed.left_out)
@@ -138,7 +138,7 @@ async def _main(args: argparse.Namespace, config: Config) -> int:
         signer = read_seed(Path(args.key))
         for key in args.from_keys:
             public_key_bytes(key, user_keys=True)  # SigningKeyError (exit 2) for a key mistyped
-        async with _buckets(args, config) as buckets:
+        async with registry_buckets(args, config) as buckets:
             await buckets.open()  # each archive is read again
             done = await resign(buckets, signer, args.from_keys, config)
         for record in done:
@@ -153,7 +153,7 @@ async def _main(args: argparse.Namespace, config: Config) -> int:
             else "nothing to re-sign: no release of the old format, nor one a retired key signed, verifies with --from",
         )
         return 0
-    async with _buckets(args, config) as buckets:
+    async with registry_buckets(args, config) as buckets:
         await buckets.open(archives=False)  # the index is all a search reads, and all most users may read
         found = await search(buckets, args.words)
     if args.json:
@@ -195,7 +195,7 @@ def _print(args: argparse.Namespace, data: dict[str, Any], line: str) -> None:
 
 
 @asynccontextmanager
-async def _buckets(args: argparse.Namespace, config: Config) -> AsyncIterator[RegistryBuckets]:
+async def registry_buckets(args: argparse.Namespace, config: Config) -> AsyncIterator[RegistryBuckets]:
     """A connection as the person asked, and the registry's buckets on it."""
     names = BucketNames(index=config.registry.index_bucket, archives=config.registry.archive_bucket)
     nc = await connect(args)
