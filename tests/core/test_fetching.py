@@ -630,6 +630,22 @@ async def test_an_archive_without_metadata_toml_is_refused_with_why(
     assert contents(reg.folder) == ["archives", kept(release), "trees"]
 
 
+async def test_an_archive_whose_metadata_toml_names_another_version_is_refused_with_each_problem(
+    reg: Registry,
+) -> None:
+    metadata = 'name = "etcd"\nversion = "1.0.1"\ndescription = "redis 1.0.0"\ntype = "taskserv"\n'
+    folder = write_extension(reg.checkout, "taskserv", "redis", "1.0.0", metadata=metadata)
+    release = await reg.publish_by_hand("redis", pack(folder), tree_digest=tree_digest(folder))
+    with pytest.raises(UntrustedExtension) as caught:
+        await reg.fetch("redis")
+    problems = [
+        "metadata.toml: name is 'etcd', but the folder is 'redis'",
+        "metadata.toml: version is '1.0.1', but the folder is '1.0.0'",
+    ]
+    untrusted(caught, "redis", f"its index entry does not say what its signed archive says: {'; '.join(problems)}")
+    assert contents(reg.folder) == ["archives", kept(release), "trees"]
+
+
 async def test_an_index_entry_without_metadata_differs_in_every_field_the_archive_gives(reg: Registry) -> None:
     release = await reg.publish("redis")
     info = reg.info("redis")
@@ -710,6 +726,48 @@ async def test_overlapping_fetches_of_one_archive_download_it_once(
     assert await fetch_together(*[lambda: reg.fetch("redis")] * 3) == [root] * 3
     assert tree_digest(root / "taskservs" / "redis" / "1.0.0") == release.tree_digest
     assert [text.split(":")[0] for text, _ in audit_lines(audit)] == ["fetched taskserv", "unpacked again taskserv"]
+
+
+async def test_overlapping_fetches_of_a_release_refused_once_unpacked_are_each_refused_alike(
+    reg: Registry, audit: pytest.LogCaptureFixture
+) -> None:
+    folder = checkout(reg.checkout, "redis", description="another description")
+    release = await reg.publish_by_hand("redis", pack(folder), tree_digest=tree_digest(folder))
+    reason = "its index entry does not say what its signed archive says: description differ"
+    refusals: list[str] = []
+
+    async def refused() -> Path:
+        with pytest.raises(UntrustedExtension) as caught:
+            await reg.fetch("redis")
+        refusals.append(caught.value.reason)
+        return reg.fetcher.tree(release)
+
+    await fetch_together(refused, refused, refused)
+    assert refusals == [reason] * 3  # never a tree half removed by the other, nor a file missing from it
+    assert contents(reg.folder) == ["archives", kept(release), "trees"]
+    assert (reg.fetcher.fetched, reg.releases.refused) == (1, 3)
+    assert audit_lines(audit) == [
+        fetched_line("taskserv:redis:1.0.0", release),
+        *[refusal("taskserv:redis:1.0.0", "untrusted_extension", reason, release)] * 3,
+    ]
+
+
+async def test_a_fetch_waiting_on_the_registry_holds_up_no_fetch_of_another_archive(
+    reg: Registry, js_server: JetStreamServer
+) -> None:
+    served = await reg.publish("etcd")
+    await reg.fetch("etcd")
+    await reg.publish("redis")
+    js_server.pause()  # nothing answers: the fetch of redis waits, holding its archive's turn
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(reg.fetch, "redis")
+            await anyio.wait_all_tasks_blocked()
+            with anyio.fail_after(WAIT / 4):
+                assert await reg.fetch("etcd") == reg.fetcher.tree(served)
+            tg.cancel_scope.cancel()
+    finally:
+        js_server.resume()
 
 
 async def test_two_loaders_sharing_a_folder_fetch_at_once_and_serve_one_tree(reg: Registry) -> None:
