@@ -89,11 +89,12 @@ class ReleaseFetcher:
                     shutil.rmtree(folder, ignore_errors=True)
                     self._prune(folder.parent)
                     raise _refuse(info, release, f"its unpacked tree is {found}, not the signed {release.tree_digest}")
-        mismatch = await anyio.to_thread.run_sync(_metadata_mismatch, info, folder)
-        if mismatch is not None:
-            shutil.rmtree(folder, ignore_errors=True)
-            self._prune(folder.parent)
-            raise _refuse(info, release, f"its index entry does not say what its signed archive says: {mismatch}")
+            # Under the lock: an overlapping fetch of the release never finds the tree half removed.
+            mismatch = await anyio.to_thread.run_sync(_metadata_mismatch, info, folder)
+            if mismatch is not None:
+                shutil.rmtree(folder, ignore_errors=True)
+                self._prune(folder.parent)
+                raise _refuse(info, release, f"its index entry does not say what its signed archive says: {mismatch}")
         return self.tree(release)
 
     async def _tree_differs(self, release: Release, folder: Path) -> str | None:

@@ -37,6 +37,9 @@ log = logging.getLogger(__name__)
 # A start takes a thread only for its moment: a few at once are plenty.
 _STARTERS_PER_PRIORITY = 4
 _starters: dict[int, ThreadPoolExecutor] = {}
+# A process forked from this one (mutation testing forks the test process) has none of their threads: its starts
+# would wait for ever on a pool that thinks it has idle ones. It makes its own.
+os.register_at_fork(after_in_child=_starters.clear)
 
 
 @functools.cache

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
+import select
+import signal
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -122,3 +124,25 @@ async def test_a_cancelled_start_still_completes(tmp_path: Path) -> None:
     with anyio.fail_after(WAIT):
         assert await process.wait() == -9
         await process.aclose()
+
+
+def test_a_process_forked_after_a_start_starts_processes_of_its_own(tmp_path: Path) -> None:
+    """A process forked from this one once it has started one (mutation testing forks the test process) has none
+    of the starters' threads: its own starts get threads of its own, never a pool it cannot run."""
+    assert asyncio.run(run_to_end(tmp_path))[:2] == (0, b"SPARE\n")
+    pid = os.fork()
+    if pid == 0:  # the child: exits 0 once its start has run to the end, never returns into pytest
+        code = 1
+        try:
+            code = 0 if asyncio.run(run_to_end(tmp_path))[:2] == (0, b"SPARE\n") else 1
+        finally:
+            os._exit(code)
+    pidfd = os.pidfd_open(pid)
+    try:
+        exited, _, _ = select.select([pidfd], [], [], WAIT)
+        if not exited:
+            os.kill(pid, signal.SIGKILL)
+        assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0, "the forked process's start never ran"
+        assert exited
+    finally:
+        os.close(pidfd)
