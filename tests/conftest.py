@@ -17,7 +17,7 @@ import subprocess
 import sys
 import threading
 import tomllib
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -212,6 +212,11 @@ class EventLog:
         with anyio.fail_after(WAIT):
             await self._changed.wait_until(lambda: len(self.bodies(subject_suffix)) >= count)
         return self.bodies(subject_suffix)
+
+    async def wait_until(self, condition: Callable[[], bool], within: float = WAIT) -> None:
+        """Returns once `condition()` holds, looked at again as each message arrives."""
+        with anyio.fail_after(within):
+            await self._changed.wait_until(condition)
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext, api
 from nats.js.errors import APIError, NotFoundError, ServiceUnavailableError
 
-from .stream_settings import Target, apply, changes, show
+from .stream_settings import Target, apply, changes, mirror_of, show
 
 TIMEOUT_S: Final = 10.0  # one JetStream call; making an R3 stream on a busy cluster takes a while
 _NAME_IN_USE: Final = 10058  # another setup made the stream meanwhile
@@ -102,6 +102,9 @@ async def _compare(
             "sealed: nothing more can be written to it, and a stream cannot be unsealed; delete it (losing what it "
             "holds) and run setup again",
         )
+    wants_mirror = "mirror" in target.settings
+    if (config.mirror is not None) != wants_mirror:
+        return Outcome(target, Status.REFUSED, _not_a_mirror(config) if wants_mirror else _a_mirror(config))
     found = changes(target, config, replicas)
     if not found:
         return Outcome(target, Status.UNCHANGED)
@@ -117,6 +120,24 @@ async def _compare(
     return Outcome(target, Status.UPDATED, "; ".join(str(c) for c in found))
 
 
+def _not_a_mirror(config: api.StreamConfig) -> str:
+    subjects = show(tuple(config.subjects or ()))
+    return (
+        f"a stream over {subjects} is here, not a mirror of the hub's: setup --site is for an edge site; there, "
+        "delete the stream (losing what it holds) and run setup --site again"
+    )
+
+
+def _a_mirror(config: api.StreamConfig) -> str:
+    return (
+        f"this is an edge site's mirror of {mirror_of(config.mirror)}: run setup --site here (or delete the mirror "
+        "to keep the registry itself on this server)"
+    )
+
+
 def _made(target: Target, replicas: int) -> str:
+    copies = f"{replicas} {'replica' if replicas == 1 else 'replicas'}"
+    if "mirror" in target.settings:
+        return f"mirror of {mirror_of(target.settings['mirror'])}; {copies}"
     subjects = show(tuple(target.settings.get("subjects", ())))
-    return f"subjects {subjects}; {replicas} {'replica' if replicas == 1 else 'replicas'}"
+    return f"subjects {subjects}; {copies}"

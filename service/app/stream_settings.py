@@ -7,6 +7,11 @@ how to make its stream and which of the stream's settings setup keeps; `changes`
 there with them and says, for each difference, whether applying it would lose data (a time to live, a
 retention other than limits, a smaller limit, fewer copies, another storage type). Settings a target does not
 name (a description, placement, metadata) are left as an operator set them.
+
+At an edge site (`setup --site`) the registry's two targets are mirrors of the hub's buckets instead
+(`site_targets`): the same stream names (nats-py binds a bucket by its stream's name), no subjects of their own,
+the hub reached under its JetStream API prefix, direct gets answered from the mirror, and the index keeping
+`HISTORY` revisions of a record as the hub's does (nats-py's Key-Value refuses to bind a stream without it).
 """
 
 from __future__ import annotations
@@ -127,6 +132,56 @@ def registry_targets(names: BucketNames, api_prefix: str = "$JS.API") -> list[Ta
     ]
 
 
+def site_targets(config: Config, hub_domain: str) -> list[Target]:
+    """An edge site's streams: its own events stream, and mirrors of the registry's buckets of the hub whose
+    JetStream domain is `hub_domain`."""
+    registry = config.registry
+    names = BucketNames(index=registry.index_bucket, archives=registry.archive_bucket)
+    subjects = [f"{config.nats.subject_prefix}.{event.suffix}" for event in EVENTS]
+    return [
+        events_target(config.events.stream, subjects, config.events.api_prefix),
+        *mirror_targets(names, hub_api(hub_domain), registry.api_prefix),
+    ]
+
+
+def hub_api(hub_domain: str) -> str:
+    """Where a site reaches the JetStream API of the hub's domain across its leaf link."""
+    return f"$JS.{hub_domain}.API"
+
+
+def mirror_targets(names: BucketNames, hub: str, api_prefix: str = "$JS.API") -> list[Target]:
+    """Mirrors of the registry's buckets, reached at the hub under the API prefix `hub`: each with the name of the
+    stream it mirrors, its settings as the bucket's own (but no subjects), and direct gets answered here."""
+
+    def maker(stream: str, settings: Mapping[str, Any]) -> Make:
+        async def make(js: JetStreamContext, replicas: int) -> None:
+            await js.add_stream(api.StreamConfig(name=stream, num_replicas=replicas, **settings))
+
+        return make
+
+    index_target, archive_target = registry_targets(names, api_prefix)
+    made = []
+    for target, kind in ((index_target, "index"), (archive_target, "archive")):
+        source = api.StreamSource(name=target.stream, external=api.ExternalStream(api=hub))
+        settings = {**target.settings, "subjects": None, "mirror": source, "mirror_direct": True}
+        label = target.label.replace(f"{kind} bucket", f"{kind} mirror", 1)
+        made.append(
+            Target(label, target.stream, api_prefix, settings, maker(target.stream, settings), dict(target.names))
+        )
+    return made
+
+
+def mirror_of(value: Any) -> str:
+    """A stream's `mirror` setting as a person reads it: what it mirrors and where; "none" for a stream that is
+    not a mirror."""
+    if value is None:
+        return "none"
+    if isinstance(value, dict):
+        value = api.StreamSource.from_response(dict(value))
+    external = value.external.api if value.external is not None else "this domain"
+    return f"{value.name} at {external}"
+
+
 def changes(target: Target, config: api.StreamConfig, replicas: int | None) -> list[Change]:
     """Each setting of the stream `config` that differs from the target's (`replicas`: the copies asked for;
     None keeps the stream's own), with what applying it would lose."""
@@ -138,7 +193,7 @@ def changes(target: Target, config: api.StreamConfig, replicas: int | None) -> l
         now, want = normal(key, getattr(config, key)), normal(key, value)
         if now != want:
             name = target.names.get(key, _NAMES.get(key, key))
-            found.append(Change(name, now, want, _loss(key, now, want), in_place=key != "storage"))
+            found.append(Change(name, now, want, _loss(key, now, want), in_place=key not in ("storage", "mirror")))
     return found
 
 
@@ -155,6 +210,8 @@ def normal(key: str, value: Any) -> Any:
     """A setting as it compares: JetStream writes "unlimited" as -1 or 0 or leaves it out, depending."""
     if key == "subjects":
         return tuple(sorted(value or ()))
+    if key == "mirror":
+        return mirror_of(value)
     if key == "max_age":
         return float(value or 0)
     if key in _LIMITS:
@@ -178,7 +235,13 @@ def show(value: Any) -> str:
     return str(value)
 
 
-_NAMES: Final = {"num_replicas": "replicas", "allow_direct": "direct gets", "allow_rollup_hdrs": "rollups"}
+_NAMES: Final = {
+    "num_replicas": "replicas",
+    "allow_direct": "direct gets",
+    "allow_rollup_hdrs": "rollups",
+    "mirror": "mirror of",
+    "mirror_direct": "direct gets from the mirror",
+}
 
 
 def _loss(key: str, now: Any, want: Any) -> str | None:
@@ -191,6 +254,11 @@ def _loss(key: str, now: Any, want: Any) -> str | None:
         return "messages beyond it would be deleted"
     if key == "num_replicas" and want < now:
         return "fewer copies: a server lost takes more with it"
+    if key == "mirror":
+        return (
+            "JetStream cannot make a mirror mirror another stream in place: delete it (what it holds is the hub's) and "
+            "run setup --site again"
+        )
     if key == "storage":
         return (
             "JetStream cannot change a stream's storage in place: delete the stream (losing what it holds) and run "

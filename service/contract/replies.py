@@ -22,6 +22,7 @@ __all__ = [
     "GraphNode",
     "GraphText",
     "LoadStats",
+    "MirrorStats",
     "NushellInfo",
     "RegistryStats",
     "Source",
@@ -125,6 +126,30 @@ class EventStats(Struct, frozen=True, kw_only=True):
     ]
 
 
+class MirrorStats(Struct, frozen=True, kw_only=True):
+    """An edge site's copy of the registry: its index and archives are mirrors of the hub's, read here."""
+
+    hub_reachable: Annotated[
+        bool,
+        Meta(
+            description="false: a mirror has not heard from the hub for a while, or says what is wrong; what it "
+            "holds is served"
+        ),
+    ]
+    last_sequence: Annotated[int, Meta(description="the index mirror's last sequence: the hub's, as far as it has it")]
+    age_s: Annotated[
+        float | None,
+        Meta(description="seconds since the newest record the index mirror holds was written at the hub; null: empty"),
+    ]
+    lag: Annotated[int, Meta(description="index records the hub had that the mirror did not, when last heard from")]
+    heard_s: Annotated[
+        float | None, Meta(description="seconds since the index mirror last heard from the hub; null: never")
+    ]
+    archives_last_sequence: int
+    archives_lag: int
+    error: Annotated[str | None, Meta(description="what the server says is wrong with a mirror; null: nothing")] = None
+
+
 class RegistryStats(Struct, frozen=True, kw_only=True):
     reachable: Annotated[bool, Meta(description="false: JetStream cannot be reached; what was fetched is served")]
     extensions: Annotated[int, Meta(description="extensions in the index as this instance last read it")]
@@ -141,6 +166,9 @@ class RegistryStats(Struct, frozen=True, kw_only=True):
     ] = None
     rollbacks: Annotated[int, Meta(description="records ignored: their signed state older than one seen")] = 0
     unsigned: Annotated[int, Meta(description="what records said that no trusted key signed, ignored")] = 0
+    mirror: Annotated[
+        MirrorStats | None, Meta(description="an edge site's mirror of the hub's registry; null: the registry itself")
+    ] = None
 
 
 class Stats(Struct, frozen=True, kw_only=True):

@@ -177,7 +177,13 @@ class ReleaseFetcher:
         except ArchiveTooLarge as exc:
             raise _broken(info, release, str(exc)) from None
         except RegistryUnavailable as exc:
-            raise Unavailable(f"fetching {info.key} from the registry failed: {exc}") from None
+            site = self._access.mirror_stats() is not None
+            hint = (
+                "; at this edge site, more likely its mirrors do not hold it yet (they catch up on their own)"
+                if site
+                else ""
+            )
+            raise Unavailable(f"fetching {info.key} from the registry failed: {exc}{hint}") from None
         finally:
             temporary.unlink(missing_ok=True)
         self.fetched += 1

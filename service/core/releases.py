@@ -119,6 +119,7 @@ class Releases:
             stale=stale,
             rollbacks=self.rollbacks,
             unsigned=self.unsigned,
+            mirror=self.access.mirror_stats(),
         )
 
     def freshness(self, now: datetime | None = None) -> tuple[float | None, str | None]:

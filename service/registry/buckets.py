@@ -22,6 +22,7 @@ from .archive_bucket import ArchiveBucket
 from .calls import DEFAULT_API_PREFIX, Calls
 from .errors import RegistryUnavailable
 from .index_bucket import IndexBucket
+from .mirror import MirrorReading, missing, read_mirror
 from .names import DEFAULT_NAMES, BucketNames
 
 HISTORY: Final = 16  # revisions the index keeps of each record
@@ -76,6 +77,15 @@ class RegistryBuckets:
                     "published versions would vanish; `extension-loader setup` removes the ttl"
                 )
         return found
+
+    async def mirrors(self) -> tuple[MirrorReading, MirrorReading] | None:
+        """At an edge site, how the index's and the archives' mirrors of the hub's buckets stand now; None when
+        the index is no mirror (the registry itself)."""
+        index = await read_mirror(self._calls, self.names.index_stream)
+        if index is None or index.error is not None:
+            return None
+        archives = await read_mirror(self._calls, self.names.archive_stream)
+        return index, archives or missing(self.names.archive_stream, "not a mirror of the hub's")
 
     async def open(self, *, archives: bool = True) -> None:
         """Binds to both buckets (`archives=False`: the index only, for a reader of the index such

@@ -10,6 +10,11 @@ consumer was deleted, or in a cluster it may be on another server, which stopped
 reachable meanwhile, unless that new watch fails too. While JetStream cannot be reached the follower says so
 (stats, log), keeps serving what was fetched, and tries again at each reconnect and every `_RETRY_S` seconds.
 The buckets are reached under `registry.api_prefix`.
+
+At an edge site the buckets are mirrors of the hub's, read the same way; the follower also reads how they stand
+every `_MIRROR_POLL_S` (stats: `registry.mirror`) and logs when they stop hearing from the hub, and when they hear
+from it again. The two mirrors catch up on their own after an outage, the index's maybe before the archives': an
+automatic load that finds no archive at a site is tried again each time the archive mirror grows.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from nats.aio.client import Client
 
 from ..contract.config import RegistryConfig
 from ..contract.errors import LoaderError
-from ..contract.messages import Event
+from ..contract.messages import Event, MirrorStats
 from ..core.manager import ExtensionManager
 from ..core.releases import Changes, Releases
 from ..core.version_info import VersionInfo
@@ -40,6 +45,7 @@ log = logging.getLogger(__name__)
 
 _RETRY_S = 5.0  # between attempts while the buckets cannot be opened
 _INDEX_TIMEOUT_S = 5.0  # a call on the index: the bound that keeps an offline loader from stalling
+_MIRROR_POLL_S = 1.0  # how often an edge site's mirrors are looked at
 
 
 class RegistryFollower:
@@ -68,6 +74,10 @@ class RegistryFollower:
         self._updated = Notifier()
         self._unreachable_said = False
         self._settings_checked = False
+        self._hub_heard: bool | None = None  # at an edge site: whether its mirrors heard from the hub, last look
+        self._looked = Notifier()  # notified at each look at an edge site's mirrors
+        self._pending: dict[str, VersionInfo] = {}  # auto-updates whose archive the site's mirror lacked
+        self._archives_seen = 0  # the archive mirror's last sequence at the look before
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Follows the index until cancelled. Reports started once the index was read, or could not be. With
@@ -119,6 +129,19 @@ class RegistryFollower:
         """Returns once that many index updates have been applied (for tests and tools)."""
         await self._updated.wait_until(lambda: self.updates >= count)
 
+    async def wait_mirrors(self, condition: Callable[[MirrorStats], bool]) -> MirrorStats:
+        """An edge site's mirror statistics, once a look at the mirrors finds them as `condition` wants them (for
+        tests and tools)."""
+        found: list[MirrorStats] = []
+
+        def holds() -> bool:
+            stats = self._access.mirror_stats()
+            found[:] = [stats] if stats is not None else []
+            return stats is not None and condition(stats)
+
+        await self._looked.wait_until(holds)
+        return found[0]
+
     async def _follow(self, seen: int, ready: Callable[[], None]) -> None:
         nc = self._client()
         if not nc.is_connected:
@@ -135,6 +158,7 @@ class RegistryFollower:
         ended: RegistryUnavailable | None = None
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._stop_on_change, seen, tg.cancel_scope)
+            tg.start_soon(self._look_at_mirrors, buckets)
             try:
                 await self._watch(buckets, ready)
             except RegistryUnavailable as exc:  # raised out of the task group, it would come in an exception group
@@ -167,6 +191,46 @@ class RegistryFollower:
             self._unreachable("disconnected from NATS")
         scope.cancel()
 
+    async def _look_at_mirrors(self, buckets: RegistryBuckets) -> None:
+        """At an edge site, reads how the mirrors stand while the watch runs; ends at once elsewhere. A look that
+        fails is skipped: the reading before it ages in the statistics, and the watch says what is wrong."""
+        while True:
+            try:
+                mirrors = await buckets.mirrors()
+            except RegistryUnavailable:
+                pass
+            else:
+                self._access.saw_mirrors(mirrors)
+                if mirrors is None:
+                    self._hub_heard = None
+                    return
+            stats = self._access.mirror_stats()
+            if stats is not None and stats.hub_reachable != self._hub_heard:
+                self._say_hub(stats.hub_reachable, stats.last_sequence, stats.heard_s, stats.error)
+            if stats is not None and stats.archives_last_sequence != self._archives_seen:
+                self._archives_seen = stats.archives_last_sequence
+                if self._pending:
+                    pending, self._pending = list(self._pending.values()), {}
+                    await self._announce(await self._load_latest(pending))
+            self._looked.notify()
+            await anyio.sleep(_MIRROR_POLL_S)
+
+    def _say_hub(self, heard: bool, sequence: int, heard_s: float | None, error: str | None) -> None:
+        if heard:
+            log.info("registry: this site's mirrors hear from the hub (index at sequence %d)", sequence)
+        elif error is not None:
+            log.warning(
+                "registry: this site's mirrors: %s; serving what they hold (index at sequence %d)", error, sequence
+            )
+        else:
+            log.warning(
+                "registry: this site's mirrors do not hear from the hub (%s); serving what they hold (index at "
+                "sequence %d); they catch up once the link is back, up to about 2 minutes after a long outage",
+                "never heard from it" if heard_s is None else f"no word from it for {heard_s:.0f} s",
+                sequence,
+            )
+        self._hub_heard = heard
+
     def _reachable(self) -> None:
         if not self._access.reachable:
             extensions, versions = self.releases.counts()
@@ -186,6 +250,9 @@ class RegistryFollower:
         events = await self.events_for(changes)
         self.updates += 1
         self._updated.notify()
+        await self._announce(events)
+
+    async def _announce(self, events: list[Event]) -> None:
         if events:
             await self._publisher().publish(events)
 
@@ -226,7 +293,14 @@ class RegistryFollower:
             try:
                 result = await self.manager.load(extension_type, name, latest.version, reason="published")
             except LoaderError as exc:
-                log.warning("auto_update: %s was published but does not load (%s): %s", latest.key, exc.code, exc)
+                # At an edge site the index's mirror may run ahead of the archives': tried again as they catch up.
+                later = exc.code == "unavailable" and self._access.mirror_stats() is not None
+                if later:
+                    self._pending[latest.key] = latest
+                again = "; trying again as this site's archive mirror catches up" if later else ""
+                log.warning(
+                    "auto_update: %s was published but does not load (%s): %s%s", latest.key, exc.code, exc, again
+                )
                 continue
             events += result.events
         return events

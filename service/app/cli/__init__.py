@@ -148,8 +148,27 @@ def _parser() -> argparse.ArgumentParser:
         help="copies of each stream (1-5; default: 1 for a stream it creates, the count one has for one that is there)",
     )
     st.add_argument("--force", action="store_true", help="apply changes that lose data too (a time to live, ...)")
+    st.add_argument(
+        "--site",
+        action="store_true",
+        help="at an edge site (a leaf node of the hub): mirrors of the hub's registry buckets in place of the buckets",
+    )
+    st.add_argument(
+        "--hub-domain",
+        default="hub",
+        type=_domain,
+        metavar="NAME",
+        help="with --site: the hub's JetStream domain (default: hub)",
+    )
     st.set_defaults(run=run_setup)
     return p
+
+
+def _domain(text: str) -> str:
+    """A JetStream domain: one subject token."""
+    if not text or any(c in text for c in ". *>\t\r\n"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a JetStream domain (one word, no dots or spaces)")
+    return text
 
 
 def _quiet_tls_close() -> None:

@@ -1,5 +1,6 @@
 """`extension-loader setup`: the events stream and the registry's buckets made or brought to their settings
-(`app/setup.py`), one line each, as a person (or `dev`) runs it.
+(`app/setup.py`), one line each, as a person (or `dev`) runs it. With `--site`, at an edge site: the events
+stream, and mirrors of the hub's buckets in their place (`--hub-domain`: the hub's JetStream domain).
 
 Exit codes: 0 done (each created, updated or unchanged); 1 refused (a change that would lose data without
 `--force`, or one the server refused); 2 a bad configuration; 4 NATS cannot be reached, or refuses this user.
@@ -20,7 +21,7 @@ import nats
 from ...contract.config import Config, inbox_prefix_for, load_config
 from ...contract.errors import ConfigError
 from ..setup import Outcome, SetupUnreachable, Status, set_up
-from ..stream_settings import targets
+from ..stream_settings import site_targets, targets
 from .calls import CaFileError, Forbidden, connect, unless_forbidden
 
 ADMIN = "admin"  # the user that may manage streams (nats.conf)
@@ -47,10 +48,11 @@ def run_setup(args: argparse.Namespace) -> int:
 
 async def _guarded(args: argparse.Namespace, config: Config) -> list[Outcome]:
     """Ended at once when the server refuses this user a stream's API (only `admin` may manage streams)."""
+    chosen = site_targets(config, args.hub_domain) if args.site else targets(config)
     nc = await connect(args)
     try:
         found: list[Outcome] = await unless_forbidden(
-            set_up(nc, targets(config), replicas=args.replicas, force=args.force), args
+            set_up(nc, chosen, replicas=args.replicas, force=args.force), args
         )
         return found
     finally:
