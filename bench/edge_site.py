@@ -125,7 +125,7 @@ class Edge:
 
     def stop(self) -> None:
         for relay in self.relays:
-            relay.cut()
+            relay.close()
         self.site.stop()
         for node in self.hub:
             node.stop()
@@ -182,10 +182,11 @@ class Edge:
     async def set_up(self) -> list[str]:
         """`extension-loader setup` at the hub (three replicas), then `setup --site --hub-domain hub` at the
         site, each as its admin: the lines they printed."""
-        lines = await self._setup(self.hub[0], "--replicas", "3")
-        return lines + await self._setup(self.site, "--site", "--hub-domain", "hub")
+        lines = await self.set_up_node(self.hub[0], "--replicas", "3")
+        return lines + await self.set_up_node(self.site, "--site", "--hub-domain", "hub")
 
-    async def _setup(self, node: Node, *more: str) -> list[str]:
+    async def set_up_node(self, node: Node, *more: str) -> list[str]:
+        """`extension-loader setup [more]` on one node as its admin."""
         env = {k: v for k, v in os.environ.items() if not k.startswith((ENV_PREFIX, "NATS_"))}
         env |= {"NATS_PASSWORD": node.password("admin"), f"{ENV_PREFIX}EVENTS__API_PREFIX": EVENTS_API}
         exe = Path(sys.executable).with_name("extension-loader")
