@@ -135,7 +135,12 @@ async def soak(sizes: SoakSizes, options: Options, work: Path, logs: Path, seed:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.shield(faulting), sizes.minutes * 60 if sizes.rounds is None else None)
         stop_faults.set()
-        await faulting
+        fault_error = None
+        try:
+            await faulting
+        except Exception as exc:  # the soak's own machinery failed: what was counted so far is still reported
+            fault_error = f"{type(exc).__name__}: {exc}"
+            await asyncio.to_thread(_restore, edge)
         gave_up = await publishing
         faulted_s = time.monotonic() - began
 
@@ -181,6 +186,7 @@ async def soak(sizes: SoakSizes, options: Options, work: Path, logs: Path, seed:
             "sizes": asdict(sizes),
             "requests": requester.summary(),
             "faults": dict(faults.counts),
+            "fault_error": fault_error,
             "fault_log": faults.done,
             "published": {
                 "live": len(acknowledged),
@@ -217,6 +223,15 @@ async def soak(sizes: SoakSizes, options: Options, work: Path, logs: Path, seed:
         await asyncio.to_thread(edge.stop)
 
 
+def _restore(edge: Edge) -> None:
+    """After a fault that could not be carried out: the link mended, every hub node running."""
+    edge.mend()
+    for node in edge.hub:
+        if not node.running:
+            node.start()
+    edge.wait_hub_settled()
+
+
 async def _publish(publisher: Publisher, sizes: SoakSizes, live: list[tuple[str, str]], stop: asyncio.Event) -> int:
     """A new version every `publish_every_s`, the names in turn, until `stop`; how many it gave up on."""
     gave_up = 0
@@ -251,6 +266,8 @@ async def _sweep(requester: Requester, signed: dict[tuple[str, str], str]) -> di
 def passed(result: dict[str, Any]) -> list[str]:
     """What the soak's judgement found wrong; [] when nothing."""
     wrong = []
+    if result["fault_error"]:
+        wrong.append(f"a fault could not be carried out: {result['fault_error']}")
     if result["requests"]["lost"]:
         wrong.append(f"{result['requests']['lost']} requests lost")
     if result["published"]["missing_at_hub"]:

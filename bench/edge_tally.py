@@ -152,7 +152,7 @@ def render(result: Mapping[str, Any]) -> str:
         f"| answered with a contract error | {r['contract_errors']} ({_pairs(r['contract_errors_by_code'])}) |",
         f"| **lost** (no reply, or no responders) | **{r['lost']}** ({_pairs(r['lost_by_why'])}) |",
         f"| reply time p50 / p99 / max | {r['reply_ms']['p50']} / {r['reply_ms']['p99']} / {r['reply_ms']['max']} ms |",
-        f"| faults injected | {sum(f.values())} ({_pairs(f)}) |",
+        f"| faults injected | {sum(f.values())} ({_pairs(f)}){_failed(result)} |",
         f"| versions published at the hub during the soak | {result['published']['live']} "
         f"(+{result['published']['base']} before; publish attempts that failed: "
         f"{_pairs(result['published']['failed_attempts']) or 'none'}) |",
@@ -179,6 +179,11 @@ def render(result: Mapping[str, Any]) -> str:
         + "; ".join(f"{d['at_s']} s {d['kind']} {d.get('target', '')} ({d['took_s']} s)" for d in result["fault_log"]),
     ]
     return "\n".join(lines)
+
+
+def _failed(result: Mapping[str, Any]) -> str:
+    error = result.get("fault_error")
+    return f"; then one could not be carried out: {error}" if error else ""
 
 
 def _pairs(counts: Mapping[str, Any]) -> str:
