@@ -180,7 +180,13 @@ async def soak(sizes: SoakSizes, options: Options, work: Path, logs: Path, seed:
         audit_lines = [line for loader in loaders for line in loader.log_lines()]
         site_held = await versions_held(mirror_buckets, every_name)
         at_site = {(n, v) for n, versions in site_held.items() for v in versions}
+        raw = {
+            "announcements": [asdict(a) for a in heard.heard],
+            "arrived": [[n, v, t] for (n, v), t in arrivals.arrived.items()],
+            "history": {loader.name: [asdict(i) for i in loader.history] for loader in loaders},
+        }
         return {
+            "raw": raw,
             "duration_s": round(faulted_s, 1),
             "seed": seed,
             "sizes": asdict(sizes),
@@ -303,6 +309,8 @@ def run(sizes: SoakSizes, output: Path = OUTPUT, log_dir: Path | None = None, se
     }
     result["wrong"] = passed(result)
     output.parent.mkdir(parents=True, exist_ok=True)
+    raw = result.pop("raw")  # what was judged, to judge again: every announcement, arrival and loader start
+    output.with_suffix(".raw.json").write_text(json.dumps(raw) + "\n")
     output.write_text(json.dumps(result, indent=2) + "\n")
     output.with_suffix(".md").write_text(edge_tally.render(result) + "\n")
     return result

@@ -9,7 +9,9 @@ version of the same extension had reached the mirror too), is not announced by t
 Apart too: a version whose automatic load failed because the site's archive mirror did not hold its archive yet,
 and which a request then loaded (cold) before the automatic load was tried again; the retry finds it cached and
 announces nothing, so that loader announced it once, with the request's reason (`load`, `reload`) and not
-`published`: counted as `loaded_by_a_request_first`.
+`published`: counted as `loaded_by_a_request_first`. And a version whose automatic load waited for its archive
+while a newer version of the same extension reached the site: the retry loads only the latest, as a loader that
+comes back does (`superseded_while_its_archive_was_awaited`). What is left is `missed`.
 
 Digests: each answer and each announcement names a version and the digest of what was loaded; it must be the tree
 digest the publisher signed for that version.
@@ -25,6 +27,7 @@ from typing import Any
 from .edge_loaders import Incarnation
 from .edge_watch import Announcement
 
+_APART = ("loaded_by_a_request_first", "superseded_while_down", "superseded_while_its_archive_was_awaited")
 MARGIN_S = 2.0  # around a loader's stop and start: a version arriving then may or may not have been seen
 
 
@@ -46,33 +49,35 @@ def announcements(
     mine = [a for a in heard if a.instance_id in ids]
     counts = Counter((a.name, a.version) for a in mine if a.reason == "published")
     by_request = {(a.name, a.version) for a in mine if a.reason in ("load", "reload") and a.cold}
+    loaded = by_request | set(counts)
     live = sorted(live)
     downs = [(before.stopped, after.ready) for before, after in itertools.pairwise(history)]
     out: dict[str, Any] = {"expected": len(live), "once": 0, "duplicates": 0, "missed": 0}
-    out["superseded_while_down"] = 0
-    out["loaded_by_a_request_first"] = 0
-    duplicated: list[str] = []
-    missed: list[str] = []
-    first: list[str] = []
+    found: dict[str, list[str]] = {kind: [] for kind in (*_APART, "duplicated", "missed")}
     for name, version in live:
         count = counts[(name, version)]
+        waited_for = waited is None or (name, version) in waited
+        newer_loaded = any(n == name and version_key(v) > version_key(version) for n, v in loaded)
         if count == 1:
             out["once"] += 1
-        elif count > 1:
+            continue
+        if count > 1:
             out["duplicates"] += count - 1
-            duplicated.append(f"{name} {version} x{count}")
+            kind = "duplicated"
+        elif waited_for and (name, version) in by_request:
+            kind = "loaded_by_a_request_first"
         elif _superseded(name, version, downs, arrived):
-            out["superseded_while_down"] += 1
-        elif (name, version) in by_request and (waited is None or (name, version) in waited):
-            out["loaded_by_a_request_first"] += 1
-            first.append(f"{name} {version}")
+            kind = "superseded_while_down"
+        elif waited_for and newer_loaded:
+            kind = "superseded_while_its_archive_was_awaited"
         else:
-            missed.append(f"{name} {version}")
-    out["missed"] = len(missed)
+            kind = "missed"
+        found[kind].append(f"{name} {version}" + (f" x{count}" if count > 1 else ""))
+    for kind in _APART:
+        out[kind] = len(found[kind])
+    out["missed"] = len(found["missed"])
     out["unexpected"] = sum(n for key, n in counts.items() if key not in set(live))
-    out["duplicated_versions"] = duplicated[:20]
-    out["missed_versions"] = missed[:20]
-    out["loaded_by_a_request_first_versions"] = first[:20]
+    out["versions"] = {kind: versions[:20] for kind, versions in found.items() if versions}
     out["incarnations"] = len(history)
     return out
 
@@ -162,10 +167,11 @@ def render(result: Mapping[str, Any]) -> str:
     ]
     for name, judged in result["announcements"].items():
         lines.append(
-            f"| {name}: announced once (reason `published`) / duplicates / missed / superseded while down / loaded "
-            f"by a request first (of {judged['expected']}; {judged['incarnations']} starts) | {judged['once']} / "
-            f"{judged['duplicates']} / {judged['missed']} / {judged['superseded_while_down']} / "
-            f"{judged['loaded_by_a_request_first']} |"
+            f"| {name} (of {judged['expected']}; {judged['incarnations']} starts): announced once (reason "
+            f"`published`) / duplicates / missed; apart: loaded by a request first / superseded while down / "
+            f"superseded while its archive was awaited | {judged['once']} / {judged['duplicates']} / "
+            f"{judged['missed']}; {judged['loaded_by_a_request_first']} / {judged['superseded_while_down']} / "
+            f"{judged['superseded_while_its_archive_was_awaited']} |"
         )
     checks = result["checks"]
     lines += [
