@@ -39,6 +39,7 @@ class Announcement:
     version: str
     digest: str
     cold: bool
+    duration_ms: float  # the loader's own time for the load
 
 
 class Announcements:
@@ -67,6 +68,7 @@ class Announcements:
                     str(metadata["version"]),
                     str(extension["digest"]),
                     bool(event.get("cold")),
+                    float(event.get("duration_ms") or 0.0),
                 )
             )
         except (msgspec.DecodeError, KeyError, TypeError):
