@@ -42,8 +42,8 @@ from .edge_faults import Faults, Holds
 from .edge_loaders import SiteLoader
 from .edge_registry import Publisher, new_signer, publishing_config, versions_held
 from .edge_requests import Requester
-from .edge_site import REG_API, Edge
-from .edge_watch import Announcements, MirrorArrivals
+from .edge_site import ARCHIVES, INDEX, REG_API, Edge
+from .edge_watch import Announcements, MirrorArrivals, MirrorStaleness
 from .options import RESULTS, BenchError, Options
 from .procs import Child
 
@@ -121,6 +121,9 @@ async def soak(sizes: SoakSizes, options: Options, work: Path, logs: Path, seed:
         await mirror_buckets.open()
         arrivals = MirrorArrivals(mirror_buckets)
         tasks.append(asyncio.create_task(arrivals.run()))
+        hub_admin = await connect(edge.hub_urls, "admin", True, "soak-hub-observer")
+        staleness = MirrorStaleness(hub_admin, site_admin, (INDEX, ARCHIVES))
+        tasks.append(asyncio.create_task(staleness.run()))
 
         live: list[tuple[str, str]] = []
         requester = Requester(client, lambda: live, base, rng)
@@ -207,6 +210,7 @@ async def soak(sizes: SoakSizes, options: Options, work: Path, logs: Path, seed:
                 "missing_at_site": len((at_hub | set(publisher.published)) - at_site),
                 "missing": sorted(f"{n} {v}" for n, v in (at_hub | set(publisher.published)) - at_site)[:20],
                 "observer_restarts": arrivals.restarts,
+                "staleness": staleness.summary(),
             },
             "announcements": judged(final=True),
             "checks": {

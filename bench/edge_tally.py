@@ -164,6 +164,7 @@ def render(result: Mapping[str, Any]) -> str:
         f"| acknowledged publishes missing from the hub's index | {result['published']['missing_at_hub']} |",
         f"| versions missing from the site's mirror at the end | {result['mirror']['missing_at_site']} "
         f"(caught up {result['mirror']['caught_up_s']} s after the last fault) |",
+        _staleness(result["mirror"].get("staleness", {})),
     ]
     for name, judged in result["announcements"].items():
         lines.append(
@@ -185,6 +186,15 @@ def render(result: Mapping[str, Any]) -> str:
         + "; ".join(f"{d['at_s']} s {d['kind']} {d.get('target', '')} ({d['took_s']} s)" for d in result["fault_log"]),
     ]
     return "\n".join(lines)
+
+
+def _staleness(staleness: Mapping[str, Any]) -> str:
+    """The row of how long the site's mirrors took to hold what the hub held, looked at each second."""
+    cells = [
+        f"{stream}: p50 {s['p50_s']} s, max {s['max_s']} s ({s['timed']} timed)"
+        for stream, s in sorted(staleness.items())
+    ]
+    return f"| from a sequence at the hub to the site's mirror holding it | {'; '.join(cells) or 'not looked at'} |"
 
 
 def _failed(result: Mapping[str, Any]) -> str:

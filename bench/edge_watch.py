@@ -5,7 +5,8 @@ mirror of the index.
 and digest) and can wait for one. `MirrorArrivals` follows the site's index mirror with the registry's own watch
 (a pull consumer, as the loaders follow it), as the site's admin, and keeps when each version was first seen there:
 what tells a version a restarted loader never had the chance to announce (another version of the same extension
-arrived while it was down) from one it missed.
+arrived while it was down) from one it missed. `MirrorStaleness` times how long each of the site's mirrors took to
+hold what the hub held, looking at both sides every second.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import msgspec
 from nats.aio.client import Client
@@ -131,3 +133,51 @@ class MirrorArrivals:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._grew.wait(), min(left, INDEX_TIMEOUT_S))
         return time.monotonic() - began
+
+
+class MirrorStaleness:
+    """How far behind the hub each of the site's mirrors was, looked at every `every_s`: each last sequence seen at
+    the hub is timed until the site's mirror holds it (`run`, as each side's admin, until cancelled; a look that
+    fails, a hub node being down, is skipped)."""
+
+    def __init__(self, hub_admin: Client, site_admin: Client, streams: tuple[str, ...], every_s: float = 1.0) -> None:
+        self.hub = hub_admin.jetstream(timeout=INDEX_TIMEOUT_S)
+        self.site = site_admin.jetstream(timeout=INDEX_TIMEOUT_S)
+        self.streams = streams
+        self.every_s = every_s
+        self._waiting: dict[str, list[tuple[int, float]]] = {stream: [] for stream in streams}
+        self.delays_s: dict[str, list[float]] = {stream: [] for stream in streams}
+
+    async def run(self) -> None:
+        while True:
+            for stream in self.streams:
+                with contextlib.suppress(Exception):  # a look that fails is skipped
+                    await self._look(stream)
+            await asyncio.sleep(self.every_s)  # the pace of the looks
+
+    async def _look(self, stream: str) -> None:
+        hub = (await self.hub.stream_info(stream)).state.last_seq
+        now = time.monotonic()
+        waiting = self._waiting[stream]
+        if not waiting or waiting[-1][0] < hub:
+            waiting.append((hub, now))
+        site = (await self.site.stream_info(stream)).state.last_seq
+        now = time.monotonic()
+        while waiting and waiting[0][0] <= site:
+            self.delays_s[stream].append(now - waiting.pop(0)[1])
+
+    def summary(self) -> dict[str, Any]:
+        """Per stream: how many hub sequences were timed, the median and longest time until the site held each,
+        and how long the oldest one still missing has waited."""
+        now = time.monotonic()
+        out: dict[str, Any] = {}
+        for stream, delays in self.delays_s.items():
+            ordered = sorted(delays)
+            waiting = self._waiting[stream]
+            out[stream] = {
+                "timed": len(ordered),
+                "p50_s": round(ordered[len(ordered) // 2], 1) if ordered else None,
+                "max_s": round(ordered[-1], 1) if ordered else None,
+                "still_missing_for_s": round(now - waiting[0][1], 1) if waiting else 0.0,
+            }
+        return out
