@@ -53,7 +53,9 @@ PUBLISH_WITHIN_S = 60.0
 async def measure(options: Options, work: Path, logs: Path) -> dict[str, Any]:
     """The three measurements on one deployment; `{"edge": {...}}`."""
     sizes = options.sizes
-    edge = Edge(work / "edge")
+    work = work / "edge-site"  # its own folder: `make bench`'s other phases share theirs
+    work.mkdir()
+    edge = Edge(work / "deployment")
     await asyncio.to_thread(edge.start)
     twin = Node(edge.folder, write_twin(edge.folder), edge.site.env)
     children: list[Child] = []
