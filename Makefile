@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 NU := node_modules/@nushell/linux-x64/bin/nu
 
-.PHONY: run test check fmt schemas bench clean install mutate
+.PHONY: run test check fmt schemas bench soak clean install mutate
 
 install: $(VENV)/.installed node_modules/.installed
 
@@ -56,6 +56,13 @@ schemas: install
 
 bench: install
 	$(BIN)/python -m bench
+
+# The edge soak (bench/edge_soak.py): a three-node hub and an edge site with two loaders through faults (the leaf
+# link cut, a hub node killed, a loader restarted) under steady requests and publishes, for MINUTES minutes, then
+# the count of what was lost (bench/results/edge_soak.md). Never part of `make test`: its quick form is.
+MINUTES ?= 10
+soak: install
+	$(BIN)/python -m bench.edge_soak --minutes $(MINUTES)
 
 clean:
 	rm -rf $(VENV) node_modules data mutants .pytest_cache .mypy_cache .ruff_cache

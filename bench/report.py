@@ -5,11 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from . import durability, registry_fetch, tree_check
+from .edge_report import render_edge
 from .targets import Verdict, judge
 
 
 def render_run(result: dict[str, Any]) -> str:
-    """The table and figures of `render`, then the registry fetch's, the tree check's and durability's."""
+    """The table and figures of `render`, then the registry fetch's, the tree check's, durability's and the edge
+    site's."""
     parts = [render(result)]
     if "registry_fetch" in result:
         parts.append(registry_fetch.render(result["registry_fetch"]))
@@ -17,6 +19,8 @@ def render_run(result: dict[str, Any]) -> str:
         parts.append(tree_check.render(result["tree_check"]))
     if "durability" in result:
         parts.append(durability.render(result["durability"]))
+    if "edge" in result:
+        parts.append(render_edge(result))
     return "\n\n".join(parts)
 
 

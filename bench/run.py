@@ -32,7 +32,11 @@ module that holds each is named after it:
    in alternating rounds;
 14. the registry on a cluster (`bench.registry_cluster`, three JetStream nodes of its own, loaders as children):
    a publish on node 1 until a loader on node 2 announces it (beside a bare Key-Value put on node 1 seen by a
-   watch on node 2), and cold loads from the registry, their fetch included, against the same from disk.
+   watch on node 2), and cold loads from the registry, their fetch included, against the same from disk;
+15. the registry at an edge site (`bench.edge`, a three-node hub and a leaf-node site with mirrors, loaders as
+   children): a publish at the hub until the site's loader announces it (beside a bare write at the hub seen
+   through the site's mirror), cold loads at the site from its mirror against the same from disk, and the
+   mirrors' catch-up after a cut of the link.
 
 Then `targets` judges the figures and `report` renders them as Markdown. Timings are only reported here, never
 asserted in tests.
@@ -59,7 +63,7 @@ import nats
 from service.app.natsserver import NatsServer
 from service.contract.config import NO_AUTH_USER, inbox_prefix_for
 
-from . import durability, registry_cluster, registry_fetch, tree_check
+from . import durability, edge, registry_cluster, registry_fetch, tree_check
 from .cached import cached_phase, rss_phase
 from .cold import cold_phase, dependencies_phase, simultaneous_phase
 from .machine import machine_info
@@ -201,6 +205,7 @@ async def _measure(options: Options, work: Path, logs: Path) -> dict[str, Any]:
         work, rounds=sizes.durability_rounds, puts=sizes.durability_puts, publishes=sizes.durability_publishes
     )
     out.update(await registry_cluster.measure(options, work, logs))
+    out.update(await edge.measure(options, work, logs))
     return out
 
 

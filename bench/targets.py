@@ -87,6 +87,7 @@ def judge(result: dict[str, Any]) -> list[Verdict]:
     )
     out += _issue_10(result)
     out += judge_registry(result)
+    out += judge_edge(result)
     return out
 
 
@@ -119,6 +120,31 @@ def judge_registry(result: dict[str, Any]) -> list[Verdict]:
             )
         )
     return out
+
+
+def judge_edge(result: dict[str, Any]) -> list[Verdict]:
+    """The registry at an edge site: a publish at the hub announced by a loader at the site, and a cold load at
+    the site from its mirror beside the same from disk (`bench/edge.py`)."""
+    edge = result.get("edge")
+    if not edge:
+        return []
+    a, c = edge["announce"], edge["cold_load"]
+    return [
+        Verdict(
+            "publish at the hub to `extensions.loaded` (published) from a loader at the edge site",
+            f"{a['announce']['p50_ms']:.1f} ms p50, p90 {a['announce']['p90_ms']:.1f} (n {a['announce']['n']}; "
+            f"publish() {a['publish']['p50_ms']:.1f} ms; floor, a bare write at the hub seen through the site's "
+            f"mirror: {a['floor_write_to_site_mirror']['p50_ms']:.1f} ms)",
+            f"p50 < {ANNOUNCE_TARGET_MS:g} ms",
+            0 < a["announce"]["p50_ms"] < ANNOUNCE_TARGET_MS,
+        ),
+        Verdict(
+            "cold load at the edge site from its mirror / from disk",
+            f"{c['ratio']:.2f}x ({c['site']['p50_ms']:.1f} ms vs {c['disk']['p50_ms']:.1f} ms, p50 of {c['loads']})",
+            f"<= {REGISTRY_COLD_TARGET:g}x",
+            0 < c["ratio"] <= REGISTRY_COLD_TARGET,
+        ),
+    ]
 
 
 def _issue_10(result: dict[str, Any]) -> list[Verdict]:

@@ -26,6 +26,7 @@ from bench.targets import (
     REGISTRY_COLD_TARGET,
     RSS_TARGET_MB,
     judge,
+    judge_edge,
     judge_registry,
 )
 from bench.tree_check import QUICK_RUNS, QUICK_SIZE, SMALL_RUNS_FACTOR
@@ -84,6 +85,7 @@ def test_quick_run_writes_every_section(tmp_path: Path) -> None:
         "registry_announce",
         "registry_cold_load",
         "durability",
+        "edge",
     )
     for section in (*sections, "targets"):
         assert section in result, section
@@ -166,6 +168,22 @@ def test_quick_run_writes_every_section(tmp_path: Path) -> None:
         _positive(cold_registry[key], "p50_ms")
     _positive(cold_registry, "ratio")
     assert {v.name for v in judge_registry(result)} <= names and len(judge_registry(result)) == 2
+
+    # The registry at an edge site: each measurement's shape, never its figures.
+    edge = result["edge"]
+    announced = edge["announce"]
+    assert announced["versions"] == announced["announce"]["n"] == QUICK.edge_announce_versions
+    assert announced["floor_write_to_site_mirror"]["n"] == QUICK.edge_announce_versions * QUICK.edge_floor_samples
+    _positive(announced["announce"], "p50_ms")
+    _positive(announced["floor_write_to_site_mirror"], "p50_ms")
+    cold_edge = edge["cold_load"]
+    assert cold_edge["loads"] == cold_edge["site"]["n"] == cold_edge["disk"]["n"] == QUICK.edge_cold_loads
+    _positive(cold_edge, "ratio")
+    rounds = edge["catch_up"]["rounds"]
+    assert [r["publishes"] for r in rounds] == [QUICK.edge_catch_up_publishes] * len(QUICK.edge_catch_up_holds_s)
+    assert all(r["held_s"] >= hold for r, hold in zip(rounds, QUICK.edge_catch_up_holds_s, strict=True))
+    assert {v.name for v in judge_edge(result)} <= names and len(judge_edge(result)) == 2
+    assert "The registry at an edge site" in output.with_suffix(".md").read_text()
 
     # The tree check is a reported figure too: both trees unpacked and digested each round (a digest that is not
     # the packed folder's stops the run), the large archive about the size asked for.
