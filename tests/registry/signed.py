@@ -8,8 +8,9 @@ from datetime import UTC, datetime
 
 import msgspec
 
+from service.app.signing_states import release_copy
 from service.contract.messages import ExtensionType
-from service.registry.index import IndexRecord, Release, encode_record, object_name
+from service.registry.index import IndexRecord, Release, encode_record
 from service.registry.signing import Signer, new_seed
 from service.registry.statements import ReleaseStatement, StateStatement, read, seal
 
@@ -45,20 +46,7 @@ def statement(
 
 def release(signer: Signer, signed: ReleaseStatement, **copies: object) -> Release:
     """A release whose plain fields copy its signed statement, but for `copies`."""
-    plain = Release(
-        version=signed.version,
-        description=signed.description,
-        dependencies=signed.dependencies,
-        author=signed.author,
-        repository=signed.repository,
-        digest=signed.digest,
-        tree_digest=signed.tree_digest,
-        size=signed.size,
-        object=object_name(signed.digest),
-        signer=signer.public_key,
-        published_at=signed.published_at,
-        statement=seal(signed, [signer]),
-    )
+    plain = release_copy(seal(signed, [signer]), signed, signer.public_key, False)
     return msgspec.structs.replace(plain, **copies) if copies else plain
 
 
