@@ -335,6 +335,15 @@ async def mirrored(service: ExtensionService, versions: int) -> None:
             await follower.wait_updates(follower.updates + 1)
 
 
+async def archives_mirrored(service: ExtensionService, hub_admin: Client) -> None:
+    """Returns once the site's archive mirror holds every message the hub's archive bucket holds now: the two
+    mirrors catch up each on its own, so the index's may list a release before its archive is at the site."""
+    hub_last = (await hub_admin.jetstream().stream_info(ARCHIVES)).state.last_seq
+    assert service.follower is not None
+    with anyio.fail_after(CATCH_UP):
+        await service.follower.wait_mirrors(lambda m: m.archives_last_sequence >= hub_last)
+
+
 @asynccontextmanager
 async def site_loader(edge: Edge, tmp_path: Path, name: str, signer: Signer) -> AsyncIterator[ExtensionService]:
     """A loader at the site (`site_loader_config`), entered once its mirrors hear from the hub."""

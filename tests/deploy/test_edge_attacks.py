@@ -55,6 +55,7 @@ from tests.deploy.edge import (
     VARIABLES,
     Edge,
     Login,
+    archives_mirrored,
     listen,
     login,
     mirrored,
@@ -361,6 +362,13 @@ async def test_a_mirror_forged_at_the_site_makes_no_loader_accept_what_the_trust
         with pytest.raises((nats.errors.NoRespondersError, nats.errors.TimeoutError)):
             await forger.nc.request("$KV.extension-index.taskserv.etcd", b"{}", timeout=2)
 
+        # Both mirrors hold the three releases, archives included, before the loader that follows them starts: it
+        # reads them all at its first reading (nothing is news, so nothing is loaded on its own ahead of the
+        # forgery), and each archive is at the site (the two mirrors catch up each on its own).
+        hub_admin = await stack.enter_async_context(login(edge, edge.hub, "admin"))
+        async with site_loader(edge, tmp_path, "scout", signer) as scout:
+            await mirrored(scout, 3)
+            await archives_mirrored(scout, hub_admin.nc)
         async with site_loader(edge, tmp_path, "before", signer) as before:
             await mirrored(before, 3)
             assert (await client.load("taskserv", "etcd", "3.5.0"))["metadata"]["version"] == "3.5.0"
