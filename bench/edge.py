@@ -10,7 +10,7 @@ that both are asked over the same kind of connection. Three measurements, each m
 - `edge_announce`: publish at the hub to `extensions.loaded` (published) from the site's loader, beside a bare
   write at the hub seen through the site's mirror;
 - `edge_cold_load` (here): cold loads at the site, each archive fetched from the site's mirror, against cold
-  loads of the same folders from disk, interleaved, each loader's spares ready;
+  loads of the same folders from disk, interleaved, both loaders' spares ready before each load;
 - `edge_catch_up`: after a cut of the link during which the hub took N publishes, how long from the mend until
   the site's mirrors hold them all, and until the site's loader has announced the last.
 
@@ -44,7 +44,7 @@ from .edge_watch import Announcements, MirrorArrivals
 from .load import summary_ms
 from .options import FULL, QUICK, RESULTS, BenchError, Options
 from .procs import Child
-from .services import HEADERS, REQUEST_TIMEOUT_S, expected_spares, wait_for_spares
+from .services import HEADERS, REQUEST_TIMEOUT_S, expected_spares, wait_for_all_spares
 from .targets import judge_edge
 
 PUBLISH_WITHIN_S = 60.0
@@ -163,12 +163,12 @@ async def _cold_loads(
     spares: int,
 ) -> dict[str, Any]:
     """Each version loaded once at the site (its archive fetched from the site's mirror) and once from disk, the
-    order turning each time; both from an empty cache."""
+    order turning each time; both from an empty cache, and each load with both loaders' spares ready."""
     samples: dict[str, list[int]] = {"site": [], "disk": []}
     for i, version in enumerate(versions):
         body = msgspec.json.encode({"extension_type": KIND, "name": "edge-cold", "version": version})
         for which in ("site", "disk") if i % 2 == 0 else ("disk", "site"):
-            await wait_for_spares(pids[which], spares)
+            await wait_for_all_spares({pid: spares for pid in pids.values()})
             began = time.perf_counter_ns()
             reply = await clients[which].request("extensions.load", body, timeout=REQUEST_TIMEOUT_S, headers=HEADERS)
             elapsed = time.perf_counter_ns() - began

@@ -23,8 +23,9 @@ def render_edge(result: dict[str, Any]) -> str:
         f"stream, three replicas) until a watch on the site's mirror has it, p50 {floor['p50_ms']:.2f} ms, p90 "
         f"{floor['p90_ms']:.2f} (n {floor['n']}).",
         "",
-        f"Cold loads of {c['loads']} distinct versions, interleaved, each loader's spares ready: at the site (its "
-        f"archive fetched from the site's mirror) p50 {c['site']['p50_ms']:.1f} ms (p90 {c['site']['p90_ms']:.1f}), "
+        f"Cold loads of {c['loads']} distinct versions, interleaved, both loaders' spares ready before each: at the "
+        f"site (its archive fetched from the site's mirror) p50 {c['site']['p50_ms']:.1f} ms "
+        f"(p90 {c['site']['p90_ms']:.1f}), "
         f"from disk on a twin of the site p50 {c['disk']['p50_ms']:.1f} ms (p90 {c['disk']['p90_ms']:.1f}): "
         f"{c['ratio']:.2f}x. The loaders' own time (`duration_ms`): {c['site_load']['p50_ms']:.1f} ms at the site, "
         f"{c['disk_load']['p50_ms']:.1f} ms from disk.",

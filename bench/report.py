@@ -163,8 +163,8 @@ def render_registry(result: dict[str, Any]) -> list[str]:
     if c:
         lines += [
             "",
-            f"Cold loads of {c['loads']} distinct versions, interleaved, each loader's spares ready: from the "
-            f"registry (empty cache, archive fetched; {c['fetched']} fetched) p50 {c['registry']['p50_ms']:.1f} ms "
+            f"Cold loads of {c['loads']} distinct versions, interleaved, both loaders' spares ready before each: from "
+            f"the registry (empty cache, archive fetched; {c['fetched']} fetched) p50 {c['registry']['p50_ms']:.1f} ms "
             f"(p90 {c['registry']['p90_ms']:.1f}), from disk p50 {c['disk']['p50_ms']:.1f} ms (p90 "
             f"{c['disk']['p90_ms']:.1f}): {c['ratio']:.2f}x. The loaders' own time (the event's `duration_ms`, without "
             f"the request's way there and back): {c['registry_load']['p50_ms']:.1f} ms from the registry (fetch, "

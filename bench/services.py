@@ -114,6 +114,14 @@ def expected_spares(options: Options) -> int:
     return count
 
 
+async def wait_for_all_spares(spares: dict[int, int]) -> None:
+    """Every service's spares ready (`spares`: how many, by pid): before a timed cold load, so that no service is
+    starting a spare (tens of milliseconds of CPU) on a machine of two cores while the load runs. The loads of two
+    services compared one after the other each met the other's spare being replaced otherwise, at random."""
+    for pid, count in spares.items():
+        await wait_for_spares(pid, count)
+
+
 async def wait_for_spares(pid: int, count: int, within_s: float = SPARES_READY_WITHIN_S) -> list[int]:
     """Polls /proc until the service `pid` has `count` spares started and blocked reading their request (done
     with their start, parse and warm-up); their pids."""
