@@ -29,7 +29,7 @@ from ..registry.archive import ArchiveRefused, UnpackLimits, digest_file, unpack
 from ..registry.errors import ArchiveTooLarge, RegistryUnavailable
 from ..registry.index import Release
 from . import audit
-from .folders import read_version, tree_digest
+from .folders import METADATA, read_version, tree_digest
 from .registry_access import RegistryAccess
 from .trust import Trust
 from .version_info import VersionInfo
@@ -90,7 +90,7 @@ class ReleaseFetcher:
                     self._prune(folder.parent)
                     raise _refuse(info, release, f"its unpacked tree is {found}, not the signed {release.tree_digest}")
             # Under the lock: an overlapping fetch of the release never finds the tree half removed.
-            mismatch = await anyio.to_thread.run_sync(_metadata_mismatch, info, folder)
+            mismatch = await self._metadata_differs(info, folder)
             if mismatch is not None:
                 shutil.rmtree(folder, ignore_errors=True)
                 self._prune(folder.parent)
@@ -104,6 +104,17 @@ class ReleaseFetcher:
         else:
             found = await anyio.to_thread.run_sync(tree_digest, folder)
         return None if found == release.tree_digest else found
+
+    async def _metadata_differs(self, info: VersionInfo, folder: Path) -> str | None:
+        """What the unpacked `metadata.toml` says otherwise than the index; read on the event loop when it is
+        small, as nearly every one is (the trip to a worker thread cost more than reading it)."""
+        try:
+            size = (folder / METADATA).stat().st_size
+        except OSError:
+            size = 0  # missing: said by the read
+        if size <= _SMALL_ARCHIVE:
+            return _metadata_mismatch(info, folder)
+        return await anyio.to_thread.run_sync(_metadata_mismatch, info, folder)
 
     def _archive(self, release: Release) -> Path:
         return self.folder / "archives" / (release.digest.removeprefix("sha256:") + ".tar.gz")
