@@ -6,12 +6,12 @@ what was published while the loader was stopped included). One exception follows
 that reached the site's mirror while a loader was stopped, and was no longer the latest when it came back (a newer
 version of the same extension had reached the mirror too), is not announced by that loader; it is counted as
 `superseded_while_down`, apart from `missed`. A version announced more than once by one loader is a duplicate.
-Apart too: a version whose automatic load failed because the site's archive mirror did not hold its archive yet,
-and which a request then loaded (cold) before the automatic load was tried again; the retry finds it cached and
-announces nothing, so that loader announced it once, with the request's reason (`load`, `reload`) and not
-`published`: counted as `loaded_by_a_request_first`. And a version whose automatic load waited for its archive
-while a newer version of the same extension reached the site: the retry loads only the latest, as a loader that
-comes back does (`superseded_while_its_archive_was_awaited`). What is left is `missed`.
+A version whose automatic load failed because the site's archive mirror did not hold its archive yet, and which a
+request then loaded before the automatic load was tried again, is no exception: the retry finds it loaded and
+announces it (`published`, `cold` false), so it is expected once like any other (`by_a_request_first` counts them,
+within `once`). Apart: a version whose automatic load waited for its archive while a newer version of the same
+extension reached the site: the retry loads only the latest, as a loader that comes back does
+(`superseded_while_its_archive_was_awaited`). What is left is `missed`.
 
 Digests: each answer and each announcement names a version and the digest of what was loaded; it must be the tree
 digest the publisher signed for that version.
@@ -27,7 +27,7 @@ from typing import Any
 from .edge_loaders import Incarnation
 from .edge_watch import Announcement
 
-_APART = ("loaded_by_a_request_first", "superseded_while_down", "superseded_while_its_archive_was_awaited")
+_APART = ("superseded_while_down", "superseded_while_its_archive_was_awaited")
 MARGIN_S = 2.0  # around a loader's stop and start: a version arriving then may or may not have been seen
 
 
@@ -49,10 +49,11 @@ def announcements(
     mine = [a for a in heard if a.instance_id in ids]
     counts = Counter((a.name, a.version) for a in mine if a.reason == "published")
     by_request = {(a.name, a.version) for a in mine if a.reason in ("load", "reload") and a.cold}
+    late = {(a.name, a.version) for a in mine if a.reason == "published" and not a.cold}
     loaded = by_request | set(counts)
     live = sorted(live)
     downs = [(before.stopped, after.ready) for before, after in itertools.pairwise(history)]
-    out: dict[str, Any] = {"expected": len(live), "once": 0, "duplicates": 0, "missed": 0}
+    out: dict[str, Any] = {"expected": len(live), "once": 0, "by_a_request_first": 0, "duplicates": 0, "missed": 0}
     found: dict[str, list[str]] = {kind: [] for kind in (*_APART, "duplicated", "missed")}
     for name, version in live:
         count = counts[(name, version)]
@@ -60,12 +61,11 @@ def announcements(
         newer_loaded = any(n == name and version_key(v) > version_key(version) for n, v in loaded)
         if count == 1:
             out["once"] += 1
+            out["by_a_request_first"] += (name, version) in late and (name, version) in by_request
             continue
         if count > 1:
             out["duplicates"] += count - 1
             kind = "duplicated"
-        elif waited_for and (name, version) in by_request:
-            kind = "loaded_by_a_request_first"
         elif _superseded(name, version, downs, arrived):
             kind = "superseded_while_down"
         elif waited_for and newer_loaded:
@@ -169,9 +169,9 @@ def render(result: Mapping[str, Any]) -> str:
     for name, judged in result["announcements"].items():
         lines.append(
             f"| {name} (of {judged['expected']}; {judged['incarnations']} starts): announced once (reason "
-            f"`published`) / duplicates / missed; apart: loaded by a request first / superseded while down / "
-            f"superseded while its archive was awaited | {judged['once']} / {judged['duplicates']} / "
-            f"{judged['missed']}; {judged['loaded_by_a_request_first']} / {judged['superseded_while_down']} / "
+            f"`published`; of them loaded by a request first) / duplicates / missed; apart: superseded while down / "
+            f"superseded while its archive was awaited | {judged['once']} ({judged['by_a_request_first']}) / "
+            f"{judged['duplicates']} / {judged['missed']}; {judged['superseded_while_down']} / "
             f"{judged['superseded_while_its_archive_was_awaited']} |"
         )
     checks = result["checks"]

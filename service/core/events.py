@@ -24,12 +24,15 @@ class EventFactory:
         self.instance_id = instance_id
         self._clock = clock
 
-    def loaded(self, extension: Extension, reason: LoadReason, duration_ms: float) -> ExtensionLoaded:
+    def loaded(
+        self, extension: Extension, reason: LoadReason, duration_ms: float, *, cold: bool = True
+    ) -> ExtensionLoaded:
+        """`cold`: this load ran Nushell; False for what was loaded already (by a request, ahead of `auto_update`)."""
         return ExtensionLoaded(
             event_id=new_id(),
             reason=reason,
             extension=extension,
-            cold=True,
+            cold=cold,
             duration_ms=round(duration_ms, 3),
             instance_id=self.instance_id,
             timestamp=self._clock(),

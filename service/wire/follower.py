@@ -14,13 +14,16 @@ The buckets are reached under `registry.api_prefix`.
 At an edge site the buckets are mirrors of the hub's, read the same way; the follower also reads how they stand
 every `_MIRROR_POLL_S` (stats: `registry.mirror`) and logs when they stop hearing from the hub, and when they hear
 from it again. The two mirrors catch up on their own after an outage, the index's maybe before the archives': an
-automatic load that finds no archive at a site is tried again each time the archive mirror grows.
+automatic load that finds no archive at a site is tried again each time the archive mirror grows. A request may
+load that version first; the automatic load then finds it loaded, and announces it all the same (`published`,
+`cold` false): each loader with `auto_update` announces each newly published latest once.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import Callable, Sequence
 
 import anyio
@@ -290,6 +293,7 @@ class RegistryFollower:
                 continue
             if latest.key not in new or latest.source != "registry":
                 continue  # what is newly published is not the latest (or the disk's copy wins)
+            began = time.perf_counter()
             try:
                 result = await self.manager.load(extension_type, name, latest.version, reason="published")
             except LoaderError as exc:
@@ -302,5 +306,12 @@ class RegistryFollower:
                     "auto_update: %s was published but does not load (%s): %s%s", latest.key, exc.code, exc, again
                 )
                 continue
-            events += result.events
+            if result.cold:
+                events += result.events
+            else:
+                # A request loaded it first (at a site, between the index mirror and the archive mirror), or this
+                # load joined that request's run: the request's event says `load`; this one says what `published`
+                # promises, that the new latest is loaded here, once.
+                waited_ms = (time.perf_counter() - began) * 1000
+                events.append(self.manager.events.loaded(result.extension, "published", waited_ms, cold=False))
         return events

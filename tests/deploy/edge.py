@@ -34,6 +34,7 @@ from service.app.publishing import prepare, publish
 from service.contract.config import ENV_PREFIX, Config, inbox_prefix_for
 from service.registry.buckets import RegistryBuckets
 from service.registry.index import Release
+from service.registry.names import DEFAULT_NAMES
 from service.registry.signing import Signer
 from service.wire.service import ExtensionService, flush_subscriptions
 from tests.app.test_registry_cluster import published
@@ -342,6 +343,18 @@ async def archives_mirrored(service: ExtensionService, hub_admin: Client) -> Non
     assert service.follower is not None
     with anyio.fail_after(CATCH_UP):
         await service.follower.wait_mirrors(lambda m: m.archives_last_sequence >= hub_last)
+
+
+async def archive_at_site(admin: Login, release: Release) -> None:
+    """Returns once the site's archive mirror holds `release`'s archive: its metadata, which the publisher writes
+    after the chunks and the mirror copies in the same order (a push consumer of the site's admin)."""
+    js = admin.nc.jetstream(timeout=WAIT)
+    subject = DEFAULT_NAMES.meta_subject(release.object)
+    sub = await js.subscribe(subject, stream=ARCHIVES, ordered_consumer=True)
+    try:
+        await sub.next_msg(timeout=CATCH_UP)
+    finally:
+        await sub.unsubscribe()
 
 
 @asynccontextmanager
