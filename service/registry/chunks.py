@@ -42,6 +42,7 @@ class Chunks:
     size: int
     count: int
     chunk_size: int | None  # the largest, when the metadata says
+    first: RawStreamMsg | None = None  # the first chunk, when it was read with the metadata
 
 
 async def read_chunks(calls: Calls, chunks: Chunks, sink: IO[bytes], limit: float) -> str:
@@ -77,7 +78,10 @@ async def _receive(calls: Calls, chunks: Chunks, put: Callable[[bytes], None], l
         async with calls.bounded(f"read archive {name!r}", limit):
             sequence = 0
             for _ in range(count):
-                chunk = await _chunk_after(calls, chunks, sequence, received)
+                if received == 0 and chunks.first is not None:
+                    chunk = chunks.first
+                else:
+                    chunk = await _chunk_after(calls, chunks, sequence, received)
                 data = chunk.data or b""
                 total += len(data)
                 if total > size:

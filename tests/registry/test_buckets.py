@@ -314,6 +314,60 @@ async def test_an_archive_comes_back_as_it_was_put(
     assert await consumers(js_nc) == 0
 
 
+async def test_an_archive_s_chunks_go_on_the_subject_its_digest_names_and_come_back_with_its_metadata(
+    buckets: RegistryBuckets, js_nc: Client, tmp_path: Path
+) -> None:
+    """Put here, the chunks are on `C.<hex of the digest>`, which a fetch asks for alongside the metadata; an
+    object of several chunks (read a get at a time) and one of many (read by a consumer) come back whole too."""
+    for i, size in enumerate([100, 3 * CHUNK_SIZE, 10 * CHUNK_SIZE]):
+        name, data, digest = archive(size, seed=i)
+        await buckets.archives.put(name, data)
+        assert (await stored_meta(js_nc, name))["nuid"] == name.removeprefix("sha256/")
+        into = tmp_path / f"{i}.tar.gz"
+        assert await buckets.archives.fetch(name, into, max_bytes=size) == digest
+        assert into.read_bytes() == data
+    assert await consumers(js_nc) == 0
+
+
+async def test_a_digest_s_chunk_subject_that_holds_anything_is_not_used_and_not_read(
+    buckets: RegistryBuckets, js_nc: Client, tmp_path: Path
+) -> None:
+    """Something written on an archive's digest subject before it is put (a put cut off half-way, or a writer of
+    the bucket that knew the digest ahead): the chunks go on a random subject, and a fetch reads them there, never
+    what is on the digest's subject, which it asked for with the metadata."""
+    name, data, digest = archive(1000)
+    hexdigest = name.removeprefix("sha256/")
+    await js_nc.jetstream().publish(f"$O.extension-archives.C.{hexdigest}", b"planted" * 100)
+    await buckets.archives.put(name, data)
+    assert (await stored_meta(js_nc, name))["nuid"] != hexdigest
+    into = tmp_path / "archive.tar.gz"
+    assert await buckets.archives.fetch(name, into, max_bytes=MiB) == digest
+    assert into.read_bytes() == data
+
+
+async def test_an_archive_stored_by_nats_py_is_read_where_its_metadata_says(
+    buckets: RegistryBuckets, js_nc: Client, tmp_path: Path
+) -> None:
+    """An object nats-py's ObjectStore.put stored (a random subject for its chunks), with a digest subject that
+    holds other bytes: what is read is the object's own."""
+    name, data, digest = archive(2 * CHUNK_SIZE + 5)
+    other = archive(100, seed=1)[1]
+    await js_nc.jetstream().publish(f"$O.extension-archives.C.{name.removeprefix('sha256/')}", other)
+    store = await js_nc.jetstream().object_store("extension-archives")
+    await store.put(name, data)
+    into = tmp_path / "archive.tar.gz"
+    assert await buckets.archives.fetch(name, into, max_bytes=2 * MiB) == digest
+    assert into.read_bytes() == data
+
+
+async def stored_meta(nc: Client, name: str) -> dict[str, Any]:
+    msg = await nc.jetstream().get_last_msg(
+        ARCHIVES, "$O.extension-archives.M." + base64.urlsafe_b64encode(name.encode()).decode()
+    )
+    meta: dict[str, Any] = json.loads(msg.data or b"")
+    return meta
+
+
 async def test_the_same_archive_put_again_is_not_written_again(buckets: RegistryBuckets, js_nc: Client) -> None:
     name, data, _ = archive(3 * CHUNK_SIZE // 2)
     await buckets.archives.put(name, data)
@@ -367,11 +421,7 @@ async def real_chunks(buckets: RegistryBuckets, js_nc: Client) -> dict[str, Any]
     """The metadata of a stored object of three chunks (1.5 MiB), whose chunks other metadata can point at."""
     name, data, _ = archive(3 * CHUNK_SIZE)
     await buckets.archives.put(name, data)
-    msg = await js_nc.jetstream().get_last_msg(
-        ARCHIVES, "$O.extension-archives.M." + base64.urlsafe_b64encode(name.encode()).decode()
-    )
-    meta: dict[str, Any] = json.loads(msg.data or b"")
-    return meta
+    return await stored_meta(js_nc, name)
 
 
 @pytest.mark.parametrize(
