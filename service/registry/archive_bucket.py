@@ -38,9 +38,8 @@ CHUNK_SIZE: Final = 512 * 1024  # below the server's max_payload (1 MB in nats.c
 _SLOWEST_BYTES_PER_S: Final = 1024 * 1024  # an archive moving slower than this counts as a link that is down
 _DIGEST_PREFIX: Final = "SHA-256="
 _CONTENT_NAME: Final = re.compile(r"sha256/([0-9a-f]{64})")
-_AHEAD_AT_LEAST_S: Final = (
-    0.005  # how long a first chunk asked for ahead is waited for at least, once the metadata is in
-)
+# How long a first chunk asked for ahead is waited for at least, once the metadata is in.
+_AHEAD_AT_LEAST_S: Final = 0.005
 
 
 class _Options(msgspec.Struct, frozen=True):
