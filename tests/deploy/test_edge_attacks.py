@@ -364,12 +364,15 @@ async def test_a_mirror_forged_at_the_site_makes_no_loader_accept_what_the_trust
 
         # Both mirrors hold the three releases, archives included, before the loader that follows them starts: it
         # reads them all at its first reading (nothing is news, so nothing is loaded on its own ahead of the
-        # forgery), and each archive is at the site (the two mirrors catch up each on its own).
+        # forgery), and each archive is at the site (the two mirrors catch up each on its own). The scout that waits
+        # for that may itself announce the genuine releases (its first reading may come before the mirror has them).
         hub_admin = await stack.enter_async_context(login(edge, edge.hub, "admin"))
         async with site_loader(edge, tmp_path, "scout", signer) as scout:
             await mirrored(scout, 3)
             await archives_mirrored(scout, hub_admin.nc)
+        judged: set[str] = set()  # the loaders whose announcements are judged: the one before and the one after
         async with site_loader(edge, tmp_path, "before", signer) as before:
+            judged.add(before.manager.instance_id)
             await mirrored(before, 3)
             assert (await client.load("taskserv", "etcd", "3.5.0"))["metadata"]["version"] == "3.5.0"
             reasons = await forge_the_site_s_registry(edge, tmp_path, publisher, site_admin, forger, stranger)
@@ -378,10 +381,11 @@ async def test_a_mirror_forged_at_the_site_makes_no_loader_accept_what_the_trust
             assert (await client.stats())["registry"]["mirror"] is None  # no mirrors at this site any more
 
         async with running_service(site_loader_config(edge, tmp_path, "after", signer)) as after:
+            judged.add(after.manager.instance_id)
             await mirrored(after, 5)
             await refusals_name_the_check(client, reasons)
             assert (await client.load("taskserv", "etcd", "3.5.0"))["metadata"]["version"] == "3.5.0"  # fetched
-        assert published(events) == []
+        assert [(who, version) for who, version in published(events) if who in judged] == []
 
 
 async def refusals_name_the_check(client: LoaderClient, reasons: dict[str, str]) -> None:
