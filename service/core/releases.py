@@ -83,6 +83,7 @@ class Releases:
         self._names: dict[ExtensionType, set[str]] = {t: set() for t in ExtensionType}
         self._change_count = 0
         self._sequences: dict[str, int] = {}  # index key -> the highest signed sequence seen
+        self._owed: set[str] = set()  # version keys owed an automatic load (`owe_load`)
         self._freshness = Freshness(config.max_age_s)
         self._trust = Trust(config.trusted, accept_v1=config.accept_v1)
         self._fetcher = ReleaseFetcher(config, folder, self._trust, access)
@@ -299,6 +300,28 @@ class Releases:
             blocks=verdict.blocks,
         )
 
+    # --- automatic loads owed ---
+
+    def owe_load(self, key: str) -> None:
+        """The version `key` (a newly published latest) is owed an automatic load that could not be made yet: at an
+        edge site, its archive was not in the site's mirror. Kept with the saved index at the next `save`."""
+        self._owed.add(key)
+
+    def owes_loads(self) -> bool:
+        return bool(self._owed)
+
+    def take_owed(self) -> list[VersionInfo]:
+        """The versions owed an automatic load, as this view lists them now, no longer owed: the caller tries them
+        and owes again what still cannot be loaded (then saves). A version the index no longer lists is dropped."""
+        owed, self._owed = sorted(self._owed), set()
+        found: list[VersionInfo] = []
+        for key in owed:
+            extension_type, name, version = key.split(":", 2)
+            info = self.versions(ExtensionType(extension_type), name).get(version)
+            if info is not None:
+                found.append(info)
+        return found
+
     # --- the saved copy ---
 
     def save(self) -> None:
@@ -308,6 +331,7 @@ class Releases:
             records=tuple(self._records[n] for n in sorted(self._records)),
             sequences=dict(sorted(self._sequences.items())),
             timestamp=self._freshness.envelope,
+            owed=tuple(sorted(self._owed)),
         )
         save_index(self.folder / "index.json", saved)
 
@@ -317,6 +341,7 @@ class Releases:
         if saved is None:
             return
         self._sequences.update(saved.sequences)
+        self._owed.update(saved.owed)
         if saved.timestamp is not None:
             self._take_timestamp(saved.timestamp)
         for record in saved.records:

@@ -2,7 +2,9 @@
 each change, read back at start, so a loader started without JetStream still knows the versions it fetched
 before. The file holds the records as the bucket did (what they are trusted for is judged again on reading),
 the highest signed sequence seen of each extension, and the newest trusted timestamp: a restart never forgets
-how new a record must be. A file of the earlier layout (records only) is read with no sequences.
+how new a record must be, and the automatic loads still owed (at an edge site, a newly published latest whose
+archive was not there yet): a restart does not forget to announce them. A file of the earlier layout (records
+only) is read with no sequences.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ class Saved(msgspec.Struct, frozen=True, kw_only=True):
     records: tuple[IndexRecord, ...]
     sequences: dict[str, int] = {}
     timestamp: Envelope | None = None
+    owed: tuple[str, ...] = ()  # automatic loads still owed (`Releases.owe_load`), by version key
 
 
 def save_index(path: Path, saved: Saved) -> None:

@@ -14,7 +14,8 @@ The buckets are reached under `registry.api_prefix`.
 At an edge site the buckets are mirrors of the hub's, read the same way; the follower also reads how they stand
 every `_MIRROR_POLL_S` (stats: `registry.mirror`) and logs when they stop hearing from the hub, and when they hear
 from it again. The two mirrors catch up on their own after an outage, the index's maybe before the archives': an
-automatic load that finds no archive at a site is tried again each time the archive mirror grows. A request may
+automatic load that finds no archive at a site is tried again each time the archive mirror grows, after a restart
+too (what is owed is saved with the index, `Releases.owe_load`). A request may
 load that version first; the automatic load then finds it loaded, and announces it all the same (`published`,
 `cold` false): each loader with `auto_update` announces each newly published latest once.
 """
@@ -79,7 +80,6 @@ class RegistryFollower:
         self._settings_checked = False
         self._hub_heard: bool | None = None  # at an edge site: whether its mirrors heard from the hub, last look
         self._looked = Notifier()  # notified at each look at an edge site's mirrors
-        self._pending: dict[str, VersionInfo] = {}  # auto-updates whose archive the site's mirror lacked
         self._archives_seen = 0  # the archive mirror's last sequence at the look before
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
@@ -212,9 +212,10 @@ class RegistryFollower:
                 self._say_hub(stats.hub_reachable, stats.last_sequence, stats.heard_s, stats.error)
             if stats is not None and stats.archives_last_sequence != self._archives_seen:
                 self._archives_seen = stats.archives_last_sequence
-                if self._pending:
-                    pending, self._pending = list(self._pending.values()), {}
-                    await self._announce(await self._load_latest(pending))
+                if self.releases.owes_loads():
+                    events = await self._load_latest(self.releases.take_owed())
+                    self.releases.save()  # what is still owed, for a restart
+                    await self._announce(events)
             self._looked.notify()
             await anyio.sleep(_MIRROR_POLL_S)
 
@@ -248,9 +249,9 @@ class RegistryFollower:
             log.warning("registry unreachable (%s): serving what was fetched; loads of anything else fail", why)
 
     async def _apply(self, changes: Changes) -> None:
-        if changes:
-            self.releases.save()
         events = await self.events_for(changes)
+        if changes:
+            self.releases.save()  # after the automatic loads: with what they still owe
         self.updates += 1
         self._updated.notify()
         await self._announce(events)
@@ -300,7 +301,7 @@ class RegistryFollower:
                 # At an edge site the index's mirror may run ahead of the archives': tried again as they catch up.
                 later = exc.code == "unavailable" and self._access.mirror_stats() is not None
                 if later:
-                    self._pending[latest.key] = latest
+                    self.releases.owe_load(latest.key)
                 again = "; trying again as this site's archive mirror catches up" if later else ""
                 log.warning(
                     "auto_update: %s was published but does not load (%s): %s%s", latest.key, exc.code, exc, again

@@ -291,7 +291,7 @@ def publisher_config(edge: Edge, tmp_path: Path) -> Config:
 def site_loader_config(edge: Edge, tmp_path: Path, name: str, signer: Signer) -> Config:
     """deploy/loader.toml's settings at the site, trusting `signer`, with auto_update; no extension tree."""
     empty = tmp_path / name / "no-tree"
-    empty.mkdir(parents=True)
+    empty.mkdir(parents=True, exist_ok=True)  # there already when the same loader is started again
     return make_config(
         edge.site.url,
         tmp_path / name,

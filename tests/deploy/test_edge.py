@@ -290,3 +290,39 @@ async def test_a_version_a_request_loads_before_the_automatic_retry_is_still_ann
         await publish_at_hub(publisher, source(tmp_path / "3.7.0", "etcd", "3.7.0"), signer, publishing)
         await announced(events, "3.7.0", WAIT)
         assert published(events) == [(service.manager.instance_id, v) for v in ("3.6.0", "3.7.0")]
+
+
+async def test_an_automatic_load_still_owed_when_the_loader_restarts_is_made_and_announced_after_the_restart(
+    edge: Edge, tmp_path: Path, signer: Signer
+) -> None:
+    """The automatic load of 3.6.0 waits for the archive mirror (deleted by the site's admin) when the loader is
+    stopped. Started again on its data folder, it reads its saved index (3.6.0 is no news any more), and still makes
+    the automatic load it owed once the archive is at the site, and announces it, once."""
+    await edge.link_up()
+    await set_up_both(edge)
+    publishing = publisher_config(edge, tmp_path)
+    async with AsyncExitStack() as stack:
+        publisher = await stack.enter_async_context(login(edge, edge.hub, "publisher"))
+        site_admin = await stack.enter_async_context(login(edge, edge.site, "admin"))
+        orchestrator = await stack.enter_async_context(login(edge, edge.site, "orchestrator"))
+        await publish_at_hub(publisher, source(tmp_path / "3.5.0", "etcd", "3.5.0"), signer, publishing)
+        events = await listen(orchestrator)
+        async with site_loader(edge, tmp_path, "loader", signer) as service:
+            await mirrored(service, 1)
+            assert service.follower is not None
+            assert await site_admin.nc.jetstream(timeout=WAIT).delete_stream(ARCHIVES)
+            with anyio.fail_after(WAIT):
+                await service.follower.wait_mirrors(lambda m: m.error is not None)
+            await publish_at_hub(publisher, source(tmp_path / "3.6.0", "etcd", "3.6.0"), signer, publishing)
+            await mirrored(service, 2)  # its automatic load found no archive: owed
+            first = service.manager.instance_id
+        assert published(events) == []
+
+        code, _, _ = await set_up(edge, edge.site, "--site")
+        assert code == 0
+        async with site_loader(edge, tmp_path, "loader", signer) as again:
+            await announced(events, "3.6.0", WAIT)
+            await publish_at_hub(publisher, source(tmp_path / "3.7.0", "etcd", "3.7.0"), signer, publishing)
+            await announced(events, "3.7.0", WAIT)
+            assert published(events) == [(again.manager.instance_id, v) for v in ("3.6.0", "3.7.0")]
+            assert again.manager.instance_id != first
