@@ -210,7 +210,8 @@ class RegistryFollower:
             stats = self._access.mirror_stats()
             if stats is not None and stats.hub_reachable != self._hub_heard:
                 self._say_hub(stats.hub_reachable, stats.last_sequence, stats.heard_s, stats.error)
-            if stats is not None and stats.archives_last_sequence != self._archives_seen:
+            # Once the index is followed: an owed load tried before (right after a restart) could not fetch.
+            if stats is not None and stats.archives_last_sequence != self._archives_seen and self._access.reachable:
                 self._archives_seen = stats.archives_last_sequence
                 if self.releases.owes_loads():
                     events = await self._load_latest(self.releases.take_owed())
