@@ -200,12 +200,21 @@ async def auto_load(service: ExtensionService) -> None:
         for available in await manager.discover(None, None):  # a slice at a time: requests are served meanwhile
             if available.latest is None:
                 results["skipped"] += 1
-                log.info(
-                    "auto_load skips %s %s: no stable version, only the pre-releases %s (load one by its version)",
-                    available.extension_type.value,
-                    available.name,
-                    ", ".join(available.versions),
-                )
+                kind, name = available.extension_type.value, available.name
+                if available.versions:
+                    log.info(
+                        "auto_load skips %s %s: no stable version, only the pre-releases %s (load one by its version)",
+                        kind,
+                        name,
+                        ", ".join(available.versions),
+                    )
+                else:
+                    log.info(
+                        "auto_load skips %s %s: no version it may load (the registry's are untrusted or yanked; "
+                        "`discover` says which)",
+                        kind,
+                        name,
+                    )
                 continue
             versions = manager.store.versions(available.extension_type, available.name)
             tg.start_soon(one, versions[available.latest.version])

@@ -4,6 +4,7 @@ automatically, refuse what is not trusted, and keep serving what was fetched whe
 
 from __future__ import annotations
 
+import logging
 import shutil
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from nats.aio.client import Client
 from service.app.client import LoaderClient, RemoteError
 from service.app.natsserver import NatsServer
 from service.app.publishing import PublishRefused, prepare, publish, yank
+from service.app.serve import auto_load
 from service.contract.messages import ExtensionType
 from service.registry.buckets import RegistryBuckets
 from service.registry.signing import Signer, read_seed, write_seed
@@ -178,7 +180,7 @@ async def test_auto_update_loads_a_newly_published_latest_before_any_request(
 
 
 async def test_a_version_signed_by_a_key_the_loader_does_not_trust_is_refused(
-    nats_server: NatsServer, nc: Client, tmp_path: Path, signer: Signer
+    nats_server: NatsServer, nc: Client, tmp_path: Path, signer: Signer, caplog: pytest.LogCaptureFixture
 ) -> None:
     write_seed(tmp_path / "trusted.nk")
     trusted = read_seed(tmp_path / "trusted.nk")
@@ -186,7 +188,14 @@ async def test_a_version_signed_by_a_key_the_loader_does_not_trust_is_refused(
         nats_server.url, tmp_path, roots=[tmp_path / "none"], overrides=registry_settings(trusted.public_key)
     )
     await publish_folder(nc, source(tmp_path, "etcd", "3.6.0"), signer, config)
+    caplog.set_level(logging.INFO, "service.app.serve")
     async with running_service(config) as service:
+        await auto_load(service)  # as `orchestrator.extensions.auto_load` runs it at start: it says why it skips
+        said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("auto_load skips")]
+        assert said == [
+            "auto_load skips taskserv etcd: no version it may load (the registry's are untrusted or yanked; "
+            "`discover` says which)"
+        ]
         client = LoaderClient(nc, timeout=WAIT)
         with pytest.raises(RemoteError) as caught:
             await client.load("taskserv", "etcd", "3.6.0")

@@ -2074,6 +2074,25 @@ def registry_cli(*args: str, user: str | None = None) -> list[str]:
     return [str(Path(sys.executable).with_name("extension-loader")), *args, *credentials, *prefix]
 
 
+async def test_a_registry_command_without_the_account_s_prefix_says_which_prefix_to_use(
+    administered: NatsServer, tmp_path: Path, signer: Signer
+) -> None:
+    """`publish` and `search` as the README's first example gives them, without `registry.api_prefix`: the server
+    refuses `$JS.API`, and the command says which prefix nats.conf's accounts give the registry (exit 4)."""
+    folder = write_extension(tmp_path / "checkout", "taskserv", "vault", "1.0.0")
+    key = str(tmp_path / "publisher.nk")  # the signer's seed
+    server = ("--server", administered.url)
+    bare = str(Path(sys.executable).with_name("extension-loader"))
+    for argv in (
+        [bare, "publish", str(folder), "--key", key, *server, "--user", "publisher"],
+        [bare, "search", "vault", *server, "--user", "loader"],
+    ):
+        user = argv[argv.index("--user") + 1]
+        code, _, said = await run_cli([*argv, "--password", PASSWORDS[user], "--set", f'nushell.path="{NU}"'])
+        assert code == 4, said
+        assert "--set registry.api_prefix='$JS.reg.API'" in said and "Traceback" not in said, said
+
+
 async def run_cli(argv: list[str], limit: float = WAIT) -> tuple[int, str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("NATS_USER", "NATS_PASSWORD", "NATS_CA")}
     with anyio.fail_after(limit):

@@ -189,6 +189,13 @@ async def unless_forbidden(call: Awaitable[Any], args: argparse.Namespace) -> An
                 f"{args.server}: {refusal}: {who} may not receive replies under {inbox_prefix(args)}: give the "
                 "prefix its server allows with --inbox-prefix (README.md, Security)"
             )
+        if '"$js.api.' in refusal.lower():
+            # nats.conf's users reach the registry and the event log only under the prefixes their imports give.
+            raise Forbidden(
+                f"{args.server}: {refusal}: {who} may not use JetStream's API under $JS.API; with nats.conf's "
+                "accounts the registry is under $JS.reg.API: add --set registry.api_prefix='$JS.reg.API' "
+                "(README.md, Security)"
+            )
         raise Forbidden(f"{args.server}: {refusal}: {who} may not make this request (README.md, Security)")
     return result[0]
 
