@@ -200,21 +200,13 @@ async def auto_load(service: ExtensionService) -> None:
         for available in await manager.discover(None, None):  # a slice at a time: requests are served meanwhile
             if available.latest is None:
                 results["skipped"] += 1
-                kind, name = available.extension_type.value, available.name
-                if available.versions:
-                    log.info(
-                        "auto_load skips %s %s: no stable version, only the pre-releases %s (load one by its version)",
-                        kind,
-                        name,
-                        ", ".join(available.versions),
-                    )
-                else:
-                    log.info(
-                        "auto_load skips %s %s: no version it may load (the registry's are untrusted or yanked; "
-                        "`discover` says which)",
-                        kind,
-                        name,
-                    )
+                why = (
+                    f"no stable version, only the pre-releases {', '.join(available.versions)} "
+                    "(load one by its version)"
+                    if available.versions
+                    else "no version it may load (the registry's are untrusted or yanked; `discover` says which)"
+                )
+                log.info("auto_load skips %s %s: %s", available.extension_type.value, available.name, why)
                 continue
             versions = manager.store.versions(available.extension_type, available.name)
             tg.start_soon(one, versions[available.latest.version])

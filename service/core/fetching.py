@@ -16,8 +16,9 @@ import contextlib
 import os
 import shutil
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import anyio
 import anyio.to_thread
@@ -34,9 +35,18 @@ from .registry_access import RegistryAccess
 from .trust import Trust
 from .version_info import VersionInfo
 
-# An archive up to this size is unpacked on the event loop (well under a millisecond): on a busy machine the trip
-# to a worker thread and back took longer than the work.
+# An archive up to this size is unpacked, and its tree and metadata.toml checked, on the event loop (well under a
+# millisecond): on a busy machine the trip to a worker thread and back took longer than the work.
 _SMALL_ARCHIVE = 64 * 1024
+
+_T = TypeVar("_T")
+
+
+async def _small_here(size: int, work: Callable[..., _T], *args: object) -> _T:
+    """`work(*args)` on the event loop when `size` is small (`_SMALL_ARCHIVE`), else in a worker thread."""
+    if size <= _SMALL_ARCHIVE:
+        return work(*args)
+    return await anyio.to_thread.run_sync(work, *args)
 
 
 def unpack_limits(config: RegistryConfig) -> UnpackLimits:
@@ -99,10 +109,7 @@ class ReleaseFetcher:
 
     async def _tree_differs(self, release: Release, folder: Path) -> str | None:
         """The digest of the tree at `folder` when it is not the signed one; None when it is."""
-        if release.size <= _SMALL_ARCHIVE:
-            found = tree_digest(folder)
-        else:
-            found = await anyio.to_thread.run_sync(tree_digest, folder)
+        found = await _small_here(release.size, tree_digest, folder)
         return None if found == release.tree_digest else found
 
     async def _metadata_differs(self, info: VersionInfo, folder: Path) -> str | None:
@@ -112,9 +119,7 @@ class ReleaseFetcher:
             size = (folder / METADATA).stat().st_size
         except OSError:
             size = 0  # missing: said by the read
-        if size <= _SMALL_ARCHIVE:
-            return _metadata_mismatch(info, folder)
-        return await anyio.to_thread.run_sync(_metadata_mismatch, info, folder)
+        return await _small_here(size, _metadata_mismatch, info, folder)
 
     def _archive(self, release: Release) -> Path:
         return self.folder / "archives" / (release.digest.removeprefix("sha256:") + ".tar.gz")
@@ -134,10 +139,7 @@ class ReleaseFetcher:
             # One trip to a worker thread: a kept archive checked again (it may have changed on this disk), then
             # the archive unpacked.
             expected = release.digest if kept else None
-            if release.size <= _SMALL_ARCHIVE:
-                digest = self._unpack(archive, folder, expected)
-            else:
-                digest = await anyio.to_thread.run_sync(self._unpack, archive, folder, expected)
+            digest = await _small_here(release.size, self._unpack, archive, folder, expected)
         except ArchiveRefused as exc:
             raise _broken(info, release, exc.reason) from None
         if digest is not None:
