@@ -135,6 +135,25 @@ def refusal(key: str, code: str, reason: str, release: Release) -> tuple[str, di
     return line("refused", key, code, reason, release)
 
 
+def refused_after_its_fetch(
+    reg: Registry,
+    audit: pytest.LogCaptureFixture,
+    release: Release,
+    key: str,
+    code: str,
+    reason: str,
+    *,
+    refused: int = 1,
+) -> None:
+    """What a release refused once its archive was fetched leaves: the archive kept (it is the signed one), nothing
+    under trees/, one fetch, `refused` refusals counted (an invalid archive counts none) and audited after the
+    fetch, each with its code and reason."""
+    assert contents(reg.folder) == ["archives", kept(release), "trees"]
+    counted = refused if code == "untrusted_extension" else 0
+    assert (reg.fetcher.fetched, reg.releases.refused) == (1, counted)
+    assert audit_lines(audit) == [fetched_line(key, release), *[refusal(key, code, reason, release)] * refused]
+
+
 def untrusted(caught: pytest.ExceptionInfo[UntrustedExtension], name: str, reason: str) -> None:
     """The refusal of `name` 1.0.0, signed by KEY, for `reason` (word for word)."""
     assert caught.value.details() == {
@@ -448,12 +467,7 @@ async def test_a_signed_archive_that_is_not_safe_to_unpack_is_an_invalid_extensi
         "problems": [f"archive {release.digest}: {why}"],
     }
     # The archive is the one signed, so it is kept; nothing of it is left under trees/, not even empty folders.
-    assert contents(reg.folder) == ["archives", kept(release), "trees"]
-    assert (reg.fetcher.fetched, reg.releases.refused) == (1, 0)
-    assert audit_lines(audit) == [
-        fetched_line("taskserv:hostile:1.0.0", release),
-        refusal("taskserv:hostile:1.0.0", "invalid_extension", why, release),
-    ]
+    refused_after_its_fetch(reg, audit, release, "taskserv:hostile:1.0.0", "invalid_extension", why)
 
 
 # A loader that may read an object's metadata (a direct get) but not ask for its chunks: its requests for them go
@@ -528,12 +542,7 @@ async def test_an_archive_whose_unpacked_tree_is_not_the_signed_one_is_refused_a
         await reg.fetch("redis")
     reason = f"its unpacked tree is {tree_digest(folder)}, not the signed {signed_tree}"
     untrusted(caught, "redis", reason)
-    assert contents(reg.folder) == ["archives", kept(release), "trees"]
-    assert (reg.fetcher.fetched, reg.releases.refused) == (1, 1)
-    assert audit_lines(audit) == [
-        fetched_line("taskserv:redis:1.0.0", release),
-        refusal("taskserv:redis:1.0.0", "untrusted_extension", reason, release),
-    ]
+    refused_after_its_fetch(reg, audit, release, "taskserv:redis:1.0.0", "untrusted_extension", reason)
 
 
 async def test_a_record_changed_while_loading_is_refused_and_nothing_fetched(
@@ -608,12 +617,7 @@ async def test_a_metadata_toml_that_says_otherwise_than_the_signed_statement_is_
         await reg.fetch("redis")
     reason = f"its index entry does not say what its signed archive says: {differ}"
     untrusted(caught, "redis", reason)
-    assert contents(reg.folder) == ["archives", kept(release), "trees"]
-    assert (reg.fetcher.fetched, reg.releases.refused) == (1, 1)
-    assert audit_lines(audit) == [
-        fetched_line("taskserv:redis:1.0.0", release),
-        refusal("taskserv:redis:1.0.0", "untrusted_extension", reason, release),
-    ]
+    refused_after_its_fetch(reg, audit, release, "taskserv:redis:1.0.0", "untrusted_extension", reason)
 
 
 async def test_an_archive_without_metadata_toml_is_refused_with_why(
@@ -744,12 +748,7 @@ async def test_overlapping_fetches_of_a_release_refused_once_unpacked_are_each_r
 
     await fetch_together(refused, refused, refused)
     assert refusals == [reason] * 3  # never a tree half removed by the other, nor a file missing from it
-    assert contents(reg.folder) == ["archives", kept(release), "trees"]
-    assert (reg.fetcher.fetched, reg.releases.refused) == (1, 3)
-    assert audit_lines(audit) == [
-        fetched_line("taskserv:redis:1.0.0", release),
-        *[refusal("taskserv:redis:1.0.0", "untrusted_extension", reason, release)] * 3,
-    ]
+    refused_after_its_fetch(reg, audit, release, "taskserv:redis:1.0.0", "untrusted_extension", reason, refused=3)
 
 
 async def test_a_fetch_waiting_on_the_registry_holds_up_no_fetch_of_another_archive(

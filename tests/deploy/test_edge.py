@@ -27,12 +27,17 @@ import anyio.to_thread
 import pytest
 
 from service.app.client import LoaderClient
+from service.contract.config import Config
+from service.contract.messages import MirrorStats
+from service.registry.index import Release
 from service.registry.signing import Signer
+from service.wire.service import ExtensionService
 from tests.app.test_registry_cluster import published, source
 from tests.conftest import WAIT
 from tests.deploy.edge import (
     ARCHIVES,
     Edge,
+    Login,
     announced,
     archive_at_site,
     hub_index_sequence,
@@ -229,12 +234,10 @@ async def test_an_automatic_load_waits_for_the_archive_mirror_when_the_index_mir
         await mirrored(service, 1)
         events = await listen(orchestrator)
 
-        assert await site_admin.nc.jetstream(timeout=WAIT).delete_stream(ARCHIVES)
-        with anyio.fail_after(WAIT):
-            gone = await service.follower.wait_mirrors(lambda m: m.error is not None)
+        gone, _ = await publish_with_the_archive_mirror_gone(
+            service, site_admin, publisher, publishing, tmp_path, signer
+        )
         assert not gone.hub_reachable and "setup --site" in (gone.error or "")
-        await publish_at_hub(publisher, source(tmp_path / "3.6.0", "etcd", "3.6.0"), signer, publishing)
-        await mirrored(service, 2)  # the index mirror has it; its archive is nowhere at the site
         assert published(events) == []
 
         code, lines, _ = await set_up(edge, edge.site, "--site")
@@ -267,11 +270,9 @@ async def test_a_version_a_request_loads_before_the_automatic_retry_is_still_ann
         events = await listen(orchestrator)
         client = LoaderClient(orchestrator.nc, timeout=WAIT)
 
-        assert await site_admin.nc.jetstream(timeout=WAIT).delete_stream(ARCHIVES)
-        with anyio.fail_after(WAIT):
-            await service.follower.wait_mirrors(lambda m: m.error is not None)
-        release = await publish_at_hub(publisher, source(tmp_path / "3.6.0", "etcd", "3.6.0"), signer, publishing)
-        await mirrored(service, 2)
+        _, release = await publish_with_the_archive_mirror_gone(
+            service, site_admin, publisher, publishing, tmp_path, signer
+        )
         assert published(events) == []
 
         code, _, _ = await set_up(edge, edge.site, "--site")
@@ -309,12 +310,7 @@ async def test_an_automatic_load_still_owed_when_the_loader_restarts_is_made_and
         events = await listen(orchestrator)
         async with site_loader(edge, tmp_path, "loader", signer) as service:
             await mirrored(service, 1)
-            assert service.follower is not None
-            assert await site_admin.nc.jetstream(timeout=WAIT).delete_stream(ARCHIVES)
-            with anyio.fail_after(WAIT):
-                await service.follower.wait_mirrors(lambda m: m.error is not None)
-            await publish_at_hub(publisher, source(tmp_path / "3.6.0", "etcd", "3.6.0"), signer, publishing)
-            await mirrored(service, 2)  # its automatic load found no archive: owed
+            await publish_with_the_archive_mirror_gone(service, site_admin, publisher, publishing, tmp_path, signer)
             first = service.manager.instance_id
         # (3.5.0 may have been announced: this loader's first reading can come before the index mirror holds it.)
         assert later_than_3_5(published(events)) == []
@@ -327,6 +323,21 @@ async def test_an_automatic_load_still_owed_when_the_loader_restarts_is_made_and
             await announced(events, "3.7.0", WAIT)
             assert later_than_3_5(published(events)) == [(again.manager.instance_id, v) for v in ("3.6.0", "3.7.0")]
             assert again.manager.instance_id != first
+
+
+async def publish_with_the_archive_mirror_gone(
+    service: ExtensionService, site_admin: Login, publisher: Login, publishing: Config, tmp_path: Path, signer: Signer
+) -> tuple[MirrorStats, Release]:
+    """The site's admin deletes the archive mirror; once the loader's look at the mirrors says so, etcd 3.6.0 is
+    published at the hub and reaches the index mirror: its automatic load found no archive, and is owed. The
+    mirrors as that look saw them, and the release."""
+    assert service.follower is not None
+    assert await site_admin.nc.jetstream(timeout=WAIT).delete_stream(ARCHIVES)
+    with anyio.fail_after(WAIT):
+        gone = await service.follower.wait_mirrors(lambda m: m.error is not None)
+    release = await publish_at_hub(publisher, source(tmp_path / "3.6.0", "etcd", "3.6.0"), signer, publishing)
+    await mirrored(service, 2)  # the index mirror has it; its archive is nowhere at the site
+    return gone, release
 
 
 def later_than_3_5(announcements: list[tuple[str, str]]) -> list[tuple[str, str]]:
