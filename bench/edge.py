@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import sys
 import tempfile
@@ -39,7 +38,7 @@ from . import edge_announce, edge_catch_up
 from .edge_loaders import SiteLoader
 from .edge_registry import KIND, Publisher, new_signer, publishing_config
 from .edge_report import render_edge
-from .edge_site import REG_API, Edge, Node, write_twin
+from .edge_site import REG_API, Edge, Node, stop_all, write_twin
 from .edge_watch import Announcements, MirrorArrivals
 from .load import summary_ms
 from .options import FULL, QUICK, RESULTS, BenchError, Options
@@ -142,15 +141,7 @@ async def measure(options: Options, work: Path, logs: Path) -> dict[str, Any]:
         out["prepare"] = summary_ms(prepare_ns)
         return {"edge": out}
     finally:
-        for task in tasks:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-        for child in reversed(children):
-            await asyncio.to_thread(child.stop)
-        for nc in clients:
-            with contextlib.suppress(Exception):
-                await nc.close()
+        await stop_all(tasks, children, clients)
         await asyncio.to_thread(twin.stop)
         await asyncio.to_thread(edge.stop)
 

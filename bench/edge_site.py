@@ -15,12 +15,13 @@ replicas, at the site with `--site --hub-domain hub`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import ssl
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import nats
@@ -33,6 +34,7 @@ from service.registry.names import DEFAULT_NAMES
 
 from .edge_relay import Relay, fresh_port
 from .options import ROOT, BenchError
+from .procs import Child
 
 USERS = ("orchestrator", "loader", "observer", "publisher", "admin")
 _VARIABLES = {user: f"NATS_{user.upper()}_PASSWORD" for user in USERS}
@@ -198,6 +200,22 @@ class Edge:
         if process.returncode != 0:
             raise BenchError(f"setup {' '.join(more)} at {node.conf} failed ({process.returncode}): {err.decode()}")
         return out.decode().splitlines()
+
+
+async def stop_all(tasks: Iterable[asyncio.Task[object]], children: Sequence[Child], clients: Iterable[Client]) -> None:
+    """What a run at the edge started, stopped: its tasks cancelled (all of them, then each awaited), its loaders
+    stopped in the reverse order of their starts, its connections closed. The servers are the caller's."""
+    tasks = list(tasks)
+    for task in tasks:
+        task.cancel()
+    for task in tasks:
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+    for child in reversed(children):
+        await asyncio.to_thread(child.stop)
+    for nc in clients:
+        with contextlib.suppress(Exception):
+            await nc.close()
 
 
 def _lay_out(folder: Path) -> list[int]:

@@ -42,7 +42,7 @@ from .edge_faults import Faults, Holds
 from .edge_loaders import SiteLoader
 from .edge_registry import Publisher, new_signer, publishing_config, versions_held
 from .edge_requests import Requester
-from .edge_site import ARCHIVES, INDEX, REG_API, Edge
+from .edge_site import ARCHIVES, INDEX, REG_API, Edge, stop_all
 from .edge_watch import Announcements, MirrorArrivals, MirrorStaleness
 from .options import RESULTS, BenchError, Options
 from .procs import Child
@@ -220,16 +220,7 @@ async def soak(sizes: SoakSizes, options: Options, work: Path, logs: Path, seed:
             },
         }
     finally:
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-        for child in reversed(children):
-            await asyncio.to_thread(child.stop)
-        for nc in clients:
-            with contextlib.suppress(Exception):
-                await nc.close()
+        await stop_all(tasks, children, clients)
         await asyncio.to_thread(edge.stop)
 
 
