@@ -40,6 +40,7 @@ from tests.deploy.edge import (
     Login,
     announced,
     archive_at_site,
+    archives_mirrored,
     hub_index_sequence,
     listen,
     login,
@@ -141,6 +142,7 @@ async def test_with_the_link_cut_site_loaders_load_what_the_mirror_holds_and_cat
         service = await stack.enter_async_context(site_loader(edge, tmp_path, "loader", signer))
         assert service.follower is not None
         await mirrored(service, 2)
+        await archives_mirrored(service, hub_admin.nc)  # the two mirrors catch up each on its own
         events = await listen(orchestrator)
         client = LoaderClient(orchestrator.nc, timeout=WAIT)
         assert (await client.load("taskserv", "etcd", "3.5.0"))["metadata"]["version"] == "3.5.0"
