@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import sys
@@ -18,6 +19,7 @@ import pytest
 
 from service.app.cli import _parser as cli_parser
 from service.app.cli import commands
+from service.app.cli.calls import let_go
 from service.app.client import LoaderClient, RemoteError
 from service.app.natsserver import NatsServer
 from service.contract.messages import Status
@@ -201,6 +203,21 @@ async def test_no_service_behind_nats_says_so(nats_server: NatsServer) -> None:
     assert code == 4
     assert err.startswith(f"error: {nats_server.url}: nats: no responders available for request")
     assert "extension-loader service" in err and "not running" in err and "Traceback" not in err
+
+
+async def test_a_command_ended_by_a_refusal_still_drains_and_closes_its_connection(nats_server: NatsServer) -> None:
+    """A refusal cancels the command at once (`unless_forbidden`), and its connection is let go in that cancelled
+    scope: it is drained and closed all the same, with no drain task of nats-py's left for asyncio to report as a
+    traceback when the command exits (a refused `publish` printed one now and then)."""
+    nc = await nats.connect(nats_server.url)
+    await nc.subscribe("extensions.anything")
+    await nc.subscribe("extensions.other")
+    with anyio.fail_after(WAIT), anyio.CancelScope() as command:
+        command.cancel()  # as a refusal does
+        await let_go(nc)
+    assert nc.is_closed
+    left = [t for t in asyncio.all_tasks() if "_drain" in repr(t.get_coro())]
+    assert left == []
 
 
 @pytest.fixture

@@ -92,6 +92,17 @@ async def connect(args: argparse.Namespace) -> Client:
     return await nats.connect(**connect_options(args))
 
 
+DRAIN_TIMEOUT_S = 5  # what the server owes a command's subscriptions when it ends
+
+
+async def let_go(nc: Client) -> None:
+    """Drain a command's connection, also when the command was cancelled (a refusal ends it at once). Drained in a
+    cancelled scope, nats-py would stop at its first await and leave its subscriptions' drain tasks to be
+    cancelled when the command exits, and asyncio would print their traceback to the person."""
+    with anyio.CancelScope(shield=True):
+        await nc.drain()
+
+
 def connect_options(args: argparse.Namespace) -> dict[str, Any]:
     """nats-py's `connect` options for a person's command: server, user, TLS, and the inbox prefix that nats.conf
     gives that user (replies to anyone else's prefix are refused)."""
@@ -103,6 +114,7 @@ def connect_options(args: argparse.Namespace) -> dict[str, Any]:
         "allow_reconnect": False,
         "error_cb": _quiet,
         "inbox_prefix": inbox_prefix(args),
+        "drain_timeout": DRAIN_TIMEOUT_S,
     }
     if args.user:
         options.update(user=args.user, password=args.password or "")
@@ -133,7 +145,7 @@ async def _client_main(args: argparse.Namespace) -> int:
         print(json.dumps(data, indent=2) if args.json else readable(args, data, elapsed_ms))
         return 0
     finally:
-        await nc.drain()
+        await let_go(nc)
 
 
 async def _gather(c: LoaderClient, args: argparse.Namespace) -> Gathered:

@@ -32,7 +32,7 @@ from ...runtime.runner import NushellMissing
 from ..publishing import PublishRefused, prepare, publish, search, yank
 from ..resigning import resign
 from ..signing_states import refresh
-from .calls import CaFileError, Forbidden, connect, unless_forbidden
+from .calls import CaFileError, Forbidden, connect, let_go, unless_forbidden
 from .printing import table
 
 
@@ -202,4 +202,4 @@ async def registry_buckets(args: argparse.Namespace, config: Config) -> AsyncIte
     try:
         yield RegistryBuckets(nc, names, timeout_s=config.registry.timeout_s, api_prefix=config.registry.api_prefix)
     finally:
-        await nc.drain()
+        await let_go(nc)

@@ -22,7 +22,7 @@ from ...contract.config import Config, inbox_prefix_for, load_config
 from ...contract.errors import ConfigError
 from ..setup import Outcome, SetupUnreachable, Status, set_up
 from ..stream_settings import site_targets, targets
-from .calls import CaFileError, Forbidden, connect, unless_forbidden
+from .calls import CaFileError, Forbidden, connect, let_go, unless_forbidden
 
 ADMIN = "admin"  # the user that may manage streams (nats.conf)
 
@@ -56,7 +56,7 @@ async def _guarded(args: argparse.Namespace, config: Config) -> list[Outcome]:
         )
         return found
     finally:
-        await nc.drain()
+        await let_go(nc)
 
 
 def report(outcomes: Sequence[Outcome], *, lead: str = "") -> int:
