@@ -247,6 +247,7 @@ async def test_exit_codes(nats_server: NatsServer, tmp_path: Path) -> None:
         assert (code, out) == (4, "")
         assert 'permissions violation for publish to "$js.api.stream.create.extension_events"' in err
         assert "hint: setup needs a user that may manage streams (admin)" in err
+        assert "registry.api_prefix" not in err  # the prefix is not what is wrong: the user is
         async with connected(server.url, user="admin", password="admin1") as admin:
             assert await admin.jetstream().streams_info() == []
         code, out, err = await cli(server, "setup", "--user", "admin", "--password", "admin1")

@@ -141,7 +141,7 @@ def _since(text: str) -> Since:
 async def _guarded(args: argparse.Namespace, config: Config, only: list[tuple[ExtensionType, str]]) -> int:
     """`_main`, ended at once when the server refuses this user a step of it (an export needs what a loader may
     read, an import what `publisher` may write)."""
-    code: int = await unless_forbidden(_main(args, config, only), args)
+    code: int = await unless_forbidden(_main(args, config, only), args, registry=True)
     return code
 
 

@@ -166,9 +166,10 @@ async def _call(c: LoaderClient, args: argparse.Namespace) -> Any:
     return await c.request(args.subject, request_body(args, request_subject(args.subject).request))
 
 
-async def unless_forbidden(call: Awaitable[Any], args: argparse.Namespace) -> Any:
+async def unless_forbidden(call: Awaitable[Any], args: argparse.Namespace, *, registry: bool = False) -> Any:
     """The call's result; Forbidden at once when the server refuses the request to this user, which would
-    otherwise look like a service that does not answer until --timeout runs out."""
+    otherwise look like a service that does not answer until --timeout runs out. A `registry` command refused
+    JetStream's API under $JS.API is told the prefix nats.conf's accounts give the registry."""
     forbidden = anyio.Event()
     _forbidden.append(forbidden)
     result: list[Any] = []
@@ -201,7 +202,7 @@ async def unless_forbidden(call: Awaitable[Any], args: argparse.Namespace) -> An
                 f"{args.server}: {refusal}: {who} may not receive replies under {inbox_prefix(args)}: give the "
                 "prefix its server allows with --inbox-prefix (README.md, Security)"
             )
-        if '"$js.api.' in refusal.lower():
+        if registry and '"$js.api.' in refusal.lower():
             # nats.conf's users reach the registry and the event log only under the prefixes their imports give.
             raise Forbidden(
                 f"{args.server}: {refusal}: {who} may not use JetStream's API under $JS.API; with nats.conf's "

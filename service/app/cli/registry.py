@@ -77,7 +77,7 @@ def run_registry(args: argparse.Namespace) -> int:
 async def _guarded(args: argparse.Namespace, config: Config) -> int:
     """`_main`, ended at once when the server refuses this user a step of it (only `publisher` may write the
     registry): JetStream would otherwise leave the refused request unanswered until the time-out."""
-    code: int = await unless_forbidden(_main(args, config), args)
+    code: int = await unless_forbidden(_main(args, config), args, registry=True)
     return code
 
 
