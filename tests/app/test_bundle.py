@@ -495,6 +495,8 @@ async def test_since_and_extension_names_choose_what_is_exported(
     assert await chosen("--since", "1", "taskserv", "etcd") == []
     exported = await export(nats_server, tmp_path / "vault.bundle", "--since", "1")
     assert len(exported["archives"]) == 2  # every release of a record chosen: the site needs them all
+    code, out, err = await cli(nats_server, "bundle", "export", str(tmp_path / "etcd.bundle"), "taskserv", "etcd")
+    assert code == 0 and out.startswith("exported 1 extension (1 archive): "), err
     code, out, err = await cli(nats_server, "bundle", "export", str(tmp_path / "x.bundle"), "taskserv", "nothere")
     assert (code, out) == (1, "") and "the registry has no record of taskserv nothere" in err
     assert not (tmp_path / "x.bundle").exists()

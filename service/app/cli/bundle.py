@@ -37,6 +37,7 @@ from ..bundle_import import import_bundle
 from ..bundle_verify import check
 from ..bundles import BundleInvalid, BundleRefused, read
 from .calls import CaFileError, Forbidden, unless_forbidden
+from .printing import counted
 from .registry import registry_buckets
 
 
@@ -160,7 +161,8 @@ async def _main(args: argparse.Namespace, config: Config, only: list[tuple[Exten
         else:
             stamp = " and the signed timestamp" if exported.timestamp else ""
             print(
-                f"exported {len(exported.records)} extensions ({len(exported.archives)} archives){stamp}: "
+                f"exported {counted(len(exported.records), 'extension')} "
+                f"({counted(len(exported.archives), 'archive')}){stamp}: "
                 f"{exported.size} bytes"
             )
             print(f"{exported.sha256.removeprefix('sha256:')}  {args.file}")

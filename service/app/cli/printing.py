@@ -73,10 +73,15 @@ def readable(args: argparse.Namespace, data: Any, elapsed_ms: float) -> str:
     return json.dumps(data, indent=2)
 
 
+def counted(n: int, noun: str) -> str:
+    """`1 archive`, `3 archives`."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def readable_fleet(args: argparse.Namespace, answers: Sequence[dict[str, Any]]) -> str:
     """Every instance's answer (`{"instance_id", "data"}`, sorted by instance id) as one table."""
     action = args.action
-    n = f"{len(answers)} instance{'s' if len(answers) != 1 else ''}"
+    n = counted(len(answers), "instance")
     if action == "list":
         rows: list[tuple[str, ...]] = []
         for a in answers:
