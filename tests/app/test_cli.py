@@ -16,12 +16,13 @@ import anyio
 import msgspec
 import nats
 import pytest
+from anyio.abc import ByteReceiveStream
 
 from service.app.cli import _parser as cli_parser
 from service.app.cli import commands
 from service.app.cli.calls import let_go
 from service.app.client import LoaderClient, RemoteError
-from service.app.natsserver import NatsServer
+from service.app.natsserver import NatsServer, free_port
 from service.contract.messages import Status
 from service.contract.subjects import REQUESTS, RequestSubject
 from service.wire.service import ExtensionService
@@ -110,6 +111,17 @@ async def test_watch_prints_events_as_they_come(nats_server: NatsServer, service
             watcher.kill()
 
 
+NEWER_EVENT = {  # an event of a newer loader, with a reason this one does not know
+    "event_id": "1" * 32,
+    "reason": "expired",
+    "extension_type": "taskserv",
+    "name": "etcd",
+    "version": "3.5.9",
+    "instance_id": "NEWER",
+    "timestamp": "2026-12-07T00:00:00Z",
+}
+
+
 async def test_watch_skips_what_is_not_an_event(nats_server: NatsServer, service: ExtensionService) -> None:
     """A stream's answer sent onto an event subject (it carries `Nats-Stream`) and a body that is not JSON are
     said on standard error and skipped; the real event after them is printed, and `watch` runs on."""
@@ -126,16 +138,7 @@ async def test_watch_skips_what_is_not_an_event(nats_server: NatsServer, service
                     await nc.publish("extensions.unloaded", forged, headers={"Nats-Stream": "KV_extension-index"})
                     await nc.publish("extensions.unloaded", b"not json")
                     # An event of a newer loader, with a reason this one does not know: still an event.
-                    newer = {
-                        "event_id": "1" * 32,
-                        "reason": "expired",
-                        "extension_type": "taskserv",
-                        "name": "etcd",
-                        "version": "3.5.9",
-                        "instance_id": "NEWER",
-                        "timestamp": "2026-12-07T00:00:00Z",
-                    }
-                    await nc.publish("extensions.unloaded", json.dumps(newer).encode())
+                    await nc.publish("extensions.unloaded", json.dumps(NEWER_EVENT).encode())
                     await nc.flush()
                 finally:
                     await nc.close()
@@ -150,6 +153,42 @@ async def test_watch_skips_what_is_not_an_event(nats_server: NatsServer, service
             assert first["reason"] == "expired" and first["instance_id"] == "NEWER"
             assert second["reason"] == "load" and second["extension"]["metadata"]["name"] == "aws"
             assert b"not an event" in said and b"unreadable" in said and b"Traceback" not in said
+        finally:
+            watcher.kill()
+
+
+async def said_until(stream: ByteReceiveStream, text: bytes, said: bytes = b"") -> bytes:
+    """What `stream` said, once it has said `text`."""
+    while text not in said:
+        said += await stream.receive()
+    return said
+
+
+async def test_watch_says_when_it_loses_the_server_and_watches_again_once_it_is_back() -> None:
+    """The server goes away under a running `watch`: it says so, says once (not each second) why it cannot
+    connect again, and once a server listens there again it says it watches again and prints what is published."""
+    at = ["-a", "127.0.0.1", "-p", str(free_port())]
+    first = NatsServer(at).start()
+    async with await anyio.open_process([CLI, "watch", "--json", "--server", first.url]) as watcher:
+        assert watcher.stdout is not None and watcher.stderr is not None
+        try:
+            with anyio.fail_after(WAIT):
+                said = await said_until(watcher.stderr, b"watching extensions.loaded")
+                first.stop()
+                said = await said_until(watcher.stderr, b"lost the connection to " + first.url.encode(), said)
+                said = await said_until(watcher.stderr, b"still no connection to ", said)  # tried, refused
+                with NatsServer(at) as second:
+                    said = await said_until(watcher.stderr, b"watching again on " + second.url.encode(), said)
+                    nc = await nats.connect(second.url)
+                    try:
+                        await nc.publish("extensions.unloaded", json.dumps(NEWER_EVENT).encode())
+                        await nc.flush()
+                    finally:
+                        await nc.close()
+                    line = await said_until(watcher.stdout, b"\n")
+            assert json.loads(line.split(b"\n")[0])["instance_id"] == "NEWER"
+            assert said.count(b"still no connection") == 1 and b"Traceback" not in said
+            assert watcher.returncode is None  # still watching
         finally:
             watcher.kill()
 

@@ -64,10 +64,15 @@ def run_client(args: argparse.Namespace) -> int:
         )
         return 4
     except (OSError, nats.errors.Error) as exc:
-        # The error callback often saw the very error that is raised (an authorization violation): say it once.
-        cause = f" ({_last_error[-1]})" if _last_error and _last_error[-1] not in str(exc) else ""
-        print(f"error: {args.server}: {exc}{cause}", file=sys.stderr)
+        print(f"error: {args.server}: {_with_cause(exc)}", file=sys.stderr)
         return 4
+
+
+def _with_cause(exc: Exception) -> str:
+    """The error, and what the error callback saw last when it says more ("no servers available" says not why).
+    The callback often saw the very error that is raised (an authorization violation): then it is said once."""
+    cause = f" ({_last_error[-1]})" if _last_error and _last_error[-1] not in str(exc) else ""
+    return f"{exc}{cause}"
 
 
 _last_error: list[str] = []
@@ -86,10 +91,10 @@ class Forbidden(Exception):
     """The NATS server refused the request (or the inbox for its reply) to this user."""
 
 
-async def connect(args: argparse.Namespace) -> Client:
+async def connect(args: argparse.Namespace, **more: Any) -> Client:
     """A connection as the person asked (--server, --user, --password, --tls-ca, --inbox-prefix): one attempt,
-    no reconnects."""
-    return await nats.connect(**connect_options(args))
+    no reconnects; `more` adds nats-py options (a callback)."""
+    return await nats.connect(**connect_options(args), **more)
 
 
 DRAIN_TIMEOUT_S = 5  # what the server owes a command's subscriptions when it ends
@@ -99,6 +104,8 @@ async def let_go(nc: Client) -> None:
     """Drain a command's connection, also when the command was cancelled (a refusal ends it at once). Drained in a
     cancelled scope, nats-py would stop at its first await and leave its subscriptions' drain tasks to be
     cancelled when the command exits, and asyncio would print their traceback to the person."""
+    if nc.is_closed:  # the server went away
+        return
     with anyio.CancelScope(shield=True):
         await nc.drain()
 
@@ -131,10 +138,10 @@ def inbox_prefix(args: argparse.Namespace) -> str:
 
 
 async def _client_main(args: argparse.Namespace) -> int:
+    if args.action == "watch":
+        return await _watch(args)
     nc = await connect(args)
     try:
-        if args.action == "watch":
-            return await _watch(nc, args)
         timeout = args.timeout if args.timeout is not None else FLEET_TIMEOUT_S if args.fleet else TIMEOUT_S
         client = LoaderClient(nc, prefix=args.prefix, timeout=timeout)
         if args.fleet:
@@ -213,18 +220,76 @@ async def unless_forbidden(call: Awaitable[Any], args: argparse.Namespace, *, re
     return result[0]
 
 
-async def _watch(nc: Client, args: argparse.Namespace) -> int:
+WATCH_RETRY_S = 1.0  # how often `watch` tries the server again once it has lost it
+
+
+async def _watch(args: argparse.Namespace) -> int:
+    """Prints events until Ctrl-C. A connection lost is said, and made again each second until the server takes
+    it; the first one's failure is the command's (exit 4, one line)."""
     subjects = [f"{args.prefix}.{event.suffix}" for event in EVENTS]
-    subs = [await nc.subscribe(subject) for subject in subjects]
-    await flush_subscriptions(nc)  # say "watching" only once the server has the subscriptions
+    watching = await _watching(args, subjects)
     print(f"watching {' and '.join(subjects)} on {args.server} (Ctrl-C stops)", file=sys.stderr)
+    while True:
+        try:
+            await _print_events(args, subjects, *watching)
+        finally:
+            await let_go(watching[0])
+        print(
+            f"lost the connection to {args.server}: trying again each second (events published until it is back "
+            "are not shown here; the stream EXTENSION_EVENTS keeps them where it is set up: README.md, Durable "
+            "events)",
+            file=sys.stderr,
+        )
+        watching = await _watching_again(args, subjects)
+        print(f"watching again on {args.server}", file=sys.stderr)
+
+
+async def _watching(args: argparse.Namespace, subjects: list[str]) -> tuple[Client, list[Any], anyio.Event]:
+    """A connection subscribed to the event subjects, the server holding the subscriptions, and an event set
+    once the connection is closed."""
+    closed = anyio.Event()
+
+    async def on_closed() -> None:
+        closed.set()
+
+    nc = await connect(args, closed_cb=on_closed)
+    try:
+        subs = [await nc.subscribe(subject) for subject in subjects]
+        await flush_subscriptions(nc)  # say "watching" only once the server has the subscriptions
+    except BaseException:
+        await let_go(nc)
+        raise
+    return nc, subs, closed
+
+
+async def _watching_again(args: argparse.Namespace, subjects: list[str]) -> tuple[Client, list[Any], anyio.Event]:
+    said = ""
+    while True:
+        await anyio.sleep(WATCH_RETRY_S)
+        try:
+            return await _watching(args, subjects)
+        except (OSError, nats.errors.Error) as exc:
+            if _with_cause(exc) != said:  # each new reason once, not once a second
+                said = _with_cause(exc)
+                print(f"still no connection to {args.server}: {said}", file=sys.stderr)
+
+
+async def _print_events(
+    args: argparse.Namespace, subjects: list[str], nc: Client, subs: list[Any], closed: anyio.Event
+) -> None:
+    """Until the connection closes."""
     send, receive = anyio.create_memory_object_stream[Any](100)
 
     async def pump(s: Any) -> None:
         async for msg in s.messages:
             await send.send(msg)
 
+    async def until_closed() -> None:
+        await closed.wait()
+        tg.cancel_scope.cancel()
+
     async with anyio.create_task_group() as tg:
+        tg.start_soon(until_closed)
         for sub in subs:
             tg.start_soon(pump, sub)
         async for msg in receive:
@@ -240,4 +305,3 @@ async def _watch(nc: Client, args: argparse.Namespace) -> int:
                 print(f"ignored an unreadable message on {msg.subject}: not an event", file=sys.stderr)
                 continue
             print(json.dumps(event) if args.json else event_line(msg.subject, event), flush=True)
-    return 0
