@@ -23,7 +23,7 @@ from nats.js.api import RetentionPolicy, StorageType, StreamConfig
 
 from service.app.cli.serving import DEV_PASSWORDS
 from service.app.client import LoaderClient
-from service.app.natsserver import NatsCluster, NatsServer
+from service.app.natsserver import NatsCluster, NatsServer, free_port
 from service.app.stream_settings import changes as changes_of
 from service.app.stream_settings import events_target
 from tests.app.test_cli import CLI, cli, run
@@ -354,10 +354,3 @@ async def connected(url: str, **options: Any) -> AsyncIterator[Client]:
         yield nc
     finally:
         await nc.close()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port

@@ -34,7 +34,6 @@ import json
 import logging
 import os
 import shutil
-import socket
 import ssl
 import subprocess
 import sys
@@ -71,7 +70,7 @@ from nats.js.object_store import ObjectStore
 
 from service.app.cli.serving import DEV_PASSWORDS
 from service.app.client import LoaderClient
-from service.app.natsserver import NatsServer
+from service.app.natsserver import NatsServer, free_port
 from service.contract.config import ENV_PREFIX, Config, inbox_prefix_for
 from service.contract.events import ExtensionUnloaded
 from service.contract.messages import Extension, ExtensionType
@@ -1894,13 +1893,6 @@ async def test_the_container_health_check_passes_as_the_loader_user(secured: Nat
 
 
 # --- `extension-loader dev` (make run) with nothing set ------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 async def test_dev_runs_with_development_passwords_and_serves_as_the_loader(tmp_path: Path) -> None:

@@ -22,7 +22,7 @@ from nats.aio.client import Client
 
 from service.app import certs
 from service.app.client import LoaderClient
-from service.app.natsserver import NatsServer, nats_server_binary
+from service.app.natsserver import NatsServer, free_port, nats_server_binary
 from service.app.serve import build_manager, run, service_version
 from service.contract.messages import Available, ExtensionType
 from service.core.slices import Steps
@@ -334,13 +334,6 @@ async def test_peers_forget_what_another_instance_reloaded(nats_server: NatsServ
         await settled()
         assert digests() == {"A": [], "B": []}  # the other instance dropped its copy on the clear's event
         assert await client.clear() == {"cleared": 0}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @pytest.fixture
