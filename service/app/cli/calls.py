@@ -10,6 +10,7 @@ import json
 import ssl
 import sys
 import time
+from collections import deque
 from collections.abc import Awaitable
 from typing import Any
 
@@ -75,7 +76,7 @@ def _with_cause(exc: Exception) -> str:
     return f"{exc}{cause}"
 
 
-_last_error: list[str] = []
+_last_error: deque[str] = deque(maxlen=8)  # what the error callback saw last (`watch` may run for days)
 _forbidden: list[anyio.Event] = []  # set when the server refuses what this user sent: no reply will come
 
 
