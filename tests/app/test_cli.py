@@ -21,6 +21,7 @@ from anyio.abc import ByteReceiveStream
 from service.app.cli import _parser as cli_parser
 from service.app.cli import commands
 from service.app.cli.calls import let_go
+from service.app.cli.printing import counted
 from service.app.client import LoaderClient, RemoteError
 from service.app.natsserver import NatsServer, free_port
 from service.contract.messages import Status
@@ -378,3 +379,8 @@ def test_a_new_request_subject_is_a_command_with_its_request_s_fields() -> None:
     order = [s.suffix for s in commands.subjects()]
     described = [suffix for suffix in commands.HELP if suffix in order]
     assert order[: len(described)] == described, "a subject missing from HELP comes after the others"
+
+
+def test_counts_are_said_in_the_singular_for_one() -> None:
+    assert [counted(n, "entry") for n in (0, 1, 2)] == ["0 entries", "1 entry", "2 entries"]
+    assert [counted(n, "extension") for n in (0, 1, 12)] == ["0 extensions", "1 extension", "12 extensions"]

@@ -80,7 +80,7 @@ async def test_publish_search_yank_and_discover(nats_server: NatsServer, nc: Cli
         assert code == 0
         assert out.splitlines()[1].split()[2:6] == ["1.1.0", "(registry,", "yanked),", "1.0.0"]
         code, out, _ = await cli(nats_server, "stats")
-        assert "registry: reachable; 1 extensions, 2 versions in the index" in out
+        assert "registry: reachable; 1 extension, 2 versions in the index" in out
 
 
 async def test_publish_refuses_a_folder_that_would_not_load(nats_server: NatsServer, tmp_path: Path) -> None:

@@ -207,7 +207,7 @@ async def test_a_frozen_index_is_reported_stale_and_served_on(
             argv = registry_cli("refresh", "--key", key, "--server", registry.url, user="publisher")
             code, out, said = await run_cli(argv)
             assert code == 0, said
-            assert out.startswith("signed a timestamp of 1 extensions")
+            assert out.startswith("signed a timestamp of 1 extension,")
             await applied(service, before)
             stats = await registry_stats()
             assert stats["stale"] is None

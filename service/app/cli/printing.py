@@ -65,7 +65,7 @@ def readable(args: argparse.Namespace, data: Any, elapsed_ms: float) -> str:
             ]
         )
     if action == "clear":
-        return f"cleared {data['cleared']} entries"
+        return f"cleared {counted(data['cleared'], 'entry')}"
     if action == "graph":
         if "text" in data:
             return str(data["text"]).rstrip("\n")
@@ -74,8 +74,10 @@ def readable(args: argparse.Namespace, data: Any, elapsed_ms: float) -> str:
 
 
 def counted(n: int, noun: str) -> str:
-    """`1 archive`, `3 archives`."""
-    return f"{n} {noun}{'' if n == 1 else 's'}"
+    """`1 archive`, `3 archives`; `1 entry`, `2 entries`."""
+    if n == 1:
+        return f"1 {noun}"
+    return f"{n} {noun[:-1]}ies" if noun.endswith("y") else f"{n} {noun}s"
 
 
 def readable_fleet(args: argparse.Namespace, answers: Sequence[dict[str, Any]]) -> str:
@@ -110,7 +112,7 @@ def readable_fleet(args: argparse.Namespace, answers: Sequence[dict[str, Any]]) 
     if action == "clear":
         total = sum(a["data"]["cleared"] for a in answers)
         rows = [(a["instance_id"], str(a["data"]["cleared"])) for a in answers]
-        return f"cleared {total} entries on {n}\n" + table(("INSTANCE", "CLEARED"), rows)
+        return f"cleared {counted(total, 'entry')} on {n}\n" + table(("INSTANCE", "CLEARED"), rows)
     return json.dumps(list(answers), indent=2)
 
 
@@ -131,7 +133,8 @@ def _registry_line(registry: dict[str, Any] | None) -> list[str]:
         return []
     state = "reachable" if registry["reachable"] else f"UNREACHABLE ({registry.get('last_error') or '?'})"
     lines = [
-        f"registry: {state}; {registry['extensions']} extensions, {registry['versions']} versions in the index; "
+        f"registry: {state}; {counted(registry['extensions'], 'extension')}, "
+        f"{counted(registry['versions'], 'version')} in the index; "
         f"{registry['fetched']} fetched, {registry['refused']} refused; auto_update "
         f"{'on' if registry['auto_update'] else 'off'}"
     ]

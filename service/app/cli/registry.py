@@ -33,7 +33,7 @@ from ..publishing import PublishRefused, prepare, publish, search, yank
 from ..resigning import resign
 from ..signing_states import refresh
 from .calls import CaFileError, Forbidden, connect, let_go, unless_forbidden
-from .printing import table
+from .printing import counted, table
 
 
 def run_keygen(args: argparse.Namespace) -> int:
@@ -130,7 +130,7 @@ async def _main(args: argparse.Namespace, config: Config) -> int:
         _print(
             args,
             {"revision": refreshed.revision, "left_out": list(refreshed.left_out), **msgspec.to_builtins(stamp)},
-            f"signed a timestamp of {len(stamp.sequences)} extensions, valid until "
+            f"signed a timestamp of {counted(len(stamp.sequences), 'extension')}, valid until "
             f"{stamp.expires_at:%Y-%m-%d %H:%M:%S} UTC, signed by {signer.public_key}",
         )
         return 0
