@@ -20,6 +20,7 @@ import tarfile
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,7 @@ from service.core.version_info import VersionInfo
 from service.registry.archive import UnpackLimits, digest_bytes, digest_file, pack
 from service.registry.buckets import RegistryBuckets
 from service.registry.index import Release, decode_record, encode_record, index_key
+from service.registry.mirror import MirrorReading
 from service.registry.names import BucketNames
 from service.registry.statements import ReleaseStatement, read
 from tests.conftest import (
@@ -527,6 +529,36 @@ async def test_a_release_never_fetched_is_unavailable_while_the_registry_cannot_
     assert contents(reg.folder) == []
     assert (reg.fetcher.fetched, never.fetched, reg.releases.refused) == (0, 0, 0)
     assert audit_lines(audit) == []
+
+
+async def test_an_archive_the_bucket_does_not_hold_is_unavailable_and_at_an_edge_site_says_the_mirrors_may_trail(
+    reg: Registry,
+) -> None:
+    """The index names an archive its bucket does not hold: at the hub a deleted object, said so; at an edge site
+    (the buckets are mirrors) more likely one the archive mirror has not copied yet, and the reason says that too."""
+    release = await reg.publish("redis")
+    await reg.buckets.archives.delete(release.object)
+    missing = (
+        f"fetching taskserv:redis:1.0.0 from the registry failed: archive {release.object!r} is not in bucket "
+        "'extension-archives': the index names an object that was deleted; publish the release again"
+    )
+    with pytest.raises(Unavailable) as caught:
+        await reg.fetch("redis")
+    assert caught.value.reason == missing
+    heard = datetime.now(UTC)
+    reg.releases.access.saw_mirrors(
+        (
+            MirrorReading("KV_extension-index", 1, heard, lag=0, heard_ago_s=0.5, error=None),
+            MirrorReading("OBJ_extension-archives", 1, heard, lag=1, heard_ago_s=0.5, error=None),
+        )
+    )
+    with pytest.raises(Unavailable) as caught:
+        await reg.fetch("redis")
+    assert caught.value.reason == (
+        f"{missing}; at this edge site, more likely its mirrors do not hold it yet (they catch up on their own)"
+    )
+    assert contents(reg.folder) == ["archives"]  # no partial download left
+    assert (reg.fetcher.fetched, reg.releases.refused) == (0, 0)
 
 
 # --- refused once unpacked: what the signed statement says, and what the index says ----------------------------
