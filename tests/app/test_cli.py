@@ -93,19 +93,22 @@ async def test_an_unreachable_server_is_one_line(tmp_path: Path) -> None:
     assert err.count("\n") == 1 and "no servers available" in err and "Traceback" not in err
 
 
+async def said_until(stream: ByteReceiveStream, text: bytes, said: bytes = b"") -> bytes:
+    """What `stream` said, once it has said `text`."""
+    while text not in said:
+        said += await stream.receive()
+    return said
+
+
 async def test_watch_prints_events_as_they_come(nats_server: NatsServer, service: ExtensionService) -> None:
     async with await anyio.open_process([CLI, "watch", "--json", "--server", nats_server.url]) as watcher:
         assert watcher.stdout is not None and watcher.stderr is not None
         try:
             with anyio.fail_after(WAIT):
-                said = b""
-                while b"watching" not in said:  # subscribed: the line comes after its subscriptions
-                    said += await watcher.stderr.receive()
+                await said_until(watcher.stderr, b"watching")  # subscribed: the line comes after its subscriptions
                 code, _, _ = await cli(nats_server, "load", "provider", "aws")
                 assert code == 0
-                line = b""
-                while b"\n" not in line:
-                    line += await watcher.stdout.receive()
+                line = await said_until(watcher.stdout, b"\n")
             event = json.loads(line.split(b"\n")[0])
             assert event["reason"] == "load" and event["extension"]["metadata"]["name"] == "aws"
         finally:
@@ -130,9 +133,7 @@ async def test_watch_skips_what_is_not_an_event(nats_server: NatsServer, service
         assert watcher.stdout is not None and watcher.stderr is not None
         try:
             with anyio.fail_after(WAIT):
-                said = b""
-                while b"watching" not in said:
-                    said += await watcher.stderr.receive()
+                said = await said_until(watcher.stderr, b"watching")
                 nc = await nats.connect(nats_server.url, inbox_prefix="_INBOX.orchestrator")
                 try:
                     forged = json.dumps({"reason": "cleared", "name": "aws"}).encode()
@@ -156,13 +157,6 @@ async def test_watch_skips_what_is_not_an_event(nats_server: NatsServer, service
             assert b"not an event" in said and b"unreadable" in said and b"Traceback" not in said
         finally:
             watcher.kill()
-
-
-async def said_until(stream: ByteReceiveStream, text: bytes, said: bytes = b"") -> bytes:
-    """What `stream` said, once it has said `text`."""
-    while text not in said:
-        said += await stream.receive()
-    return said
 
 
 async def test_watch_says_when_it_loses_the_server_and_watches_again_once_it_is_back() -> None:

@@ -12,7 +12,7 @@ import sys
 import time
 from collections import deque
 from collections.abc import Awaitable
-from typing import Any
+from typing import Any, NamedTuple
 
 import anyio
 import msgspec
@@ -232,9 +232,9 @@ async def _watch(args: argparse.Namespace) -> int:
     print(f"watching {' and '.join(subjects)} on {args.server} (Ctrl-C stops)", file=sys.stderr)
     while True:
         try:
-            await _print_events(args, subjects, *watching)
+            await _print_events(args, subjects, watching)
         finally:
-            await let_go(watching[0])
+            await let_go(watching.nc)
         print(
             f"lost the connection to {args.server}: trying again each second (events published until it is back "
             "are not shown here; the stream EXTENSION_EVENTS keeps them where it is set up: README.md, Durable "
@@ -245,9 +245,14 @@ async def _watch(args: argparse.Namespace) -> int:
         print(f"watching again on {args.server}", file=sys.stderr)
 
 
-async def _watching(args: argparse.Namespace, subjects: list[str]) -> tuple[Client, list[Any], anyio.Event]:
-    """A connection subscribed to the event subjects, the server holding the subscriptions, and an event set
-    once the connection is closed."""
+class _Watching(NamedTuple):
+    nc: Client
+    subs: list[Any]
+    closed: anyio.Event  # set once the connection is closed
+
+
+async def _watching(args: argparse.Namespace, subjects: list[str]) -> _Watching:
+    """A connection subscribed to the event subjects, the server holding the subscriptions."""
     closed = anyio.Event()
 
     async def on_closed() -> None:
@@ -260,24 +265,23 @@ async def _watching(args: argparse.Namespace, subjects: list[str]) -> tuple[Clie
     except BaseException:
         await let_go(nc)
         raise
-    return nc, subs, closed
+    return _Watching(nc, subs, closed)
 
 
-async def _watching_again(args: argparse.Namespace, subjects: list[str]) -> tuple[Client, list[Any], anyio.Event]:
+async def _watching_again(args: argparse.Namespace, subjects: list[str]) -> _Watching:
     said = ""
     while True:
         await anyio.sleep(WATCH_RETRY_S)
         try:
             return await _watching(args, subjects)
         except (OSError, nats.errors.Error) as exc:
-            if _with_cause(exc) != said:  # each new reason once, not once a second
-                said = _with_cause(exc)
+            why = _with_cause(exc)
+            if why != said:  # each new reason once, not once a second
+                said = why
                 print(f"still no connection to {args.server}: {said}", file=sys.stderr)
 
 
-async def _print_events(
-    args: argparse.Namespace, subjects: list[str], nc: Client, subs: list[Any], closed: anyio.Event
-) -> None:
+async def _print_events(args: argparse.Namespace, subjects: list[str], watching: _Watching) -> None:
     """Until the connection closes."""
     send, receive = anyio.create_memory_object_stream[Any](100)
 
@@ -286,12 +290,12 @@ async def _print_events(
             await send.send(msg)
 
     async def until_closed() -> None:
-        await closed.wait()
+        await watching.closed.wait()
         tg.cancel_scope.cancel()
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(until_closed)
-        for sub in subs:
+        for sub in watching.subs:
             tg.start_soon(pump, sub)
         async for msg in receive:
             if not genuine_event(msg, subjects):  # a stream's answer or delivery sent here: not an event
