@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import time
 from contextlib import AsyncExitStack
+from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
@@ -223,29 +224,21 @@ async def test_an_automatic_load_waits_for_the_archive_mirror_when_the_index_mir
     archive. Here the site's archive mirror is gone (its admin deleted it) when a release is published at the hub:
     the statistics say so, the automatic load finds no archive, and once `setup --site` has made the archive mirror
     again and it has filled, the release is loaded and announced, once."""
-    await edge.link_up()
-    await set_up_both(edge)
-    publishing = publisher_config(edge, tmp_path)
     async with AsyncExitStack() as stack:
-        publisher = await stack.enter_async_context(login(edge, edge.hub, "publisher"))
-        site_admin = await stack.enter_async_context(login(edge, edge.site, "admin"))
-        orchestrator = await stack.enter_async_context(login(edge, edge.site, "orchestrator"))
-        await publish_at_hub(publisher, source(tmp_path / "3.5.0", "etcd", "3.5.0"), signer, publishing)
+        at = await published_3_5(edge, tmp_path, signer, stack)
         service = await stack.enter_async_context(site_loader(edge, tmp_path, "loader", signer))
         assert service.follower is not None
         await mirrored(service, 1)
-        events = await listen(orchestrator)
+        events = await listen(at.orchestrator)
 
-        gone, _ = await publish_with_the_archive_mirror_gone(
-            service, site_admin, publisher, publishing, tmp_path, signer
-        )
+        gone, _ = await publish_with_the_archive_mirror_gone(service, at, tmp_path, signer)
         assert not gone.hub_reachable and "setup --site" in (gone.error or "")
         assert published(events) == []
 
         code, lines, _ = await set_up(edge, edge.site, "--site")
         assert code == 0 and lines[2].startswith("archive mirror extension-archives: created")
         await announced(events, "3.6.0", WAIT)
-        await publish_at_hub(publisher, source(tmp_path / "3.7.0", "etcd", "3.7.0"), signer, publishing)
+        await publish_at_hub(at.publisher, source(tmp_path / "3.7.0", "etcd", "3.7.0"), signer, at.publishing)
         await announced(events, "3.7.0", WAIT)
         assert published(events) == [(service.manager.instance_id, v) for v in ("3.6.0", "3.7.0")]
 
@@ -258,28 +251,20 @@ async def test_a_version_a_request_loads_before_the_automatic_retry_is_still_ann
     second) tries the automatic load again: the retry finds it loaded and still announces it, reason `published`
     (`cold` false: it ran no Nushell), once. Should the look come first (a few hundredths of a second in a second),
     the retry loads it itself (`cold` true) and the request is answered from that run: once either way."""
-    await edge.link_up()
-    await set_up_both(edge)
-    publishing = publisher_config(edge, tmp_path)
     async with AsyncExitStack() as stack:
-        publisher = await stack.enter_async_context(login(edge, edge.hub, "publisher"))
-        site_admin = await stack.enter_async_context(login(edge, edge.site, "admin"))
-        orchestrator = await stack.enter_async_context(login(edge, edge.site, "orchestrator"))
-        await publish_at_hub(publisher, source(tmp_path / "3.5.0", "etcd", "3.5.0"), signer, publishing)
+        at = await published_3_5(edge, tmp_path, signer, stack)
         service = await stack.enter_async_context(site_loader(edge, tmp_path, "loader", signer))
         assert service.follower is not None
         await mirrored(service, 1)
-        events = await listen(orchestrator)
-        client = LoaderClient(orchestrator.nc, timeout=WAIT)
+        events = await listen(at.orchestrator)
+        client = LoaderClient(at.orchestrator.nc, timeout=WAIT)
 
-        _, release = await publish_with_the_archive_mirror_gone(
-            service, site_admin, publisher, publishing, tmp_path, signer
-        )
+        _, release = await publish_with_the_archive_mirror_gone(service, at, tmp_path, signer)
         assert published(events) == []
 
         code, _, _ = await set_up(edge, edge.site, "--site")
         assert code == 0
-        await archive_at_site(site_admin, release)
+        await archive_at_site(at.site_admin, release)
         loaded = await client.load("taskserv", "etcd", "3.6.0")
         assert loaded["metadata"]["version"] == "3.6.0" and loaded["digest"] == release.tree_digest
         await announced(events, "3.6.0", WAIT)
@@ -290,7 +275,7 @@ async def test_a_version_a_request_loads_before_the_automatic_retry_is_still_ann
         assert announcement["cold"] is not bool(by_request)  # loaded by the request first, or by the retry
         log.info("loaded first by %s", "the request" if by_request else "the automatic retry")
 
-        await publish_at_hub(publisher, source(tmp_path / "3.7.0", "etcd", "3.7.0"), signer, publishing)
+        await publish_at_hub(at.publisher, source(tmp_path / "3.7.0", "etcd", "3.7.0"), signer, at.publishing)
         await announced(events, "3.7.0", WAIT)
         assert later_than_3_5(published(events)) == [(service.manager.instance_id, v) for v in ("3.6.0", "3.7.0")]
 
@@ -301,18 +286,12 @@ async def test_an_automatic_load_still_owed_when_the_loader_restarts_is_made_and
     """The automatic load of 3.6.0 waits for the archive mirror (deleted by the site's admin) when the loader is
     stopped. Started again on its data folder, it reads its saved index (3.6.0 is no news any more), and still makes
     the automatic load it owed once the archive is at the site, and announces it, once."""
-    await edge.link_up()
-    await set_up_both(edge)
-    publishing = publisher_config(edge, tmp_path)
     async with AsyncExitStack() as stack:
-        publisher = await stack.enter_async_context(login(edge, edge.hub, "publisher"))
-        site_admin = await stack.enter_async_context(login(edge, edge.site, "admin"))
-        orchestrator = await stack.enter_async_context(login(edge, edge.site, "orchestrator"))
-        await publish_at_hub(publisher, source(tmp_path / "3.5.0", "etcd", "3.5.0"), signer, publishing)
-        events = await listen(orchestrator)
+        at = await published_3_5(edge, tmp_path, signer, stack)
+        events = await listen(at.orchestrator)
         async with site_loader(edge, tmp_path, "loader", signer) as service:
             await mirrored(service, 1)
-            await publish_with_the_archive_mirror_gone(service, site_admin, publisher, publishing, tmp_path, signer)
+            await publish_with_the_archive_mirror_gone(service, at, tmp_path, signer)
             first = service.manager.instance_id
         # (3.5.0 may have been announced: this loader's first reading can come before the index mirror holds it.)
         assert later_than_3_5(published(events)) == []
@@ -321,23 +300,49 @@ async def test_an_automatic_load_still_owed_when_the_loader_restarts_is_made_and
         assert code == 0
         async with site_loader(edge, tmp_path, "loader", signer) as again:
             await announced(events, "3.6.0", WAIT)
-            await publish_at_hub(publisher, source(tmp_path / "3.7.0", "etcd", "3.7.0"), signer, publishing)
+            await publish_at_hub(at.publisher, source(tmp_path / "3.7.0", "etcd", "3.7.0"), signer, at.publishing)
             await announced(events, "3.7.0", WAIT)
             assert later_than_3_5(published(events)) == [(again.manager.instance_id, v) for v in ("3.6.0", "3.7.0")]
             assert again.manager.instance_id != first
 
 
+@dataclass
+class OwedLoadLogins:
+    """What the tests of an owed automatic load log in as: the hub's publisher (and its configuration), the site's
+    admin and orchestrator."""
+
+    publisher: Login
+    publishing: Config
+    site_admin: Login
+    orchestrator: Login
+
+
+async def published_3_5(edge: Edge, tmp_path: Path, signer: Signer, stack: AsyncExitStack) -> OwedLoadLogins:
+    """The link up, the buckets and their mirrors made, the logins (kept open by `stack`), and etcd 3.5.0 published
+    at the hub."""
+    await edge.link_up()
+    await set_up_both(edge)
+    at = OwedLoadLogins(
+        publisher=await stack.enter_async_context(login(edge, edge.hub, "publisher")),
+        publishing=publisher_config(edge, tmp_path),
+        site_admin=await stack.enter_async_context(login(edge, edge.site, "admin")),
+        orchestrator=await stack.enter_async_context(login(edge, edge.site, "orchestrator")),
+    )
+    await publish_at_hub(at.publisher, source(tmp_path / "3.5.0", "etcd", "3.5.0"), signer, at.publishing)
+    return at
+
+
 async def publish_with_the_archive_mirror_gone(
-    service: ExtensionService, site_admin: Login, publisher: Login, publishing: Config, tmp_path: Path, signer: Signer
+    service: ExtensionService, at: OwedLoadLogins, tmp_path: Path, signer: Signer
 ) -> tuple[MirrorStats, Release]:
     """The site's admin deletes the archive mirror; once the loader's look at the mirrors says so, etcd 3.6.0 is
     published at the hub and reaches the index mirror: its automatic load found no archive, and is owed. The
     mirrors as that look saw them, and the release."""
     assert service.follower is not None
-    assert await site_admin.nc.jetstream(timeout=WAIT).delete_stream(ARCHIVES)
+    assert await at.site_admin.nc.jetstream(timeout=WAIT).delete_stream(ARCHIVES)
     with anyio.fail_after(WAIT):
         gone = await service.follower.wait_mirrors(lambda m: m.error is not None)
-    release = await publish_at_hub(publisher, source(tmp_path / "3.6.0", "etcd", "3.6.0"), signer, publishing)
+    release = await publish_at_hub(at.publisher, source(tmp_path / "3.6.0", "etcd", "3.6.0"), signer, at.publishing)
     await mirrored(service, 2)  # the index mirror has it; its archive is nowhere at the site
     return gone, release
 
